@@ -1,0 +1,20 @@
+//! banger-core: the domain (VMs, images, specs, states and their allowed
+//! transitions), the lifecycle flows, and the traits those flows act
+//! through (`Store`, `ImageResolver`, `Clock`). No HTTP, no SQL, no
+//! processes: those live in `bangerd`, `banger-store` and `banger-host`.
+
+pub mod addr;
+pub mod clock;
+pub mod image;
+pub mod locks;
+pub mod memory_store;
+pub mod names;
+pub mod operation;
+pub mod resolve;
+pub mod service;
+pub mod size;
+pub mod spec;
+pub mod store;
+pub mod vm;
+
+pub use service::{Banger, ServiceError, Settings};

@@ -1,0 +1,45 @@
+//! Named stages of an operation, timed and logged: the `stages` a VM
+//! reports and the `stage` events in the daemon log.
+
+use std::time::Instant;
+
+use crate::vm::Stage;
+
+/// Times the stages of one operation (`vm.create`, `vm.start`, ...).
+#[derive(Debug)]
+pub struct Operation {
+    kind: &'static str,
+    started: Instant,
+    last: Instant,
+    stages: Vec<Stage>,
+}
+
+impl Operation {
+    pub fn begin(kind: &'static str) -> Self {
+        let now = Instant::now();
+        tracing::info!(op = kind, "operation started");
+        Operation { kind, started: now, last: now, stages: Vec::new() }
+    }
+
+    /// Ends the current stage, naming it, and logs its wall time.
+    pub fn stage(&mut self, name: &str) {
+        let now = Instant::now();
+        let elapsed_ms = now.duration_since(self.last).as_millis() as u64;
+        self.last = now;
+        tracing::info!(op = self.kind, stage = name, elapsed_ms, "stage done");
+        self.stages.push(Stage { name: name.to_string(), elapsed_ms });
+    }
+
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    /// Logs the outcome and the total wall time.
+    pub fn finish(&self, outcome: Result<(), &dyn std::fmt::Display>) {
+        let total_ms = self.started.elapsed().as_millis() as u64;
+        match outcome {
+            Ok(()) => tracing::info!(op = self.kind, total_ms, "operation done"),
+            Err(err) => tracing::warn!(op = self.kind, total_ms, error = %err, "operation failed"),
+        }
+    }
+}

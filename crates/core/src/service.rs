@@ -1,0 +1,277 @@
+//! `Banger`: the one internal API every front-end (the HTTP API today)
+//! calls. It owns the create lock and the per-VM locks, and runs the
+//! create flow in its three phases:
+//!
+//! 1. validate the request and resolve the image (possibly slow: an
+//!    auto-pull), holding no lock;
+//! 2. reserve under the create lock, for milliseconds: re-check the name,
+//!    allocate the guest address and vsock CID, persist the `created` row;
+//! 3. everything else under that VM's own lock.
+
+use std::fmt::Display;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::addr::{vsock_cid, AddrError, BridgeNet};
+use crate::clock::Clock;
+use crate::image::Image;
+use crate::locks::VmLocks;
+use crate::names::generate_name;
+use crate::operation::Operation;
+use crate::resolve::{ImageResolver, ResolveError};
+use crate::spec::{CreateParams, SpecDefaults, SpecError, ValidatedCreate};
+use crate::store::{Store, StoreError};
+use crate::vm::{new_id, StateError, Vm, VmState};
+
+/// The class of a `ServiceError`; front-ends map it to a status or exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidInput,
+    NotFound,
+    Conflict,
+    Unsupported,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("unknown image {0:?}")]
+    UnknownImage(String),
+    #[error(transparent)]
+    Resolve(ResolveError),
+    #[error("vm name already exists: {0}")]
+    NameTaken(String),
+    #[error("no vm named {0:?}")]
+    VmNotFound(String),
+    #[error("no image named {0:?}")]
+    ImageNotFound(String),
+    #[error("image {image} is in use by {vms}")]
+    ImageInUse { image: String, vms: String },
+    #[error("vm {name} is {state}")]
+    VmActive { name: String, state: &'static str },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Addr(#[from] AddrError),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NameTaken { kind: "vm", name } => ServiceError::NameTaken(name),
+            other => ServiceError::Store(other),
+        }
+    }
+}
+
+impl From<ResolveError> for ServiceError {
+    fn from(err: ResolveError) -> Self {
+        match err {
+            ResolveError::Unknown(name) => ServiceError::UnknownImage(name),
+            other => ServiceError::Resolve(other),
+        }
+    }
+}
+
+impl ServiceError {
+    pub fn kind(&self) -> ErrorKind {
+        use ServiceError::*;
+        match self {
+            Spec(_) | UnknownImage(_) => ErrorKind::InvalidInput,
+            VmNotFound(_) | ImageNotFound(_) => ErrorKind::NotFound,
+            NameTaken(_) | ImageInUse { .. } | VmActive { .. } | State(_) => ErrorKind::Conflict,
+            Addr(AddrError::Exhausted(_)) => ErrorKind::Conflict,
+            Unsupported(_) => ErrorKind::Unsupported,
+            Resolve(_) | Addr(_) | Store(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        use ServiceError::*;
+        Some(match self {
+            Spec(SpecError::Name(_)) => "pick a name like web-1, or leave it out to get one".into(),
+            Spec(_) => "see `banger vm create --help` for the accepted values".into(),
+            UnknownImage(_) => "list images with `banger image ls`".into(),
+            NameTaken(_) => "pick another name, or remove the old vm with `banger vm rm`".into(),
+            VmNotFound(_) => "list vms with `banger vm ls`".into(),
+            ImageNotFound(_) => "list images with `banger image ls`".into(),
+            ImageInUse { .. } => "remove those vms first with `banger vm rm`".into(),
+            VmActive { name, .. } => {
+                format!("stop it first with `banger vm stop {name}`, or use --force")
+            }
+            Addr(AddrError::Exhausted(_)) => "remove unused vms or widen the bridge prefix".into(),
+            Unsupported(_) => "use --no-start to record the vm without booting it".into(),
+            _ => return None,
+        })
+    }
+}
+
+/// What the flows need to know about the host's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bridge: BridgeNet,
+    pub defaults: SpecDefaults,
+}
+
+/// The internal API.
+pub struct Banger {
+    store: Arc<dyn Store>,
+    resolver: Arc<dyn ImageResolver>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    create_lock: Mutex<()>,
+    vm_locks: VmLocks,
+}
+
+impl Banger {
+    pub fn new(
+        store: Arc<dyn Store>,
+        resolver: Arc<dyn ImageResolver>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> Self {
+        Banger {
+            store,
+            resolver,
+            clock,
+            settings,
+            create_lock: Mutex::new(()),
+            vm_locks: VmLocks::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Creates a VM (see the module header for the phases).
+    pub async fn create_vm(&self, params: CreateParams) -> Result<Vm, ServiceError> {
+        let mut op = Operation::begin("vm.create");
+        let result = self.create_phases(&mut op, params).await;
+        op.finish(result.as_ref().map(|_| ()).map_err(|e| e as &dyn Display));
+        result
+    }
+
+    async fn create_phases(&self, op: &mut Operation, params: CreateParams) -> Result<Vm, ServiceError> {
+        let request = params.validate(&self.settings.defaults)?;
+        if !request.no_start {
+            return Err(ServiceError::Unsupported(
+                "this build cannot boot vms yet".to_string(),
+            ));
+        }
+        let image = self.resolver.resolve(&request.image).await?;
+        op.stage("resolve_image");
+
+        let mut vm = self.reserve(&request, &image).await?;
+        op.stage("reserve_vm");
+
+        let _vm_lock = self.vm_locks.lock(&vm.id).await;
+        vm.transition(VmState::Stopped, self.clock.now_ms())?;
+        vm.stages = op.stages().to_vec();
+        self.store.update_vm(&vm)?;
+        Ok(vm)
+    }
+
+    /// Phase 2: the only part of create under the global create lock.
+    async fn reserve(&self, request: &ValidatedCreate, image: &Image) -> Result<Vm, ServiceError> {
+        let _create_lock = self.create_lock.lock().await;
+        let name = match &request.name {
+            Some(name) => {
+                if self.store.find_vm(name)?.is_some() {
+                    return Err(ServiceError::NameTaken(name.clone()));
+                }
+                name.clone()
+            }
+            None => {
+                let mut lookup_error = None;
+                let name = generate_name(|candidate| match self.store.find_vm(candidate) {
+                    Ok(found) => found.is_some(),
+                    Err(err) => {
+                        lookup_error = Some(err);
+                        false
+                    }
+                });
+                if let Some(err) = lookup_error {
+                    return Err(err.into());
+                }
+                name
+            }
+        };
+        let guest_ip = self.settings.bridge.next_free(&self.store.used_guest_ips()?)?;
+        let now = self.clock.now_ms();
+        let vm = Vm {
+            id: new_id(),
+            name,
+            image_id: image.id.clone(),
+            image_name: image.name.clone(),
+            state: VmState::Created,
+            spec: request.spec.clone(),
+            guest_ip,
+            vsock_cid: vsock_cid(guest_ip),
+            created_at_ms: now,
+            updated_at_ms: now,
+            last_error: None,
+            stages: Vec::new(),
+        };
+        self.store.insert_vm(&vm)?;
+        Ok(vm)
+    }
+
+    pub fn list_vms(&self) -> Result<Vec<Vm>, ServiceError> {
+        Ok(self.store.list_vms()?)
+    }
+
+    pub fn find_vm(&self, id_or_name: &str) -> Result<Vm, ServiceError> {
+        self.store
+            .find_vm(id_or_name)?
+            .ok_or_else(|| ServiceError::VmNotFound(id_or_name.to_string()))
+    }
+
+    /// Removes a VM's record. A VM that may still run is refused unless
+    /// `force` is given.
+    pub async fn delete_vm(&self, id_or_name: &str, force: bool) -> Result<Vm, ServiceError> {
+        let id = self.find_vm(id_or_name)?.id;
+        let _vm_lock = self.vm_locks.lock(&id).await;
+        // Re-read under the lock: another request may have changed it.
+        let vm = self.find_vm(&id).map_err(|_| ServiceError::VmNotFound(id_or_name.to_string()))?;
+        if vm.state.is_active() && !force {
+            return Err(ServiceError::VmActive { name: vm.name.clone(), state: vm.state.as_str() });
+        }
+        self.store.delete_vm(&vm.id)?;
+        self.vm_locks.forget(&vm.id);
+        tracing::info!(vm = %vm.name, id = %vm.id, "vm removed");
+        Ok(vm)
+    }
+
+    pub fn list_images(&self) -> Result<Vec<Image>, ServiceError> {
+        Ok(self.store.list_images()?)
+    }
+
+    pub fn find_image(&self, id_or_name: &str) -> Result<Image, ServiceError> {
+        self.store
+            .find_image(id_or_name)?
+            .ok_or_else(|| ServiceError::ImageNotFound(id_or_name.to_string()))
+    }
+
+    /// Names of the VMs that use an image.
+    pub fn vms_using_image(&self, image_id: &str) -> Result<Vec<String>, ServiceError> {
+        Ok(self
+            .store
+            .list_vms()?
+            .into_iter()
+            .filter(|vm| vm.image_id == image_id)
+            .map(|vm| vm.name)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! What a user asks for when creating a VM (`CreateParams`), the validated
+//! machine shape it becomes (`VmSpec`), and the limits that sit between.
+
+use crate::names::{validate_name, NameError};
+use crate::size::{format_size, parse_size, SizeError};
+
+pub const MIN_MEMORY_MIB: u32 = 64;
+pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
+pub const MAX_VCPUS: u32 = 64;
+pub const MIN_DISK_BYTES: u64 = 64 << 20;
+pub const MAX_DISK_BYTES: u64 = 16 << 40;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Size(#[from] SizeError),
+    #[error("invalid vcpu count {0}: use 1 to {MAX_VCPUS}")]
+    Vcpus(u32),
+    #[error("invalid memory {0} MiB: use {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB")]
+    Memory(u32),
+    #[error("invalid {what} size {size}: use {} to {}", format_size(MIN_DISK_BYTES), format_size(MAX_DISK_BYTES))]
+    DiskSize { what: &'static str, size: String },
+}
+
+/// The raw create request, as it arrives from a front-end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateParams {
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    pub work_disk_size: Option<String>,
+    pub system_disk_size: Option<String>,
+    pub nat: bool,
+    pub no_start: bool,
+}
+
+/// Defaults applied where a request is silent (from config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecDefaults {
+    pub image: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub work_disk_bytes: u64,
+    pub system_disk_bytes: u64,
+}
+
+impl Default for SpecDefaults {
+    fn default() -> Self {
+        SpecDefaults {
+            image: "debian-bookworm".to_string(),
+            vcpus: 2,
+            memory_mib: 1024,
+            work_disk_bytes: 8 << 30,
+            system_disk_bytes: 4 << 30,
+        }
+    }
+}
+
+/// The validated machine shape of a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub work_disk_bytes: u64,
+    pub system_disk_bytes: u64,
+    pub nat: bool,
+}
+
+/// A create request after validation: the optional name, the image to
+/// resolve and the machine shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedCreate {
+    pub name: Option<String>,
+    pub image: String,
+    pub spec: VmSpec,
+    pub no_start: bool,
+}
+
+impl CreateParams {
+    /// Checks every field; nothing is touched before this passes.
+    pub fn validate(&self, defaults: &SpecDefaults) -> Result<ValidatedCreate, SpecError> {
+        let name = match self.name.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(name) => {
+                validate_name(name)?;
+                Some(name.to_string())
+            }
+        };
+        let vcpus = self.vcpus.unwrap_or(defaults.vcpus);
+        if vcpus == 0 || vcpus > MAX_VCPUS {
+            return Err(SpecError::Vcpus(vcpus));
+        }
+        let memory_mib = self.memory_mib.unwrap_or(defaults.memory_mib);
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+            return Err(SpecError::Memory(memory_mib));
+        }
+        let work_disk_bytes = disk_size("work disk", &self.work_disk_size, defaults.work_disk_bytes)?;
+        let system_disk_bytes =
+            disk_size("system disk", &self.system_disk_size, defaults.system_disk_bytes)?;
+        let image = match self.image.as_deref().map(str::trim) {
+            None | Some("") => defaults.image.clone(),
+            Some(image) => image.to_string(),
+        };
+        Ok(ValidatedCreate {
+            name,
+            image,
+            spec: VmSpec {
+                vcpus,
+                memory_mib,
+                work_disk_bytes,
+                system_disk_bytes,
+                nat: self.nat,
+            },
+            no_start: self.no_start,
+        })
+    }
+}
+
+fn disk_size(what: &'static str, text: &Option<String>, default: u64) -> Result<u64, SpecError> {
+    let Some(text) = text else { return Ok(default) };
+    let bytes = parse_size(text)?;
+    if !(MIN_DISK_BYTES..=MAX_DISK_BYTES).contains(&bytes) {
+        return Err(SpecError::DiskSize { what, size: text.clone() });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(params: CreateParams) -> Result<ValidatedCreate, SpecError> {
+        params.validate(&SpecDefaults::default())
+    }
+
+    #[test]
+    fn defaults_fill_silence() {
+        let v = check(CreateParams::default()).unwrap();
+        assert_eq!(v.image, "debian-bookworm");
+        assert_eq!(v.name, None);
+        assert_eq!(v.spec.vcpus, 2);
+        assert_eq!(v.spec.work_disk_bytes, 8 << 30);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad = [
+            CreateParams { name: Some("Bad_Name".into()), ..Default::default() },
+            CreateParams { vcpus: Some(0), ..Default::default() },
+            CreateParams { vcpus: Some(1000), ..Default::default() },
+            CreateParams { memory_mib: Some(32), ..Default::default() },
+            CreateParams { work_disk_size: Some("10Q".into()), ..Default::default() },
+            CreateParams { system_disk_size: Some("1K".into()), ..Default::default() },
+        ];
+        for params in bad {
+            assert!(check(params.clone()).is_err(), "{params:?}");
+        }
+    }
+
+    #[test]
+    fn messages_are_one_lowercase_line() {
+        let err = check(CreateParams { work_disk_size: Some("10Q".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "invalid size \"10Q\": use a number with a unit, like 512M or 8G");
+        let err = check(CreateParams { memory_mib: Some(10), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().starts_with("invalid memory 10 MiB"));
+    }
+}

@@ -1,0 +1,96 @@
+//! VM resources as they cross the API.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Lifecycle state of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Created,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Failed => "failed",
+        }
+    }
+}
+
+/// Body of `POST /v1/vms`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreateRequest {
+    /// `[a-z][a-z0-9-]{0,62}`; generated (two words) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Image name or id; the configured default image when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// Size of the `/root` work disk, e.g. `8G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_disk_size: Option<String>,
+    /// Size of the per-VM system overlay disk, e.g. `4G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_disk_size: Option<String>,
+    #[serde(default)]
+    pub nat: bool,
+    /// Reserve and record the VM without booting it.
+    #[serde(default)]
+    pub no_start: bool,
+}
+
+/// Wall time of one named stage of an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StageTiming {
+    pub name: String,
+    pub elapsed_ms: u64,
+}
+
+/// A VM as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Vm {
+    pub id: String,
+    pub name: String,
+    pub image_id: String,
+    pub image_name: String,
+    pub state: VmState,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub work_disk_bytes: u64,
+    pub system_disk_bytes: u64,
+    pub nat: bool,
+    pub guest_ip: String,
+    pub vsock_cid: u32,
+    pub dns_name: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Stage timings of the last create or start.
+    #[serde(default)]
+    pub stages: Vec<StageTiming>,
+}
+
+/// Body of `GET /v1/vms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmList {
+    pub vms: Vec<Vm>,
+}
