@@ -5,6 +5,7 @@
 
 pub mod addr;
 pub mod clock;
+pub mod doctor;
 pub mod image;
 pub mod locks;
 pub mod memory_store;

@@ -1,0 +1,174 @@
+//! The doctor checks: facts are gathered from the host once
+//! (`HostFacts::gather`), and the report is a pure function of them
+//! (`report`), tested with made-up facts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use banger_core::doctor::Check;
+use banger_core::size::format_size;
+
+use crate::accel::{Accel, KvmFacts, KvmPaths};
+use crate::tools::find_tool;
+
+/// Below this much free space under the state root: warn.
+pub const WARN_FREE_BYTES: u64 = 10 << 30;
+/// Below this: fail.
+pub const FAIL_FREE_BYTES: u64 = 1 << 30;
+
+/// Tools checked, with the Debian package that provides each.
+pub const TOOLS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("e2fsck", "e2fsprogs"),
+    ("resize2fs", "e2fsprogs"),
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+];
+
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    pub euid: u32,
+    pub kvm: KvmFacts,
+    pub tools: BTreeMap<&'static str, Option<PathBuf>>,
+    pub state_root: PathBuf,
+    /// Free bytes available under the state root (or its nearest existing
+    /// parent), or why it could not be read.
+    pub free_bytes: Result<u64, String>,
+}
+
+impl HostFacts {
+    pub fn gather(state_root: &Path) -> Self {
+        HostFacts {
+            euid: nix::unistd::geteuid().as_raw(),
+            kvm: KvmFacts::probe(&KvmPaths::default()),
+            tools: TOOLS.iter().map(|(tool, _)| (*tool, find_tool(tool))).collect(),
+            state_root: state_root.to_path_buf(),
+            free_bytes: free_bytes(state_root),
+        }
+    }
+}
+
+fn free_bytes(path: &Path) -> Result<u64, String> {
+    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let stat = nix::sys::statvfs::statvfs(existing).map_err(|e| e.to_string())?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+/// Every check, in a stable order.
+pub fn report(facts: &HostFacts) -> Vec<Check> {
+    let mut checks = vec![privileges(facts.euid), kvm(&facts.kvm)];
+    for (tool, package) in TOOLS {
+        checks.push(match facts.tools.get(tool).cloned().flatten() {
+            Some(path) => Check::pass(&format!("tool {tool}"), path.display().to_string()),
+            None => Check::fail(
+                &format!("tool {tool}"),
+                format!("{tool} not found"),
+                format!("install it: apt-get install {package}"),
+            ),
+        });
+    }
+    checks.push(disk(&facts.state_root, &facts.free_bytes));
+    checks
+}
+
+fn privileges(euid: u32) -> Check {
+    if euid == 0 {
+        Check::pass("privileges", "running as root")
+    } else {
+        Check::fail(
+            "privileges",
+            format!("running as uid {euid}, not root"),
+            "bangerd manages the bridge, tap devices and nftables: run it as root",
+        )
+    }
+}
+
+fn kvm(facts: &KvmFacts) -> Check {
+    match facts.accel() {
+        Accel::Kvm => Check::pass("kvm", "/dev/kvm is usable: vms run with hardware acceleration"),
+        Accel::Tcg { reason } => Check::warn(
+            "kvm",
+            format!("{reason}: qemu will use tcg software emulation (boots take seconds)"),
+            "on a host with hardware virtualisation, load kvm_intel or kvm_amd and give access to /dev/kvm",
+        ),
+    }
+}
+
+fn disk(root: &Path, free: &Result<u64, String>) -> Check {
+    let name = "disk space";
+    match free {
+        Err(err) => Check::fail(name, format!("cannot read free space under {}: {err}", root.display()), "check the state root path in the config"),
+        Ok(bytes) if *bytes < FAIL_FREE_BYTES => Check::fail(
+            name,
+            format!("{} free under {}", format_size(*bytes), root.display()),
+            "free some space: images and work disks need several GiB",
+        ),
+        Ok(bytes) if *bytes < WARN_FREE_BYTES => Check::warn(
+            name,
+            format!("{} free under {}", format_size(*bytes), root.display()),
+            "images and work disks need several GiB; free some space",
+        ),
+        Ok(bytes) => Check::pass(name, format!("{} free under {}", format_size(*bytes), root.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use banger_core::doctor::CheckStatus;
+
+    use super::*;
+
+    fn facts() -> HostFacts {
+        HostFacts {
+            euid: 0,
+            kvm: KvmFacts { device_exists: true, device_open: Ok(()), pvm: false },
+            tools: TOOLS.iter().map(|(t, _)| (*t, Some(PathBuf::from(format!("/usr/bin/{t}"))))).collect(),
+            state_root: "/var/lib/banger".into(),
+            free_bytes: Ok(100 << 30),
+        }
+    }
+
+    fn status_of(checks: &[Check], name: &str) -> CheckStatus {
+        checks.iter().find(|c| c.name == name).unwrap().status
+    }
+
+    #[test]
+    fn healthy_host_passes_everything() {
+        assert!(report(&facts()).iter().all(|c| c.status == CheckStatus::Pass));
+    }
+
+    #[test]
+    fn pvm_kvm_warns_and_names_the_consequence() {
+        let mut f = facts();
+        f.kvm.pvm = true;
+        let checks = report(&f);
+        let kvm = checks.iter().find(|c| c.name == "kvm").unwrap();
+        assert_eq!(kvm.status, CheckStatus::Warn);
+        assert!(kvm.detail.contains("PVM") && kvm.detail.contains("tcg"), "{}", kvm.detail);
+    }
+
+    #[test]
+    fn missing_tools_non_root_and_full_disk_fail_with_hints() {
+        let mut f = facts();
+        f.euid = 1000;
+        f.tools.insert("nft", None);
+        f.free_bytes = Ok(100 << 20);
+        let checks = report(&f);
+        for name in ["privileges", "tool nft", "disk space"] {
+            assert_eq!(status_of(&checks, name), CheckStatus::Fail, "{name}");
+        }
+        let nft = checks.iter().find(|c| c.name == "tool nft").unwrap();
+        assert_eq!(nft.hint.as_deref(), Some("install it: apt-get install nftables"));
+        f.free_bytes = Ok(5 << 30);
+        assert_eq!(status_of(&report(&f), "disk space"), CheckStatus::Warn);
+    }
+
+    #[test]
+    fn gathers_real_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = HostFacts::gather(&dir.path().join("not-yet"));
+        assert!(*f.free_bytes.as_ref().unwrap() > 0);
+        assert_eq!(report(&f).len(), 2 + TOOLS.len() + 1);
+    }
+}

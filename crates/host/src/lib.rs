@@ -1,0 +1,7 @@
+//! banger-host: everything that looks at or changes the host. Today:
+//! KVM detection and accelerator choice, finding host tools, and the
+//! doctor checks built on those facts.
+
+pub mod accel;
+pub mod doctor;
+pub mod tools;
