@@ -6,6 +6,7 @@
 pub mod doctor;
 pub mod error;
 pub mod image;
+pub mod paths;
 pub mod system;
 pub mod vm;
 

@@ -1,0 +1,84 @@
+//! Domain records to wire types.
+
+use banger_core::clock::rfc3339;
+use banger_core::doctor::{Check, CheckStatus};
+use banger_core::image::Image;
+use banger_core::vm::{Vm, VmState};
+use banger_proto as proto;
+
+pub fn vm(vm: &Vm) -> proto::vm::Vm {
+    proto::vm::Vm {
+        id: vm.id.clone(),
+        name: vm.name.clone(),
+        image_id: vm.image_id.clone(),
+        image_name: vm.image_name.clone(),
+        state: vm_state(vm.state),
+        vcpus: vm.spec.vcpus,
+        memory_mib: vm.spec.memory_mib,
+        work_disk_bytes: vm.spec.work_disk_bytes,
+        system_disk_bytes: vm.spec.system_disk_bytes,
+        nat: vm.spec.nat,
+        guest_ip: vm.guest_ip.to_string(),
+        vsock_cid: vm.vsock_cid,
+        dns_name: vm.dns_name(),
+        created_at: rfc3339(vm.created_at_ms),
+        updated_at: rfc3339(vm.updated_at_ms),
+        last_error: vm.last_error.clone(),
+        stages: vm
+            .stages
+            .iter()
+            .map(|s| proto::vm::StageTiming { name: s.name.clone(), elapsed_ms: s.elapsed_ms })
+            .collect(),
+    }
+}
+
+fn vm_state(state: VmState) -> proto::vm::VmState {
+    match state {
+        VmState::Created => proto::vm::VmState::Created,
+        VmState::Starting => proto::vm::VmState::Starting,
+        VmState::Running => proto::vm::VmState::Running,
+        VmState::Stopping => proto::vm::VmState::Stopping,
+        VmState::Stopped => proto::vm::VmState::Stopped,
+        VmState::Failed => proto::vm::VmState::Failed,
+    }
+}
+
+pub fn image(image: &Image) -> proto::image::Image {
+    let path = |p: &std::path::Path| p.display().to_string();
+    proto::image::Image {
+        id: image.id.clone(),
+        name: image.name.clone(),
+        source: image.source.clone(),
+        kernel_path: path(&image.kernel_path),
+        initrd_path: image.initrd_path.as_deref().map(path),
+        rootfs_path: path(&image.rootfs_path),
+        work_seed_path: image.work_seed_path.as_deref().map(path),
+        created_at: rfc3339(image.created_at_ms),
+    }
+}
+
+pub fn check(check: Check) -> proto::doctor::DoctorCheck {
+    proto::doctor::DoctorCheck {
+        name: check.name,
+        status: match check.status {
+            CheckStatus::Pass => proto::doctor::CheckStatus::Pass,
+            CheckStatus::Warn => proto::doctor::CheckStatus::Warn,
+            CheckStatus::Fail => proto::doctor::CheckStatus::Fail,
+        },
+        detail: check.detail,
+        hint: check.hint,
+    }
+}
+
+pub fn create_params(req: proto::vm::VmCreateRequest) -> banger_core::spec::CreateParams {
+    banger_core::spec::CreateParams {
+        name: req.name,
+        image: req.image,
+        vcpus: req.vcpus,
+        memory_mib: req.memory_mib,
+        work_disk_size: req.work_disk_size,
+        system_disk_size: req.system_disk_size,
+        nat: req.nat,
+        no_start: req.no_start,
+    }
+}

@@ -1,0 +1,75 @@
+//! The HTTP API: one route table, generated together with its OpenAPI
+//! document from the handler annotations, so the two cannot drift. The
+//! committed copy lives in `api/openapi.json` at the repository root.
+
+mod convert;
+pub mod error;
+mod images;
+mod json;
+mod system;
+mod trace;
+mod vms;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use banger_core::Banger;
+use tokio::sync::watch;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub banger: Arc<Banger>,
+    pub state_dir: std::path::PathBuf,
+    pub started: Instant,
+    /// Set to true to begin a graceful shutdown.
+    pub shutdown: watch::Sender<bool>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "bangerd",
+        description = "The banger daemon's API, served as JSON over a unix socket.",
+        license(name = "Apache-2.0")
+    ),
+    tags(
+        (name = "vms", description = "Virtual machines"),
+        (name = "images", description = "Images VMs boot from"),
+        (name = "system", description = "The daemon and its host")
+    )
+)]
+struct ApiDoc;
+
+/// The route table and the OpenAPI document it implements.
+pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(vms::list_vms, vms::create_vm))
+        .routes(routes!(vms::show_vm, vms::delete_vm))
+        .routes(routes!(images::list_images))
+        .routes(routes!(images::show_image))
+        .routes(routes!(system::health))
+        .routes(routes!(system::doctor))
+        .routes(routes!(system::shutdown))
+        .split_for_parts();
+    let router = router
+        .fallback(error::not_found_route)
+        .layer(axum::middleware::from_fn(trace::per_request));
+    (router, doc)
+}
+
+/// The OpenAPI document as committed (pretty JSON, trailing newline).
+pub fn openapi_json() -> String {
+    let (_, doc) = router();
+    let mut text = doc.to_pretty_json().unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+pub fn app(state: AppState) -> Router {
+    router().0.with_state(state)
+}

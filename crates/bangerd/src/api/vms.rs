@@ -1,0 +1,68 @@
+//! `/v1/vms`: create, list, show, remove.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use banger_proto::error::ApiError;
+use banger_proto::vm::{Vm, VmCreateRequest, VmList};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::convert;
+use super::error::HttpError;
+use super::json::ApiJson;
+use super::AppState;
+
+#[utoipa::path(get, path = "/v1/vms", tag = "vms",
+    responses((status = 200, description = "Every VM", body = VmList)))]
+pub async fn list_vms(State(state): State<AppState>) -> Result<Json<VmList>, HttpError> {
+    let vms = state.banger.list_vms()?;
+    Ok(Json(VmList { vms: vms.iter().map(convert::vm).collect() }))
+}
+
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = VmCreateRequest,
+    responses(
+        (status = 201, description = "The VM was created", body = Vm),
+        (status = 400, description = "Bad input", body = ApiError),
+        (status = 409, description = "The name is taken or no address is free", body = ApiError),
+        (status = 501, description = "Booting is not available", body = ApiError),
+        (status = 500, description = "Host or store failure", body = ApiError)))]
+pub async fn create_vm(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<VmCreateRequest>,
+) -> Result<(StatusCode, Json<Vm>), HttpError> {
+    let vm = state.banger.create_vm(convert::create_params(request)).await?;
+    Ok((StatusCode::CREATED, Json(convert::vm(&vm))))
+}
+
+#[utoipa::path(get, path = "/v1/vms/{vm}", tag = "vms",
+    params(("vm" = String, Path, description = "VM name or id")),
+    responses(
+        (status = 200, description = "The VM", body = Vm),
+        (status = 404, description = "No such VM", body = ApiError)))]
+pub async fn show_vm(State(state): State<AppState>, Path(vm): Path<String>) -> Result<Json<Vm>, HttpError> {
+    Ok(Json(convert::vm(&state.banger.find_vm(&vm)?)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Remove the VM even if it may still run.
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(delete, path = "/v1/vms/{vm}", tag = "vms",
+    params(("vm" = String, Path, description = "VM name or id"), DeleteQuery),
+    responses(
+        (status = 200, description = "The VM as it was when removed", body = Vm),
+        (status = 404, description = "No such VM", body = ApiError),
+        (status = 409, description = "The VM may still run", body = ApiError)))]
+pub async fn delete_vm(
+    State(state): State<AppState>,
+    Path(vm): Path<String>,
+    Query(query): Query<DeleteQuery>,
+) -> Result<Json<Vm>, HttpError> {
+    let vm = state.banger.delete_vm(&vm, query.force).await?;
+    Ok(Json(convert::vm(&vm)))
+}

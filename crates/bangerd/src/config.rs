@@ -1,0 +1,190 @@
+//! `config.toml`: every setting optional, every path overridable. Resolution
+//! order for each path: command-line flag, environment, config file,
+//! default (moved under `--root` when one is given).
+
+use std::path::{Path, PathBuf};
+
+use banger_core::addr::{AddrError, BridgeNet};
+use banger_core::size::{parse_size, SizeError};
+use banger_core::spec::{SpecDefaults, MAX_VCPUS, MIN_MEMORY_MIB};
+use banger_proto::paths::DefaultPaths;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("bad config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("bad config {path}: {source}")]
+    Bridge { path: String, source: AddrError },
+    #[error("bad config {path}: vm_defaults: {source}")]
+    Size { path: String, source: SizeError },
+    #[error("bad config {path}: vm_defaults: {message}")]
+    Defaults { path: String, message: String },
+}
+
+/// The file as written. Unknown keys are errors, so typos do not pass.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    state_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    socket_group: Option<String>,
+    bridge_address: Option<String>,
+    default_image: Option<String>,
+    #[serde(default)]
+    vm_defaults: VmDefaultsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmDefaultsFile {
+    vcpus: Option<u32>,
+    memory_mib: Option<u32>,
+    work_disk_size: Option<String>,
+    system_disk_size: Option<String>,
+}
+
+/// Overrides from the command line or environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+}
+
+/// The resolved configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub socket: PathBuf,
+    pub socket_group: String,
+    pub bridge: BridgeNet,
+    pub defaults: SpecDefaults,
+}
+
+pub const DEFAULT_BRIDGE: &str = "172.29.0.1/24";
+
+impl Config {
+    pub fn database(&self) -> PathBuf {
+        self.state_dir.join("banger.db")
+    }
+
+    /// Loads the config file (absent is fine) and applies the overrides.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let defaults = DefaultPaths::under(overrides.root.as_deref());
+        let config_path = overrides.config.clone().unwrap_or(defaults.config.clone());
+        let file = read_file(&config_path)?;
+        let shown = config_path.display().to_string();
+        let run_dir = file.run_dir.clone().unwrap_or(defaults.run_dir.clone());
+        let socket = overrides
+            .socket
+            .clone()
+            .or(file.socket.clone())
+            .unwrap_or_else(|| run_dir.join("bangerd.sock"));
+        let bridge_text = file.bridge_address.as_deref().unwrap_or(DEFAULT_BRIDGE);
+        let bridge = BridgeNet::parse(bridge_text)
+            .map_err(|source| ConfigError::Bridge { path: shown.clone(), source })?;
+        Ok(Config {
+            state_dir: file.state_dir.clone().unwrap_or(defaults.state_dir),
+            run_dir,
+            socket,
+            socket_group: file.socket_group.clone().unwrap_or_else(|| "banger".into()),
+            bridge,
+            defaults: spec_defaults(&file, &shown)?,
+            config_path,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let shown = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
+        Err(source) => return Err(ConfigError::Read { path: shown, source }),
+    };
+    toml::from_str(&text).map_err(|err| ConfigError::Parse {
+        path: shown,
+        message: err.message().to_string(),
+    })
+}
+
+fn spec_defaults(file: &ConfigFile, shown: &str) -> Result<SpecDefaults, ConfigError> {
+    let mut defaults = SpecDefaults::default();
+    let vm = &file.vm_defaults;
+    let bad = |message: String| ConfigError::Defaults { path: shown.to_string(), message };
+    if let Some(image) = &file.default_image {
+        defaults.image = image.clone();
+    }
+    if let Some(vcpus) = vm.vcpus {
+        if vcpus == 0 || vcpus > MAX_VCPUS {
+            return Err(bad(format!("vcpus must be 1 to {MAX_VCPUS}")));
+        }
+        defaults.vcpus = vcpus;
+    }
+    if let Some(memory) = vm.memory_mib {
+        if memory < MIN_MEMORY_MIB {
+            return Err(bad(format!("memory_mib must be at least {MIN_MEMORY_MIB}")));
+        }
+        defaults.memory_mib = memory;
+    }
+    let size = |text: &str| {
+        parse_size(text).map_err(|source| ConfigError::Size { path: shown.to_string(), source })
+    };
+    if let Some(text) = &vm.work_disk_size {
+        defaults.work_disk_bytes = size(text)?;
+    }
+    if let Some(text) = &vm.system_disk_size {
+        defaults.system_disk_bytes = size(text)?;
+    }
+    Ok(defaults)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/banger/config.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        Config::load(&Overrides { root: Some(dir.path().into()), ..Default::default() })
+    }
+
+    #[test]
+    fn absent_file_means_defaults_under_the_root() {
+        let cfg = Config::load(&Overrides { root: Some("/tmp/r".into()), ..Default::default() }).unwrap();
+        assert_eq!(cfg.socket, Path::new("/tmp/r/run/banger/bangerd.sock"));
+        assert_eq!(cfg.database(), Path::new("/tmp/r/var/lib/banger/banger.db"));
+        assert_eq!(cfg.bridge.to_string(), DEFAULT_BRIDGE);
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let cfg = load_with(
+            "bridge_address = \"10.9.0.1/24\"\ndefault_image = \"alpine\"\nsocket = \"/x.sock\"\n[vm_defaults]\nvcpus = 4\nwork_disk_size = \"2G\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.bridge.gateway().to_string(), "10.9.0.1");
+        assert_eq!(cfg.defaults.image, "alpine");
+        assert_eq!(cfg.defaults.vcpus, 4);
+        assert_eq!(cfg.defaults.work_disk_bytes, 2 << 30);
+        assert_eq!(cfg.socket, Path::new("/x.sock"));
+        let cfg = Config::load(&Overrides { socket: Some("/y.sock".into()), ..Default::default() }).unwrap();
+        assert_eq!(cfg.socket, Path::new("/y.sock"));
+    }
+
+    #[test]
+    fn bad_files_are_one_line_errors() {
+        for text in ["bogus = 1", "bridge_address = \"nope\"", "[vm_defaults]\nvcpus = 0", "[vm_defaults]\nwork_disk_size = \"10Q\""] {
+            let err = load_with(text).unwrap_err().to_string();
+            assert!(err.starts_with("bad config ") && !err.contains('\n'), "{err}");
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! `bangerd`: parse flags, load config, serve until told to stop.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use banger_proto::paths::{ENV_CONFIG, ENV_ROOT, ENV_SOCKET};
+use bangerd::config::{Config, Overrides};
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The banger daemon: owns VM state, host networking and the API socket.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Prefix for every default path (config, state, runtime), for tests
+    /// and side-by-side installs.
+    #[arg(long, env = ENV_ROOT)]
+    root: Option<PathBuf>,
+    /// Config file [default: /etc/banger/config.toml].
+    #[arg(long, env = ENV_CONFIG)]
+    config: Option<PathBuf>,
+    /// API socket [default: /run/banger/bangerd.sock].
+    #[arg(long, env = ENV_SOCKET)]
+    socket: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Print the OpenAPI document of the API and exit.
+    #[arg(long)]
+    print_openapi: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.print_openapi {
+        print!("{}", bangerd::api::openapi_json());
+        return Ok(());
+    }
+    bangerd::logging::init(matches!(args.log_format, LogFormat::Json));
+    let config = Config::load(&Overrides { root: args.root, config: args.config, socket: args.socket })?;
+    let running = bangerd::server::start(config).await?;
+    let mut finished = running.shutdown.subscribe();
+    tokio::select! {
+        signalled = bangerd::server::signalled() => signalled?,
+        _ = finished.wait_for(|stop| *stop) => {}
+    }
+    let _ = running.shutdown.send(true);
+    running.task.await??;
+    Ok(())
+}

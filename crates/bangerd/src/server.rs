@@ -1,0 +1,98 @@
+//! Bringing the daemon up and down: state directories, the store, the
+//! unix socket (mode 0660, group `banger` when it exists), and graceful
+//! shutdown on SIGTERM, SIGINT or `POST /v1/shutdown`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use banger_core::clock::SystemClock;
+use banger_core::resolve::StoredImages;
+use banger_core::{Banger, Settings};
+use banger_store::SqliteStore;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{app, AppState};
+use crate::config::Config;
+
+/// A daemon serving on its socket.
+pub struct Running {
+    pub shutdown: watch::Sender<bool>,
+    pub task: JoinHandle<Result<()>>,
+}
+
+/// Opens the state, binds the socket and starts serving.
+pub async fn start(config: Config) -> Result<Running> {
+    for dir in [&config.state_dir, &config.run_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let store = Arc::new(SqliteStore::open(&config.database())?);
+    let banger = Arc::new(Banger::new(
+        store.clone(),
+        Arc::new(StoredImages::new(store)),
+        Arc::new(SystemClock),
+        Settings { bridge: config.bridge, defaults: config.defaults.clone() },
+    ));
+    let listener = bind(&config.socket, &config.socket_group).await?;
+    let (shutdown, mut stopped) = watch::channel(false);
+    let state = AppState {
+        banger,
+        state_dir: config.state_dir.clone(),
+        started: Instant::now(),
+        shutdown: shutdown.clone(),
+    };
+    tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "bangerd serving");
+    let socket = config.socket.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app(state))
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await;
+        let _ = std::fs::remove_file(&socket);
+        tracing::info!("bangerd stopped");
+        served.context("api server failed")
+    });
+    Ok(Running { shutdown, task })
+}
+
+/// Binds the API socket. A live daemon on it is an error; a stale socket
+/// file left by a crash is removed.
+async fn bind(socket: &Path, group: &str) -> Result<UnixListener> {
+    if socket.exists() {
+        if UnixStream::connect(socket).await.is_ok() {
+            bail!("another bangerd is already serving {}", socket.display());
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+    }
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let listener = UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(group)) => {
+            nix::unistd::chown(socket, None, Some(group.gid))
+                .with_context(|| format!("cannot give {} to group {}", socket.display(), group.name))?;
+        }
+        _ => tracing::info!(group, "socket group does not exist; only root can use the api"),
+    }
+    Ok(listener)
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn signalled() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("sigterm: shutting down"),
+        _ = int.recv() => tracing::info!("sigint: shutting down"),
+    }
+    Ok(())
+}
