@@ -1,0 +1,99 @@
+//! The API client: HTTP/1.1 over the daemon's unix socket.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use banger_proto::error::ApiError;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+/// A failure the daemon reported, or the daemon being unreachable.
+#[derive(Debug)]
+pub enum ClientError {
+    NotRunning { socket: PathBuf, reason: String },
+    Api(ApiError),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::NotRunning { socket, reason } => {
+                write!(f, "bangerd is not running at {} ({reason})", socket.display())
+            }
+            ClientError::Api(err) => write!(f, "{}", err.error.message),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: PathBuf) -> Self {
+        Client { socket }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| ClientError::NotRunning {
+            socket: self.socket.clone(),
+            reason: e.kind().to_string().to_lowercase(),
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("cannot talk to bangerd")?;
+        tokio::spawn(conn);
+        let bytes = match body {
+            Some(body) => serde_json::to_vec(body)?,
+            None => Vec::new(),
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://bangerd{path}"))
+            .header("host", "bangerd")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(bytes)))?;
+        let response = sender.send_request(request).await.context("bangerd dropped the request")?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .with_context(|| format!("unexpected answer from bangerd to {path}"));
+        }
+        match serde_json::from_slice::<ApiError>(&body) {
+            Ok(err) => Err(ClientError::Api(err).into()),
+            Err(_) => Err(anyhow::anyhow!(
+                "bangerd answered {} to {path}",
+                status.canonical_reason().map(str::to_lowercase).unwrap_or_else(|| status.to_string())
+            )),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `banger`: the command line. Talks only to bangerd's API.
+//!
+//! Exit codes: 0 ok, 1 the operation failed, 2 bad usage or input.
+
+mod client;
+mod daemon;
+mod doctor;
+mod image;
+mod output;
+mod vm;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use banger_proto::error::ErrorCode;
+use banger_proto::paths::{DefaultPaths, ENV_ROOT, ENV_SOCKET};
+use clap::{Parser, Subcommand};
+
+use crate::client::{Client, ClientError};
+
+/// Fast, disposable-yet-persistent Linux microVMs.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// bangerd's API socket [default: /run/banger/bangerd.sock].
+    #[arg(long, global = true, env = ENV_SOCKET)]
+    socket: Option<PathBuf>,
+    /// Prefix of every default path, as given to bangerd.
+    #[arg(long, global = true, env = ENV_ROOT)]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage VMs.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Check this host for what banger needs.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start, stop or check bangerd.
+    #[command(subcommand)]
+    Daemon(daemon::DaemonCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(&err),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.socket.unwrap_or_else(|| DefaultPaths::under(cli.root.as_deref()).socket());
+    let client = Client::new(socket);
+    match cli.command {
+        Command::Vm(command) => vm::run(&client, command).await,
+        Command::Image(command) => image::run(&client, command).await,
+        Command::Doctor { json } => doctor::run(&client, json).await,
+        Command::Daemon(command) => daemon::run(&client, command, cli.root.as_deref()).await,
+    }
+}
+
+/// Prints the error (one line, then a hint when there is one) and picks
+/// the exit code: the one mapping from errors to exit codes.
+fn report(err: &anyhow::Error) -> ExitCode {
+    let (hint, code) = match err.downcast_ref::<ClientError>() {
+        Some(ClientError::NotRunning { .. }) => {
+            (Some("start it with `banger daemon start` (as root)".to_string()), 1)
+        }
+        Some(ClientError::Api(api)) => {
+            let code = if api.error.code == ErrorCode::InvalidInput { 2 } else { 1 };
+            (api.error.hint.clone(), code)
+        }
+        None => (None, 1),
+    };
+    eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::from(code)
+}

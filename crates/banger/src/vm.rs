@@ -1,0 +1,165 @@
+//! `banger vm ...`.
+
+use anyhow::Result;
+use banger_proto::vm::{Vm, VmCreateRequest, VmList};
+use clap::{Args, Subcommand};
+
+use crate::client::Client;
+use crate::output;
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM.
+    Create(CreateArgs),
+    /// List VMs.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one VM.
+    Show {
+        /// VM name or id.
+        vm: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a VM and everything it owns on the host.
+    #[command(alias = "remove")]
+    Rm {
+        /// VM names or ids.
+        #[arg(required = true)]
+        vms: Vec<String>,
+        /// Remove even if it may still run.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Name (`[a-z][a-z0-9-]{0,62}`); two random words when left out.
+    #[arg(long)]
+    name: Option<String>,
+    /// Image name or id [default: the daemon's default image].
+    #[arg(long)]
+    image: Option<String>,
+    /// Virtual CPUs (1-64).
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Memory in MiB (at least 64).
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Size of the /root work disk, like 8G.
+    #[arg(long)]
+    disk: Option<String>,
+    /// Size of the system overlay disk, like 4G.
+    #[arg(long)]
+    system_disk: Option<String>,
+    /// Give the VM outbound NAT.
+    #[arg(long)]
+    nat: bool,
+    /// Record the VM without booting it.
+    #[arg(long)]
+    no_start: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
+    match command {
+        VmCommand::Create(args) => {
+            let request = VmCreateRequest {
+                name: args.name,
+                image: args.image,
+                vcpus: args.vcpus,
+                memory_mib: args.memory,
+                work_disk_size: args.disk,
+                system_disk_size: args.system_disk,
+                nat: args.nat,
+                no_start: args.no_start,
+            };
+            let vm: Vm = client.post("/v1/vms", &request).await?;
+            if args.json {
+                return output::json(&vm);
+            }
+            println!("created {} ({}, {}, {})", vm.name, vm.id, vm.guest_ip, vm.state.as_str());
+        }
+        VmCommand::Ls { json } => {
+            let list: VmList = client.get("/v1/vms").await?;
+            if json {
+                return output::json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .vms
+                .iter()
+                .map(|vm| {
+                    vec![
+                        vm.name.clone(),
+                        vm.state.as_str().to_string(),
+                        vm.guest_ip.clone(),
+                        vm.image_name.clone(),
+                        vm.vcpus.to_string(),
+                        format!("{}M", vm.memory_mib),
+                        output::size(vm.work_disk_bytes),
+                        vm.id.clone(),
+                    ]
+                })
+                .collect();
+            output::table(&["NAME", "STATE", "IP", "IMAGE", "VCPUS", "MEMORY", "DISK", "ID"], &rows);
+        }
+        VmCommand::Show { vm, json } => {
+            let vm: Vm = client.get(&format!("/v1/vms/{}", path_segment(&vm))).await?;
+            if json {
+                return output::json(&vm);
+            }
+            show(&vm);
+        }
+        VmCommand::Rm { vms, force } => {
+            for name in vms {
+                let query = if force { "?force=true" } else { "" };
+                let vm: Vm = client.delete(&format!("/v1/vms/{}{query}", path_segment(&name))).await?;
+                println!("removed {}", vm.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show(vm: &Vm) {
+    let mut rows = vec![
+        ("name", vm.name.clone()),
+        ("id", vm.id.clone()),
+        ("state", vm.state.as_str().to_string()),
+        ("image", format!("{} ({})", vm.image_name, vm.image_id)),
+        ("vcpus", vm.vcpus.to_string()),
+        ("memory", format!("{} MiB", vm.memory_mib)),
+        ("work disk", output::size(vm.work_disk_bytes)),
+        ("system disk", output::size(vm.system_disk_bytes)),
+        ("nat", if vm.nat { "on" } else { "off" }.to_string()),
+        ("address", vm.guest_ip.clone()),
+        ("dns name", vm.dns_name.clone()),
+        ("vsock cid", vm.vsock_cid.to_string()),
+        ("created", vm.created_at.clone()),
+        ("updated", vm.updated_at.clone()),
+    ];
+    if let Some(err) = &vm.last_error {
+        rows.push(("last error", err.clone()));
+    }
+    if !vm.stages.is_empty() {
+        let stages: Vec<String> =
+            vm.stages.iter().map(|s| format!("{} {}ms", s.name, s.elapsed_ms)).collect();
+        rows.push(("stages", stages.join(", ")));
+    }
+    for (key, value) in rows {
+        println!("{:<12} {value}", format!("{key}:"));
+    }
+}
+
+/// Names are validated by the daemon; keep anything else from changing
+/// the path's shape.
+pub fn path_segment(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_string() } else { format!("%{:02X}", c as u32 & 0xff) })
+        .collect()
+}
