@@ -65,7 +65,11 @@ impl Client {
     ) -> Result<T> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| ClientError::NotRunning {
             socket: self.socket.clone(),
-            reason: e.kind().to_string().to_lowercase(),
+            reason: match e.kind() {
+                std::io::ErrorKind::NotFound => "no socket".to_string(),
+                std::io::ErrorKind::ConnectionRefused => "nothing listens on the socket".to_string(),
+                kind => kind.to_string().to_lowercase(),
+            },
         })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -1,0 +1,118 @@
+//! The committed OpenAPI document matches the server, and every route it
+//! lists answers with the statuses and bodies it documents (bodies are
+//! validated against its schemas, with unknown fields rejected).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+use support::TestDaemon;
+
+fn committed_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../api/openapi.json")
+}
+
+#[test]
+fn committed_document_is_current() {
+    let generated = bangerd::api::openapi_json();
+    if std::env::var_os("BANGER_UPDATE_OPENAPI").is_some() {
+        std::fs::write(committed_path(), &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(committed_path()).unwrap();
+    assert!(
+        committed == generated,
+        "api/openapi.json is stale: regenerate it with BANGER_UPDATE_OPENAPI=1 cargo test -p bangerd --test openapi"
+    );
+}
+
+fn doc() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(committed_path()).unwrap()).unwrap()
+}
+
+/// Every object schema refuses properties it does not list.
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            map.values_mut().for_each(close_objects);
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+/// Checks that `status` is documented for the route and `body` fits its schema.
+fn assert_documented(doc: &Value, method: &str, route: &str, status: u16, body: &Value) {
+    let responses = &doc["paths"][route][method]["responses"];
+    let response = &responses[status.to_string()];
+    assert!(response.is_object(), "{method} {route} answered {status}, which is not documented");
+    let schema = &response["content"]["application/json"]["schema"];
+    let mut root = json!({ "components": doc["components"].clone() });
+    close_objects(&mut root);
+    root.as_object_mut().unwrap().insert("$ref".into(), schema["$ref"].clone());
+    let validator = jsonschema::validator_for(&root).unwrap();
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{method} {route} {status}: {errors:?}\nbody: {body}");
+}
+
+#[tokio::test]
+async fn every_documented_route_answers_as_documented() {
+    let doc = doc();
+    let daemon = TestDaemon::start().await;
+    let mut seen = BTreeSet::new();
+    let create = r#"{"name":"web","no_start":true,"vcpus":1,"memory_mib":256,"work_disk_size":"1G"}"#;
+    let cases: Vec<(&str, &str, String, Option<&str>, u16)> = vec![
+        ("get", "/v1/health", "/v1/health".into(), None, 200),
+        ("get", "/v1/doctor", "/v1/doctor".into(), None, 200),
+        ("get", "/v1/images", "/v1/images".into(), None, 200),
+        ("get", "/v1/images/{image}", "/v1/images/base".into(), None, 200),
+        ("get", "/v1/images/{image}", "/v1/images/nope".into(), None, 404),
+        ("post", "/v1/vms", "/v1/vms".into(), Some(create), 201),
+        ("post", "/v1/vms", "/v1/vms".into(), Some(create), 409),
+        ("post", "/v1/vms", "/v1/vms".into(), Some(r#"{"name":"x","vcpus":0,"no_start":true}"#), 400),
+        ("post", "/v1/vms", "/v1/vms".into(), Some(r#"{"name":"x"}"#), 501),
+        ("get", "/v1/vms", "/v1/vms".into(), None, 200),
+        ("get", "/v1/vms/{vm}", "/v1/vms/web".into(), None, 200),
+        ("get", "/v1/vms/{vm}", "/v1/vms/nope".into(), None, 404),
+        ("delete", "/v1/vms/{vm}", "/v1/vms/web".into(), None, 200),
+        ("delete", "/v1/vms/{vm}", "/v1/vms/web".into(), None, 404),
+        ("post", "/v1/shutdown", "/v1/shutdown".into(), None, 202),
+    ];
+    for (method, route, path, body, expected) in cases {
+        let (status, value) = daemon.call(&method.to_uppercase(), &path, body).await;
+        assert_eq!(status, expected, "{method} {path}: {value}");
+        assert_documented(&doc, method, route, status, &value);
+        seen.insert((method.to_string(), route.to_string()));
+    }
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(route, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), route.clone())))
+        .filter(|(m, _)| m != "parameters")
+        .collect();
+    assert_eq!(seen, documented, "every documented route is exercised, and nothing else");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_and_unknown_routes_get_error_bodies() {
+    let doc = doc();
+    let daemon = TestDaemon::start().await;
+    for body in ["{", "42", r#"{"name": 5}"#, r#"{"bogus": true}"#, "not json"] {
+        let (status, value) = daemon.call("POST", "/v1/vms", Some(body)).await;
+        assert_eq!(status, 400, "{body}: {value}");
+        assert_documented(&doc, "post", "/v1/vms", 400, &value);
+        assert_eq!(value["error"]["code"], "invalid_input");
+    }
+    let (status, value) = daemon.call("GET", "/v1/nothing-here", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(value["error"]["code"], "not_found");
+    let (status, _) = daemon.call("GET", "/v1/vms", None).await;
+    assert_eq!(status, 200, "the daemon still serves after bad requests");
+    daemon.stop().await;
+}

@@ -1,0 +1,93 @@
+//! Test support: a daemon under a temporary root, served in-process, and a
+//! small HTTP client over its unix socket.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use banger_core::image::Image;
+use banger_core::store::Store;
+use banger_store::SqliteStore;
+use bangerd::config::{Config, Overrides};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::UnixStream;
+
+pub struct TestDaemon {
+    pub root: tempfile::TempDir,
+    pub config: Config,
+    pub running: Option<bangerd::server::Running>,
+}
+
+impl TestDaemon {
+    /// A daemon whose store already holds an image named `base`.
+    pub async fn start() -> TestDaemon {
+        let root = tempfile::tempdir().unwrap();
+        write_config(root.path());
+        let config = Config::load(&Overrides { root: Some(root.path().into()), ..Default::default() }).unwrap();
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        seed_image(&config.database(), "base");
+        let running = bangerd::server::start(config.clone()).await.unwrap();
+        TestDaemon { root, config, running: Some(running) }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.config.socket.clone()
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        call(&self.socket(), method, path, body).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.shutdown.send(true);
+            running.task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A config whose default image is the seeded `base`.
+pub fn write_config(root: &Path) {
+    let dir = root.join("etc/banger");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), "default_image = \"base\"\n").unwrap();
+}
+
+pub fn seed_image(db: &Path, name: &str) {
+    let store = SqliteStore::open(db).unwrap();
+    store
+        .upsert_image(&Image {
+            id: format!("img-{name}"),
+            name: name.into(),
+            source: "register".into(),
+            kernel_path: "/images/kernel".into(),
+            initrd_path: None,
+            rootfs_path: "/images/rootfs.ext4".into(),
+            work_seed_path: Some("/images/work-seed.ext4".into()),
+            created_at_ms: 1,
+        })
+        .unwrap();
+}
+
+/// One request; returns the status and the JSON body (`Null` when empty).
+pub async fn call(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(format!("http://bangerd{path}"))
+        .header("host", "bangerd")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    (status, value)
+}
