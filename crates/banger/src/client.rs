@@ -23,7 +23,11 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::NotRunning { socket, reason } => {
-                write!(f, "bangerd is not running at {} ({reason})", socket.display())
+                write!(
+                    f,
+                    "bangerd is not running at {} ({reason})",
+                    socket.display()
+                )
             }
             ClientError::Api(err) => write!(f, "{}", err.error.message),
         }
@@ -63,14 +67,19 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| ClientError::NotRunning {
-            socket: self.socket.clone(),
-            reason: match e.kind() {
-                std::io::ErrorKind::NotFound => "no socket".to_string(),
-                std::io::ErrorKind::ConnectionRefused => "nothing listens on the socket".to_string(),
-                kind => kind.to_string().to_lowercase(),
-            },
-        })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| ClientError::NotRunning {
+                    socket: self.socket.clone(),
+                    reason: match e.kind() {
+                        std::io::ErrorKind::NotFound => "no socket".to_string(),
+                        std::io::ErrorKind::ConnectionRefused => {
+                            "nothing listens on the socket".to_string()
+                        }
+                        kind => kind.to_string().to_lowercase(),
+                    },
+                })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("cannot talk to bangerd")?;
@@ -85,7 +94,10 @@ impl Client {
             .header("host", "bangerd")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))?;
-        let response = sender.send_request(request).await.context("bangerd dropped the request")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("bangerd dropped the request")?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         if status.is_success() {
@@ -96,7 +108,10 @@ impl Client {
             Ok(err) => Err(ClientError::Api(err).into()),
             Err(_) => Err(anyhow::anyhow!(
                 "bangerd answered {} to {path}",
-                status.canonical_reason().map(str::to_lowercase).unwrap_or_else(|| status.to_string())
+                status
+                    .canonical_reason()
+                    .map(str::to_lowercase)
+                    .unwrap_or_else(|| status.to_string())
             )),
         }
     }

@@ -61,10 +61,17 @@ async fn start(client: &Client, root: Option<&Path>) -> Result<()> {
     }
     let binary = bangerd_binary();
     let socket = client.socket().to_path_buf();
-    let run_dir = socket.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let run_dir = socket
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
     let log_path = run_dir.join("bangerd.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
     let mut command = Command::new(&binary);
     command.arg("--socket").arg(&socket);
     if let Some(root) = root {
@@ -81,14 +88,24 @@ async fn start(client: &Client, root: Option<&Path>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(health) = client.get::<Health>("/v1/health").await {
-            println!("bangerd started (pid {}, log {})", health.pid, log_path.display());
+            println!(
+                "bangerd started (pid {}, log {})",
+                health.pid,
+                log_path.display()
+            );
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("bangerd exited at start ({status}); see {}", log_path.display());
+            bail!(
+                "bangerd exited at start ({status}); see {}",
+                log_path.display()
+            );
         }
         if Instant::now() > deadline {
-            bail!("bangerd did not answer within 15s; see {}", log_path.display());
+            bail!(
+                "bangerd did not answer within 15s; see {}",
+                log_path.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

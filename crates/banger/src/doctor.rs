@@ -24,7 +24,11 @@ pub async fn run(client: &Client, json: bool) -> Result<()> {
         }
     }
     if report.has_failures() {
-        let failed = report.checks.iter().filter(|c| c.status == CheckStatus::Fail).count();
+        let failed = report
+            .checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Fail)
+            .count();
         bail!("{failed} doctor check(s) failed");
     }
     Ok(())

@@ -36,14 +36,26 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                 .images
                 .iter()
                 .map(|i| {
-                    let seed = if i.work_seed_path.is_some() { "yes" } else { "no" };
-                    vec![i.name.clone(), i.source.clone(), seed.into(), i.created_at.clone(), i.id.clone()]
+                    let seed = if i.work_seed_path.is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    };
+                    vec![
+                        i.name.clone(),
+                        i.source.clone(),
+                        seed.into(),
+                        i.created_at.clone(),
+                        i.id.clone(),
+                    ]
                 })
                 .collect();
             output::table(&["NAME", "SOURCE", "WORK SEED", "CREATED", "ID"], &rows);
         }
         ImageCommand::Show { image, json } => {
-            let image: Image = client.get(&format!("/v1/images/{}", path_segment(&image))).await?;
+            let image: Image = client
+                .get(&format!("/v1/images/{}", path_segment(&image)))
+                .await?;
             if json {
                 return output::json(&image);
             }
@@ -55,7 +67,10 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                 ("kernel", image.kernel_path.clone()),
                 ("initrd", image.initrd_path.clone().unwrap_or_else(none)),
                 ("rootfs", image.rootfs_path.clone()),
-                ("work seed", image.work_seed_path.clone().unwrap_or_else(none)),
+                (
+                    "work seed",
+                    image.work_seed_path.clone().unwrap_or_else(none),
+                ),
                 ("created", image.created_at.clone()),
             ] {
                 println!("{:<11} {value}", format!("{key}:"));

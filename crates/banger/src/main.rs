@@ -52,7 +52,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start: {err}");
@@ -66,7 +69,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let socket = cli.socket.unwrap_or_else(|| DefaultPaths::under(cli.root.as_deref()).socket());
+    let socket = cli
+        .socket
+        .unwrap_or_else(|| DefaultPaths::under(cli.root.as_deref()).socket());
     let client = Client::new(socket);
     match cli.command {
         Command::Vm(command) => vm::run(&client, command).await,
@@ -80,11 +85,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// the exit code: the one mapping from errors to exit codes.
 fn report(err: &anyhow::Error) -> ExitCode {
     let (hint, code) = match err.downcast_ref::<ClientError>() {
-        Some(ClientError::NotRunning { .. }) => {
-            (Some("start it with `banger daemon start` (as root)".to_string()), 1)
-        }
+        Some(ClientError::NotRunning { .. }) => (
+            Some("start it with `banger daemon start` (as root)".to_string()),
+            1,
+        ),
         Some(ClientError::Api(api)) => {
-            let code = if api.error.code == ErrorCode::InvalidInput { 2 } else { 1 };
+            let code = if api.error.code == ErrorCode::InvalidInput {
+                2
+            } else {
+                1
+            };
             (api.error.hint.clone(), code)
         }
         None => (None, 1),

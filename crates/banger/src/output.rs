@@ -16,8 +16,11 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> =
-            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
     let mut out = line(headers.to_vec());
@@ -32,21 +35,7 @@ pub fn json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-/// Bytes for humans: `8G`, `1.5G`, `512M`.
-pub fn size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
-    for (unit, scale) in UNITS {
-        if bytes >= scale {
-            let tenths = bytes * 10 / scale;
-            return if tenths % 10 == 0 {
-                format!("{}{unit}", tenths / 10)
-            } else {
-                format!("{}.{}{unit}", tenths / 10, tenths % 10)
-            };
-        }
-    }
-    format!("{bytes}B")
-}
+pub use banger_proto::units::format_size as size;
 
 #[cfg(test)]
 mod tests {
@@ -54,13 +43,10 @@ mod tests {
 
     #[test]
     fn aligns_columns() {
-        let out = render_table(&["NAME", "IP"], &[vec!["web-long".into(), "1.2.3.4".into()]]);
+        let out = render_table(
+            &["NAME", "IP"],
+            &[vec!["web-long".into(), "1.2.3.4".into()]],
+        );
         assert_eq!(out, "NAME      IP\nweb-long  1.2.3.4\n");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(size(8 << 30), "8G");
-        assert_eq!(size(3 << 29), "1.5G");
     }
 }

@@ -83,7 +83,13 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
             if args.json {
                 return output::json(&vm);
             }
-            println!("created {} ({}, {}, {})", vm.name, vm.id, vm.guest_ip, vm.state.as_str());
+            println!(
+                "created {} ({}, {}, {})",
+                vm.name,
+                vm.id,
+                vm.guest_ip,
+                vm.state.as_str()
+            );
         }
         VmCommand::Ls { json } => {
             let list: VmList = client.get("/v1/vms").await?;
@@ -106,10 +112,17 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                     ]
                 })
                 .collect();
-            output::table(&["NAME", "STATE", "IP", "IMAGE", "VCPUS", "MEMORY", "DISK", "ID"], &rows);
+            output::table(
+                &[
+                    "NAME", "STATE", "IP", "IMAGE", "VCPUS", "MEMORY", "DISK", "ID",
+                ],
+                &rows,
+            );
         }
         VmCommand::Show { vm, json } => {
-            let vm: Vm = client.get(&format!("/v1/vms/{}", path_segment(&vm))).await?;
+            let vm: Vm = client
+                .get(&format!("/v1/vms/{}", path_segment(&vm)))
+                .await?;
             if json {
                 return output::json(&vm);
             }
@@ -118,7 +131,9 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
         VmCommand::Rm { vms, force } => {
             for name in vms {
                 let query = if force { "?force=true" } else { "" };
-                let vm: Vm = client.delete(&format!("/v1/vms/{}{query}", path_segment(&name))).await?;
+                let vm: Vm = client
+                    .delete(&format!("/v1/vms/{}{query}", path_segment(&name)))
+                    .await?;
                 println!("removed {}", vm.name);
             }
         }
@@ -147,8 +162,11 @@ fn show(vm: &Vm) {
         rows.push(("last error", err.clone()));
     }
     if !vm.stages.is_empty() {
-        let stages: Vec<String> =
-            vm.stages.iter().map(|s| format!("{} {}ms", s.name, s.elapsed_ms)).collect();
+        let stages: Vec<String> = vm
+            .stages
+            .iter()
+            .map(|s| format!("{} {}ms", s.name, s.elapsed_ms))
+            .collect();
         rows.push(("stages", stages.join(", ")));
     }
     for (key, value) in rows {
@@ -160,6 +178,12 @@ fn show(vm: &Vm) {
 /// the path's shape.
 pub fn path_segment(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_string() } else { format!("%{:02X}", c as u32 & 0xff) })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_string()
+            } else {
+                format!("%{:02X}", c as u32 & 0xff)
+            }
+        })
         .collect()
 }

@@ -13,7 +13,10 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("bad config {path}: {message}")]
     Parse { path: String, message: String },
     #[error("bad config {path}: {source}")]
@@ -87,8 +90,10 @@ impl Config {
             .or(file.socket.clone())
             .unwrap_or_else(|| run_dir.join("bangerd.sock"));
         let bridge_text = file.bridge_address.as_deref().unwrap_or(DEFAULT_BRIDGE);
-        let bridge = BridgeNet::parse(bridge_text)
-            .map_err(|source| ConfigError::Bridge { path: shown.clone(), source })?;
+        let bridge = BridgeNet::parse(bridge_text).map_err(|source| ConfigError::Bridge {
+            path: shown.clone(),
+            source,
+        })?;
         Ok(Config {
             state_dir: file.state_dir.clone().unwrap_or(defaults.state_dir),
             run_dir,
@@ -106,7 +111,12 @@ fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
-        Err(source) => return Err(ConfigError::Read { path: shown, source }),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: shown,
+                source,
+            })
+        }
     };
     toml::from_str(&text).map_err(|err| ConfigError::Parse {
         path: shown,
@@ -117,7 +127,10 @@ fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
 fn spec_defaults(file: &ConfigFile, shown: &str) -> Result<SpecDefaults, ConfigError> {
     let mut defaults = SpecDefaults::default();
     let vm = &file.vm_defaults;
-    let bad = |message: String| ConfigError::Defaults { path: shown.to_string(), message };
+    let bad = |message: String| ConfigError::Defaults {
+        path: shown.to_string(),
+        message,
+    };
     if let Some(image) = &file.default_image {
         defaults.image = image.clone();
     }
@@ -134,7 +147,10 @@ fn spec_defaults(file: &ConfigFile, shown: &str) -> Result<SpecDefaults, ConfigE
         defaults.memory_mib = memory;
     }
     let size = |text: &str| {
-        parse_size(text).map_err(|source| ConfigError::Size { path: shown.to_string(), source })
+        parse_size(text).map_err(|source| ConfigError::Size {
+            path: shown.to_string(),
+            source,
+        })
     };
     if let Some(text) = &vm.work_disk_size {
         defaults.work_disk_bytes = size(text)?;
@@ -154,12 +170,19 @@ mod tests {
         let path = dir.path().join("etc/banger/config.toml");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, text).unwrap();
-        Config::load(&Overrides { root: Some(dir.path().into()), ..Default::default() })
+        Config::load(&Overrides {
+            root: Some(dir.path().into()),
+            ..Default::default()
+        })
     }
 
     #[test]
     fn absent_file_means_defaults_under_the_root() {
-        let cfg = Config::load(&Overrides { root: Some("/tmp/r".into()), ..Default::default() }).unwrap();
+        let cfg = Config::load(&Overrides {
+            root: Some("/tmp/r".into()),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(cfg.socket, Path::new("/tmp/r/run/banger/bangerd.sock"));
         assert_eq!(cfg.database(), Path::new("/tmp/r/var/lib/banger/banger.db"));
         assert_eq!(cfg.bridge.to_string(), DEFAULT_BRIDGE);
@@ -176,15 +199,27 @@ mod tests {
         assert_eq!(cfg.defaults.vcpus, 4);
         assert_eq!(cfg.defaults.work_disk_bytes, 2 << 30);
         assert_eq!(cfg.socket, Path::new("/x.sock"));
-        let cfg = Config::load(&Overrides { socket: Some("/y.sock".into()), ..Default::default() }).unwrap();
+        let cfg = Config::load(&Overrides {
+            socket: Some("/y.sock".into()),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(cfg.socket, Path::new("/y.sock"));
     }
 
     #[test]
     fn bad_files_are_one_line_errors() {
-        for text in ["bogus = 1", "bridge_address = \"nope\"", "[vm_defaults]\nvcpus = 0", "[vm_defaults]\nwork_disk_size = \"10Q\""] {
+        for text in [
+            "bogus = 1",
+            "bridge_address = \"nope\"",
+            "[vm_defaults]\nvcpus = 0",
+            "[vm_defaults]\nwork_disk_size = \"10Q\"",
+        ] {
             let err = load_with(text).unwrap_err().to_string();
-            assert!(err.starts_with("bad config ") && !err.contains('\n'), "{err}");
+            assert!(
+                err.starts_with("bad config ") && !err.contains('\n'),
+                "{err}"
+            );
         }
     }
 }

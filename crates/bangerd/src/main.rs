@@ -42,7 +42,11 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     bangerd::logging::init(matches!(args.log_format, LogFormat::Json));
-    let config = Config::load(&Overrides { root: args.root, config: args.config, socket: args.socket })?;
+    let config = Config::load(&Overrides {
+        root: args.root,
+        config: args.config,
+        socket: args.socket,
+    })?;
     let running = bangerd::server::start(config).await?;
     let mut finished = running.shutdown.subscribe();
     tokio::select! {

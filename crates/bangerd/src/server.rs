@@ -35,7 +35,10 @@ pub async fn start(config: Config) -> Result<Running> {
         store.clone(),
         Arc::new(StoredImages::new(store)),
         Arc::new(SystemClock),
-        Settings { bridge: config.bridge, defaults: config.defaults.clone() },
+        Settings {
+            bridge: config.bridge,
+            defaults: config.defaults.clone(),
+        },
     ));
     let listener = bind(&config.socket, &config.socket_group).await?;
     let (shutdown, mut stopped) = watch::channel(false);
@@ -73,14 +76,19 @@ async fn bind(socket: &Path, group: &str) -> Result<UnixListener> {
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let listener = UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
     match nix::unistd::Group::from_name(group) {
         Ok(Some(group)) => {
-            nix::unistd::chown(socket, None, Some(group.gid))
-                .with_context(|| format!("cannot give {} to group {}", socket.display(), group.name))?;
+            nix::unistd::chown(socket, None, Some(group.gid)).with_context(|| {
+                format!("cannot give {} to group {}", socket.display(), group.name)
+            })?;
         }
-        _ => tracing::info!(group, "socket group does not exist; only root can use the api"),
+        _ => tracing::info!(
+            group,
+            "socket group does not exist; only root can use the api"
+        ),
     }
     Ok(listener)
 }

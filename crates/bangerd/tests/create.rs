@@ -12,7 +12,10 @@ use support::TestDaemon;
 async fn one_name_twice_at_once_has_exactly_one_winner() {
     let daemon = Arc::new(TestDaemon::start().await);
     let body = r#"{"name":"dup","no_start":true}"#;
-    let (a, b) = tokio::join!(daemon.call("POST", "/v1/vms", Some(body)), daemon.call("POST", "/v1/vms", Some(body)));
+    let (a, b) = tokio::join!(
+        daemon.call("POST", "/v1/vms", Some(body)),
+        daemon.call("POST", "/v1/vms", Some(body))
+    );
     let mut statuses = [a.0, b.0];
     statuses.sort();
     assert_eq!(statuses, [201, 409]);
@@ -28,7 +31,11 @@ async fn fifty_creates_at_once_get_distinct_names_addresses_and_cids() {
     let mut tasks = vec![];
     for _ in 0..50 {
         let daemon = daemon.clone();
-        tasks.push(tokio::spawn(async move { daemon.call("POST", "/v1/vms", Some(r#"{"no_start":true}"#)).await }));
+        tasks.push(tokio::spawn(async move {
+            daemon
+                .call("POST", "/v1/vms", Some(r#"{"no_start":true}"#))
+                .await
+        }));
     }
     let (mut names, mut ips, mut cids) = (HashSet::new(), HashSet::new(), HashSet::new());
     for task in tasks {
@@ -39,28 +46,45 @@ async fn fifty_creates_at_once_get_distinct_names_addresses_and_cids() {
         cids.insert(vm["vsock_cid"].as_u64().unwrap());
     }
     assert_eq!((names.len(), ips.len(), cids.len()), (50, 50, 50));
-    assert!(!ips.contains("172.29.0.0") && !ips.contains("172.29.0.1") && !ips.contains("172.29.0.255"));
+    assert!(
+        !ips.contains("172.29.0.0") && !ips.contains("172.29.0.1") && !ips.contains("172.29.0.255")
+    );
 }
 
 #[tokio::test]
 async fn bad_input_is_refused_and_changes_nothing() {
     let daemon = TestDaemon::start().await;
-    let (status, _) = daemon.call("POST", "/v1/vms", Some(r#"{"name":"keep","no_start":true}"#)).await;
+    let (status, _) = daemon
+        .call(
+            "POST",
+            "/v1/vms",
+            Some(r#"{"name":"keep","no_start":true}"#),
+        )
+        .await;
     assert_eq!(status, 201);
     let bad = [
         (r#"{"name":"Not_Valid","no_start":true}"#, 400),
         (r#"{"name":"a1","vcpus":0,"no_start":true}"#, 400),
         (r#"{"name":"a2","vcpus":4096,"no_start":true}"#, 400),
         (r#"{"name":"a3","memory_mib":32,"no_start":true}"#, 400),
-        (r#"{"name":"a4","work_disk_size":"10Q","no_start":true}"#, 400),
-        (r#"{"name":"a5","image":"no-such-image","no_start":true}"#, 400),
+        (
+            r#"{"name":"a4","work_disk_size":"10Q","no_start":true}"#,
+            400,
+        ),
+        (
+            r#"{"name":"a5","image":"no-such-image","no_start":true}"#,
+            400,
+        ),
         (r#"{"name":"keep","no_start":true}"#, 409),
     ];
     for (body, expected) in bad {
         let (status, value) = daemon.call("POST", "/v1/vms", Some(body)).await;
         assert_eq!(status, expected, "{body}: {value}");
         let message = value["error"]["message"].as_str().unwrap();
-        assert!(!message.contains('\n') && !message.ends_with('.'), "{message}");
+        assert!(
+            !message.contains('\n') && !message.ends_with('.'),
+            "{message}"
+        );
         assert!(value["error"]["hint"].is_string(), "{body} has no hint");
     }
     let (_, list) = daemon.call("GET", "/v1/vms", None).await;

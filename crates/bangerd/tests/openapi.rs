@@ -49,14 +49,22 @@ fn close_objects(schema: &mut Value) {
 fn assert_documented(doc: &Value, method: &str, route: &str, status: u16, body: &Value) {
     let responses = &doc["paths"][route][method]["responses"];
     let response = &responses[status.to_string()];
-    assert!(response.is_object(), "{method} {route} answered {status}, which is not documented");
+    assert!(
+        response.is_object(),
+        "{method} {route} answered {status}, which is not documented"
+    );
     let schema = &response["content"]["application/json"]["schema"];
     let mut root = json!({ "components": doc["components"].clone() });
     close_objects(&mut root);
-    root.as_object_mut().unwrap().insert("$ref".into(), schema["$ref"].clone());
+    root.as_object_mut()
+        .unwrap()
+        .insert("$ref".into(), schema["$ref"].clone());
     let validator = jsonschema::validator_for(&root).unwrap();
     let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{method} {route} {status}: {errors:?}\nbody: {body}");
+    assert!(
+        errors.is_empty(),
+        "{method} {route} {status}: {errors:?}\nbody: {body}"
+    );
 }
 
 #[tokio::test]
@@ -64,17 +72,42 @@ async fn every_documented_route_answers_as_documented() {
     let doc = doc();
     let daemon = TestDaemon::start().await;
     let mut seen = BTreeSet::new();
-    let create = r#"{"name":"web","no_start":true,"vcpus":1,"memory_mib":256,"work_disk_size":"1G"}"#;
+    let create =
+        r#"{"name":"web","no_start":true,"vcpus":1,"memory_mib":256,"work_disk_size":"1G"}"#;
     let cases: Vec<(&str, &str, String, Option<&str>, u16)> = vec![
         ("get", "/v1/health", "/v1/health".into(), None, 200),
         ("get", "/v1/doctor", "/v1/doctor".into(), None, 200),
         ("get", "/v1/images", "/v1/images".into(), None, 200),
-        ("get", "/v1/images/{image}", "/v1/images/base".into(), None, 200),
-        ("get", "/v1/images/{image}", "/v1/images/nope".into(), None, 404),
+        (
+            "get",
+            "/v1/images/{image}",
+            "/v1/images/base".into(),
+            None,
+            200,
+        ),
+        (
+            "get",
+            "/v1/images/{image}",
+            "/v1/images/nope".into(),
+            None,
+            404,
+        ),
         ("post", "/v1/vms", "/v1/vms".into(), Some(create), 201),
         ("post", "/v1/vms", "/v1/vms".into(), Some(create), 409),
-        ("post", "/v1/vms", "/v1/vms".into(), Some(r#"{"name":"x","vcpus":0,"no_start":true}"#), 400),
-        ("post", "/v1/vms", "/v1/vms".into(), Some(r#"{"name":"x"}"#), 501),
+        (
+            "post",
+            "/v1/vms",
+            "/v1/vms".into(),
+            Some(r#"{"name":"x","vcpus":0,"no_start":true}"#),
+            400,
+        ),
+        (
+            "post",
+            "/v1/vms",
+            "/v1/vms".into(),
+            Some(r#"{"name":"x"}"#),
+            501,
+        ),
         ("get", "/v1/vms", "/v1/vms".into(), None, 200),
         ("get", "/v1/vms/{vm}", "/v1/vms/web".into(), None, 200),
         ("get", "/v1/vms/{vm}", "/v1/vms/nope".into(), None, 404),
@@ -92,10 +125,18 @@ async fn every_documented_route_answers_as_documented() {
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(route, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), route.clone())))
+        .flat_map(|(route, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), route.clone()))
+        })
         .filter(|(m, _)| m != "parameters")
         .collect();
-    assert_eq!(seen, documented, "every documented route is exercised, and nothing else");
+    assert_eq!(
+        seen, documented,
+        "every documented route is exercised, and nothing else"
+    );
     daemon.stop().await;
 }
 
@@ -103,7 +144,13 @@ async fn every_documented_route_answers_as_documented() {
 async fn malformed_bodies_and_unknown_routes_get_error_bodies() {
     let doc = doc();
     let daemon = TestDaemon::start().await;
-    for body in ["{", "42", r#"{"name": 5}"#, r#"{"bogus": true}"#, "not json"] {
+    for body in [
+        "{",
+        "42",
+        r#"{"name": 5}"#,
+        r#"{"bogus": true}"#,
+        "not json",
+    ] {
         let (status, value) = daemon.call("POST", "/v1/vms", Some(body)).await;
         assert_eq!(status, 400, "{body}: {value}");
         assert_documented(&doc, "post", "/v1/vms", 400, &value);

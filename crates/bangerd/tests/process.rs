@@ -36,13 +36,25 @@ async fn serves_refuses_a_twin_and_stops_on_sigterm() {
     let socket = root.path().join("run/banger/bangerd.sock");
     let mut daemon = spawn(root.path());
     wait_for_socket(&socket).await;
-    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o660);
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
     support::seed_image(&root.path().join("var/lib/banger/banger.db"), "base");
-    let (status, _) = support::call(&socket, "POST", "/v1/vms", Some(r#"{"name":"kept","no_start":true}"#)).await;
+    let (status, _) = support::call(
+        &socket,
+        "POST",
+        "/v1/vms",
+        Some(r#"{"name":"kept","no_start":true}"#),
+    )
+    .await;
     assert_eq!(status, 201);
 
     let twin = spawn(root.path()).wait_with_output().unwrap();
-    assert!(!twin.status.success(), "a second daemon on the same socket must refuse to start");
+    assert!(
+        !twin.status.success(),
+        "a second daemon on the same socket must refuse to start"
+    );
 
     kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
     let status = daemon.wait().unwrap();

@@ -8,7 +8,9 @@ use ipnet::Ipv4Net;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AddrError {
-    #[error("invalid bridge address {0:?}: expected an IPv4 address with prefix, like 172.29.0.1/24")]
+    #[error(
+        "invalid bridge address {0:?}: expected an IPv4 address with prefix, like 172.29.0.1/24"
+    )]
     BadBridge(String),
     #[error("bridge prefix {0} is too small for guests: use a prefix of /29 or shorter")]
     PrefixTooSmall(Ipv4Net),
@@ -96,14 +98,23 @@ mod tests {
             used.insert(ip);
             got.push(ip.to_string());
         }
-        assert_eq!(got, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
-        assert_eq!(bridge.next_free(&used), Err(AddrError::Exhausted(bridge.network())));
+        assert_eq!(
+            got,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
+        assert_eq!(
+            bridge.next_free(&used),
+            Err(AddrError::Exhausted(bridge.network()))
+        );
     }
 
     #[test]
     fn gateway_in_the_middle_is_skipped_and_freed_addresses_are_reused() {
         let bridge = BridgeNet::parse("10.0.0.3/29").unwrap();
-        let used: HashSet<_> = ["10.0.0.1", "10.0.0.2"].iter().map(|s| s.parse().unwrap()).collect();
+        let used: HashSet<_> = ["10.0.0.1", "10.0.0.2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         assert_eq!(bridge.next_free(&used).unwrap().to_string(), "10.0.0.4");
         let used: HashSet<_> = ["10.0.0.2"].iter().map(|s| s.parse().unwrap()).collect();
         assert_eq!(bridge.next_free(&used).unwrap().to_string(), "10.0.0.1");
@@ -111,9 +122,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_bridges() {
-        assert!(matches!(BridgeNet::parse("nope"), Err(AddrError::BadBridge(_))));
-        assert!(matches!(BridgeNet::parse("10.0.0.0/24"), Err(AddrError::BadBridge(_))));
-        assert!(matches!(BridgeNet::parse("10.0.0.1/30"), Err(AddrError::PrefixTooSmall(_))));
+        assert!(matches!(
+            BridgeNet::parse("nope"),
+            Err(AddrError::BadBridge(_))
+        ));
+        assert!(matches!(
+            BridgeNet::parse("10.0.0.0/24"),
+            Err(AddrError::BadBridge(_))
+        ));
+        assert!(matches!(
+            BridgeNet::parse("10.0.0.1/30"),
+            Err(AddrError::PrefixTooSmall(_))
+        ));
     }
 
     #[test]

@@ -17,7 +17,12 @@ pub struct Check {
 
 impl Check {
     pub fn pass(name: &str, detail: impl Into<String>) -> Self {
-        Check { name: name.into(), status: CheckStatus::Pass, detail: detail.into(), hint: None }
+        Check {
+            name: name.into(),
+            status: CheckStatus::Pass,
+            detail: detail.into(),
+            hint: None,
+        }
     }
 
     pub fn warn(name: &str, detail: impl Into<String>, hint: impl Into<String>) -> Self {

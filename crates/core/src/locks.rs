@@ -23,6 +23,9 @@ impl VmLocks {
 
     /// Forgets the lock of a removed VM (the caller holds it).
     pub fn forget(&self, id: &str) {
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 }

@@ -27,8 +27,15 @@ fn lock(store: &MemoryStore) -> std::sync::MutexGuard<'_, Inner> {
 impl Store for MemoryStore {
     fn upsert_image(&self, image: &Image) -> Result<(), StoreError> {
         let mut inner = lock(self);
-        if inner.images.values().any(|i| i.name == image.name && i.id != image.id) {
-            return Err(StoreError::NameTaken { kind: "image", name: image.name.clone() });
+        if inner
+            .images
+            .values()
+            .any(|i| i.name == image.name && i.id != image.id)
+        {
+            return Err(StoreError::NameTaken {
+                kind: "image",
+                name: image.name.clone(),
+            });
         }
         inner.images.insert(image.id.clone(), image.clone());
         Ok(())
@@ -55,7 +62,10 @@ impl Store for MemoryStore {
     fn insert_vm(&self, vm: &Vm) -> Result<(), StoreError> {
         let mut inner = lock(self);
         if inner.vms.values().any(|v| v.name == vm.name) {
-            return Err(StoreError::NameTaken { kind: "vm", name: vm.name.clone() });
+            return Err(StoreError::NameTaken {
+                kind: "vm",
+                name: vm.name.clone(),
+            });
         }
         if inner.vms.values().any(|v| v.guest_ip == vm.guest_ip) {
             return Err(StoreError::AddressTaken(vm.guest_ip));
@@ -71,7 +81,10 @@ impl Store for MemoryStore {
                 *slot = vm.clone();
                 Ok(())
             }
-            None => Err(StoreError::Missing { kind: "vm", id: vm.id.clone() }),
+            None => Err(StoreError::Missing {
+                kind: "vm",
+                id: vm.id.clone(),
+            }),
         }
     }
 

@@ -3,7 +3,9 @@
 use rand::seq::IndexedRandom;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid name {0:?}: names are 1-63 characters of a-z, 0-9 and '-', starting with a letter")]
+#[error(
+    "invalid name {0:?}: names are 1-63 characters of a-z, 0-9 and '-', starting with a letter"
+)]
 pub struct NameError(pub String);
 
 /// Checks `[a-z][a-z0-9-]{0,62}`; the name becomes a DNS label (`NAME.vm`).
@@ -69,7 +71,17 @@ mod tests {
         for ok in ["a", "web-1", "x23", &"a".repeat(63)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1abc", "-a", "Abc", "a_b", "a.b", "a b", &"a".repeat(64), "é"] {
+        for bad in [
+            "",
+            "1abc",
+            "-a",
+            "Abc",
+            "a_b",
+            "a.b",
+            "a b",
+            &"a".repeat(64),
+            "é",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }

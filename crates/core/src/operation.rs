@@ -18,7 +18,12 @@ impl Operation {
     pub fn begin(kind: &'static str) -> Self {
         let now = Instant::now();
         tracing::info!(op = kind, "operation started");
-        Operation { kind, started: now, last: now, stages: Vec::new() }
+        Operation {
+            kind,
+            started: now,
+            last: now,
+            stages: Vec::new(),
+        }
     }
 
     /// Ends the current stage, naming it, and logs its wall time.
@@ -27,7 +32,10 @@ impl Operation {
         let elapsed_ms = now.duration_since(self.last).as_millis() as u64;
         self.last = now;
         tracing::info!(op = self.kind, stage = name, elapsed_ms, "stage done");
-        self.stages.push(Stage { name: name.to_string(), elapsed_ms });
+        self.stages.push(Stage {
+            name: name.to_string(),
+            elapsed_ms,
+        });
     }
 
     pub fn stages(&self) -> &[Stage] {

@@ -160,7 +160,11 @@ impl Banger {
         result
     }
 
-    async fn create_phases(&self, op: &mut Operation, params: CreateParams) -> Result<Vm, ServiceError> {
+    async fn create_phases(
+        &self,
+        op: &mut Operation,
+        params: CreateParams,
+    ) -> Result<Vm, ServiceError> {
         let request = params.validate(&self.settings.defaults)?;
         if !request.no_start {
             return Err(ServiceError::Unsupported(
@@ -205,7 +209,10 @@ impl Banger {
                 name
             }
         };
-        let guest_ip = self.settings.bridge.next_free(&self.store.used_guest_ips()?)?;
+        let guest_ip = self
+            .settings
+            .bridge
+            .next_free(&self.store.used_guest_ips()?)?;
         let now = self.clock.now_ms();
         let vm = Vm {
             id: new_id(),
@@ -241,9 +248,14 @@ impl Banger {
         let id = self.find_vm(id_or_name)?.id;
         let _vm_lock = self.vm_locks.lock(&id).await;
         // Re-read under the lock: another request may have changed it.
-        let vm = self.find_vm(&id).map_err(|_| ServiceError::VmNotFound(id_or_name.to_string()))?;
+        let vm = self
+            .find_vm(&id)
+            .map_err(|_| ServiceError::VmNotFound(id_or_name.to_string()))?;
         if vm.state.is_active() && !force {
-            return Err(ServiceError::VmActive { name: vm.name.clone(), state: vm.state.as_str() });
+            return Err(ServiceError::VmActive {
+                name: vm.name.clone(),
+                state: vm.state.as_str(),
+            });
         }
         self.store.delete_vm(&vm.id)?;
         self.vm_locks.forget(&vm.id);

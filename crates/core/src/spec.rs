@@ -20,7 +20,11 @@ pub enum SpecError {
     Vcpus(u32),
     #[error("invalid memory {0} MiB: use {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB")]
     Memory(u32),
-    #[error("invalid {what} size {size}: use {} to {}", format_size(MIN_DISK_BYTES), format_size(MAX_DISK_BYTES))]
+    #[error(
+        "invalid {what} size {size}: use {} to {}",
+        format_size(MIN_DISK_BYTES),
+        format_size(MAX_DISK_BYTES)
+    )]
     DiskSize { what: &'static str, size: String },
 }
 
@@ -97,9 +101,13 @@ impl CreateParams {
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
             return Err(SpecError::Memory(memory_mib));
         }
-        let work_disk_bytes = disk_size("work disk", &self.work_disk_size, defaults.work_disk_bytes)?;
-        let system_disk_bytes =
-            disk_size("system disk", &self.system_disk_size, defaults.system_disk_bytes)?;
+        let work_disk_bytes =
+            disk_size("work disk", &self.work_disk_size, defaults.work_disk_bytes)?;
+        let system_disk_bytes = disk_size(
+            "system disk",
+            &self.system_disk_size,
+            defaults.system_disk_bytes,
+        )?;
         let image = match self.image.as_deref().map(str::trim) {
             None | Some("") => defaults.image.clone(),
             Some(image) => image.to_string(),
@@ -123,7 +131,10 @@ fn disk_size(what: &'static str, text: &Option<String>, default: u64) -> Result<
     let Some(text) = text else { return Ok(default) };
     let bytes = parse_size(text)?;
     if !(MIN_DISK_BYTES..=MAX_DISK_BYTES).contains(&bytes) {
-        return Err(SpecError::DiskSize { what, size: text.clone() });
+        return Err(SpecError::DiskSize {
+            what,
+            size: text.clone(),
+        });
     }
     Ok(bytes)
 }
@@ -148,12 +159,30 @@ mod tests {
     #[test]
     fn rejects_bad_values() {
         let bad = [
-            CreateParams { name: Some("Bad_Name".into()), ..Default::default() },
-            CreateParams { vcpus: Some(0), ..Default::default() },
-            CreateParams { vcpus: Some(1000), ..Default::default() },
-            CreateParams { memory_mib: Some(32), ..Default::default() },
-            CreateParams { work_disk_size: Some("10Q".into()), ..Default::default() },
-            CreateParams { system_disk_size: Some("1K".into()), ..Default::default() },
+            CreateParams {
+                name: Some("Bad_Name".into()),
+                ..Default::default()
+            },
+            CreateParams {
+                vcpus: Some(0),
+                ..Default::default()
+            },
+            CreateParams {
+                vcpus: Some(1000),
+                ..Default::default()
+            },
+            CreateParams {
+                memory_mib: Some(32),
+                ..Default::default()
+            },
+            CreateParams {
+                work_disk_size: Some("10Q".into()),
+                ..Default::default()
+            },
+            CreateParams {
+                system_disk_size: Some("1K".into()),
+                ..Default::default()
+            },
         ];
         for params in bad {
             assert!(check(params.clone()).is_err(), "{params:?}");
@@ -162,11 +191,21 @@ mod tests {
 
     #[test]
     fn messages_are_one_lowercase_line() {
-        let err = check(CreateParams { work_disk_size: Some("10Q".into()), ..Default::default() })
-            .unwrap_err()
-            .to_string();
-        assert_eq!(err, "invalid size \"10Q\": use a number with a unit, like 512M or 8G");
-        let err = check(CreateParams { memory_mib: Some(10), ..Default::default() }).unwrap_err();
+        let err = check(CreateParams {
+            work_disk_size: Some("10Q".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "invalid size \"10Q\": use a number with a unit, like 512M or 8G"
+        );
+        let err = check(CreateParams {
+            memory_mib: Some(10),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().starts_with("invalid memory 10 MiB"));
     }
 }

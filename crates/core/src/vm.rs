@@ -20,7 +20,10 @@ pub enum StateError {
     #[error("unknown vm state {0:?}")]
     Unknown(String),
     #[error("vm is {from}, it cannot become {to}")]
-    Transition { from: &'static str, to: &'static str },
+    Transition {
+        from: &'static str,
+        to: &'static str,
+    },
 }
 
 impl VmState {
@@ -62,7 +65,10 @@ impl VmState {
 
     /// True while a VMM process may exist for the VM.
     pub fn is_active(self) -> bool {
-        matches!(self, VmState::Starting | VmState::Running | VmState::Stopping)
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Stopping
+        )
     }
 }
 
@@ -94,7 +100,10 @@ impl Vm {
     /// Moves to `to` if the state machine allows it.
     pub fn transition(&mut self, to: VmState, now_ms: i64) -> Result<(), StateError> {
         if !self.state.can_become(to) {
-            return Err(StateError::Transition { from: self.state.as_str(), to: to.as_str() });
+            return Err(StateError::Transition {
+                from: self.state.as_str(),
+                to: to.as_str(),
+            });
         }
         self.state = to;
         self.updated_at_ms = now_ms;

@@ -22,7 +22,9 @@ pub struct KvmFacts {
 pub enum Accel {
     Kvm,
     /// Software emulation, with the reason KVM was not used.
-    Tcg { reason: String },
+    Tcg {
+        reason: String,
+    },
 }
 
 /// Where to look; overridable so tests can point at a fake tree.
@@ -34,7 +36,10 @@ pub struct KvmPaths {
 
 impl Default for KvmPaths {
     fn default() -> Self {
-        KvmPaths { device: "/dev/kvm".into(), sys_module: "/sys/module".into() }
+        KvmPaths {
+            device: "/dev/kvm".into(),
+            sys_module: "/sys/module".into(),
+        }
     }
 }
 
@@ -51,16 +56,24 @@ impl KvmFacts {
         } else {
             Err("no such device".to_string())
         };
-        KvmFacts { device_exists, device_open, pvm: is_dir(&paths.sys_module.join("kvm_pvm")) }
+        KvmFacts {
+            device_exists,
+            device_open,
+            pvm: is_dir(&paths.sys_module.join("kvm_pvm")),
+        }
     }
 
     /// The accelerator these facts allow.
     pub fn accel(&self) -> Accel {
         if !self.device_exists {
-            return Accel::Tcg { reason: "/dev/kvm does not exist".into() };
+            return Accel::Tcg {
+                reason: "/dev/kvm does not exist".into(),
+            };
         }
         if let Err(err) = &self.device_open {
-            return Accel::Tcg { reason: format!("/dev/kvm cannot be opened: {err}") };
+            return Accel::Tcg {
+                reason: format!("/dev/kvm cannot be opened: {err}"),
+            };
         }
         if self.pvm {
             return Accel::Tcg {
@@ -82,7 +95,11 @@ mod tests {
     fn facts(device_exists: bool, open: bool, pvm: bool) -> KvmFacts {
         KvmFacts {
             device_exists,
-            device_open: if open { Ok(()) } else { Err("permission denied".into()) },
+            device_open: if open {
+                Ok(())
+            } else {
+                Err("permission denied".into())
+            },
             pvm,
         }
     }
@@ -90,15 +107,25 @@ mod tests {
     #[test]
     fn chooses_kvm_only_when_usable() {
         assert_eq!(facts(true, true, false).accel(), Accel::Kvm);
-        assert!(matches!(facts(false, false, false).accel(), Accel::Tcg { .. }));
-        assert!(matches!(facts(true, false, false).accel(), Accel::Tcg { reason } if reason.contains("permission")));
-        assert!(matches!(facts(true, true, true).accel(), Accel::Tcg { reason } if reason.contains("PVM")));
+        assert!(matches!(
+            facts(false, false, false).accel(),
+            Accel::Tcg { .. }
+        ));
+        assert!(
+            matches!(facts(true, false, false).accel(), Accel::Tcg { reason } if reason.contains("permission"))
+        );
+        assert!(
+            matches!(facts(true, true, true).accel(), Accel::Tcg { reason } if reason.contains("PVM"))
+        );
     }
 
     #[test]
     fn probes_a_fake_tree() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = KvmPaths { device: dir.path().join("kvm"), sys_module: dir.path().join("module") };
+        let paths = KvmPaths {
+            device: dir.path().join("kvm"),
+            sys_module: dir.path().join("module"),
+        };
         std::fs::write(&paths.device, b"").unwrap();
         std::fs::create_dir_all(paths.sys_module.join("kvm_pvm")).unwrap();
         let probed = KvmFacts::probe(&paths);

@@ -42,7 +42,10 @@ impl HostFacts {
         HostFacts {
             euid: nix::unistd::geteuid().as_raw(),
             kvm: KvmFacts::probe(&KvmPaths::default()),
-            tools: TOOLS.iter().map(|(tool, _)| (*tool, find_tool(tool))).collect(),
+            tools: TOOLS
+                .iter()
+                .map(|(tool, _)| (*tool, find_tool(tool)))
+                .collect(),
             state_root: state_root.to_path_buf(),
             free_bytes: free_bytes(state_root),
         }
@@ -50,7 +53,10 @@ impl HostFacts {
 }
 
 fn free_bytes(path: &Path) -> Result<u64, String> {
-    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     let stat = nix::sys::statvfs::statvfs(existing).map_err(|e| e.to_string())?;
     Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
@@ -98,7 +104,11 @@ fn kvm(facts: &KvmFacts) -> Check {
 fn disk(root: &Path, free: &Result<u64, String>) -> Check {
     let name = "disk space";
     match free {
-        Err(err) => Check::fail(name, format!("cannot read free space under {}: {err}", root.display()), "check the state root path in the config"),
+        Err(err) => Check::fail(
+            name,
+            format!("cannot read free space under {}: {err}", root.display()),
+            "check the state root path in the config",
+        ),
         Ok(bytes) if *bytes < FAIL_FREE_BYTES => Check::fail(
             name,
             format!("{} free under {}", format_size(*bytes), root.display()),
@@ -109,7 +119,10 @@ fn disk(root: &Path, free: &Result<u64, String>) -> Check {
             format!("{} free under {}", format_size(*bytes), root.display()),
             "images and work disks need several GiB; free some space",
         ),
-        Ok(bytes) => Check::pass(name, format!("{} free under {}", format_size(*bytes), root.display())),
+        Ok(bytes) => Check::pass(
+            name,
+            format!("{} free under {}", format_size(*bytes), root.display()),
+        ),
     }
 }
 
@@ -122,8 +135,15 @@ mod tests {
     fn facts() -> HostFacts {
         HostFacts {
             euid: 0,
-            kvm: KvmFacts { device_exists: true, device_open: Ok(()), pvm: false },
-            tools: TOOLS.iter().map(|(t, _)| (*t, Some(PathBuf::from(format!("/usr/bin/{t}"))))).collect(),
+            kvm: KvmFacts {
+                device_exists: true,
+                device_open: Ok(()),
+                pvm: false,
+            },
+            tools: TOOLS
+                .iter()
+                .map(|(t, _)| (*t, Some(PathBuf::from(format!("/usr/bin/{t}")))))
+                .collect(),
             state_root: "/var/lib/banger".into(),
             free_bytes: Ok(100 << 30),
         }
@@ -135,7 +155,9 @@ mod tests {
 
     #[test]
     fn healthy_host_passes_everything() {
-        assert!(report(&facts()).iter().all(|c| c.status == CheckStatus::Pass));
+        assert!(report(&facts())
+            .iter()
+            .all(|c| c.status == CheckStatus::Pass));
     }
 
     #[test]
@@ -145,7 +167,11 @@ mod tests {
         let checks = report(&f);
         let kvm = checks.iter().find(|c| c.name == "kvm").unwrap();
         assert_eq!(kvm.status, CheckStatus::Warn);
-        assert!(kvm.detail.contains("PVM") && kvm.detail.contains("tcg"), "{}", kvm.detail);
+        assert!(
+            kvm.detail.contains("PVM") && kvm.detail.contains("tcg"),
+            "{}",
+            kvm.detail
+        );
     }
 
     #[test]
@@ -159,7 +185,10 @@ mod tests {
             assert_eq!(status_of(&checks, name), CheckStatus::Fail, "{name}");
         }
         let nft = checks.iter().find(|c| c.name == "tool nft").unwrap();
-        assert_eq!(nft.hint.as_deref(), Some("install it: apt-get install nftables"));
+        assert_eq!(
+            nft.hint.as_deref(),
+            Some("install it: apt-get install nftables")
+        );
         f.free_bytes = Ok(5 << 30);
         assert_eq!(status_of(&report(&f), "disk space"), CheckStatus::Warn);
     }

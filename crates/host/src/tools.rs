@@ -6,7 +6,14 @@ use std::path::PathBuf;
 
 /// Directories searched after `$PATH`: root's tools live in sbin, which a
 /// non-login environment may leave out.
-const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+const EXTRA_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
 
 /// The full path of executable `name`, if any.
 pub fn find_tool(name: &str) -> Option<PathBuf> {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod image;
 pub mod paths;
 pub mod system;
+pub mod units;
 pub mod vm;
 
 /// Prefix of every API route.

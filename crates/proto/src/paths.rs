@@ -43,6 +43,9 @@ mod tests {
         let d = DefaultPaths::under(Some(Path::new("/tmp/t")));
         assert_eq!(d.config, Path::new("/tmp/t/etc/banger/config.toml"));
         assert_eq!(d.socket(), Path::new("/tmp/t/run/banger/bangerd.sock"));
-        assert_eq!(DefaultPaths::under(None).state_dir, Path::new("/var/lib/banger"));
+        assert_eq!(
+            DefaultPaths::under(None).state_dir,
+            Path::new("/var/lib/banger")
+        );
     }
 }

@@ -10,7 +10,10 @@ pub const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
 pub(crate) fn migrate(conn: &mut Connection) -> Result<usize, MigrateError> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if current > MIGRATIONS.len() {
-        return Err(MigrateError::TooNew { found: current, known: MIGRATIONS.len() });
+        return Err(MigrateError::TooNew {
+            found: current,
+            known: MIGRATIONS.len(),
+        });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction()?;

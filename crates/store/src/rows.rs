@@ -68,12 +68,15 @@ impl RawVm {
     pub(crate) fn check(self) -> Result<Vm, StoreError> {
         let mut vm = self.vm;
         vm.state = VmState::parse(&self.state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        vm.guest_ip = self
-            .guest_ip
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("vm {} has guest address {:?}", vm.id, self.guest_ip)))?;
-        vm.stages = decode_stages(&self.stages)
-            .ok_or_else(|| StoreError::Corrupt(format!("vm {} has stages {:?}", vm.id, self.stages)))?;
+        vm.guest_ip = self.guest_ip.parse().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "vm {} has guest address {:?}",
+                vm.id, self.guest_ip
+            ))
+        })?;
+        vm.stages = decode_stages(&self.stages).ok_or_else(|| {
+            StoreError::Corrupt(format!("vm {} has stages {:?}", vm.id, self.stages))
+        })?;
         Ok(vm)
     }
 }
@@ -95,7 +98,10 @@ fn decode_stages(text: &str) -> Option<Vec<Stage>> {
     text.split(',')
         .map(|pair| {
             let (name, ms) = pair.split_once('=')?;
-            Some(Stage { name: name.to_string(), elapsed_ms: ms.parse().ok()? })
+            Some(Stage {
+                name: name.to_string(),
+                elapsed_ms: ms.parse().ok()?,
+            })
         })
         .collect()
 }

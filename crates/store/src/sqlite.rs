@@ -17,7 +17,10 @@ use crate::rows::{encode_stages, image_from_row, vm_from_row, IMAGE_COLUMNS, VM_
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot open state database {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("cannot prepare state database {path}: {source}")]
     Migrate { path: String, source: MigrateError },
 }
@@ -33,14 +36,26 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
         let shown = path.display().to_string();
-        let open_err = |source| OpenError::Open { path: shown.clone(), source };
+        let open_err = |source| OpenError::Open {
+            path: shown.clone(),
+            source,
+        };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        migrate(&mut conn).map_err(|source| OpenError::Migrate { path: shown.clone(), source })?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        migrate(&mut conn).map_err(|source| OpenError::Migrate {
+            path: shown.clone(),
+            source,
+        })?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -53,13 +68,24 @@ fn backend(err: rusqlite::Error) -> StoreError {
 }
 
 /// Maps a unique-constraint failure to the field that clashed.
-fn insert_error(err: rusqlite::Error, kind: &'static str, name: &str, ip: Option<Ipv4Addr>) -> StoreError {
+fn insert_error(
+    err: rusqlite::Error,
+    kind: &'static str,
+    name: &str,
+    ip: Option<Ipv4Addr>,
+) -> StoreError {
     if let rusqlite::Error::SqliteFailure(code, Some(message)) = &err {
         if code.code == ErrorCode::ConstraintViolation {
             if message.contains(".name") {
-                return StoreError::NameTaken { kind, name: name.to_string() };
+                return StoreError::NameTaken {
+                    kind,
+                    name: name.to_string(),
+                };
             }
-            if let (Some(ip), true) = (ip, message.contains(".guest_ip") || message.contains(".vsock_cid")) {
+            if let (Some(ip), true) = (
+                ip,
+                message.contains(".guest_ip") || message.contains(".vsock_cid"),
+            ) {
                 return StoreError::AddressTaken(ip);
             }
         }
@@ -117,7 +143,9 @@ impl Store for SqliteStore {
     }
 
     fn delete_image(&self, id: &str) -> Result<(), StoreError> {
-        self.conn().execute("DELETE FROM images WHERE id = ?1", [id]).map_err(backend)?;
+        self.conn()
+            .execute("DELETE FROM images WHERE id = ?1", [id])
+            .map_err(backend)?;
         Ok(())
     }
 
@@ -147,7 +175,10 @@ impl Store for SqliteStore {
             )
             .map_err(|e| insert_error(e, "vm", &vm.name, Some(vm.guest_ip)))?;
         if changed == 0 {
-            return Err(StoreError::Missing { kind: "vm", id: vm.id.clone() });
+            return Err(StoreError::Missing {
+                kind: "vm",
+                id: vm.id.clone(),
+            });
         }
         Ok(())
     }
@@ -171,24 +202,31 @@ impl Store for SqliteStore {
     fn list_vms(&self) -> Result<Vec<Vm>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY created_at_ms, name"))
+            .prepare(&format!(
+                "SELECT {VM_COLUMNS} FROM vms ORDER BY created_at_ms, name"
+            ))
             .map_err(backend)?;
         let rows = stmt.query_map([], vm_from_row).map_err(backend)?;
         rows.map(|raw| raw.map_err(backend)?.check()).collect()
     }
 
     fn delete_vm(&self, id: &str) -> Result<(), StoreError> {
-        self.conn().execute("DELETE FROM vms WHERE id = ?1", [id]).map_err(backend)?;
+        self.conn()
+            .execute("DELETE FROM vms WHERE id = ?1", [id])
+            .map_err(backend)?;
         Ok(())
     }
 
     fn used_guest_ips(&self) -> Result<HashSet<Ipv4Addr>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT guest_ip FROM vms").map_err(backend)?;
-        let rows = stmt.query_map([], |row| row.get::<_, String>(0)).map_err(backend)?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(backend)?;
         rows.map(|ip| {
             let ip = ip.map_err(backend)?;
-            ip.parse().map_err(|_| StoreError::Corrupt(format!("guest address {ip:?}")))
+            ip.parse()
+                .map_err(|_| StoreError::Corrupt(format!("guest address {ip:?}")))
         })
         .collect()
     }

@@ -30,13 +30,22 @@ fn vm(id: &str, name: &str, ip: &str) -> Vm {
         image_id: "i1".into(),
         image_name: "base".into(),
         state: VmState::Created,
-        spec: VmSpec { vcpus: 2, memory_mib: 512, work_disk_bytes: 8 << 30, system_disk_bytes: 4 << 30, nat: true },
+        spec: VmSpec {
+            vcpus: 2,
+            memory_mib: 512,
+            work_disk_bytes: 8 << 30,
+            system_disk_bytes: 4 << 30,
+            nat: true,
+        },
         guest_ip,
         vsock_cid: u32::from(guest_ip),
         created_at_ms: 10,
         updated_at_ms: 10,
         last_error: None,
-        stages: vec![Stage { name: "reserve_vm".into(), elapsed_ms: 3 }],
+        stages: vec![Stage {
+            name: "reserve_vm".into(),
+            elapsed_ms: 3,
+        }],
     }
 }
 
@@ -58,7 +67,10 @@ fn round_trips_records_across_reopen() {
     assert_eq!(store.find_vm("web").unwrap().unwrap(), original);
     assert_eq!(store.find_vm("v1").unwrap().unwrap(), original);
     assert_eq!(store.list_vms().unwrap(), vec![original.clone()]);
-    assert_eq!(store.find_image("base").unwrap().unwrap(), image("i1", "base"));
+    assert_eq!(
+        store.find_image("base").unwrap().unwrap(),
+        image("i1", "base")
+    );
     assert!(store.find_vm("nope").unwrap().is_none());
 }
 
@@ -69,7 +81,10 @@ fn names_and_addresses_are_unique_in_the_schema() {
     store.insert_vm(&vm("v1", "web", "172.29.0.2")).unwrap();
     assert_eq!(
         store.insert_vm(&vm("v2", "web", "172.29.0.3")),
-        Err(StoreError::NameTaken { kind: "vm", name: "web".into() })
+        Err(StoreError::NameTaken {
+            kind: "vm",
+            name: "web".into()
+        })
     );
     assert_eq!(
         store.insert_vm(&vm("v3", "db", "172.29.0.2")),
@@ -77,7 +92,10 @@ fn names_and_addresses_are_unique_in_the_schema() {
     );
     assert_eq!(
         store.upsert_image(&image("i2", "base")),
-        Err(StoreError::NameTaken { kind: "image", name: "base".into() })
+        Err(StoreError::NameTaken {
+            kind: "image",
+            name: "base".into()
+        })
     );
     assert_eq!(store.list_vms().unwrap().len(), 1);
 }
@@ -98,7 +116,10 @@ fn update_delete_and_used_addresses() {
     assert!(store.find_vm("web").unwrap().is_none());
     let used = store.used_guest_ips().unwrap();
     assert!(used.contains(&"172.29.0.3".parse().unwrap()) && used.len() == 1);
-    assert!(matches!(store.update_vm(&v), Err(StoreError::Missing { .. })));
+    assert!(matches!(
+        store.update_vm(&v),
+        Err(StoreError::Missing { .. })
+    ));
 }
 
 #[test]
@@ -116,7 +137,9 @@ fn uses_wal_and_refuses_a_newer_schema() {
     let path = dir.path().join("banger.db");
     drop(SqliteStore::open(&path).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);

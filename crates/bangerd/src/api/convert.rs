@@ -27,7 +27,10 @@ pub fn vm(vm: &Vm) -> proto::vm::Vm {
         stages: vm
             .stages
             .iter()
-            .map(|s| proto::vm::StageTiming { name: s.name.clone(), elapsed_ms: s.elapsed_ms })
+            .map(|s| proto::vm::StageTiming {
+                name: s.name.clone(),
+                elapsed_ms: s.elapsed_ms,
+            })
             .collect(),
     }
 }

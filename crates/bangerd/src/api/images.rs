@@ -13,7 +13,9 @@ use super::AppState;
     responses((status = 200, description = "Every image", body = ImageList)))]
 pub async fn list_images(State(state): State<AppState>) -> Result<Json<ImageList>, HttpError> {
     let images = state.banger.list_images()?;
-    Ok(Json(ImageList { images: images.iter().map(convert::image).collect() }))
+    Ok(Json(ImageList {
+        images: images.iter().map(convert::image).collect(),
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/images/{image}", tag = "images",

@@ -28,15 +28,28 @@ pub async fn doctor(State(state): State<AppState>) -> Result<Json<DoctorReport>,
     let checks = tokio::task::spawn_blocking(move || report(&HostFacts::gather(&root)))
         .await
         .map_err(|e| {
-            HttpError::new(banger_proto::error::ErrorCode::Internal, format!("doctor failed: {e}"), None)
+            HttpError::new(
+                banger_proto::error::ErrorCode::Internal,
+                format!("doctor failed: {e}"),
+                None,
+            )
         })?;
-    Ok(Json(DoctorReport { checks: checks.into_iter().map(convert::check).collect() }))
+    Ok(Json(DoctorReport {
+        checks: checks.into_iter().map(convert::check).collect(),
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/shutdown", tag = "system",
     responses((status = 202, description = "The daemon stops after answering", body = ShutdownAccepted)))]
-pub async fn shutdown(State(state): State<AppState>) -> (axum::http::StatusCode, Json<ShutdownAccepted>) {
+pub async fn shutdown(
+    State(state): State<AppState>,
+) -> (axum::http::StatusCode, Json<ShutdownAccepted>) {
     tracing::info!("shutdown requested over the api");
     let _ = state.shutdown.send(true);
-    (axum::http::StatusCode::ACCEPTED, Json(ShutdownAccepted { shutting_down: true }))
+    (
+        axum::http::StatusCode::ACCEPTED,
+        Json(ShutdownAccepted {
+            shutting_down: true,
+        }),
+    )
 }

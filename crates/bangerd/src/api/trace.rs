@@ -11,7 +11,8 @@ use tracing::Instrument;
 
 pub async fn per_request(req: Request, next: Next) -> Response {
     let op = format!("{:08x}", rand::random::<u32>());
-    let span = tracing::info_span!("request", op = %op, method = %req.method(), path = %req.uri().path());
+    let span =
+        tracing::info_span!("request", op = %op, method = %req.method(), path = %req.uri().path());
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     span.in_scope(|| {

@@ -17,7 +17,9 @@ use super::AppState;
     responses((status = 200, description = "Every VM", body = VmList)))]
 pub async fn list_vms(State(state): State<AppState>) -> Result<Json<VmList>, HttpError> {
     let vms = state.banger.list_vms()?;
-    Ok(Json(VmList { vms: vms.iter().map(convert::vm).collect() }))
+    Ok(Json(VmList {
+        vms: vms.iter().map(convert::vm).collect(),
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = VmCreateRequest,
@@ -31,7 +33,10 @@ pub async fn create_vm(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<VmCreateRequest>,
 ) -> Result<(StatusCode, Json<Vm>), HttpError> {
-    let vm = state.banger.create_vm(convert::create_params(request)).await?;
+    let vm = state
+        .banger
+        .create_vm(convert::create_params(request))
+        .await?;
     Ok((StatusCode::CREATED, Json(convert::vm(&vm))))
 }
 
@@ -40,7 +45,10 @@ pub async fn create_vm(
     responses(
         (status = 200, description = "The VM", body = Vm),
         (status = 404, description = "No such VM", body = ApiError)))]
-pub async fn show_vm(State(state): State<AppState>, Path(vm): Path<String>) -> Result<Json<Vm>, HttpError> {
+pub async fn show_vm(
+    State(state): State<AppState>,
+    Path(vm): Path<String>,
+) -> Result<Json<Vm>, HttpError> {
     Ok(Json(convert::vm(&state.banger.find_vm(&vm)?)))
 }
 

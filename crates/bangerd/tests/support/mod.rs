@@ -27,11 +27,19 @@ impl TestDaemon {
     pub async fn start() -> TestDaemon {
         let root = tempfile::tempdir().unwrap();
         write_config(root.path());
-        let config = Config::load(&Overrides { root: Some(root.path().into()), ..Default::default() }).unwrap();
+        let config = Config::load(&Overrides {
+            root: Some(root.path().into()),
+            ..Default::default()
+        })
+        .unwrap();
         std::fs::create_dir_all(&config.state_dir).unwrap();
         seed_image(&config.database(), "base");
         let running = bangerd::server::start(config.clone()).await.unwrap();
-        TestDaemon { root, config, running: Some(running) }
+        TestDaemon {
+            root,
+            config,
+            running: Some(running),
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -76,7 +84,9 @@ pub fn seed_image(db: &Path, name: &str) {
 /// One request; returns the status and the JSON body (`Null` when empty).
 pub async fn call(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
     let stream = UnixStream::connect(socket).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let request = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).unwrap())
@@ -88,6 +98,10 @@ pub async fn call(socket: &Path, method: &str, path: &str, body: Option<&str>) -
     let response = sender.send_request(request).await.unwrap();
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
     (status, value)
 }

@@ -28,7 +28,10 @@ fn image(name: &str) -> Image {
 fn settings() -> Settings {
     Settings {
         bridge: BridgeNet::parse("172.29.0.1/24").unwrap(),
-        defaults: SpecDefaults { image: "base".into(), ..SpecDefaults::default() },
+        defaults: SpecDefaults {
+            image: "base".into(),
+            ..SpecDefaults::default()
+        },
     }
 }
 
@@ -36,7 +39,12 @@ fn banger_with(resolver: impl Fn(Arc<dyn Store>) -> Arc<dyn ImageResolver>) -> A
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
     store.upsert_image(&image("base")).unwrap();
     let resolver = resolver(store.clone());
-    Arc::new(Banger::new(store, resolver, Arc::new(SystemClock), settings()))
+    Arc::new(Banger::new(
+        store,
+        resolver,
+        Arc::new(SystemClock),
+        settings(),
+    ))
 }
 
 fn banger() -> Arc<Banger> {
@@ -44,7 +52,11 @@ fn banger() -> Arc<Banger> {
 }
 
 fn params(name: Option<&str>) -> CreateParams {
-    CreateParams { name: name.map(String::from), no_start: true, ..Default::default() }
+    CreateParams {
+        name: name.map(String::from),
+        no_start: true,
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -62,7 +74,10 @@ async fn create_records_a_stopped_vm_with_stage_timings() {
 #[tokio::test]
 async fn same_name_twice_at_once_has_exactly_one_winner() {
     let b = banger();
-    let (a, c) = tokio::join!(b.create_vm(params(Some("dup"))), b.create_vm(params(Some("dup"))));
+    let (a, c) = tokio::join!(
+        b.create_vm(params(Some("dup"))),
+        b.create_vm(params(Some("dup")))
+    );
     let errors: Vec<_> = [a, c].into_iter().filter_map(Result::err).collect();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].to_string(), "vm name already exists: dup");
@@ -76,7 +91,9 @@ async fn generated_names_addresses_and_cids_are_distinct() {
     let mut tasks = vec![];
     for _ in 0..50 {
         let b = b.clone();
-        tasks.push(tokio::spawn(async move { b.create_vm(params(None)).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            b.create_vm(params(None)).await.unwrap()
+        }));
     }
     let mut vms = vec![];
     for task in tasks {
@@ -103,10 +120,22 @@ async fn bad_input_changes_nothing() {
     let b = banger();
     b.create_vm(params(Some("taken"))).await.unwrap();
     let bad = [
-        CreateParams { image: Some("nope".into()), ..params(Some("x")) },
-        CreateParams { vcpus: Some(0), ..params(Some("x")) },
-        CreateParams { memory_mib: Some(8), ..params(Some("x")) },
-        CreateParams { work_disk_size: Some("10Q".into()), ..params(Some("x")) },
+        CreateParams {
+            image: Some("nope".into()),
+            ..params(Some("x"))
+        },
+        CreateParams {
+            vcpus: Some(0),
+            ..params(Some("x"))
+        },
+        CreateParams {
+            memory_mib: Some(8),
+            ..params(Some("x"))
+        },
+        CreateParams {
+            work_disk_size: Some("10Q".into()),
+            ..params(Some("x"))
+        },
         params(Some("Bad!")),
         params(Some("taken")),
     ];
@@ -121,7 +150,13 @@ async fn bad_input_changes_nothing() {
 #[tokio::test]
 async fn booting_is_refused_before_anything_is_recorded() {
     let b = banger();
-    let err = b.create_vm(CreateParams { no_start: false, ..params(Some("x")) }).await.unwrap_err();
+    let err = b
+        .create_vm(CreateParams {
+            no_start: false,
+            ..params(Some("x"))
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
     assert!(b.list_vms().unwrap().is_empty());
 }
@@ -151,22 +186,33 @@ async fn reservation_lock_is_not_held_while_an_image_resolves() {
     let release = Arc::new(Notify::new());
     let (e, r) = (entered.clone(), release.clone());
     let b = banger_with(move |store| {
-        Arc::new(GatedResolver { inner: StoredImages::new(store), entered: e.clone(), release: r.clone() })
+        Arc::new(GatedResolver {
+            inner: StoredImages::new(store),
+            entered: e.clone(),
+            release: r.clone(),
+        })
     });
 
     let slow = {
         let b = b.clone();
         tokio::spawn(async move {
-            b.create_vm(CreateParams { image: Some("slow".into()), ..params(Some("slow-vm")) }).await
+            b.create_vm(CreateParams {
+                image: Some("slow".into()),
+                ..params(Some("slow-vm"))
+            })
+            .await
         })
     };
     entered.notified().await;
     // The slow create sits in image resolution; a second create must get
     // through its reservation now, not after the slow one finishes.
-    let fast = tokio::time::timeout(Duration::from_secs(10), b.create_vm(params(Some("fast-vm"))))
-        .await
-        .expect("the fast create waited for the slow one's image resolution")
-        .unwrap();
+    let fast = tokio::time::timeout(
+        Duration::from_secs(10),
+        b.create_vm(params(Some("fast-vm"))),
+    )
+    .await
+    .expect("the fast create waited for the slow one's image resolution")
+    .unwrap();
     assert_eq!(fast.state, VmState::Stopped);
     assert!(!slow.is_finished());
     release.notify_one();
@@ -184,5 +230,8 @@ async fn delete_refuses_active_vms_without_force() {
     assert_eq!(err.kind(), ErrorKind::Conflict);
     assert!(err.hint().unwrap().contains("--force"));
     b.delete_vm("busy", true).await.unwrap();
-    assert!(matches!(b.find_vm("busy"), Err(ServiceError::VmNotFound(_))));
+    assert!(matches!(
+        b.find_vm("busy"),
+        Err(ServiceError::VmNotFound(_))
+    ));
 }

@@ -1,0 +1,168 @@
+//! The CLI as a user runs it, against a real bangerd under a temporary
+//! root: outputs, `--json`, exit codes (0 ok, 1 failed, 2 usage or bad
+//! input) and the hint when the daemon is down.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn banger(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_banger"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn bangerd_built() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_banger")).with_file_name("bangerd");
+    assert!(
+        path.exists(),
+        "bangerd is not built next to banger: run `cargo test --workspace`"
+    );
+    path
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn daemon_down_is_one_clear_error_with_a_hint() {
+    let root = tempfile::tempdir().unwrap();
+    let out = banger(root.path(), &["vm", "ls"]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.starts_with("error: bangerd is not running at "),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: start it with `banger daemon start`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let root = tempfile::tempdir().unwrap();
+    assert_eq!(
+        banger(root.path(), &["vm", "frobnicate"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        banger(root.path(), &["vm", "create", "--vcpus", "many"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_session_from_start_to_stop() {
+    bangerd_built();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("etc/banger")).unwrap();
+    std::fs::write(
+        root.path().join("etc/banger/config.toml"),
+        "default_image = \"base\"\n",
+    )
+    .unwrap();
+
+    let out = banger(root.path(), &["daemon", "start"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    // The CLI has no image commands that write yet: put one in the store
+    // the daemon uses, as the image tooling will.
+    seed_image(&root.path().join("var/lib/banger/banger.db"));
+
+    let out = banger(
+        root.path(),
+        &[
+            "vm",
+            "create",
+            "--name",
+            "web",
+            "--no-start",
+            "--memory",
+            "256",
+        ],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(
+        text(&out).0.starts_with("created web ("),
+        "{:?}",
+        text(&out)
+    );
+
+    let out = banger(root.path(), &["vm", "ls"]);
+    let (table, _) = text(&out);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("web   stopped  172.29.0.2"),
+        "{table}"
+    );
+
+    let out = banger(root.path(), &["vm", "show", "web", "--json"]);
+    let vm: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (vm["name"].as_str(), vm["memory_mib"].as_u64()),
+        (Some("web"), Some(256))
+    );
+
+    for (args, code, needle) in [
+        (
+            &["vm", "create", "--name", "Web!", "--no-start"][..],
+            2,
+            "invalid name",
+        ),
+        (
+            &["vm", "create", "--name", "web", "--no-start"][..],
+            1,
+            "vm name already exists: web",
+        ),
+        (
+            &["vm", "create", "--disk", "10Q", "--no-start"][..],
+            2,
+            "invalid size \"10Q\"",
+        ),
+        (&["vm", "show", "nope"][..], 1, "no vm named \"nope\""),
+    ] {
+        let out = banger(root.path(), args);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(
+            err.lines().next().unwrap().contains(needle),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.lines().nth(1).unwrap_or("").starts_with("hint: "),
+            "{args:?}: {err}"
+        );
+    }
+
+    assert!(banger(root.path(), &["vm", "rm", "web"]).status.success());
+    let out = banger(root.path(), &["vm", "ls", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["vms"].as_array().unwrap().len(), 0);
+
+    let out = banger(root.path(), &["daemon", "stop"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(!root.path().join("run/banger/bangerd.sock").exists());
+}
+
+fn seed_image(db: &Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute(
+        "INSERT INTO images (id, name, source, kernel_path, rootfs_path, created_at_ms)
+         VALUES ('img-base', 'base', 'register', '/k', '/r', 1)",
+        [],
+    )
+    .unwrap();
+}
