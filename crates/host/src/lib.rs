@@ -1,7 +1,8 @@
 //! banger-host: everything that looks at or changes the host. Today:
 //! KVM detection and accelerator choice, finding host tools, and the
-//! doctor checks built on those facts.
+//! doctor checks built on those facts; the Firecracker request plan.
 
 pub mod accel;
 pub mod doctor;
+pub mod firecracker;
 pub mod tools;

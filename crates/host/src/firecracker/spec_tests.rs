@@ -1,0 +1,418 @@
+//! Every request banger sends is checked against Firecracker's own API
+//! description (`spec/firecracker-api.yaml`, Swagger 2.0, v1.16.1) by a
+//! small validator: path and method exist, the body matches the body
+//! parameter's schema (required fields, types, enums, minimum/maximum) and
+//! carries no field the schema does not define.
+
+use serde_json::{json, Value};
+
+use super::api::{
+    ActionType, CacheType, Drive, FcRequest, HugePages, IoEngine, LogLevel, Logger,
+    MachineConfiguration,
+};
+use super::plan::{self, tests::sample};
+
+const SPEC_YAML: &str = include_str!("spec/firecracker-api.yaml");
+
+/// The spec, parsed as YAML and held as JSON so bodies compare directly.
+struct Spec(Value);
+
+impl Spec {
+    fn load() -> Spec {
+        let yaml: serde_yaml::Value = serde_yaml::from_str(SPEC_YAML).unwrap();
+        Spec(serde_json::to_value(yaml).unwrap())
+    }
+
+    /// Checks `req` against the spec; every problem found, or `Ok`.
+    fn check_request(&self, req: &FcRequest) -> Result<(), Vec<String>> {
+        let (template, item) = self
+            .path_item(&req.path)
+            .ok_or_else(|| vec![format!("no path in the spec matches {}", req.path)])?;
+        let op = item.get(req.method.as_str()).ok_or_else(|| {
+            vec![format!(
+                "{template} has no {} operation",
+                req.method.as_str()
+            )]
+        })?;
+        let params = op["parameters"].as_array().cloned().unwrap_or_default();
+        let body_param = params.iter().find(|p| p["in"] == "body");
+        let mut errs = Vec::new();
+        match (body_param, &req.body) {
+            (None, None) => {}
+            (None, Some(_)) => errs.push(format!("{template} takes no body")),
+            (Some(p), None) if p["required"] == true => {
+                errs.push(format!("{template} requires a body"))
+            }
+            (Some(_), None) => {}
+            (Some(p), Some(body)) => self.check(&p["schema"], body, "body", &mut errs),
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// Checks `value` against `#/definitions/{name}`.
+    fn check_definition(&self, name: &str, value: &Value) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        let schema = json!({ "$ref": format!("#/definitions/{name}") });
+        self.check(&schema, value, name, &mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The `paths` entry whose template matches `path` (`{x}` matches one
+    /// non-empty segment); literal templates win over templated ones.
+    fn path_item(&self, path: &str) -> Option<(&str, &Value)> {
+        let segs: Vec<&str> = path.split('/').collect();
+        let mut best: Option<(&str, &Value, usize)> = None;
+        for (template, item) in self.0["paths"].as_object()? {
+            let tsegs: Vec<&str> = template.split('/').collect();
+            if tsegs.len() != segs.len() {
+                continue;
+            }
+            let mut literal = 0;
+            let matches = tsegs.iter().zip(&segs).all(|(t, s)| {
+                if t.starts_with('{') && t.ends_with('}') {
+                    !s.is_empty()
+                } else {
+                    literal += 1;
+                    t == s
+                }
+            });
+            if matches && best.is_none_or(|(_, _, l)| literal > l) {
+                best = Some((template, item, literal));
+            }
+        }
+        best.map(|(t, i, _)| (t, i))
+    }
+
+    fn resolve<'a>(&'a self, schema: &'a Value) -> Result<&'a Value, String> {
+        match schema.get("$ref").and_then(Value::as_str) {
+            None => Ok(schema),
+            Some(r) => {
+                let name = r
+                    .strip_prefix("#/definitions/")
+                    .ok_or_else(|| format!("unsupported $ref {r}"))?;
+                let def = self.0["definitions"]
+                    .get(name)
+                    .ok_or_else(|| format!("$ref to missing definition {name}"))?;
+                self.resolve(def)
+            }
+        }
+    }
+
+    fn check(&self, schema: &Value, value: &Value, at: &str, errs: &mut Vec<String>) {
+        let schema = match self.resolve(schema) {
+            Ok(s) => s,
+            Err(e) => return errs.push(format!("{at}: {e}")),
+        };
+        if let Some(ty) = schema.get("type").and_then(Value::as_str) {
+            let ok = match ty {
+                "string" => value.is_string(),
+                "integer" => value.is_i64() || value.is_u64(),
+                "number" => value.is_number(),
+                "boolean" => value.is_boolean(),
+                "object" => value.is_object(),
+                "array" => value.is_array(),
+                other => {
+                    errs.push(format!("{at}: unsupported schema type {other}"));
+                    return;
+                }
+            };
+            if !ok {
+                errs.push(format!("{at}: expected {ty}, got {value}"));
+                return;
+            }
+        }
+        if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+            if !allowed.contains(value) {
+                errs.push(format!("{at}: {value} is not one of {allowed:?}"));
+            }
+        }
+        if let Some(n) = value.as_f64() {
+            if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
+                if n < min {
+                    errs.push(format!("{at}: {value} is below the minimum {min}"));
+                }
+            }
+            if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
+                if n > max {
+                    errs.push(format!("{at}: {value} is above the maximum {max}"));
+                }
+            }
+        }
+        if let Some(obj) = value.as_object() {
+            for req in schema["required"].as_array().into_iter().flatten() {
+                let req = req.as_str().unwrap_or_default();
+                if !obj.contains_key(req) {
+                    errs.push(format!("{at}: missing required field {req}"));
+                }
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            let open = schema.get("additionalProperties") == Some(&Value::Bool(true));
+            for (k, v) in obj {
+                match props.and_then(|p| p.get(k)) {
+                    Some(sub) => self.check(sub, v, &format!("{at}.{k}"), errs),
+                    None if open => {}
+                    None => errs.push(format!("{at}: unknown field {k}")),
+                }
+            }
+        }
+        if let (Some(items), Some(arr)) = (schema.get("items"), value.as_array()) {
+            for (i, v) in arr.iter().enumerate() {
+                self.check(items, v, &format!("{at}[{i}]"), errs);
+            }
+        }
+    }
+}
+
+fn put(path: &str, body: Value) -> FcRequest {
+    FcRequest {
+        method: super::api::Method::Put,
+        path: path.to_string(),
+        body: Some(body),
+    }
+}
+
+#[test]
+fn spec_is_the_expected_version() {
+    let spec = Spec::load();
+    assert_eq!(spec.0["swagger"], "2.0");
+    assert_eq!(spec.0["info"]["version"], "1.16.1");
+}
+
+#[test]
+fn every_boot_request_matches_the_spec() {
+    let spec = Spec::load();
+    let mut no_initrd = sample();
+    no_initrd.initrd = None;
+    no_initrd.drives.clear();
+    for cfg in [sample(), no_initrd] {
+        for req in plan::boot_requests(&cfg).unwrap() {
+            assert_eq!(
+                spec.check_request(&req),
+                Ok(()),
+                "{} {}",
+                req.method.as_str(),
+                req.path
+            );
+        }
+    }
+}
+
+#[test]
+fn stop_and_describe_match_the_spec() {
+    let spec = Spec::load();
+    assert_eq!(spec.check_request(&plan::stop_request()), Ok(()));
+    assert_eq!(spec.check_request(&plan::describe_request()), Ok(()));
+}
+
+#[test]
+fn config_file_matches_full_vm_configuration() {
+    let spec = Spec::load();
+    let file = plan::config_file(&sample()).unwrap();
+    assert_eq!(spec.check_definition("FullVmConfiguration", &file), Ok(()));
+    // And section by section, against each section's own definition.
+    for (key, def) in [
+        ("logger", "Logger"),
+        ("metrics", "Metrics"),
+        ("machine-config", "MachineConfiguration"),
+        ("boot-source", "BootSource"),
+        ("vsock", "Vsock"),
+    ] {
+        assert_eq!(spec.check_definition(def, &file[key]), Ok(()), "{key}");
+    }
+    for (key, def) in [
+        ("drives", "Drive"),
+        ("network-interfaces", "NetworkInterface"),
+    ] {
+        let items = file[key].as_array().unwrap();
+        assert!(!items.is_empty(), "{key}");
+        for item in items {
+            assert_eq!(spec.check_definition(def, item), Ok(()), "{key}");
+        }
+    }
+}
+
+/// Enum variants the plan does not use today must still be spec values.
+#[test]
+fn every_enum_variant_is_in_the_spec() {
+    let spec = Spec::load();
+    for level in [
+        LogLevel::Error,
+        LogLevel::Warning,
+        LogLevel::Info,
+        LogLevel::Debug,
+        LogLevel::Trace,
+        LogLevel::Off,
+    ] {
+        let body = Logger {
+            log_path: None,
+            level: Some(level),
+            show_level: Some(false),
+            show_log_origin: Some(true),
+        };
+        assert_eq!(
+            spec.check_request(&FcRequest::put("/logger", &body)),
+            Ok(())
+        );
+    }
+    for huge_pages in [HugePages::None, HugePages::TwoMib] {
+        let body = MachineConfiguration {
+            vcpu_count: 2,
+            mem_size_mib: 512,
+            smt: Some(false),
+            track_dirty_pages: Some(true),
+            huge_pages: Some(huge_pages),
+        };
+        assert_eq!(
+            spec.check_request(&FcRequest::put("/machine-config", &body)),
+            Ok(())
+        );
+    }
+    for (cache_type, io_engine) in [
+        (CacheType::Unsafe, IoEngine::Sync),
+        (CacheType::Writeback, IoEngine::Async),
+    ] {
+        let body = Drive {
+            drive_id: "d".into(),
+            is_root_device: false,
+            path_on_host: "/d.ext4".into(),
+            is_read_only: false,
+            partuuid: Some("0eaa91a0-01".into()),
+            cache_type: Some(cache_type),
+            io_engine: Some(io_engine),
+        };
+        assert_eq!(
+            spec.check_request(&FcRequest::put("/drives/d", &body)),
+            Ok(())
+        );
+    }
+    for action_type in [ActionType::InstanceStart, ActionType::SendCtrlAltDel] {
+        let body = super::api::InstanceActionInfo { action_type };
+        assert_eq!(
+            spec.check_request(&FcRequest::put("/actions", &body)),
+            Ok(())
+        );
+    }
+}
+
+fn errors_of(req: &FcRequest) -> String {
+    Spec::load().check_request(req).unwrap_err().join("; ")
+}
+
+fn drive_body() -> Value {
+    json!({"drive_id": "d", "is_root_device": false, "path_on_host": "/d", "is_read_only": true})
+}
+
+#[test]
+fn validator_catches_unknown_field() {
+    let mut body = drive_body();
+    body["read_only"] = json!(true);
+    let e = errors_of(&put("/drives/d", body));
+    assert!(e.contains("unknown field read_only"), "{e}");
+    // Also nested: `vsock_id` is known, `id` is not.
+    let e = errors_of(&put(
+        "/vsock",
+        json!({"guest_cid": 3, "uds_path": "/v", "id": "x"}),
+    ));
+    assert!(e.contains("unknown field id"), "{e}");
+}
+
+#[test]
+fn validator_catches_missing_required_field() {
+    let e = errors_of(&put("/boot-source", json!({"boot_args": "console=ttyS0"})));
+    assert!(
+        e.contains("missing required field kernel_image_path"),
+        "{e}"
+    );
+    let e = errors_of(&put("/machine-config", json!({"vcpu_count": 1})));
+    assert!(e.contains("missing required field mem_size_mib"), "{e}");
+}
+
+#[test]
+fn validator_catches_wrong_type() {
+    let e = errors_of(&put(
+        "/machine-config",
+        json!({"vcpu_count": "2", "mem_size_mib": 128}),
+    ));
+    assert!(e.contains("body.vcpu_count: expected integer"), "{e}");
+    let mut body = drive_body();
+    body["is_read_only"] = json!("yes");
+    let e = errors_of(&put("/drives/d", body));
+    assert!(e.contains("expected boolean"), "{e}");
+    // A null is never sent: it fails the type check.
+    let e = errors_of(&put(
+        "/boot-source",
+        json!({"kernel_image_path": "/k", "initrd_path": null}),
+    ));
+    assert!(
+        e.contains("body.initrd_path: expected string, got null"),
+        "{e}"
+    );
+    let e = errors_of(&put(
+        "/machine-config",
+        json!({"vcpu_count": 1.5, "mem_size_mib": 128}),
+    ));
+    assert!(e.contains("expected integer"), "{e}");
+}
+
+#[test]
+fn validator_catches_enum_and_bounds() {
+    let e = errors_of(&put("/actions", json!({"action_type": "Reboot"})));
+    assert!(e.contains("\"Reboot\" is not one of"), "{e}");
+    let e = errors_of(&put("/vsock", json!({"guest_cid": 2, "uds_path": "/v"})));
+    assert!(e.contains("below the minimum"), "{e}");
+    let e = errors_of(&put(
+        "/machine-config",
+        json!({"vcpu_count": 0, "mem_size_mib": 128}),
+    ));
+    assert!(e.contains("below the minimum"), "{e}");
+    let e = errors_of(&put(
+        "/machine-config",
+        json!({"vcpu_count": 33, "mem_size_mib": 128}),
+    ));
+    assert!(e.contains("above the maximum"), "{e}");
+}
+
+#[test]
+fn validator_catches_wrong_path_and_method() {
+    let e = errors_of(&put("/drive/d", drive_body()));
+    assert!(e.contains("no path in the spec matches /drive/d"), "{e}");
+    let e = errors_of(&put("/drives", drive_body()));
+    assert!(e.contains("no path in the spec matches /drives"), "{e}");
+    let e = errors_of(&put("/drives/", drive_body()));
+    assert!(e.contains("no path in the spec matches"), "{e}");
+    let e = errors_of(&FcRequest::get("/logger"));
+    assert!(e.contains("/logger has no get operation"), "{e}");
+    let e = errors_of(&put("/", json!({})));
+    assert!(e.contains("/ has no put operation"), "{e}");
+}
+
+#[test]
+fn validator_catches_body_mismatch() {
+    let e = errors_of(&FcRequest {
+        method: super::api::Method::Put,
+        path: "/actions".into(),
+        body: None,
+    });
+    assert!(e.contains("/actions requires a body"), "{e}");
+    let mut describe = plan::describe_request();
+    describe.body = Some(json!({}));
+    let e = errors_of(&describe);
+    assert!(e.contains("/ takes no body"), "{e}");
+}
+
+#[test]
+fn validator_reports_unresolvable_refs() {
+    let spec = Spec::load();
+    let e = spec
+        .check_definition("NoSuchThing", &json!({}))
+        .unwrap_err();
+    assert!(e[0].contains("missing definition NoSuchThing"), "{e:?}");
+}
