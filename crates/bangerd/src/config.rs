@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use banger_core::addr::{AddrError, BridgeNet};
 use banger_core::size::{parse_size, SizeError};
 use banger_core::spec::{SpecDefaults, MAX_VCPUS, MIN_MEMORY_MIB};
+use banger_host::vmm_select::{SelectError, VmmPreference};
 use banger_proto::paths::DefaultPaths;
 use serde::Deserialize;
 
@@ -23,6 +24,8 @@ pub enum ConfigError {
     Bridge { path: String, source: AddrError },
     #[error("bad config {path}: vm_defaults: {source}")]
     Size { path: String, source: SizeError },
+    #[error("bad config {path}: {source}")]
+    Vmm { path: String, source: SelectError },
     #[error("bad config {path}: vm_defaults: {message}")]
     Defaults { path: String, message: String },
 }
@@ -37,6 +40,8 @@ struct ConfigFile {
     socket_group: Option<String>,
     bridge_address: Option<String>,
     default_image: Option<String>,
+    /// `auto`, `firecracker` or `qemu`.
+    vmm: Option<String>,
     #[serde(default)]
     vm_defaults: VmDefaultsFile,
 }
@@ -68,6 +73,7 @@ pub struct Config {
     pub socket_group: String,
     pub bridge: BridgeNet,
     pub defaults: SpecDefaults,
+    pub vmm: VmmPreference,
 }
 
 pub const DEFAULT_BRIDGE: &str = "172.29.0.1/24";
@@ -94,7 +100,17 @@ impl Config {
             path: shown.clone(),
             source,
         })?;
+        let vmm = file
+            .vmm
+            .as_deref()
+            .unwrap_or("auto")
+            .parse()
+            .map_err(|source| ConfigError::Vmm {
+                path: shown.clone(),
+                source,
+            })?;
         Ok(Config {
+            vmm,
             state_dir: file.state_dir.clone().unwrap_or(defaults.state_dir),
             run_dir,
             socket,
@@ -191,11 +207,12 @@ mod tests {
     #[test]
     fn file_values_apply_and_flags_win() {
         let cfg = load_with(
-            "bridge_address = \"10.9.0.1/24\"\ndefault_image = \"alpine\"\nsocket = \"/x.sock\"\n[vm_defaults]\nvcpus = 4\nwork_disk_size = \"2G\"\n",
+            "bridge_address = \"10.9.0.1/24\"\ndefault_image = \"alpine\"\nvmm = \"qemu\"\nsocket = \"/x.sock\"\n[vm_defaults]\nvcpus = 4\nwork_disk_size = \"2G\"\n",
         )
         .unwrap();
         assert_eq!(cfg.bridge.gateway().to_string(), "10.9.0.1");
         assert_eq!(cfg.defaults.image, "alpine");
+        assert_eq!(cfg.vmm, VmmPreference::Qemu);
         assert_eq!(cfg.defaults.vcpus, 4);
         assert_eq!(cfg.defaults.work_disk_bytes, 2 << 30);
         assert_eq!(cfg.socket, Path::new("/x.sock"));
@@ -213,6 +230,7 @@ mod tests {
             "bogus = 1",
             "bridge_address = \"nope\"",
             "[vm_defaults]\nvcpus = 0",
+            "vmm = \"xen\"",
             "[vm_defaults]\nwork_disk_size = \"10Q\"",
         ] {
             let err = load_with(text).unwrap_err().to_string();

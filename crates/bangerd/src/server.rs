@@ -45,6 +45,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let state = AppState {
         banger,
         state_dir: config.state_dir.clone(),
+        vmm: config.vmm,
         started: Instant::now(),
         shutdown: shutdown.clone(),
     };

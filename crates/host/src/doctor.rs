@@ -10,6 +10,7 @@ use banger_core::size::format_size;
 
 use crate::accel::{Accel, KvmFacts, KvmPaths};
 use crate::tools::find_tool;
+use crate::vmm_select::{select, VmmFacts, VmmPreference};
 
 /// Below this much free space under the state root: warn.
 pub const WARN_FREE_BYTES: u64 = 10 << 30;
@@ -35,11 +36,21 @@ pub struct HostFacts {
     /// Free bytes available under the state root (or its nearest existing
     /// parent), or why it could not be read.
     pub free_bytes: Result<u64, String>,
+    pub vmm: VmmPreference,
+    /// The firecracker binary and what `firecracker --version` said.
+    pub firecracker: Option<(PathBuf, Result<String, String>)>,
+    pub jailer: Option<PathBuf>,
 }
 
 impl HostFacts {
-    pub fn gather(state_root: &Path) -> Self {
+    pub fn gather(state_root: &Path, vmm: VmmPreference) -> Self {
         HostFacts {
+            vmm,
+            firecracker: find_tool("firecracker").map(|path| {
+                let version = tool_version(&path);
+                (path, version)
+            }),
+            jailer: find_tool("jailer"),
             euid: nix::unistd::geteuid().as_raw(),
             kvm: KvmFacts::probe(&KvmPaths::default()),
             tools: TOOLS
@@ -49,6 +60,19 @@ impl HostFacts {
             state_root: state_root.to_path_buf(),
             free_bytes: free_bytes(state_root),
         }
+    }
+}
+
+/// First line of `TOOL --version`.
+fn tool_version(path: &Path) -> Result<String, String> {
+    let out = std::process::Command::new(path)
+        .arg("--version")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.lines().next() {
+        Some(line) if out.status.success() => Ok(line.trim().to_string()),
+        _ => Err(format!("--version exited with {}", out.status)),
     }
 }
 
@@ -74,7 +98,50 @@ pub fn report(facts: &HostFacts) -> Vec<Check> {
             ),
         });
     }
+    checks.extend(firecracker(facts));
     checks.push(disk(&facts.state_root, &facts.free_bytes));
+    checks
+}
+
+fn firecracker(facts: &HostFacts) -> Vec<Check> {
+    let mut checks = Vec::new();
+    checks.push(match &facts.firecracker {
+        Some((path, Ok(version))) => Check::pass(
+            "tool firecracker",
+            format!("{version} at {}", path.display()),
+        ),
+        Some((path, Err(err))) => Check::warn(
+            "tool firecracker",
+            format!("{} does not run: {err}", path.display()),
+            "reinstall firecracker, or remove it to use qemu",
+        ),
+        None => Check::warn(
+            "tool firecracker",
+            "firecracker not found: vms will use qemu",
+            "for firecracker, put its release binary in $PATH",
+        ),
+    });
+    checks.push(match &facts.jailer {
+        Some(path) => Check::pass("tool jailer", path.display().to_string()),
+        None => Check::warn(
+            "tool jailer",
+            "jailer not found: firecracker would run unjailed",
+            "put the jailer from the same firecracker release in $PATH",
+        ),
+    });
+    let vmm_facts = VmmFacts {
+        firecracker: facts
+            .firecracker
+            .as_ref()
+            .filter(|(_, v)| v.is_ok())
+            .map(|(p, _)| p.clone()),
+        qemu: facts.tools.get("qemu-system-x86_64").cloned().flatten(),
+        accel: facts.kvm.accel(),
+    };
+    checks.push(match select(facts.vmm, &vmm_facts) {
+        Ok((kind, why)) => Check::pass("vmm", format!("{} ({why})", kind.as_str())),
+        Err(err) => Check::fail("vmm", err.to_string(), err.hint()),
+    });
     checks
 }
 
@@ -146,6 +213,12 @@ mod tests {
                 .collect(),
             state_root: "/var/lib/banger".into(),
             free_bytes: Ok(100 << 30),
+            vmm: VmmPreference::Auto,
+            firecracker: Some((
+                "/usr/bin/firecracker".into(),
+                Ok("Firecracker v1.16.1".into()),
+            )),
+            jailer: Some("/usr/bin/jailer".into()),
         }
     }
 
@@ -175,6 +248,34 @@ mod tests {
     }
 
     #[test]
+    fn vmm_choice_is_reported_with_its_reason() {
+        let mut f = facts();
+        let vmm = |f: &HostFacts| report(f).into_iter().find(|c| c.name == "vmm").unwrap();
+        assert_eq!(
+            vmm(&f).detail,
+            "firecracker (firecracker found and kvm usable)"
+        );
+        f.kvm.pvm = true;
+        assert!(
+            vmm(&f).detail.starts_with("qemu (kvm unusable"),
+            "{}",
+            vmm(&f).detail
+        );
+        f.firecracker = None;
+        f.jailer = None;
+        assert_eq!(vmm(&f).detail, "qemu (no firecracker binary)");
+        assert_eq!(
+            status_of(&report(&f), "tool firecracker"),
+            CheckStatus::Warn
+        );
+        f.vmm = VmmPreference::Firecracker;
+        assert_eq!(vmm(&f).status, CheckStatus::Fail);
+        f.vmm = VmmPreference::Auto;
+        f.tools.insert("qemu-system-x86_64", None);
+        assert_eq!(vmm(&f).status, CheckStatus::Fail);
+    }
+
+    #[test]
     fn missing_tools_non_root_and_full_disk_fail_with_hints() {
         let mut f = facts();
         f.euid = 1000;
@@ -196,8 +297,8 @@ mod tests {
     #[test]
     fn gathers_real_facts() {
         let dir = tempfile::tempdir().unwrap();
-        let f = HostFacts::gather(&dir.path().join("not-yet"));
+        let f = HostFacts::gather(&dir.path().join("not-yet"), VmmPreference::Auto);
         assert!(*f.free_bytes.as_ref().unwrap() > 0);
-        assert_eq!(report(&f).len(), 2 + TOOLS.len() + 1);
+        assert_eq!(report(&f).len(), 2 + TOOLS.len() + 3 + 1);
     }
 }

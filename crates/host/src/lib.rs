@@ -6,3 +6,4 @@ pub mod accel;
 pub mod doctor;
 pub mod firecracker;
 pub mod tools;
+pub mod vmm_select;

@@ -25,6 +25,7 @@ use utoipa_axum::routes;
 pub struct AppState {
     pub banger: Arc<Banger>,
     pub state_dir: std::path::PathBuf,
+    pub vmm: banger_host::vmm_select::VmmPreference,
     pub started: Instant,
     /// Set to true to begin a graceful shutdown.
     pub shutdown: watch::Sender<bool>,

@@ -24,8 +24,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
 #[utoipa::path(get, path = "/v1/doctor", tag = "system",
     responses((status = 200, description = "Host checks; failures are in the body, not the status", body = DoctorReport)))]
 pub async fn doctor(State(state): State<AppState>) -> Result<Json<DoctorReport>, HttpError> {
-    let root = state.state_dir.clone();
-    let checks = tokio::task::spawn_blocking(move || report(&HostFacts::gather(&root)))
+    let (root, vmm) = (state.state_dir.clone(), state.vmm);
+    let checks = tokio::task::spawn_blocking(move || report(&HostFacts::gather(&root, vmm)))
         .await
         .map_err(|e| {
             HttpError::new(

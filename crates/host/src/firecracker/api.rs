@@ -5,7 +5,7 @@
 //! when `None`, so a body never carries a `null` or a field the spec does
 //! not define; `spec_tests` checks every request against the spec.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// `Logger`: where Firecracker writes its human-readable log.
@@ -135,6 +135,24 @@ pub struct InstanceActionInfo {
 pub enum ActionType {
     InstanceStart,
     SendCtrlAltDel,
+}
+
+/// `InstanceInfo`: what `GET /` answers (the one response body banger reads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub app_name: String,
+    pub id: String,
+    pub state: InstanceState,
+    pub vmm_version: String,
+}
+
+/// `InstanceInfo.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceState {
+    #[serde(rename = "Not started")]
+    NotStarted,
+    Running,
+    Paused,
 }
 
 /// HTTP method of a request.

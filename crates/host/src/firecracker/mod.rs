@@ -1,18 +1,30 @@
-//! Firecracker VMM driver. Today only the plan layer: the typed API
-//! request bodies (`api`) and the pure functions that turn a VM's boot
-//! config into the ordered requests and the `--config-file` JSON (`plan`).
-//! No processes or sockets yet. `spec/firecracker-api.yaml` is the vendored
-//! official API description (v1.16.1) that `spec_tests` checks every
-//! request against.
+//! Firecracker VMM driver: the typed API request bodies (`api`), the pure
+//! functions that turn a VM's boot config into the ordered requests and
+//! the `--config-file` JSON (`plan`), the vendored official API
+//! description (v1.16.1, `spec/firecracker-api.yaml`) and a validator over
+//! it (`spec`), the HTTP-over-unix-socket client (`client`), and a TEST
+//! DOUBLE of Firecracker's API for tests (`double`, feature `test-double`),
+//! and the host end of hybrid vsock (`vsock`). No processes yet.
 
 pub mod api;
+pub mod client;
+#[cfg(feature = "test-double")]
+pub mod double;
 pub mod plan;
+pub mod spec;
+pub mod vsock;
 
 #[cfg(test)]
 mod spec_tests;
 
-pub use api::{FcRequest, Method};
+pub use api::{FcRequest, InstanceInfo, InstanceState, Method};
+pub use client::{
+    configure_and_start, remove_stale_sockets, BootError, FirecrackerClient, FirecrackerError,
+};
+#[cfg(feature = "test-double")]
+pub use double::FirecrackerDouble;
 pub use plan::{
     boot_requests, config_file, describe_request, stop_request, DriveConfig, FirecrackerBootConfig,
     PlanError, VsockConfig,
 };
+pub use spec::ApiSpec;
