@@ -17,5 +17,6 @@ pub mod size;
 pub mod spec;
 pub mod store;
 pub mod vm;
+pub mod vmm;
 
 pub use service::{Banger, ServiceError, Settings};

@@ -5,5 +5,6 @@
 pub mod accel;
 pub mod doctor;
 pub mod firecracker;
+pub mod process;
 pub mod tools;
 pub mod vmm_select;

@@ -4,12 +4,14 @@
 //! description (v1.16.1, `spec/firecracker-api.yaml`) and a validator over
 //! it (`spec`), the HTTP-over-unix-socket client (`client`), and a TEST
 //! DOUBLE of Firecracker's API for tests (`double`, feature `test-double`),
-//! and the host end of hybrid vsock (`vsock`). No processes yet.
+//! the host end of hybrid vsock (`vsock`), and the driver that runs
+//! Firecracker processes behind the `Vmm` trait (`driver`).
 
 pub mod api;
 pub mod client;
 #[cfg(feature = "test-double")]
 pub mod double;
+pub mod driver;
 pub mod plan;
 pub mod spec;
 pub mod vsock;

@@ -1,0 +1,281 @@
+//! `FirecrackerDriver`: the `Vmm` trait on a Firecracker process. Checks
+//! everything it can before spawning (binary, KVM, an ELF kernel, the
+//! files), clears sockets a previous Firecracker left, spawns
+//! `firecracker --api-sock SOCK --id VM` in its own process group (so the
+//! VM outlives a daemon restart), configures it through the API and sends
+//! `InstanceStart`. Guest serial goes to `serial.log`, Firecracker's own
+//! log to `vmm.log`, its metrics to `metrics.json`, all in the VM directory.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use banger_core::vmm::{MachineSpec, Vmm, VmmError, VmmHandle, VmmStatus};
+use nix::sys::signal::Signal;
+
+use super::client::{configure_and_start, remove_stale_sockets, FirecrackerClient};
+use super::plan::{boot_requests, stop_request, DriveConfig, FirecrackerBootConfig, VsockConfig};
+use crate::accel::Accel;
+use crate::process;
+
+/// Name of the API socket in the VM's runtime directory.
+pub const API_SOCKET: &str = "firecracker.sock";
+const LOG_TAIL_LINES: usize = 12;
+
+#[derive(Debug, Clone)]
+pub struct FirecrackerDriver {
+    binary: PathBuf,
+    accel: Accel,
+    /// How long Firecracker may take to open its API socket.
+    pub socket_wait: Duration,
+}
+
+impl FirecrackerDriver {
+    pub fn new(binary: PathBuf, accel: Accel) -> Self {
+        FirecrackerDriver {
+            binary,
+            accel,
+            socket_wait: Duration::from_secs(5),
+        }
+    }
+
+    fn api_socket(spec: &MachineSpec) -> PathBuf {
+        spec.run_dir.join(API_SOCKET)
+    }
+
+    /// Everything checked before a process exists.
+    fn preflight(&self, spec: &MachineSpec) -> Result<FirecrackerBootConfig, VmmError> {
+        let bad = |text: String| VmmError::Preflight(text);
+        let executable = self
+            .binary
+            .metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if !executable {
+            return Err(bad(format!(
+                "firecracker binary {} not found",
+                self.binary.display()
+            )));
+        }
+        if let Accel::Tcg { reason } = &self.accel {
+            return Err(bad(format!(
+                "firecracker needs kvm, and kvm is not usable: {reason}"
+            )));
+        }
+        if !is_elf(&spec.kernel) {
+            return Err(bad(format!(
+                "kernel {} is not an elf vmlinux: firecracker cannot boot a compressed bzimage",
+                spec.kernel.display()
+            )));
+        }
+        let mut files: Vec<&Path> = spec.drives.iter().map(|d| d.path.as_path()).collect();
+        files.extend(spec.initrd.as_deref());
+        if let Some(missing) = files.into_iter().find(|p| !p.is_file()) {
+            return Err(bad(format!("{} does not exist", missing.display())));
+        }
+        let nic = spec
+            .nic
+            .as_ref()
+            .ok_or_else(|| bad("a firecracker vm needs a network interface".into()))?;
+        let cfg = FirecrackerBootConfig {
+            vcpus: spec.vcpus,
+            memory_mib: u64::from(spec.memory_mib),
+            kernel: spec.kernel.clone(),
+            initrd: spec.initrd.clone(),
+            boot_args: spec.cmdline.clone(),
+            drives: spec
+                .drives
+                .iter()
+                .map(|d| DriveConfig {
+                    id: d.id.clone(),
+                    path: d.path.clone(),
+                    read_only: d.read_only,
+                })
+                .collect(),
+            tap: nic.tap.clone(),
+            guest_mac: nic.mac.clone(),
+            vsock: VsockConfig {
+                guest_cid: spec.agent.vsock_cid,
+                uds_path: spec.agent.socket.clone(),
+            },
+            log_path: spec.vm_dir.join("vmm.log"),
+            metrics_path: spec.vm_dir.join("metrics.json"),
+        };
+        // Plan now, so a config Firecracker would refuse fails before a spawn.
+        boot_requests(&cfg).map_err(|e| bad(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    async fn spawn_and_boot(
+        &self,
+        spec: &MachineSpec,
+        cfg: &FirecrackerBootConfig,
+    ) -> Result<VmmHandle, VmmError> {
+        let api = Self::api_socket(spec);
+        let spawn_err = |e: std::io::Error| VmmError::Spawn(e.to_string());
+        std::fs::create_dir_all(&spec.run_dir).map_err(spawn_err)?;
+        std::fs::create_dir_all(&spec.vm_dir).map_err(spawn_err)?;
+        remove_stale_sockets(&api, &spec.agent.socket).map_err(spawn_err)?;
+        // Firecracker opens its log and metrics files but does not create them.
+        for path in [&cfg.log_path, &cfg.metrics_path] {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(spawn_err)?;
+        }
+        let serial = File::create(spec.vm_dir.join("serial.log")).map_err(spawn_err)?;
+        let stderr = OpenOptions::new()
+            .append(true)
+            .open(&cfg.log_path)
+            .map_err(spawn_err)?;
+        let mut child = tokio::process::Command::new(&self.binary)
+            .arg("--api-sock")
+            .arg(&api)
+            .arg("--id")
+            .arg(&spec.vm_id)
+            .stdin(Stdio::null())
+            .stdout(serial)
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| VmmError::Spawn(format!("{}: {e}", self.binary.display())))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| VmmError::Spawn("the process vanished".into()))?;
+        let start_ticks = process::start_ticks(pid).unwrap_or(0);
+        // Reap the child whenever it exits, so it never lingers as a zombie.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let handle = VmmHandle {
+            kind: "firecracker".into(),
+            pid,
+            start_ticks,
+            control_socket: api,
+            agent_socket: spec.agent.socket.clone(),
+        };
+        let client = FirecrackerClient::new(&handle.control_socket);
+        let booted = async {
+            self.wait_for_api(&client, &handle).await?;
+            configure_and_start(&client, cfg)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match booted {
+            Ok(()) => Ok(handle),
+            Err(message) => {
+                self.kill_and_clean(&handle).await;
+                Err(VmmError::Boot {
+                    message,
+                    log: tail(&cfg.log_path, LOG_TAIL_LINES),
+                })
+            }
+        }
+    }
+
+    async fn wait_for_api(
+        &self,
+        client: &FirecrackerClient,
+        handle: &VmmHandle,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + self.socket_wait;
+        loop {
+            if client.describe().await.is_ok() {
+                return Ok(());
+            }
+            if !process::alive(handle.pid, handle.start_ticks) {
+                return Err("firecracker exited before its api socket answered".into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "firecracker's api socket did not answer within {:?}",
+                    self.socket_wait
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn kill_and_clean(&self, handle: &VmmHandle) {
+        process::signal(handle.pid, handle.start_ticks, Signal::SIGKILL);
+        process::wait_gone(handle.pid, handle.start_ticks, Duration::from_secs(5)).await;
+        let _ = remove_stale_sockets(&handle.control_socket, &handle.agent_socket);
+    }
+}
+
+fn is_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
+/// The last `n` lines of a log file.
+fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+#[async_trait]
+impl Vmm for FirecrackerDriver {
+    fn kind(&self) -> &'static str {
+        "firecracker"
+    }
+
+    async fn start(&self, spec: &MachineSpec) -> Result<VmmHandle, VmmError> {
+        let cfg = self.preflight(spec)?;
+        self.spawn_and_boot(spec, &cfg).await
+    }
+
+    async fn stop(&self, handle: &VmmHandle, grace: Duration) -> Result<(), VmmError> {
+        if process::alive(handle.pid, handle.start_ticks) {
+            let client = FirecrackerClient::new(&handle.control_socket);
+            if let Err(err) = client.send(&stop_request()).await {
+                tracing::info!(error = %err, "ctrl-alt-del not accepted; killing");
+            }
+            if !process::wait_gone(handle.pid, handle.start_ticks, grace).await {
+                tracing::info!(
+                    pid = handle.pid,
+                    "guest did not stop within {grace:?}; killing"
+                );
+            }
+        }
+        self.kill(handle).await
+    }
+
+    async fn kill(&self, handle: &VmmHandle) -> Result<(), VmmError> {
+        self.kill_and_clean(handle).await;
+        if process::alive(handle.pid, handle.start_ticks) {
+            return Err(VmmError::Control(format!(
+                "firecracker pid {} survived sigkill",
+                handle.pid
+            )));
+        }
+        Ok(())
+    }
+
+    async fn status(&self, handle: &VmmHandle) -> VmmStatus {
+        if !process::alive(handle.pid, handle.start_ticks) {
+            return VmmStatus::Exited;
+        }
+        match FirecrackerClient::new(&handle.control_socket)
+            .describe()
+            .await
+        {
+            Ok(_) => VmmStatus::Running,
+            Err(err) => VmmStatus::Unresponsive(err.to_string()),
+        }
+    }
+}

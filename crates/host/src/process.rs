@@ -1,0 +1,76 @@
+//! Processes banger started: is a pid still the process we started (pid
+//! plus its start time, so a recycled pid does not fool us), and signals.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// State letter and start time (clock ticks since boot) of `pid`, from
+/// `/proc/PID/stat`; `None` when there is no such process.
+pub fn stat(pid: u32) -> Option<(char, u64)> {
+    let text =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields we want follow the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start_ticks = fields.get(19)?.parse().ok()?;
+    Some((state, start_ticks))
+}
+
+/// Start time of `pid` in clock ticks since boot.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, ticks)| ticks)
+}
+
+/// True while `pid` is the process that started at `start_ticks` and has
+/// not exited (a zombie counts as exited).
+pub fn alive(pid: u32, start_ticks: u64) -> bool {
+    matches!(stat(pid), Some((state, ticks)) if ticks == start_ticks && state != 'Z' && state != 'X')
+}
+
+/// Sends `signal` to the process if it is still the one we mean.
+pub fn signal(pid: u32, start_ticks: u64, signal: Signal) {
+    if alive(pid, start_ticks) {
+        let _ = kill(Pid::from_raw(pid as i32), signal);
+    }
+}
+
+/// Waits until the process is gone; true if it went within `limit`.
+pub async fn wait_gone(pid: u32, start_ticks: u64, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while alive(pid, start_ticks) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tracks_a_process_by_pid_and_start_time() {
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let ticks = start_ticks(pid).unwrap();
+        assert!(alive(pid, ticks));
+        assert!(
+            !alive(pid, ticks + 1),
+            "another start time is another process"
+        );
+        signal(pid, ticks, Signal::SIGKILL);
+        child.wait().await.unwrap();
+        assert!(wait_gone(pid, ticks, Duration::from_secs(5)).await);
+        assert!(stat(u32::MAX).is_none());
+    }
+}
