@@ -8,8 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use banger_host::firecracker::FirecrackerDouble;
+use banger_host::firecracker::{FcRequest, FirecrackerClient, FirecrackerDouble};
 use clap::Parser;
+use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -17,6 +18,9 @@ struct Args {
     api_sock: PathBuf,
     #[arg(long)]
     id: Option<String>,
+    /// Configure and start from this JSON, as `firecracker --config-file`.
+    #[arg(long)]
+    config_file: Option<PathBuf>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -37,6 +41,12 @@ async fn main() {
         args.id.as_deref().unwrap_or("anonymous-instance"),
         args.api_sock.display()
     );
+    if let Some(path) = &args.config_file {
+        if let Err(err) = apply_config_file(&args.api_sock, path).await {
+            eprintln!("firecracker-double: config file {}: {err}", path.display());
+            std::process::exit(1);
+        }
+    }
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(err) => {
@@ -56,4 +66,46 @@ async fn main() {
     }
     // Exit without removing the socket, as Firecracker does.
     std::process::exit(0);
+}
+
+/// Replays a `--config-file` document as the API requests it stands for,
+/// each validated by the double like any other request, then starts.
+async fn apply_config_file(
+    api_sock: &std::path::Path,
+    path: &std::path::Path,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    for required in ["boot-source", "drives"] {
+        if doc.get(required).is_none() {
+            return Err(format!("missing {required}"));
+        }
+    }
+    let mut requests = Vec::new();
+    for (key, path) in [
+        ("logger", "/logger"),
+        ("metrics", "/metrics"),
+        ("machine-config", "/machine-config"),
+        ("boot-source", "/boot-source"),
+        ("vsock", "/vsock"),
+    ] {
+        if let Some(body) = doc.get(key) {
+            requests.push(FcRequest::put(path, body));
+        }
+    }
+    for (key, id) in [("drives", "drive_id"), ("network-interfaces", "iface_id")] {
+        for item in doc.get(key).and_then(Value::as_array).into_iter().flatten() {
+            let id = item.get(id).and_then(Value::as_str).unwrap_or_default();
+            requests.push(FcRequest::put(format!("/{key}/{id}"), item));
+        }
+    }
+    requests.push(FcRequest::put(
+        "/actions",
+        &json!({"action_type": "InstanceStart"}),
+    ));
+    let client = FirecrackerClient::new(api_sock);
+    for request in &requests {
+        client.send(request).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use banger_core::vmm::{AgentChannel, DriveSpec, MachineSpec, NicSpec, Vmm, VmmError, VmmStatus};
 use banger_host::accel::Accel;
-use banger_host::firecracker::driver::{FirecrackerDriver, API_SOCKET};
+use banger_host::firecracker::driver::{FirecrackerDriver, StartMode, API_SOCKET};
 use banger_host::process;
 
 fn double_binary() -> PathBuf {
@@ -163,4 +163,24 @@ async fn a_vmm_that_dies_at_start_is_a_boot_error_and_leaves_nothing() {
         !spec.run_dir.join(API_SOCKET).exists(),
         "api socket left behind"
     );
+}
+
+#[tokio::test]
+async fn config_file_mode_starts_without_configuration_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path());
+    let driver = driver().with_mode(StartMode::ConfigFile);
+    let handle = driver.start(&spec).await.unwrap();
+    assert_eq!(driver.status(&handle).await, VmmStatus::Running);
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(spec.vm_dir.join("firecracker.json")).unwrap(),
+    )
+    .unwrap();
+    let spec_doc = banger_host::firecracker::ApiSpec::load();
+    spec_doc
+        .check_definition("FullVmConfiguration", &written)
+        .unwrap();
+    assert_eq!(written["drives"].as_array().unwrap().len(), 3);
+    driver.stop(&handle, Duration::from_secs(10)).await.unwrap();
+    assert!(!handle.control_socket.exists());
 }

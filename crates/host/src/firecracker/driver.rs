@@ -17,8 +17,11 @@ use async_trait::async_trait;
 use banger_core::vmm::{MachineSpec, Vmm, VmmError, VmmHandle, VmmStatus};
 use nix::sys::signal::Signal;
 
+use super::api::InstanceState;
 use super::client::{configure_and_start, remove_stale_sockets, FirecrackerClient};
-use super::plan::{boot_requests, stop_request, DriveConfig, FirecrackerBootConfig, VsockConfig};
+use super::plan::{
+    boot_requests, config_file, stop_request, DriveConfig, FirecrackerBootConfig, VsockConfig,
+};
 use crate::accel::Accel;
 use crate::process;
 
@@ -26,10 +29,22 @@ use crate::process;
 pub const API_SOCKET: &str = "firecracker.sock";
 const LOG_TAIL_LINES: usize = 12;
 
+/// How the machine is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// One API request per resource, then `InstanceStart` (about ten round
+    /// trips on the API socket).
+    Api,
+    /// `--config-file VM_DIR/firecracker.json`: Firecracker configures and
+    /// starts the machine itself; the API is only polled until `Running`.
+    ConfigFile,
+}
+
 #[derive(Debug, Clone)]
 pub struct FirecrackerDriver {
     binary: PathBuf,
     accel: Accel,
+    mode: StartMode,
     /// How long Firecracker may take to open its API socket.
     pub socket_wait: Duration,
 }
@@ -39,8 +54,14 @@ impl FirecrackerDriver {
         FirecrackerDriver {
             binary,
             accel,
+            mode: StartMode::Api,
             socket_wait: Duration::from_secs(5),
         }
+    }
+
+    pub fn with_mode(mut self, mode: StartMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     fn api_socket(spec: &MachineSpec) -> PathBuf {
@@ -133,11 +154,19 @@ impl FirecrackerDriver {
             .append(true)
             .open(&cfg.log_path)
             .map_err(spawn_err)?;
-        let mut child = tokio::process::Command::new(&self.binary)
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
             .arg("--api-sock")
             .arg(&api)
             .arg("--id")
-            .arg(&spec.vm_id)
+            .arg(&spec.vm_id);
+        if self.mode == StartMode::ConfigFile {
+            let path = spec.vm_dir.join("firecracker.json");
+            let json = config_file(cfg).map_err(|e| VmmError::Preflight(e.to_string()))?;
+            std::fs::write(&path, json.to_string()).map_err(spawn_err)?;
+            command.arg("--config-file").arg(path);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(serial)
             .stderr(stderr)
@@ -162,9 +191,12 @@ impl FirecrackerDriver {
         let client = FirecrackerClient::new(&handle.control_socket);
         let booted = async {
             self.wait_for_api(&client, &handle).await?;
-            configure_and_start(&client, cfg)
-                .await
-                .map_err(|e| e.to_string())
+            match self.mode {
+                StartMode::Api => configure_and_start(&client, cfg)
+                    .await
+                    .map_err(|e| e.to_string()),
+                StartMode::ConfigFile => self.wait_for_running(&client).await,
+            }
         }
         .await;
         match booted {
@@ -195,6 +227,24 @@ impl FirecrackerDriver {
             if Instant::now() > deadline {
                 return Err(format!(
                     "firecracker's api socket did not answer within {:?}",
+                    self.socket_wait
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// With `--config-file` the machine starts on its own; wait for it.
+    async fn wait_for_running(&self, client: &FirecrackerClient) -> Result<(), String> {
+        let deadline = Instant::now() + self.socket_wait;
+        loop {
+            let info = client.describe().await.map_err(|e| e.to_string())?;
+            if info.state == InstanceState::Running {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "firecracker did not start the machine from its config file within {:?}",
                     self.socket_wait
                 ));
             }
