@@ -151,6 +151,7 @@ fn show(vm: &Vm) {
         ("memory", format!("{} MiB", vm.memory_mib)),
         ("work disk", output::size(vm.work_disk_bytes)),
         ("system disk", output::size(vm.system_disk_bytes)),
+        ("vmm", vm.vmm.clone()),
         ("nat", if vm.nat { "on" } else { "off" }.to_string()),
         ("address", vm.guest_ip.clone()),
         ("dns name", vm.dns_name.clone()),

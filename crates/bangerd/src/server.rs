@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use banger_core::clock::SystemClock;
 use banger_core::resolve::StoredImages;
 use banger_core::{Banger, Settings};
+use banger_host::doctor::HostFacts;
+use banger_host::vmm_select::{select, VmmPreference};
 use banger_store::SqliteStore;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -38,6 +40,7 @@ pub async fn start(config: Config) -> Result<Running> {
         Settings {
             bridge: config.bridge,
             defaults: config.defaults.clone(),
+            vmm: selected_vmm(config.vmm, &config.state_dir),
         },
     ));
     let listener = bind(&config.socket, &config.socket_group).await?;
@@ -62,6 +65,26 @@ pub async fn start(config: Config) -> Result<Running> {
         served.context("api server failed")
     });
     Ok(Running { shutdown, task })
+}
+
+/// The VMM new VMs get. When the configured choice cannot be met the
+/// daemon still serves (records, doctor); the VM is recorded with the
+/// configured VMM and `doctor` names the problem.
+fn selected_vmm(pref: VmmPreference, state_dir: &std::path::Path) -> String {
+    let vmm_facts = HostFacts::gather(state_dir, pref).vmm_facts();
+    match select(pref, &vmm_facts) {
+        Ok((kind, why)) => {
+            tracing::info!(vmm = kind.as_str(), why, "vmm selected");
+            kind.as_str().to_string()
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, hint = err.hint(), "no usable vmm");
+            match pref {
+                VmmPreference::Firecracker => "firecracker".into(),
+                _ => "qemu".into(),
+            }
+        }
+    }
 }
 
 /// Binds the API socket. A live daemon on it is an error; a stale socket

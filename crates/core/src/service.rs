@@ -119,6 +119,8 @@ impl ServiceError {
 pub struct Settings {
     pub bridge: BridgeNet,
     pub defaults: SpecDefaults,
+    /// The VMM new VMs are recorded with (`qemu` or `firecracker`).
+    pub vmm: String,
 }
 
 /// The internal API.
@@ -227,6 +229,7 @@ impl Banger {
             updated_at_ms: now,
             last_error: None,
             stages: Vec::new(),
+            vmm: self.settings.vmm.clone(),
         };
         self.store.insert_vm(&vm)?;
         Ok(vm)

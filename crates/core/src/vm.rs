@@ -94,6 +94,8 @@ pub struct Vm {
     pub updated_at_ms: i64,
     pub last_error: Option<String>,
     pub stages: Vec<Stage>,
+    /// `qemu` or `firecracker`: the VMM this VM runs under.
+    pub vmm: String,
 }
 
 impl Vm {

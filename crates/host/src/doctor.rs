@@ -64,6 +64,21 @@ impl HostFacts {
 }
 
 /// First line of `TOOL --version`.
+impl HostFacts {
+    /// What VMM selection needs from these facts.
+    pub fn vmm_facts(&self) -> VmmFacts {
+        VmmFacts {
+            firecracker: self
+                .firecracker
+                .as_ref()
+                .filter(|(_, version)| version.is_ok())
+                .map(|(path, _)| path.clone()),
+            qemu: self.tools.get("qemu-system-x86_64").cloned().flatten(),
+            accel: self.kvm.accel(),
+        }
+    }
+}
+
 fn tool_version(path: &Path) -> Result<String, String> {
     let out = std::process::Command::new(path)
         .arg("--version")
@@ -129,15 +144,7 @@ fn firecracker(facts: &HostFacts) -> Vec<Check> {
             "put the jailer from the same firecracker release in $PATH",
         ),
     });
-    let vmm_facts = VmmFacts {
-        firecracker: facts
-            .firecracker
-            .as_ref()
-            .filter(|(_, v)| v.is_ok())
-            .map(|(p, _)| p.clone()),
-        qemu: facts.tools.get("qemu-system-x86_64").cloned().flatten(),
-        accel: facts.kvm.accel(),
-    };
+    let vmm_facts = facts.vmm_facts();
     checks.push(match select(facts.vmm, &vmm_facts) {
         Ok((kind, why)) => Check::pass("vmm", format!("{} ({why})", kind.as_str())),
         Err(err) => Check::fail("vmm", err.to_string(), err.hint()),

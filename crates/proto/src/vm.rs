@@ -87,6 +87,8 @@ pub struct Vm {
     /// Stage timings of the last create or start.
     #[serde(default)]
     pub stages: Vec<StageTiming>,
+    /// `qemu` or `firecracker`.
+    pub vmm: String,
 }
 
 /// Body of `GET /v1/vms`.

@@ -3,7 +3,10 @@
 use rusqlite::Connection;
 
 /// Every migration, oldest first; `user_version` counts those applied.
-pub const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_vm_vmm.sql"),
+];
 
 /// Applies the migrations this database has not seen. Returns the new
 /// schema version, or the version found when it is newer than this build.

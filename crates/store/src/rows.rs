@@ -13,7 +13,7 @@ pub(crate) const IMAGE_COLUMNS: &str =
 
 pub(crate) const VM_COLUMNS: &str = "id, name, image_id, image_name, state, vcpus, memory_mib, \
      work_disk_bytes, system_disk_bytes, nat, guest_ip, vsock_cid, created_at_ms, updated_at_ms, \
-     last_error, stages";
+     last_error, stages, vmm";
 
 pub(crate) fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
     Ok(Image {
@@ -57,6 +57,7 @@ pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
             updated_at_ms: row.get(13)?,
             last_error: row.get(14)?,
             stages: Vec::new(),
+            vmm: row.get(16)?,
         },
         state: row.get(4)?,
         guest_ip: row.get(10)?,

@@ -154,7 +154,7 @@ impl Store for SqliteStore {
             .execute(
                 &format!(
                     "INSERT INTO vms ({VM_COLUMNS}) VALUES
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
                 ),
                 params_from_iter(vm_params(vm)),
             )
@@ -169,7 +169,7 @@ impl Store for SqliteStore {
                 "UPDATE vms SET name = ?2, image_id = ?3, image_name = ?4, state = ?5, vcpus = ?6,
                    memory_mib = ?7, work_disk_bytes = ?8, system_disk_bytes = ?9, nat = ?10,
                    guest_ip = ?11, vsock_cid = ?12, created_at_ms = ?13, updated_at_ms = ?14,
-                   last_error = ?15, stages = ?16
+                   last_error = ?15, stages = ?16, vmm = ?17
                  WHERE id = ?1",
                 params_from_iter(vm_params(vm)),
             )
@@ -250,5 +250,6 @@ fn vm_params(vm: &Vm) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
         Box::new(vm.updated_at_ms),
         Box::new(&vm.last_error),
         Box::new(encode_stages(&vm.stages)),
+        Box::new(&vm.vmm),
     ]
 }

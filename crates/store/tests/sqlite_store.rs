@@ -46,6 +46,7 @@ fn vm(id: &str, name: &str, ip: &str) -> Vm {
             name: "reserve_vm".into(),
             elapsed_ms: 3,
         }],
+        vmm: "firecracker".into(),
     }
 }
 

@@ -24,6 +24,7 @@ pub fn vm(vm: &Vm) -> proto::vm::Vm {
         created_at: rfc3339(vm.created_at_ms),
         updated_at: rfc3339(vm.updated_at_ms),
         last_error: vm.last_error.clone(),
+        vmm: vm.vmm.clone(),
         stages: vm
             .stages
             .iter()

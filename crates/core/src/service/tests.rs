@@ -32,6 +32,7 @@ fn settings() -> Settings {
             image: "base".into(),
             ..SpecDefaults::default()
         },
+        vmm: "qemu".into(),
     }
 }
 
@@ -66,6 +67,7 @@ async fn create_records_a_stopped_vm_with_stage_timings() {
     assert_eq!(vm.state, VmState::Stopped);
     assert_eq!(vm.guest_ip.to_string(), "172.29.0.2");
     assert_eq!(vm.image_name, "base");
+    assert_eq!(vm.vmm, "qemu");
     let names: Vec<_> = vm.stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["resolve_image", "reserve_vm"]);
     assert_eq!(b.find_vm("web").unwrap(), vm);
