@@ -147,3 +147,25 @@ fn uses_wal_and_refuses_a_newer_schema() {
     let err = SqliteStore::open(&path).unwrap_err().to_string();
     assert!(err.contains("newer than this banger knows"), "{err}");
 }
+
+#[test]
+fn an_older_database_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(banger_store::MIGRATIONS[0]).unwrap();
+    conn.pragma_update(None, "user_version", 1).unwrap();
+    conn.execute_batch(
+        "INSERT INTO images (id, name, source, kernel_path, rootfs_path, created_at_ms)
+           VALUES ('i1', 'base', 'register', '/k', '/r', 1);
+         INSERT INTO vms (id, name, image_id, image_name, state, vcpus, memory_mib,
+           work_disk_bytes, system_disk_bytes, nat, guest_ip, vsock_cid, created_at_ms,
+           updated_at_ms) VALUES ('v1', 'old', 'i1', 'base', 'stopped', 1, 256, 1, 1, 0,
+           '172.29.0.2', 2887581698, 1, 1);",
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    let vm = store.find_vm("old").unwrap().unwrap();
+    assert_eq!((vm.vmm.as_str(), vm.state), ("qemu", VmState::Stopped));
+}
