@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use banger_host::firecracker::plan::CONFIG_FILE_SECTIONS;
 use banger_host::firecracker::{FcRequest, FirecrackerClient, FirecrackerDouble};
 use clap::Parser;
 use serde_json::{json, Value};
@@ -82,13 +83,7 @@ async fn apply_config_file(
         }
     }
     let mut requests = Vec::new();
-    for (key, path) in [
-        ("logger", "/logger"),
-        ("metrics", "/metrics"),
-        ("machine-config", "/machine-config"),
-        ("boot-source", "/boot-source"),
-        ("vsock", "/vsock"),
-    ] {
+    for (key, path) in CONFIG_FILE_SECTIONS {
         if let Some(body) = doc.get(key) {
             requests.push(FcRequest::put(path, body));
         }

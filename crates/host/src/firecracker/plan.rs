@@ -12,6 +12,17 @@ use super::api::{
     MachineConfiguration, Metrics, NetworkInterface, Vsock,
 };
 
+/// The single-object sections of a `--config-file` document and the API
+/// path each one stands for (`drives` and `network-interfaces` are lists,
+/// one `PUT /{section}/{id}` per item).
+pub const CONFIG_FILE_SECTIONS: [(&str, &str); 5] = [
+    ("logger", "/logger"),
+    ("metrics", "/metrics"),
+    ("machine-config", "/machine-config"),
+    ("boot-source", "/boot-source"),
+    ("vsock", "/vsock"),
+];
+
 /// The guest NIC's id: banger gives each VM one interface.
 pub const IFACE_ID: &str = "eth0";
 
@@ -326,13 +337,7 @@ pub(crate) mod tests {
                 .clone()
                 .unwrap()
         };
-        for (key, path) in [
-            ("logger", "/logger"),
-            ("metrics", "/metrics"),
-            ("machine-config", "/machine-config"),
-            ("boot-source", "/boot-source"),
-            ("vsock", "/vsock"),
-        ] {
+        for (key, path) in CONFIG_FILE_SECTIONS {
             assert_eq!(file[key], body(path), "{key}");
         }
         assert_eq!(
