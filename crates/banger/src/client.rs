@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use banger_proto::error::ApiError;
+use banger_proto::progress::{ProgressEvent, NDJSON};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request};
@@ -61,13 +62,70 @@ impl Client {
         self.call(Method::DELETE, path, None::<&()>).await
     }
 
+    /// POSTs a long operation asking for a progress stream; hands every
+    /// event to `on_event` and returns the final one (`image` or `error`
+    /// turned into an `Err`). A daemon that refuses the request up front
+    /// answers with a plain error body, handled like any call.
+    pub async fn post_stream<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        mut on_event: impl FnMut(&ProgressEvent),
+    ) -> Result<ProgressEvent> {
+        let response = self.send(Method::POST, path, Some(body), true).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.into_body().collect().await?.to_bytes();
+            return Err(error_answer(status, &bytes, path));
+        }
+        let mut body = response.into_body();
+        let mut buffer: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("bangerd dropped the progress stream")?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            buffer.extend_from_slice(data);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let event: ProgressEvent = serde_json::from_slice(&line)
+                    .with_context(|| format!("unexpected progress line from bangerd to {path}"))?;
+                match event {
+                    ProgressEvent::Error { error, .. } => {
+                        return Err(ClientError::Api(error).into())
+                    }
+                    ProgressEvent::Image { .. } => return Ok(event),
+                    other => on_event(&other),
+                }
+            }
+        }
+        anyhow::bail!("bangerd ended the progress stream of {path} without a result")
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T> {
-        let stream =
+        let response = self.send(method, path, body, false).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .with_context(|| format!("unexpected answer from bangerd to {path}"));
+        }
+        Err(error_answer(status, &body, path))
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        stream: bool,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let stream_conn =
             UnixStream::connect(&self.socket)
                 .await
                 .map_err(|e| ClientError::NotRunning {
@@ -80,7 +138,7 @@ impl Client {
                         kind => kind.to_string().to_lowercase(),
                     },
                 })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream_conn))
             .await
             .context("cannot talk to bangerd")?;
         tokio::spawn(conn);
@@ -93,26 +151,25 @@ impl Client {
             .uri(format!("http://bangerd{path}"))
             .header("host", "bangerd")
             .header("content-type", "application/json")
+            .header("accept", if stream { NDJSON } else { "application/json" })
             .body(Full::new(Bytes::from(bytes)))?;
-        let response = sender
+        sender
             .send_request(request)
             .await
-            .context("bangerd dropped the request")?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        if status.is_success() {
-            return serde_json::from_slice(&body)
-                .with_context(|| format!("unexpected answer from bangerd to {path}"));
-        }
-        match serde_json::from_slice::<ApiError>(&body) {
-            Ok(err) => Err(ClientError::Api(err).into()),
-            Err(_) => Err(anyhow::anyhow!(
-                "bangerd answered {} to {path}",
-                status
-                    .canonical_reason()
-                    .map(str::to_lowercase)
-                    .unwrap_or_else(|| status.to_string())
-            )),
-        }
+            .context("bangerd dropped the request")
+    }
+}
+
+/// The error a failed call answered with.
+fn error_answer(status: hyper::StatusCode, body: &[u8], path: &str) -> anyhow::Error {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(err) => ClientError::Api(err).into(),
+        Err(_) => anyhow::anyhow!(
+            "bangerd answered {} to {path}",
+            status
+                .canonical_reason()
+                .map(str::to_lowercase)
+                .unwrap_or_else(|| status.to_string())
+        ),
     }
 }

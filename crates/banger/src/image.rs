@@ -1,18 +1,29 @@
 //! `banger image ...`.
 
-use anyhow::Result;
-use banger_proto::image::{Image, ImageList};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use banger_proto::image::{
+    CatalogList, Image, ImageBuildRequest, ImageExportRequest, ImageList, ImagePullRequest,
+    ImageRegisterRequest,
+};
+use banger_proto::progress::ProgressEvent;
 use clap::Subcommand;
+use serde::Serialize;
 
 use crate::client::Client;
 use crate::output;
+use crate::progress::Progress;
 use crate::vm::path_segment;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// List images.
+    /// List images (or, with --catalog, the images banger can fetch).
     #[command(alias = "list")]
     Ls {
+        /// List the catalog instead.
+        #[arg(long)]
+        catalog: bool,
         #[arg(long)]
         json: bool,
     },
@@ -23,11 +34,100 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Build an image from Debian packages on this host (mmdebstrap).
+    Build {
+        /// Name of the new image.
+        name: String,
+        /// Debian suite.
+        #[arg(long, value_name = "SUITE", default_value = "bookworm")]
+        debian: String,
+        /// An extra Debian package (repeat for more).
+        #[arg(long = "package", value_name = "P")]
+        packages: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull a catalog image, or a bundle by URL or path.
+    Pull {
+        /// A catalog name, an http(s):// or file:// URL, or a bundle path.
+        source: String,
+        /// Name to record [default: the catalog name or the bundle's own].
+        #[arg(long)]
+        name: Option<String>,
+        /// Expected sha256 of the bundle file.
+        #[arg(long)]
+        sha256: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a kernel and rootfs from this host as an image.
+    Register {
+        /// Name of the new image.
+        name: String,
+        /// A bzImage or ELF vmlinux.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// An initramfs.
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// An ext4 root filesystem image.
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// An ext4 image new VMs' /root starts from [default: made from the
+        /// rootfs's /root].
+        #[arg(long)]
+        work_seed: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write an image as a bundle (.tar.zst) that `image pull` takes.
+    Export {
+        /// Image name or id.
+        image: String,
+        /// The bundle file to write.
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images no VM uses.
+    #[command(alias = "remove")]
+    Rm {
+        /// Image names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
 }
 
 pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
     match command {
-        ImageCommand::Ls { json } => {
+        ImageCommand::Ls {
+            catalog: true,
+            json,
+        } => {
+            let list: CatalogList = client.get("/v1/catalog").await?;
+            if json {
+                return output::json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .entries
+                .iter()
+                .map(|e| {
+                    let local = if e.local { "yes" } else { "no" };
+                    vec![
+                        e.name.clone(),
+                        e.kind.clone(),
+                        e.from.clone(),
+                        local.into(),
+                        e.description.clone(),
+                    ]
+                })
+                .collect();
+            output::table(&["NAME", "KIND", "FROM", "LOCAL", "DESCRIPTION"], &rows);
+        }
+        ImageCommand::Ls {
+            catalog: false,
+            json,
+        } => {
             let list: ImageList = client.get("/v1/images").await?;
             if json {
                 return output::json(&list);
@@ -44,13 +144,17 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                     vec![
                         i.name.clone(),
                         i.source.clone(),
+                        i.size_bytes.map(output::size).unwrap_or_else(|| "-".into()),
                         seed.into(),
                         i.created_at.clone(),
                         i.id.clone(),
                     ]
                 })
                 .collect();
-            output::table(&["NAME", "SOURCE", "WORK SEED", "CREATED", "ID"], &rows);
+            output::table(
+                &["NAME", "SOURCE", "SIZE", "WORK SEED", "CREATED", "ID"],
+                &rows,
+            );
         }
         ImageCommand::Show { image, json } => {
             let image: Image = client
@@ -59,23 +163,165 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             if json {
                 return output::json(&image);
             }
-            let none = || "-".to_string();
-            for (key, value) in [
-                ("name", image.name.clone()),
-                ("id", image.id.clone()),
-                ("source", image.source.clone()),
-                ("kernel", image.kernel_path.clone()),
-                ("initrd", image.initrd_path.clone().unwrap_or_else(none)),
-                ("rootfs", image.rootfs_path.clone()),
-                (
-                    "work seed",
-                    image.work_seed_path.clone().unwrap_or_else(none),
-                ),
-                ("created", image.created_at.clone()),
-            ] {
-                println!("{:<11} {value}", format!("{key}:"));
+            print_image(&image);
+        }
+        ImageCommand::Build {
+            name,
+            debian,
+            packages,
+            json,
+        } => {
+            let request = ImageBuildRequest {
+                name,
+                suite: Some(debian),
+                packages,
+            };
+            long_op(client, "/v1/images/build", &request, json, "built").await?;
+        }
+        ImageCommand::Pull {
+            source,
+            name,
+            sha256,
+            json,
+        } => {
+            let source = if looks_like_path(&source) {
+                absolute(Path::new(&source))?.display().to_string()
+            } else {
+                source
+            };
+            let request = ImagePullRequest {
+                source,
+                name,
+                sha256,
+            };
+            long_op(client, "/v1/images/pull", &request, json, "pulled").await?;
+        }
+        ImageCommand::Register {
+            name,
+            kernel,
+            initrd,
+            rootfs,
+            work_seed,
+            json,
+        } => {
+            let text = |p: &Path| absolute(p).map(|p| p.display().to_string());
+            let request = ImageRegisterRequest {
+                name,
+                kernel: text(&kernel)?,
+                initrd: initrd.as_deref().map(text).transpose()?,
+                rootfs: text(&rootfs)?,
+                work_seed: work_seed.as_deref().map(text).transpose()?,
+            };
+            long_op(client, "/v1/images/register", &request, json, "registered").await?;
+        }
+        ImageCommand::Export { image, file, json } => {
+            let request = ImageExportRequest {
+                file: absolute(&file)?.display().to_string(),
+            };
+            let path = format!("/v1/images/{}/export", path_segment(&image));
+            long_op(client, &path, &request, json, "exported").await?;
+            if !json {
+                println!("wrote {}", request.file);
+            }
+        }
+        ImageCommand::Rm { images } => {
+            for image in images {
+                let removed: Image = client
+                    .delete(&format!("/v1/images/{}", path_segment(&image)))
+                    .await?;
+                println!("removed {}", removed.name);
             }
         }
     }
     Ok(())
+}
+
+/// Runs a long operation with live progress and prints the image.
+async fn long_op<B: Serialize>(
+    client: &Client,
+    path: &str,
+    body: &B,
+    json: bool,
+    verb: &str,
+) -> Result<()> {
+    let mut progress = Progress::new(json);
+    let outcome = client
+        .post_stream(path, body, |event| progress.event(event))
+        .await;
+    match outcome {
+        Ok(ProgressEvent::Image { image, elapsed_ms }) => {
+            progress.finish(elapsed_ms);
+            if json {
+                return output::json(&image);
+            }
+            println!("{verb} {} ({})", image.name, image.id);
+            Ok(())
+        }
+        Ok(_) => unreachable!("post_stream returns only the final event"),
+        Err(err) => {
+            progress.abandon();
+            Err(err)
+        }
+    }
+}
+
+fn print_image(image: &Image) {
+    let none = || "-".to_string();
+    let manifest = image.manifest.as_ref();
+    for (key, value) in [
+        ("name", image.name.clone()),
+        ("id", image.id.clone()),
+        ("source", image.source.clone()),
+        (
+            "made from",
+            manifest.map(|m| m.origin.from.clone()).unwrap_or_else(none),
+        ),
+        (
+            "packages",
+            manifest
+                .filter(|m| !m.origin.packages.is_empty())
+                .map(|m| m.origin.packages.join(", "))
+                .unwrap_or_else(none),
+        ),
+        (
+            "kernel version",
+            image.kernel_version.clone().unwrap_or_else(none),
+        ),
+        (
+            "size",
+            image.size_bytes.map(output::size).unwrap_or_else(none),
+        ),
+        ("kernel", image.kernel_path.clone()),
+        ("vmlinux", image.vmlinux_path.clone().unwrap_or_else(none)),
+        ("initrd", image.initrd_path.clone().unwrap_or_else(none)),
+        ("rootfs", image.rootfs_path.clone()),
+        (
+            "work seed",
+            image.work_seed_path.clone().unwrap_or_else(none),
+        ),
+        ("created", image.created_at.clone()),
+    ] {
+        println!("{:<15} {value}", format!("{key}:"));
+    }
+    if let Some(manifest) = manifest {
+        println!("artifacts:");
+        for a in &manifest.artifacts {
+            println!(
+                "  {:<15} {:>7}  sha256:{}",
+                a.file,
+                output::size(a.bytes),
+                a.sha256
+            );
+        }
+    }
+}
+
+fn looks_like_path(source: &str) -> bool {
+    !source.contains("://") && (source.contains('/') || source.ends_with(".tar.zst"))
+}
+
+/// Paths go to the daemon, which may run elsewhere in the tree: make them
+/// absolute here.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))
 }

@@ -7,6 +7,7 @@ mod daemon;
 mod doctor;
 mod image;
 mod output;
+mod progress;
 mod vm;
 
 use std::path::PathBuf;

@@ -74,9 +74,7 @@ fn a_session_from_start_to_stop() {
 
     let out = banger(root.path(), &["daemon", "start"]);
     assert!(out.status.success(), "{:?}", text(&out));
-    // The CLI has no image commands that write yet: put one in the store
-    // the daemon uses, as the image tooling will.
-    seed_image(&root.path().join("var/lib/banger/banger.db"));
+    register_base(root.path());
 
     let out = banger(
         root.path(),
@@ -147,7 +145,17 @@ fn a_session_from_start_to_stop() {
         );
     }
 
+    let out = banger(root.path(), &["image", "rm", "base"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("image base is in use by web"),
+        "{:?}",
+        text(&out)
+    );
+
     assert!(banger(root.path(), &["vm", "rm", "web"]).status.success());
+    let out = banger(root.path(), &["image", "rm", "base"]);
+    assert_eq!(text(&out).0, "removed base\n");
     let out = banger(root.path(), &["vm", "ls", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["vms"].as_array().unwrap().len(), 0);
@@ -157,12 +165,78 @@ fn a_session_from_start_to_stop() {
     assert!(!root.path().join("run/banger/bangerd.sock").exists());
 }
 
-fn seed_image(db: &Path) {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.execute(
-        "INSERT INTO images (id, name, source, kernel_path, rootfs_path, created_at_ms)
-         VALUES ('img-base', 'base', 'register', '/k', '/r', 1)",
-        [],
-    )
-    .unwrap();
+/// `banger image register base` with relative paths (the CLI makes them
+/// absolute), a real ext4 rootfs and a stand-in ELF kernel; then the image
+/// commands a user would look with.
+fn register_base(root: &Path) {
+    let files = root.join("files");
+    std::fs::create_dir_all(files.join("tree/root")).unwrap();
+    std::fs::write(files.join("tree/root/.profile"), "x\n").unwrap();
+    let mut kernel = b"\x7fELF\x02\x01\x01".to_vec();
+    kernel.resize(4096, 0);
+    std::fs::write(files.join("vmlinux"), kernel).unwrap();
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d", "tree", "rootfs.ext4", "16M"])
+        .current_dir(&files)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_banger"))
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .current_dir(&files)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "image",
+        "register",
+        "base",
+        "--kernel",
+        "vmlinux",
+        "--rootfs",
+        "rootfs.ext4",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout} {stderr}");
+    assert!(stdout.starts_with("registered base ("), "{stdout}");
+    // Not a terminal: one plain line per stage on stderr, then the total.
+    assert!(
+        stderr.contains("  copy ") && stderr.contains("  total "),
+        "{stderr}"
+    );
+
+    let out = run(&["image", "ls"]);
+    let (table, _) = text(&out);
+    assert!(table.starts_with("NAME  SOURCE"), "{table}");
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("base  register"),
+        "{table}"
+    );
+
+    let out = run(&["image", "show", "base"]);
+    let (shown, _) = text(&out);
+    assert!(
+        shown.contains("work seed:") && shown.contains("sha256:"),
+        "{shown}"
+    );
+
+    let out = run(&["image", "ls", "--catalog", "--json"]);
+    let catalog: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(catalog["entries"][0]["name"], "debian-bookworm");
+
+    let out = run(&[
+        "image", "register", "other", "--kernel", "vmlinux", "--rootfs", "vmlinux",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    let (_, err) = text(&out);
+    assert!(
+        err.starts_with("error: rootfs ") && err.contains("is not an ext4 image"),
+        "{err}"
+    );
+    assert!(err.lines().nth(1).unwrap().starts_with("hint: "), "{err}");
+    let out = run(&["image", "rm", "no-such-image"]);
+    assert_eq!(out.status.code(), Some(1));
 }

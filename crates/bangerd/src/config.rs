@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use banger_core::addr::{AddrError, BridgeNet};
+use banger_core::catalog::{Catalog, EMBEDDED};
 use banger_core::size::{parse_size, SizeError};
 use banger_core::spec::{SpecDefaults, MAX_VCPUS, MIN_MEMORY_MIB};
 use banger_host::vmm_select::{SelectError, VmmPreference};
@@ -28,6 +29,8 @@ pub enum ConfigError {
     Vmm { path: String, source: SelectError },
     #[error("bad config {path}: vm_defaults: {message}")]
     Defaults { path: String, message: String },
+    #[error("bad config {path}: catalog: {message}")]
+    Catalog { path: String, message: String },
 }
 
 /// The file as written. Unknown keys are errors, so typos do not pass.
@@ -42,6 +45,12 @@ struct ConfigFile {
     default_image: Option<String>,
     /// `auto`, `firecracker` or `qemu`.
     vmm: Option<String>,
+    /// The static guest binary (banger-init + banger-agent) put into images.
+    guest_binary: Option<PathBuf>,
+    /// A TOML file of extra catalog entries (same form as the embedded one).
+    catalog: Option<PathBuf>,
+    /// Debian mirror for image builds.
+    debian_mirror: Option<String>,
     #[serde(default)]
     vm_defaults: VmDefaultsFile,
 }
@@ -74,6 +83,9 @@ pub struct Config {
     pub bridge: BridgeNet,
     pub defaults: SpecDefaults,
     pub vmm: VmmPreference,
+    pub guest_binary: PathBuf,
+    pub catalog: Catalog,
+    pub debian_mirror: Option<String>,
 }
 
 pub const DEFAULT_BRIDGE: &str = "172.29.0.1/24";
@@ -109,8 +121,15 @@ impl Config {
                 path: shown.clone(),
                 source,
             })?;
+        let catalog = load_catalog(file.catalog.as_deref(), &shown)?;
         Ok(Config {
             vmm,
+            guest_binary: file
+                .guest_binary
+                .clone()
+                .unwrap_or_else(default_guest_binary),
+            catalog,
+            debian_mirror: file.debian_mirror.clone(),
             state_dir: file.state_dir.clone().unwrap_or(defaults.state_dir),
             run_dir,
             socket,
@@ -121,6 +140,39 @@ impl Config {
         })
     }
 }
+
+/// The embedded catalog, plus the entries of `extra` when given.
+fn load_catalog(extra: Option<&Path>, shown: &str) -> Result<Catalog, ConfigError> {
+    let bad = |message: String| ConfigError::Catalog {
+        path: shown.to_string(),
+        message,
+    };
+    let embedded = Catalog::parse(EMBEDDED, "embedded catalog").map_err(|e| bad(e.to_string()))?;
+    let Some(extra) = extra else {
+        return Ok(embedded);
+    };
+    let text = std::fs::read_to_string(extra)
+        .map_err(|e| bad(format!("cannot read {}: {e}", extra.display())))?;
+    let more =
+        Catalog::parse(&text, &extra.display().to_string()).map_err(|e| bad(e.to_string()))?;
+    Ok(embedded.merged(more))
+}
+
+/// `banger-guest` beside the running binary when it is there, else the
+/// installed location.
+fn default_guest_binary() -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(GUEST_BINARY)));
+    let installed = PathBuf::from("/usr/lib/banger").join(GUEST_BINARY);
+    match beside {
+        Some(path) if path.exists() || !installed.exists() => path,
+        _ => installed,
+    }
+}
+
+/// File name of the static guest binary.
+pub const GUEST_BINARY: &str = "banger-guest";
 
 fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
     let shown = path.display().to_string();
@@ -232,6 +284,7 @@ mod tests {
             "[vm_defaults]\nvcpus = 0",
             "vmm = \"xen\"",
             "[vm_defaults]\nwork_disk_size = \"10Q\"",
+            "catalog = \"/nonexistent/catalog.toml\"",
         ] {
             let err = load_with(text).unwrap_err().to_string();
             assert!(

@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use banger_core::clock::SystemClock;
-use banger_core::resolve::StoredImages;
+use banger_core::image_dirs::ImageDirs;
+use banger_core::images::Images;
 use banger_core::{Banger, Settings};
 use banger_host::doctor::HostFacts;
+use banger_host::image::maker::HostImageMaker;
 use banger_host::vmm_select::{select, VmmPreference};
 use banger_store::SqliteStore;
 use tokio::net::{UnixListener, UnixStream};
@@ -33,9 +35,23 @@ pub async fn start(config: Config) -> Result<Running> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let store = Arc::new(SqliteStore::open(&config.database())?);
-    let banger = Arc::new(Banger::new(
+    let dirs = ImageDirs::new(config.state_dir.join("images"));
+    for stale in dirs.clean_stale() {
+        tracing::info!(path = %stale.display(), "removed what an interrupted image operation left");
+    }
+    let images = Arc::new(Images::new(
         store.clone(),
-        Arc::new(StoredImages::new(store)),
+        Arc::new(HostImageMaker::new(
+            config.guest_binary.clone(),
+            config.debian_mirror.clone(),
+        )),
+        dirs,
+        config.catalog.clone(),
+        Arc::new(SystemClock),
+    ));
+    let banger = Arc::new(Banger::new(
+        store,
+        images.clone(),
         Arc::new(SystemClock),
         Settings {
             bridge: config.bridge,
@@ -47,6 +63,8 @@ pub async fn start(config: Config) -> Result<Running> {
     let (shutdown, mut stopped) = watch::channel(false);
     let state = AppState {
         banger,
+        images,
+        guest_binary: config.guest_binary.clone(),
         state_dir: config.state_dir.clone(),
         vmm: config.vmm,
         started: Instant::now(),

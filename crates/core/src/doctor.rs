@@ -43,3 +43,71 @@ impl Check {
         }
     }
 }
+
+/// The default image: present with a work seed (pass), present without one
+/// (warn: every create builds `/root` from scratch), absent but in the
+/// catalog (pass: the first create fetches it), absent and unknown (fail).
+pub fn default_image_check(
+    name: &str,
+    found: Option<&crate::image::Image>,
+    in_catalog: bool,
+) -> Check {
+    let check = "default image";
+    match (found, in_catalog) {
+        (Some(image), _) if image.work_seed_path.is_some() => {
+            Check::pass(check, format!("{name} is on this host, with a work seed"))
+        }
+        (Some(_), _) => Check::warn(
+            check,
+            format!("{name} has no work seed: creates will build /root from scratch, which is slower"),
+            format!("re-register it with --work-seed, or pull it again: banger image rm {name} && banger image pull {name}"),
+        ),
+        (None, true) => Check::pass(
+            check,
+            format!("{name} is not on this host yet: the first create fetches it from the catalog"),
+        ),
+        (None, false) => Check::fail(
+            check,
+            format!("{name} is not on this host and not in the catalog"),
+            "set default_image in the config to an image from `banger image ls` or `banger image ls --catalog`",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::Image;
+
+    #[test]
+    fn default_image_states() {
+        let mut image = Image {
+            id: "i".into(),
+            name: "deb".into(),
+            source: "build".into(),
+            kernel_path: "/k".into(),
+            vmlinux_path: None,
+            initrd_path: None,
+            rootfs_path: "/r".into(),
+            work_seed_path: Some("/s".into()),
+            manifest: None,
+            created_at_ms: 0,
+        };
+        assert_eq!(
+            default_image_check("deb", Some(&image), false).status,
+            CheckStatus::Pass
+        );
+        image.work_seed_path = None;
+        let warn = default_image_check("deb", Some(&image), true);
+        assert_eq!(warn.status, CheckStatus::Warn);
+        assert!(warn.detail.contains("slower"));
+        assert_eq!(
+            default_image_check("deb", None, true).status,
+            CheckStatus::Pass
+        );
+        assert_eq!(
+            default_image_check("deb", None, false).status,
+            CheckStatus::Fail
+        );
+    }
+}

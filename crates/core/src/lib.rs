@@ -4,13 +4,18 @@
 //! processes: those live in `bangerd`, `banger-store` and `banger-host`.
 
 pub mod addr;
+pub mod catalog;
 pub mod clock;
 pub mod doctor;
 pub mod image;
+pub mod image_dirs;
+pub mod image_maker;
+pub mod images;
 pub mod locks;
 pub mod memory_store;
 pub mod names;
 pub mod operation;
+pub mod progress;
 pub mod resolve;
 pub mod service;
 pub mod size;

@@ -55,7 +55,14 @@ impl Store for MemoryStore {
     }
 
     fn delete_image(&self, id: &str) -> Result<(), StoreError> {
-        lock(self).images.remove(id);
+        let mut inner = lock(self);
+        // Like the schema's foreign key: an image in use stays.
+        if inner.vms.values().any(|v| v.image_id == id) {
+            return Err(StoreError::Backend(format!(
+                "image {id} is referenced by a vm"
+            )));
+        }
+        inner.images.remove(id);
         Ok(())
     }
 

@@ -16,6 +16,8 @@ use tokio::sync::Mutex;
 use crate::addr::{vsock_cid, AddrError, BridgeNet};
 use crate::clock::Clock;
 use crate::image::Image;
+use crate::image_maker::MakeError;
+use crate::images::ImageError;
 use crate::locks::VmLocks;
 use crate::names::generate_name;
 use crate::operation::Operation;
@@ -46,10 +48,6 @@ pub enum ServiceError {
     NameTaken(String),
     #[error("no vm named {0:?}")]
     VmNotFound(String),
-    #[error("no image named {0:?}")]
-    ImageNotFound(String),
-    #[error("image {image} is in use by {vms}")]
-    ImageInUse { image: String, vms: String },
     #[error("vm {name} is {state}")]
     VmActive { name: String, state: &'static str },
     #[error(transparent)]
@@ -60,6 +58,8 @@ pub enum ServiceError {
     Unsupported(String),
     #[error(transparent)]
     Store(StoreError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
 }
 
 impl From<StoreError> for ServiceError {
@@ -85,11 +85,23 @@ impl ServiceError {
         use ServiceError::*;
         match self {
             Spec(_) | UnknownImage(_) => ErrorKind::InvalidInput,
-            VmNotFound(_) | ImageNotFound(_) => ErrorKind::NotFound,
-            NameTaken(_) | ImageInUse { .. } | VmActive { .. } | State(_) => ErrorKind::Conflict,
+            VmNotFound(_) => ErrorKind::NotFound,
+            NameTaken(_) | VmActive { .. } | State(_) => ErrorKind::Conflict,
             Addr(AddrError::Exhausted(_)) => ErrorKind::Conflict,
             Unsupported(_) => ErrorKind::Unsupported,
             Resolve(_) | Addr(_) | Store(_) => ErrorKind::Internal,
+            Image(err) => match err {
+                ImageError::Name(_)
+                | ImageError::NotInCatalog(_)
+                | ImageError::ExportTarget(_)
+                | ImageError::Make(MakeError::Invalid { .. }) => ErrorKind::InvalidInput,
+                ImageError::NotFound(_) => ErrorKind::NotFound,
+                ImageError::NameTaken(_) | ImageError::InUse { .. } => ErrorKind::Conflict,
+                ImageError::Store(StoreError::NameTaken { .. }) => ErrorKind::Conflict,
+                ImageError::Make(MakeError::Failed { .. })
+                | ImageError::Dirs(_)
+                | ImageError::Store(_) => ErrorKind::Internal,
+            },
         }
     }
 
@@ -99,16 +111,31 @@ impl ServiceError {
         Some(match self {
             Spec(SpecError::Name(_)) => "pick a name like web-1, or leave it out to get one".into(),
             Spec(_) => "see `banger vm create --help` for the accepted values".into(),
-            UnknownImage(_) => "list images with `banger image ls`".into(),
+            UnknownImage(_) => {
+                "list images with `banger image ls`, and the catalog with `banger image ls --catalog`"
+                    .into()
+            }
             NameTaken(_) => "pick another name, or remove the old vm with `banger vm rm`".into(),
             VmNotFound(_) => "list vms with `banger vm ls`".into(),
-            ImageNotFound(_) => "list images with `banger image ls`".into(),
-            ImageInUse { .. } => "remove those vms first with `banger vm rm`".into(),
             VmActive { name, .. } => {
                 format!("stop it first with `banger vm stop {name}`, or use --force")
             }
             Addr(AddrError::Exhausted(_)) => "remove unused vms or widen the bridge prefix".into(),
             Unsupported(_) => "use --no-start to record the vm without booting it".into(),
+            Image(err) => match err {
+                ImageError::Name(_) => "pick a name like debian-dev".into(),
+                ImageError::NameTaken(name) => {
+                    format!("pick another name, or remove the old one with `banger image rm {name}`")
+                }
+                ImageError::NotFound(_) => "list images with `banger image ls`".into(),
+                ImageError::NotInCatalog(_) => {
+                    "see `banger image ls --catalog`, or pull a bundle by url or path".into()
+                }
+                ImageError::InUse { .. } => "remove those vms first with `banger vm rm`".into(),
+                ImageError::ExportTarget(_) => "pick a new file name, or remove the old file".into(),
+                ImageError::Make(err) => return err.hint().map(String::from),
+                _ => return None,
+            },
             _ => return None,
         })
     }
@@ -264,27 +291,6 @@ impl Banger {
         self.vm_locks.forget(&vm.id);
         tracing::info!(vm = %vm.name, id = %vm.id, "vm removed");
         Ok(vm)
-    }
-
-    pub fn list_images(&self) -> Result<Vec<Image>, ServiceError> {
-        Ok(self.store.list_images()?)
-    }
-
-    pub fn find_image(&self, id_or_name: &str) -> Result<Image, ServiceError> {
-        self.store
-            .find_image(id_or_name)?
-            .ok_or_else(|| ServiceError::ImageNotFound(id_or_name.to_string()))
-    }
-
-    /// Names of the VMs that use an image.
-    pub fn vms_using_image(&self, image_id: &str) -> Result<Vec<String>, ServiceError> {
-        Ok(self
-            .store
-            .list_vms()?
-            .into_iter()
-            .filter(|vm| vm.image_id == image_id)
-            .map(|vm| vm.name)
-            .collect())
     }
 }
 

@@ -27,6 +27,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("nft", "nftables"),
 ];
 
+/// Tools only image making needs: missing ones warn (VMs still run from
+/// images made elsewhere).
+pub const IMAGE_TOOLS: &[(&str, &str)] = &[("mmdebstrap", "mmdebstrap"), ("debugfs", "e2fsprogs")];
+
 #[derive(Debug, Clone)]
 pub struct HostFacts {
     pub euid: u32,
@@ -40,6 +44,9 @@ pub struct HostFacts {
     /// The firecracker binary and what `firecracker --version` said.
     pub firecracker: Option<(PathBuf, Result<String, String>)>,
     pub jailer: Option<PathBuf>,
+    pub image_tools: BTreeMap<&'static str, Option<PathBuf>>,
+    /// The static guest binary images are built with, and whether it is there.
+    pub guest_binary: Option<(PathBuf, bool)>,
 }
 
 impl HostFacts {
@@ -59,7 +66,18 @@ impl HostFacts {
                 .collect(),
             state_root: state_root.to_path_buf(),
             free_bytes: free_bytes(state_root),
+            image_tools: IMAGE_TOOLS
+                .iter()
+                .map(|(tool, _)| (*tool, find_tool(tool)))
+                .collect(),
+            guest_binary: None,
         }
+    }
+
+    /// Adds the guest binary to check.
+    pub fn with_guest_binary(mut self, path: &Path) -> Self {
+        self.guest_binary = Some((path.to_path_buf(), path.is_file()));
+        self
     }
 }
 
@@ -111,6 +129,27 @@ pub fn report(facts: &HostFacts) -> Vec<Check> {
                 format!("{tool} not found"),
                 format!("install it: apt-get install {package}"),
             ),
+        });
+    }
+    for (tool, package) in IMAGE_TOOLS {
+        checks.push(match facts.image_tools.get(tool).cloned().flatten() {
+            Some(path) => Check::pass(&format!("tool {tool}"), path.display().to_string()),
+            None => Check::warn(
+                &format!("tool {tool}"),
+                format!("{tool} not found: `banger image build` cannot work"),
+                format!("install it: apt-get install {package}"),
+            ),
+        });
+    }
+    if let Some((path, present)) = &facts.guest_binary {
+        checks.push(if *present {
+            Check::pass("guest binary", path.display().to_string())
+        } else {
+            Check::warn(
+                "guest binary",
+                format!("{} is missing: images cannot be built", path.display()),
+                "build it with scripts/build-guest, or set guest_binary in the config",
+            )
         });
     }
     checks.extend(firecracker(facts));
@@ -226,6 +265,11 @@ mod tests {
                 Ok("Firecracker v1.16.1".into()),
             )),
             jailer: Some("/usr/bin/jailer".into()),
+            image_tools: IMAGE_TOOLS
+                .iter()
+                .map(|(t, _)| (*t, Some(PathBuf::from(format!("/usr/bin/{t}")))))
+                .collect(),
+            guest_binary: Some(("/usr/lib/banger/banger-guest".into(), true)),
         }
     }
 
@@ -306,6 +350,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = HostFacts::gather(&dir.path().join("not-yet"), VmmPreference::Auto);
         assert!(*f.free_bytes.as_ref().unwrap() > 0);
-        assert_eq!(report(&f).len(), 2 + TOOLS.len() + 3 + 1);
+        assert_eq!(
+            report(&f).len(),
+            2 + TOOLS.len() + IMAGE_TOOLS.len() + 3 + 1
+        );
+        let f = f.with_guest_binary(&dir.path().join("banger-guest"));
+        assert_eq!(status_of(&report(&f), "guest binary"), CheckStatus::Warn);
+    }
+
+    #[test]
+    fn missing_image_tools_warn_with_the_package() {
+        let mut f = facts();
+        f.image_tools.insert("mmdebstrap", None);
+        let checks = report(&f);
+        let check = checks.iter().find(|c| c.name == "tool mmdebstrap").unwrap();
+        assert_eq!(check.status, CheckStatus::Warn);
+        assert_eq!(
+            check.hint.as_deref(),
+            Some("install it: apt-get install mmdebstrap")
+        );
     }
 }

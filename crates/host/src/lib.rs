@@ -5,6 +5,8 @@
 pub mod accel;
 pub mod doctor;
 pub mod firecracker;
+pub mod image;
 pub mod process;
+pub mod qemu;
 pub mod tools;
 pub mod vmm_select;

@@ -16,12 +16,180 @@ pub struct Image {
     pub rootfs_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work_seed_path: Option<String>,
+    /// The ELF kernel (Firecracker; QEMU boots it through PVH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmlinux_path: Option<String>,
+    /// `uname -r` of the kernel, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
+    /// Apparent size of all artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// The manifest the image was made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Manifest>,
     /// RFC 3339, UTC.
     pub created_at: String,
+}
+
+/// Body of `POST /v1/images/build`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBuildRequest {
+    pub name: String,
+    /// Debian suite; `bookworm` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
+    /// Debian packages beyond the base set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+}
+
+/// Body of `POST /v1/images/pull`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePullRequest {
+    /// A catalog name, a bundle URL (`http(s)://`, `file://`) or a bundle
+    /// path on the daemon's host.
+    pub source: String,
+    /// The name to record; the catalog name or the bundle's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Expected sha256 of the bundle file (lowercase hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Body of `POST /v1/images/register`: absolute paths on the daemon's host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRegisterRequest {
+    pub name: String,
+    /// A bzImage or an ELF vmlinux.
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// An ext4 image.
+    pub rootfs: String,
+    /// An ext4 image for new VMs' `/root`; made from the rootfs's `/root`
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_seed: Option<String>,
+}
+
+/// Body of `POST /v1/images/{image}/export`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageExportRequest {
+    /// Absolute path of the bundle to write (`.tar.zst`); must not exist.
+    pub file: String,
+}
+
+/// One entry of the image catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub description: String,
+    /// `build` (made on this host) or `bundle` (downloaded).
+    pub kind: String,
+    /// The Debian suite, or the bundle URL.
+    pub from: String,
+    /// Whether an image of this name is on this host.
+    pub local: bool,
+}
+
+/// Body of `GET /v1/catalog`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CatalogList {
+    pub entries: Vec<CatalogEntry>,
 }
 
 /// Body of `GET /v1/images`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ImageList {
     pub images: Vec<Image>,
+}
+
+/// Version of the `manifest.json` format written by this build.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// `manifest.json`: what an image directory (or a bundle) holds, with the
+/// size and sha256 of every artifact. Written when an image is made,
+/// checked when one is pulled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// `MANIFEST_FORMAT` of the writer.
+    pub format: u32,
+    /// The image name it was made as.
+    pub name: String,
+    /// `uname -r` of the kernel, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
+    /// How it was made.
+    pub origin: Origin,
+    pub artifacts: Vec<Artifact>,
+}
+
+/// How an image was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// `build`, `pull` or `register`.
+    pub method: String,
+    /// Build: the Debian suite. Pull: the URL. Register: the source paths.
+    pub from: String,
+    /// Build: the extra packages asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// Version of banger that made it.
+    pub banger_version: String,
+    /// RFC 3339, UTC.
+    pub made_at: String,
+}
+
+/// The role of one artifact of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactRole {
+    /// The kernel as given or as packaged (a bzImage for Debian kernels).
+    Kernel,
+    /// The uncompressed ELF kernel (Firecracker; QEMU's PVH boot).
+    Vmlinux,
+    Initrd,
+    Rootfs,
+    WorkSeed,
+}
+
+impl ArtifactRole {
+    /// The file name of this role inside an image directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ArtifactRole::Kernel => "kernel",
+            ArtifactRole::Vmlinux => "vmlinux",
+            ArtifactRole::Initrd => "initrd",
+            ArtifactRole::Rootfs => "rootfs.ext4",
+            ArtifactRole::WorkSeed => "work-seed.ext4",
+        }
+    }
+
+    pub const ALL: [ArtifactRole; 5] = [
+        ArtifactRole::Kernel,
+        ArtifactRole::Vmlinux,
+        ArtifactRole::Initrd,
+        ArtifactRole::Rootfs,
+        ArtifactRole::WorkSeed,
+    ];
+}
+
+/// One file of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    pub role: ArtifactRole,
+    /// File name inside the image directory (`ArtifactRole::file_name`).
+    pub file: String,
+    pub bytes: u64,
+    /// Lowercase hex.
+    pub sha256: String,
 }

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod error;
 pub mod image;
 pub mod paths;
+pub mod progress;
 pub mod system;
 pub mod units;
 pub mod vm;

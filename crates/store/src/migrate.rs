@@ -6,6 +6,7 @@ use rusqlite::Connection;
 pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_vm_vmm.sql"),
+    include_str!("../migrations/0003_image_artifacts.sql"),
 ];
 
 /// Applies the migrations this database has not seen. Returns the new

@@ -9,7 +9,8 @@ use banger_core::vm::{Stage, Vm, VmState};
 use rusqlite::Row;
 
 pub(crate) const IMAGE_COLUMNS: &str =
-    "id, name, source, kernel_path, initrd_path, rootfs_path, work_seed_path, created_at_ms";
+    "id, name, source, kernel_path, initrd_path, rootfs_path, work_seed_path, created_at_ms, \
+     vmlinux_path, manifest";
 
 pub(crate) const VM_COLUMNS: &str = "id, name, image_id, image_name, state, vcpus, memory_mib, \
      work_disk_bytes, system_disk_bytes, nat, guest_ip, vsock_cid, created_at_ms, updated_at_ms, \
@@ -25,7 +26,24 @@ pub(crate) fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
         rootfs_path: row.get::<_, String>(5)?.into(),
         work_seed_path: row.get::<_, Option<String>>(6)?.map(Into::into),
         created_at_ms: row.get(7)?,
+        vmlinux_path: row.get::<_, Option<String>>(8)?.map(Into::into),
+        manifest: match row.get::<_, Option<String>>(9)? {
+            Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, e.into())
+            })?),
+            None => None,
+        },
     })
+}
+
+/// The manifest column: JSON, or NULL for records without one.
+pub(crate) fn encode_manifest(image: &Image) -> Result<Option<String>, StoreError> {
+    image
+        .manifest
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode manifest: {e}")))
 }
 
 /// A VM row as stored, before its text fields are checked.

@@ -12,7 +12,9 @@ use banger_core::vm::Vm;
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension};
 
 use crate::migrate::{migrate, MigrateError};
-use crate::rows::{encode_stages, image_from_row, vm_from_row, IMAGE_COLUMNS, VM_COLUMNS};
+use crate::rows::{
+    encode_manifest, encode_stages, image_from_row, vm_from_row, IMAGE_COLUMNS, VM_COLUMNS,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -99,10 +101,12 @@ impl Store for SqliteStore {
         self.conn()
             .execute(
                 &format!(
-                    "INSERT INTO images ({IMAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                    "INSERT INTO images ({IMAGE_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT(id) DO UPDATE SET name = excluded.name, source = excluded.source,
                        kernel_path = excluded.kernel_path, initrd_path = excluded.initrd_path,
-                       rootfs_path = excluded.rootfs_path, work_seed_path = excluded.work_seed_path"
+                       rootfs_path = excluded.rootfs_path, work_seed_path = excluded.work_seed_path,
+                       vmlinux_path = excluded.vmlinux_path, manifest = excluded.manifest"
                 ),
                 params![
                     image.id,
@@ -113,6 +117,8 @@ impl Store for SqliteStore {
                     path(&image.rootfs_path),
                     image.work_seed_path.as_deref().map(path),
                     image.created_at_ms,
+                    image.vmlinux_path.as_deref().map(path),
+                    encode_manifest(image)?,
                 ],
             )
             .map_err(|e| insert_error(e, "image", &image.name, None))?;

@@ -18,6 +18,8 @@ fn image(id: &str, name: &str) -> Image {
         initrd_path: Some("/img/initrd".into()),
         rootfs_path: "/img/rootfs.ext4".into(),
         work_seed_path: None,
+        vmlinux_path: None,
+        manifest: None,
         created_at_ms: 1,
     }
 }
@@ -168,4 +170,39 @@ fn an_older_database_is_migrated_in_place() {
     let store = SqliteStore::open(&path).unwrap();
     let vm = store.find_vm("old").unwrap().unwrap();
     assert_eq!((vm.vmm.as_str(), vm.state), ("qemu", VmState::Stopped));
+}
+
+#[test]
+fn an_image_manifest_and_vmlinux_round_trip() {
+    use banger_proto::image::{Artifact, ArtifactRole, Manifest, Origin};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut made = image("i2", "built");
+    made.vmlinux_path = Some("/img/vmlinux".into());
+    made.manifest = Some(Manifest {
+        format: 1,
+        name: "built".into(),
+        kernel_version: Some("6.1.0-28-cloud-amd64".into()),
+        origin: Origin {
+            method: "build".into(),
+            from: "bookworm".into(),
+            packages: vec!["curl".into()],
+            banger_version: "0.1.0".into(),
+            made_at: "2026-01-01T00:00:00Z".into(),
+        },
+        artifacts: vec![Artifact {
+            role: ArtifactRole::Rootfs,
+            file: "rootfs.ext4".into(),
+            bytes: 42,
+            sha256: "a".repeat(64),
+        }],
+    });
+    store.upsert_image(&made).unwrap();
+    drop(store);
+    let store = SqliteStore::open(&dir.path().join("banger.db")).unwrap();
+    assert_eq!(store.find_image("built").unwrap().unwrap(), made);
+    assert_eq!(
+        store.find_image("i2").unwrap().unwrap().size_bytes(),
+        Some(42)
+    );
 }

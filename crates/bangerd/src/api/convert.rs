@@ -57,6 +57,13 @@ pub fn image(image: &Image) -> proto::image::Image {
         initrd_path: image.initrd_path.as_deref().map(path),
         rootfs_path: path(&image.rootfs_path),
         work_seed_path: image.work_seed_path.as_deref().map(path),
+        vmlinux_path: image.vmlinux_path.as_deref().map(path),
+        kernel_version: image
+            .manifest
+            .as_ref()
+            .and_then(|m| m.kernel_version.clone()),
+        size_bytes: image.size_bytes(),
+        manifest: image.manifest.clone(),
         created_at: rfc3339(image.created_at_ms),
     }
 }

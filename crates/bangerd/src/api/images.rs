@@ -1,18 +1,39 @@
-//! `/v1/images`: list and show.
+//! `/v1/images` and `/v1/catalog`: list, show, build, pull, register,
+//! export, remove. The long ones answer with a progress stream when asked
+//! (see `progress`); every request is checked before any slow work starts,
+//! so bad input gets its own status even on a stream.
+
+use std::path::PathBuf;
 
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
-use banger_proto::error::ApiError;
-use banger_proto::image::{Image, ImageList};
+use banger_core::catalog::{BuildRecipe, Recipe};
+use banger_core::image_maker::{ImageRequest, RegisterFiles};
+use banger_core::images::{ImageError, PullSource};
+use banger_core::ServiceError;
+use banger_proto::error::{ApiError, ErrorCode};
+use banger_proto::image::{
+    CatalogEntry, CatalogList, Image, ImageBuildRequest, ImageExportRequest, ImageList,
+    ImagePullRequest, ImageRegisterRequest,
+};
+use banger_proto::progress::ProgressEvent;
 
 use super::convert;
 use super::error::HttpError;
+use super::json::ApiJson;
+use super::progress::run_image_op;
 use super::AppState;
+
+fn image_error(err: ImageError) -> HttpError {
+    ServiceError::from(err).into()
+}
 
 #[utoipa::path(get, path = "/v1/images", tag = "images",
     responses((status = 200, description = "Every image", body = ImageList)))]
 pub async fn list_images(State(state): State<AppState>) -> Result<Json<ImageList>, HttpError> {
-    let images = state.banger.list_images()?;
+    let images = state.images.list().map_err(image_error)?;
     Ok(Json(ImageList {
         images: images.iter().map(convert::image).collect(),
     }))
@@ -27,5 +48,223 @@ pub async fn show_image(
     State(state): State<AppState>,
     Path(image): Path<String>,
 ) -> Result<Json<Image>, HttpError> {
-    Ok(Json(convert::image(&state.banger.find_image(&image)?)))
+    let image = state.images.find(&image).map_err(image_error)?;
+    Ok(Json(convert::image(&image)))
+}
+
+#[utoipa::path(delete, path = "/v1/images/{image}", tag = "images",
+    params(("image" = String, Path, description = "Image name or id")),
+    responses(
+        (status = 200, description = "The image was removed", body = Image),
+        (status = 404, description = "No such image", body = ApiError),
+        (status = 409, description = "VMs still use the image", body = ApiError),
+        (status = 500, description = "Host or store failure", body = ApiError)))]
+pub async fn delete_image(
+    State(state): State<AppState>,
+    Path(image): Path<String>,
+) -> Result<Json<Image>, HttpError> {
+    let image = state.images.delete(&image).await.map_err(image_error)?;
+    Ok(Json(convert::image(&image)))
+}
+
+#[utoipa::path(post, path = "/v1/images/build", tag = "images", request_body = ImageBuildRequest,
+    responses(
+        (status = 201, description = "The image was built", body = Image),
+        (status = 200, description = "Progress stream (`Accept: application/x-ndjson`)",
+            body = ProgressEvent, content_type = "application/x-ndjson"),
+        (status = 400, description = "Bad input", body = ApiError),
+        (status = 409, description = "The name is taken", body = ApiError),
+        (status = 500, description = "The build failed", body = ApiError)))]
+pub async fn build_image(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<ImageBuildRequest>,
+) -> Result<Response, HttpError> {
+    let recipe = BuildRecipe {
+        suite: request.suite.unwrap_or_else(|| "bookworm".into()),
+        packages: request.packages,
+    };
+    let name = request.name;
+    state
+        .images
+        .precheck(Some(&name), &ImageRequest::Build(recipe.clone()))
+        .map_err(image_error)?;
+    let images = state.images.clone();
+    run_image_op(
+        &headers,
+        StatusCode::CREATED,
+        Box::new(move |progress| {
+            Box::pin(async move { images.build(&name, recipe, &*progress).await })
+        }),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/images/pull", tag = "images", request_body = ImagePullRequest,
+    responses(
+        (status = 201, description = "The image was pulled", body = Image),
+        (status = 200, description = "Progress stream (`Accept: application/x-ndjson`)",
+            body = ProgressEvent, content_type = "application/x-ndjson"),
+        (status = 400, description = "Bad input or an unknown catalog name", body = ApiError),
+        (status = 409, description = "The name is taken", body = ApiError),
+        (status = 500, description = "The download or its checks failed", body = ApiError)))]
+pub async fn pull_image(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<ImagePullRequest>,
+) -> Result<Response, HttpError> {
+    if let Some(sha) = &request.sha256 {
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(HttpError::new(
+                ErrorCode::InvalidInput,
+                format!("bad sha256 {sha:?}: it must be 64 hex digits"),
+                Some("copy the digest from the bundle's publisher, or leave it out"),
+            ));
+        }
+    }
+    let source = PullSource::parse(&request.source, request.sha256.map(|s| s.to_lowercase()));
+    let pull = state.images.pull_request(&source).map_err(image_error)?;
+    let checked_name = match (&request.name, &source) {
+        (Some(name), _) => Some(name.as_str()),
+        (None, PullSource::Catalog(entry)) => Some(entry.as_str()),
+        (None, PullSource::Url { .. }) => None,
+    };
+    state
+        .images
+        .precheck(checked_name, &pull)
+        .map_err(image_error)?;
+    let images = state.images.clone();
+    let name = request.name;
+    run_image_op(
+        &headers,
+        StatusCode::CREATED,
+        Box::new(move |progress| {
+            Box::pin(async move { images.pull(source, name.as_deref(), &*progress).await })
+        }),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/images/register", tag = "images",
+    request_body = ImageRegisterRequest,
+    responses(
+        (status = 201, description = "The image was registered", body = Image),
+        (status = 200, description = "Progress stream (`Accept: application/x-ndjson`)",
+            body = ProgressEvent, content_type = "application/x-ndjson"),
+        (status = 400, description = "A file is missing or of the wrong kind", body = ApiError),
+        (status = 409, description = "The name is taken", body = ApiError),
+        (status = 500, description = "Copying or checking failed", body = ApiError)))]
+pub async fn register_image(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<ImageRegisterRequest>,
+) -> Result<Response, HttpError> {
+    let files = RegisterFiles {
+        kernel: absolute(&request.kernel, "kernel")?,
+        initrd: request
+            .initrd
+            .as_deref()
+            .map(|p| absolute(p, "initrd"))
+            .transpose()?,
+        rootfs: absolute(&request.rootfs, "rootfs")?,
+        work_seed: request
+            .work_seed
+            .as_deref()
+            .map(|p| absolute(p, "work seed"))
+            .transpose()?,
+    };
+    let name = request.name;
+    state
+        .images
+        .precheck(Some(&name), &ImageRequest::Register(files.clone()))
+        .map_err(image_error)?;
+    let images = state.images.clone();
+    run_image_op(
+        &headers,
+        StatusCode::CREATED,
+        Box::new(move |progress| {
+            Box::pin(async move { images.register(&name, files, &*progress).await })
+        }),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/images/{image}/export", tag = "images",
+    request_body = ImageExportRequest,
+    params(("image" = String, Path, description = "Image name or id")),
+    responses(
+        (status = 200, description = "The bundle was written (or, with `Accept: application/x-ndjson`, a progress stream)",
+            body = Image),
+        (status = 400, description = "The target exists or is not an absolute path", body = ApiError),
+        (status = 404, description = "No such image", body = ApiError),
+        (status = 500, description = "Writing failed", body = ApiError)))]
+pub async fn export_image(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(image): Path<String>,
+    ApiJson(request): ApiJson<ImageExportRequest>,
+) -> Result<Response, HttpError> {
+    let file = absolute(&request.file, "bundle file")?;
+    state.images.find(&image).map_err(image_error)?;
+    if file.exists() {
+        return Err(image_error(ImageError::ExportTarget(
+            file.display().to_string(),
+        )));
+    }
+    let images = state.images.clone();
+    run_image_op(
+        &headers,
+        StatusCode::OK,
+        Box::new(move |progress| {
+            Box::pin(async move { images.export(&image, &file, &*progress).await })
+        }),
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/catalog", tag = "images",
+    responses((status = 200, description = "The image catalog", body = CatalogList)))]
+pub async fn catalog(State(state): State<AppState>) -> Result<Json<CatalogList>, HttpError> {
+    let local: Vec<String> = state
+        .images
+        .list()
+        .map_err(image_error)?
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    let entries = state
+        .images
+        .catalog()
+        .entries()
+        .iter()
+        .map(|entry| {
+            let (kind, from) = match &entry.recipe {
+                Recipe::Build(recipe) => ("build", recipe.suite.clone()),
+                Recipe::Bundle(bundle) => ("bundle", bundle.url.clone()),
+            };
+            CatalogEntry {
+                name: entry.name.clone(),
+                description: entry.description.clone(),
+                kind: kind.into(),
+                from,
+                local: local.contains(&entry.name),
+            }
+        })
+        .collect();
+    Ok(Json(CatalogList { entries }))
+}
+
+/// Paths in requests are on the daemon's host and must be absolute (the
+/// CLI makes them so).
+fn absolute(path: &str, what: &str) -> Result<PathBuf, HttpError> {
+    let path = PathBuf::from(path);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(HttpError::new(
+            ErrorCode::InvalidInput,
+            format!("{what} path {} is not absolute", path.display()),
+            Some("give an absolute path on the daemon's host"),
+        ))
+    }
 }

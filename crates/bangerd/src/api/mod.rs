@@ -6,6 +6,7 @@ mod convert;
 pub mod error;
 mod images;
 mod json;
+mod progress;
 mod system;
 mod trace;
 mod vms;
@@ -24,8 +25,10 @@ use utoipa_axum::routes;
 #[derive(Clone)]
 pub struct AppState {
     pub banger: Arc<Banger>,
+    pub images: Arc<banger_core::images::Images>,
     pub state_dir: std::path::PathBuf,
     pub vmm: banger_host::vmm_select::VmmPreference,
+    pub guest_binary: std::path::PathBuf,
     pub started: Instant,
     /// Set to true to begin a graceful shutdown.
     pub shutdown: watch::Sender<bool>,
@@ -52,7 +55,12 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(vms::list_vms, vms::create_vm))
         .routes(routes!(vms::show_vm, vms::delete_vm))
         .routes(routes!(images::list_images))
-        .routes(routes!(images::show_image))
+        .routes(routes!(images::show_image, images::delete_image))
+        .routes(routes!(images::build_image))
+        .routes(routes!(images::pull_image))
+        .routes(routes!(images::register_image))
+        .routes(routes!(images::export_image))
+        .routes(routes!(images::catalog))
         .routes(routes!(system::health))
         .routes(routes!(system::doctor))
         .routes(routes!(system::shutdown))

@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use axum::Json;
+use banger_core::doctor::default_image_check;
 use banger_host::doctor::{report, HostFacts};
 use banger_proto::doctor::DoctorReport;
 use banger_proto::system::{Health, ShutdownAccepted};
@@ -24,16 +25,26 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
 #[utoipa::path(get, path = "/v1/doctor", tag = "system",
     responses((status = 200, description = "Host checks; failures are in the body, not the status", body = DoctorReport)))]
 pub async fn doctor(State(state): State<AppState>) -> Result<Json<DoctorReport>, HttpError> {
-    let (root, vmm) = (state.state_dir.clone(), state.vmm);
-    let checks = tokio::task::spawn_blocking(move || report(&HostFacts::gather(&root, vmm)))
-        .await
-        .map_err(|e| {
-            HttpError::new(
-                banger_proto::error::ErrorCode::Internal,
-                format!("doctor failed: {e}"),
-                None,
-            )
-        })?;
+    let (root, vmm, guest) = (
+        state.state_dir.clone(),
+        state.vmm,
+        state.guest_binary.clone(),
+    );
+    let mut checks = tokio::task::spawn_blocking(move || {
+        report(&HostFacts::gather(&root, vmm).with_guest_binary(&guest))
+    })
+    .await
+    .map_err(|e| {
+        HttpError::new(
+            banger_proto::error::ErrorCode::Internal,
+            format!("doctor failed: {e}"),
+            None,
+        )
+    })?;
+    let default = &state.banger.settings().defaults.image;
+    let found = state.images.find(default).ok();
+    let in_catalog = state.images.catalog().find(default).is_some();
+    checks.push(default_image_check(default, found.as_ref(), in_catalog));
     Ok(Json(DoctorReport {
         checks: checks.into_iter().map(convert::check).collect(),
     }))

@@ -27,13 +27,29 @@ impl TestDaemon {
     pub async fn start() -> TestDaemon {
         let root = tempfile::tempdir().unwrap();
         write_config(root.path());
+        TestDaemon::start_in(root).await
+    }
+
+    /// Like `start`, in a root the caller prepared (with its config).
+    pub async fn start_in(root: tempfile::TempDir) -> TestDaemon {
+        TestDaemon::start_with(root, true).await
+    }
+
+    /// A daemon in a prepared root whose store holds no image.
+    pub async fn start_bare(root: tempfile::TempDir) -> TestDaemon {
+        TestDaemon::start_with(root, false).await
+    }
+
+    async fn start_with(root: tempfile::TempDir, seed: bool) -> TestDaemon {
         let config = Config::load(&Overrides {
             root: Some(root.path().into()),
             ..Default::default()
         })
         .unwrap();
         std::fs::create_dir_all(&config.state_dir).unwrap();
-        seed_image(&config.database(), "base");
+        if seed {
+            seed_image(&config.database(), "base");
+        }
         let running = bangerd::server::start(config.clone()).await.unwrap();
         TestDaemon {
             root,
@@ -76,6 +92,8 @@ pub fn seed_image(db: &Path, name: &str) {
             initrd_path: None,
             rootfs_path: "/images/rootfs.ext4".into(),
             work_seed_path: Some("/images/work-seed.ext4".into()),
+            vmlinux_path: None,
+            manifest: None,
             created_at_ms: 1,
         })
         .unwrap();
@@ -104,4 +122,29 @@ pub async fn call(socket: &Path, method: &str, path: &str, body: Option<&str>) -
         serde_json::from_slice(&bytes).unwrap()
     };
     (status, value)
+}
+
+/// POSTs asking for a progress stream; returns every event line.
+pub async fn call_stream(socket: &Path, path: &str, body: &str) -> Vec<Value> {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://bangerd{path}"))
+        .header("host", "bangerd")
+        .header("content-type", "application/json")
+        .header("accept", "application/x-ndjson")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }

@@ -18,9 +18,11 @@ fn image(name: &str) -> Image {
         name: name.to_string(),
         source: "register".into(),
         kernel_path: "/k".into(),
+        vmlinux_path: None,
         initrd_path: None,
         rootfs_path: "/r".into(),
         work_seed_path: None,
+        manifest: None,
         created_at_ms: 0,
     }
 }

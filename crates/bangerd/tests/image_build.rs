@@ -1,0 +1,111 @@
+//! The fresh-host story, for real: a daemon with no images gets a create
+//! for its default image, finds it in the embedded catalog and builds it
+//! (mmdebstrap from the Debian mirror, the cloud kernel, the initramfs,
+//! the agent, rootfs and work seed). Takes minutes; needs the static
+//! guest binary from `scripts/build-guest` and the Debian mirror.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::TestDaemon;
+
+/// The static guest binary `scripts/build-guest` makes, or `None` with
+/// the reason printed (and a failure under CI=true).
+fn guest_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("BANGER_GUEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
+        });
+    if path.is_file() {
+        return Some(path);
+    }
+    let why = format!(
+        "cannot build an image: no guest binary at {} (run scripts/build-guest)",
+        path.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+    eprintln!("not run: {why}");
+    None
+}
+
+fn debugfs(image: &str, command: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", command, image])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_create_builds_the_default_image_from_the_catalog() {
+    let Some(guest) = guest_binary() else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc/banger");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("config.toml"),
+        format!("guest_binary = \"{}\"\n", guest.display()),
+    )
+    .unwrap();
+    let daemon = TestDaemon::start_bare(root).await;
+    let (_, list) = daemon.call("GET", "/v1/images", None).await;
+    assert!(list["images"].as_array().unwrap().is_empty());
+
+    let started = std::time::Instant::now();
+    let (status, vm) = daemon
+        .call(
+            "POST",
+            "/v1/vms",
+            Some(r#"{"name":"first","no_start":true}"#),
+        )
+        .await;
+    assert_eq!(status, 201, "{vm}");
+    eprintln!("auto-build took {:.1}s", started.elapsed().as_secs_f64());
+    assert_eq!(vm["image_name"], "debian-bookworm");
+
+    let (status, image) = daemon.call("GET", "/v1/images/debian-bookworm", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(image["source"], "build");
+    let version = image["kernel_version"].as_str().unwrap();
+    assert!(
+        version.starts_with("6.1") && version.ends_with("cloud-amd64"),
+        "{version}"
+    );
+    let roles: Vec<&str> = image["manifest"]["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["kernel", "vmlinux", "initrd", "rootfs", "work_seed"]
+    );
+
+    let vmlinux = std::fs::read(image["vmlinux_path"].as_str().unwrap()).unwrap();
+    assert_eq!(&vmlinux[..4], b"\x7fELF");
+    let rootfs = image["rootfs_path"].as_str().unwrap();
+    assert!(debugfs(rootfs, "stat /usr/local/sbin/banger-agent").contains("Mode:  0755"));
+    assert!(
+        debugfs(rootfs, "ls -l /etc/systemd/system/multi-user.target.wants")
+            .contains("banger-agent.service")
+    );
+    assert!(debugfs(rootfs, "ls -l /usr/sbin").contains("sshd"));
+
+    let (_, doctor) = daemon.call("GET", "/v1/doctor", None).await;
+    let check = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "default image")
+        .unwrap()
+        .clone();
+    assert_eq!(check["status"], "pass", "{check}");
+    daemon.stop().await;
+}

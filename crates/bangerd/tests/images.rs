@@ -1,0 +1,394 @@
+//! Image operations through the API against real files: register (real
+//! ext4 made with mkfs.ext4, a stand-in ELF kernel), export to a bundle,
+//! pull it back from a path and over a real HTTP server on 127.0.0.1
+//! (whole, truncated, with a wrong digest), progress streams, removal.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+use support::TestDaemon;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// A small ext4 image holding `files` (path, contents).
+fn ext4_with(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let tree = dir.join(format!("{name}-tree"));
+    for (path, contents) in files {
+        let path = tree.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    std::fs::create_dir_all(&tree).unwrap();
+    let image = dir.join(format!("{name}.ext4"));
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .arg("32M")
+        .status()
+        .expect("mkfs.ext4 runs (apt-get install e2fsprogs)");
+    assert!(status.success());
+    image
+}
+
+/// Stands in for a vmlinux: ELF magic is what register checks.
+fn fake_vmlinux(dir: &Path) -> PathBuf {
+    let path = dir.join("vmlinux");
+    let mut bytes = b"\x7fELF\x02\x01\x01".to_vec();
+    bytes.resize(4096, 0);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+async fn register(daemon: &TestDaemon, dir: &Path, name: &str) -> Value {
+    let rootfs = ext4_with(
+        dir,
+        "rootfs",
+        &[
+            ("root/.profile", "echo hi\n"),
+            ("etc/os-release", "ID=test\n"),
+        ],
+    );
+    let body = json!({
+        "name": name,
+        "kernel": fake_vmlinux(dir),
+        "rootfs": rootfs,
+    })
+    .to_string();
+    let (status, image) = daemon
+        .call("POST", "/v1/images/register", Some(&body))
+        .await;
+    assert_eq!(status, 201, "{image}");
+    image
+}
+
+fn staging_is_empty(daemon: &TestDaemon) -> bool {
+    let staging = daemon.config.state_dir.join("images/.staging");
+    std::fs::read_dir(staging)
+        .map(|d| d.count() == 0)
+        .unwrap_or(true)
+}
+
+#[tokio::test]
+async fn register_makes_a_work_seed_and_a_manifest() {
+    let daemon = TestDaemon::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let image = register(&daemon, tmp.path(), "reg").await;
+    assert_eq!(image["source"], "register");
+    let seed = image["work_seed_path"]
+        .as_str()
+        .expect("a work seed was made");
+    // The seed holds the rootfs's /root.
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /.profile", seed])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "echo hi\n");
+    let roles: Vec<&str> = image["manifest"]["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["kernel", "vmlinux", "rootfs", "work_seed"]);
+    assert!(
+        image["vmlinux_path"].is_string(),
+        "an ELF kernel is its own vmlinux"
+    );
+    let (status, shown) = daemon.call("GET", "/v1/images/reg", None).await;
+    assert_eq!((status, &shown), (200, &image));
+    assert!(staging_is_empty(&daemon));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn register_refuses_bad_files_and_changes_nothing() {
+    let daemon = TestDaemon::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let not_ext4 = tmp.path().join("rootfs.img");
+    std::fs::write(&not_ext4, vec![0u8; 8192]).unwrap();
+    let kernel = fake_vmlinux(tmp.path());
+    let not_kernel = tmp.path().join("random");
+    std::fs::write(&not_kernel, b"hello, not a kernel").unwrap();
+    let rootfs = ext4_with(tmp.path(), "ok", &[("root/.profile", "x")]);
+    let cases = [
+        (
+            json!({"name": "x", "kernel": kernel, "rootfs": not_ext4}),
+            "is not an ext4 image",
+        ),
+        (
+            json!({"name": "x", "kernel": not_kernel, "rootfs": rootfs}),
+            "not a kernel",
+        ),
+        (
+            json!({"name": "x", "kernel": "/nonexistent/k", "rootfs": rootfs}),
+            "no such file",
+        ),
+        (
+            json!({"name": "x", "kernel": "relative/k", "rootfs": rootfs}),
+            "is not absolute",
+        ),
+        (
+            json!({"name": "Bad", "kernel": kernel, "rootfs": rootfs}),
+            "invalid name",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, err) = daemon
+            .call("POST", "/v1/images/register", Some(&body.to_string()))
+            .await;
+        assert_eq!(status, 400, "{body}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{message}");
+        assert!(err["error"]["hint"].is_string(), "{err}");
+    }
+    let (_, list) = daemon.call("GET", "/v1/images", None).await;
+    assert_eq!(
+        list["images"].as_array().unwrap().len(),
+        1,
+        "only the seeded image"
+    );
+    assert!(staging_is_empty(&daemon));
+    daemon.stop().await;
+}
+
+/// Serves `bytes` once per connection as an HTTP/1.1 response that claims
+/// `claimed_len` bytes; sending fewer makes a truncated download.
+async fn serve(bytes: Vec<u8>, claimed_len: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let bytes = bytes.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {claimed_len}\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&bytes).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}/bundle.tar.zst")
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn export_then_pull_from_a_path_and_over_http() {
+    let daemon = TestDaemon::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let original = register(&daemon, tmp.path(), "orig").await;
+    let bundle = tmp.path().join("orig.tar.zst");
+    let body = json!({ "file": bundle }).to_string();
+    let (status, _) = daemon
+        .call("POST", "/v1/images/orig/export", Some(&body))
+        .await;
+    assert_eq!(status, 200);
+    let (status, err) = daemon
+        .call("POST", "/v1/images/orig/export", Some(&body))
+        .await;
+    assert_eq!(status, 400, "an existing file is not overwritten: {err}");
+
+    // From a path, under a new name: the same artifacts.
+    let body = json!({ "source": bundle, "name": "copy" }).to_string();
+    let (status, copy) = daemon.call("POST", "/v1/images/pull", Some(&body)).await;
+    assert_eq!(status, 201, "{copy}");
+    assert_eq!(copy["source"], "pull");
+    assert_eq!(
+        copy["manifest"]["artifacts"],
+        original["manifest"]["artifacts"]
+    );
+
+    // Over HTTP with the right digest.
+    let bytes = std::fs::read(&bundle).unwrap();
+    let digest = sha256_hex(&bundle);
+    let url = serve(bytes.clone(), bytes.len()).await;
+    let body = json!({ "source": url, "name": "web", "sha256": digest }).to_string();
+    let (status, web) = daemon.call("POST", "/v1/images/pull", Some(&body)).await;
+    assert_eq!(status, 201, "{web}");
+    assert_eq!(
+        web["manifest"]["artifacts"],
+        original["manifest"]["artifacts"]
+    );
+
+    // A wrong digest and a truncated body fail and leave nothing.
+    let body = json!({ "source": url, "name": "wrong", "sha256": "0".repeat(64) }).to_string();
+    let (status, err) = daemon.call("POST", "/v1/images/pull", Some(&body)).await;
+    assert_eq!(status, 500, "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("sha256"),
+        "{err}"
+    );
+    let cut = serve(bytes[..bytes.len() / 2].to_vec(), bytes.len()).await;
+    let body = json!({ "source": cut, "name": "cut" }).to_string();
+    let (status, err) = daemon.call("POST", "/v1/images/pull", Some(&body)).await;
+    assert_eq!(status, 500, "{err}");
+    for gone in ["wrong", "cut"] {
+        let (status, _) = daemon
+            .call("GET", &format!("/v1/images/{gone}"), None)
+            .await;
+        assert_eq!(status, 404, "{gone} was not recorded");
+    }
+    assert!(staging_is_empty(&daemon));
+
+    // Without a name the bundle's own name is used, and it is taken now.
+    let body = json!({ "source": bundle }).to_string();
+    let (status, err) = daemon.call("POST", "/v1/images/pull", Some(&body)).await;
+    assert_eq!(status, 409, "{err}");
+    assert!(staging_is_empty(&daemon));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn progress_streams_end_with_the_image_and_rm_refuses_images_in_use() {
+    let daemon = TestDaemon::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = ext4_with(tmp.path(), "rootfs", &[("root/.profile", "x")]);
+    let body = json!({ "name": "streamed", "kernel": fake_vmlinux(tmp.path()), "rootfs": rootfs })
+        .to_string();
+    let lines = support::call_stream(&daemon.socket(), "/v1/images/register", &body).await;
+    let stages: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "stage")
+        .map(|l| l["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["copy", "work_seed", "digest", "publish"]);
+    let last = lines.last().unwrap();
+    assert_eq!(last["type"], "image", "{last}");
+    assert_eq!(last["image"]["name"], "streamed");
+
+    let create = r#"{"name":"user","image":"streamed","no_start":true}"#;
+    let (status, _) = daemon.call("POST", "/v1/vms", Some(create)).await;
+    assert_eq!(status, 201);
+    let (status, err) = daemon.call("DELETE", "/v1/images/streamed", None).await;
+    assert_eq!(status, 409);
+    assert_eq!(err["error"]["message"], "image streamed is in use by user");
+    let dir = Path::new(last["image"]["rootfs_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(dir.exists());
+    daemon.call("DELETE", "/v1/vms/user", None).await;
+    let (status, _) = daemon.call("DELETE", "/v1/images/streamed", None).await;
+    assert_eq!(status, 200);
+    assert!(!dir.exists(), "the image's files are gone");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn stale_staging_is_removed_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    support::write_config(root.path());
+    let leftover = root
+        .path()
+        .join("var/lib/banger/images/.staging/build-123-deadbeef");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("rootfs.ext4"), b"half").unwrap();
+    let daemon = TestDaemon::start_in(root).await;
+    assert!(!leftover.exists());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn create_auto_pulls_a_catalog_bundle_once() {
+    // A bundle to serve, made by a first daemon.
+    let tmp = tempfile::tempdir().unwrap();
+    let maker = TestDaemon::start().await;
+    register(&maker, tmp.path(), "src").await;
+    let bundle = tmp.path().join("src.tar.zst");
+    let body = json!({ "file": bundle }).to_string();
+    let (status, _) = maker
+        .call("POST", "/v1/images/src/export", Some(&body))
+        .await;
+    assert_eq!(status, 200);
+    maker.stop().await;
+    let bytes = std::fs::read(&bundle).unwrap();
+    let url = serve(bytes.clone(), bytes.len()).await;
+
+    // A daemon whose catalog lists it and whose default image it is.
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc/banger");
+    std::fs::create_dir_all(&etc).unwrap();
+    let catalog = etc.join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        format!(
+            "[[image]]\nname = \"served\"\ndescription = \"test bundle\"\nurl = \"{url}\"\nsha256 = \"{}\"\n",
+            sha256_hex(&bundle)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("config.toml"),
+        format!(
+            "default_image = \"served\"\ncatalog = \"{}\"\n",
+            catalog.display()
+        ),
+    )
+    .unwrap();
+    let daemon = TestDaemon::start_in(root).await;
+    let (_, entries) = daemon.call("GET", "/v1/catalog", None).await;
+    let served = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "served")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (served["kind"].as_str(), served["local"].as_bool()),
+        (Some("bundle"), Some(false))
+    );
+
+    let creates = (0..3).map(|i| {
+        let body = format!(r#"{{"name":"vm{i}","no_start":true}}"#);
+        let socket = daemon.socket();
+        async move { support::call(&socket, "POST", "/v1/vms", Some(&body)).await }
+    });
+    for (status, vm) in futures_join(creates).await {
+        assert_eq!(status, 201, "{vm}");
+        assert_eq!(vm["image_name"], "served");
+    }
+    let (_, list) = daemon.call("GET", "/v1/images", None).await;
+    let pulled: Vec<&Value> = list["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["name"] == "served")
+        .collect();
+    assert_eq!(pulled.len(), 1, "pulled once for three creates");
+    assert_eq!(pulled[0]["source"], "pull");
+    daemon.stop().await;
+}
+
+/// Runs futures concurrently on this task's runtime.
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}

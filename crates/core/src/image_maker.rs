@@ -1,0 +1,105 @@
+//! The host side of making images, as the image flows see it: turn a
+//! request (build recipe, bundle, files to register) into artifacts and a
+//! manifest inside a staging directory, and write bundles. `banger-host`
+//! implements it with real tools; unit tests use fakes.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use banger_proto::image::Manifest;
+
+use crate::catalog::{BuildRecipe, BundleSource};
+use crate::progress::Progress;
+
+/// Files given to `image register`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterFiles {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub rootfs: PathBuf,
+    pub work_seed: Option<PathBuf>,
+}
+
+/// What an image is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRequest {
+    Build(BuildRecipe),
+    Bundle(BundleSource),
+    Register(RegisterFiles),
+}
+
+impl ImageRequest {
+    /// The `source` recorded for the image.
+    pub fn source(&self) -> &'static str {
+        match self {
+            ImageRequest::Build(_) => "build",
+            ImageRequest::Bundle(_) => "pull",
+            ImageRequest::Register(_) => "register",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum MakeError {
+    /// The request itself is wrong (a missing file, not ext4, not a kernel).
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        hint: Option<String>,
+    },
+    /// The work failed (a tool, a download, a digest).
+    #[error("{message}")]
+    Failed {
+        message: String,
+        hint: Option<String>,
+    },
+}
+
+impl MakeError {
+    pub fn invalid(message: impl Into<String>, hint: Option<&str>) -> Self {
+        MakeError::Invalid {
+            message: message.into(),
+            hint: hint.map(String::from),
+        }
+    }
+
+    pub fn failed(message: impl Into<String>, hint: Option<&str>) -> Self {
+        MakeError::Failed {
+            message: message.into(),
+            hint: hint.map(String::from),
+        }
+    }
+
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            MakeError::Invalid { hint, .. } | MakeError::Failed { hint, .. } => hint.as_deref(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait ImageMaker: Send + Sync {
+    /// Quick checks of a request before any slow work (files exist, are of
+    /// the right kind, the tools are there).
+    fn check(&self, request: &ImageRequest) -> Result<(), MakeError>;
+
+    /// Makes the artifacts for `request` inside `staging` (an empty
+    /// directory), writes `staging/manifest.json` and returns it. May take
+    /// minutes; may be cancelled by dropping the future, after which the
+    /// caller removes `staging`.
+    async fn make(
+        &self,
+        name: &str,
+        request: &ImageRequest,
+        staging: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Manifest, MakeError>;
+
+    /// Writes a bundle of the image in `image_dir` to `out`.
+    async fn export(
+        &self,
+        image_dir: &Path,
+        out: &Path,
+        progress: &dyn Progress,
+    ) -> Result<(), MakeError>;
+}

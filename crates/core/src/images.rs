@@ -1,0 +1,374 @@
+//! The image flows: build, pull, register, export, delete, and fetching a
+//! catalog image on first use (auto-pull). The slow part of every mutation
+//! runs unlocked in a staging directory of its own; publication is the
+//! only step under the image lock: re-check the name, rename staging into
+//! place, record the row. Of two publishers of one name exactly one wins
+//! and the loser's staging is removed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use banger_proto::image::Manifest;
+use tokio::sync::Mutex;
+
+use crate::catalog::{BundleSource, Catalog, Recipe};
+use crate::clock::Clock;
+use crate::image::Image;
+use crate::image_dirs::{ImageDirs, ImageDirsError};
+use crate::image_maker::{ImageMaker, ImageRequest, MakeError};
+use crate::locks::VmLocks;
+use crate::names::{validate_name, NameError};
+use crate::operation::Operation;
+use crate::progress::{LogProgress, Progress};
+use crate::resolve::{ImageResolver, ResolveError};
+use crate::store::{Store, StoreError};
+use crate::vm::new_id;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("image name already exists: {0}")]
+    NameTaken(String),
+    #[error("no image named {0:?}")]
+    NotFound(String),
+    #[error("unknown image {0:?}: it is not on this host and not in the catalog")]
+    NotInCatalog(String),
+    #[error("image {image} is in use by {vms}")]
+    InUse { image: String, vms: String },
+    #[error("{0} already exists")]
+    ExportTarget(String),
+    #[error(transparent)]
+    Make(#[from] MakeError),
+    #[error(transparent)]
+    Dirs(#[from] ImageDirsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where a pull gets its image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullSource {
+    /// A catalog entry, by name.
+    Catalog(String),
+    /// A bundle URL (`http(s)://`, `file://`) or a local bundle path.
+    Url { url: String, sha256: Option<String> },
+}
+
+impl PullSource {
+    /// A URL or path is anything with `://` or a `/`; a bare word is a
+    /// catalog name.
+    pub fn parse(what: &str, sha256: Option<String>) -> PullSource {
+        if what.contains("://") || what.contains('/') || what.ends_with(".tar.zst") {
+            PullSource::Url {
+                url: what.to_string(),
+                sha256,
+            }
+        } else {
+            PullSource::Catalog(what.to_string())
+        }
+    }
+}
+
+/// The image half of the internal API.
+pub struct Images {
+    store: Arc<dyn Store>,
+    maker: Arc<dyn ImageMaker>,
+    dirs: ImageDirs,
+    catalog: Catalog,
+    clock: Arc<dyn Clock>,
+    /// Held only to publish or delete: a rename and a row.
+    publish_lock: Mutex<()>,
+    /// One fetch per catalog name at a time, so concurrent first uses of an
+    /// image wait for one pull instead of racing several.
+    fetch_locks: VmLocks,
+}
+
+impl Images {
+    pub fn new(
+        store: Arc<dyn Store>,
+        maker: Arc<dyn ImageMaker>,
+        dirs: ImageDirs,
+        catalog: Catalog,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Images {
+            store,
+            maker,
+            dirs,
+            catalog,
+            clock,
+            publish_lock: Mutex::new(()),
+            fetch_locks: VmLocks::default(),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn list(&self) -> Result<Vec<Image>, ImageError> {
+        Ok(self.store.list_images()?)
+    }
+
+    pub fn find(&self, id_or_name: &str) -> Result<Image, ImageError> {
+        self.store
+            .find_image(id_or_name)?
+            .ok_or_else(|| ImageError::NotFound(id_or_name.to_string()))
+    }
+
+    /// Builds an image from a recipe.
+    pub async fn build(
+        &self,
+        name: &str,
+        recipe: crate::catalog::BuildRecipe,
+        progress: &dyn Progress,
+    ) -> Result<Image, ImageError> {
+        self.make(Some(name), ImageRequest::Build(recipe), progress)
+            .await
+    }
+
+    /// Registers image files from this host.
+    pub async fn register(
+        &self,
+        name: &str,
+        files: crate::image_maker::RegisterFiles,
+        progress: &dyn Progress,
+    ) -> Result<Image, ImageError> {
+        self.make(Some(name), ImageRequest::Register(files), progress)
+            .await
+    }
+
+    /// Pulls a catalog image or a bundle. `name` overrides the catalog
+    /// name or the bundle's own.
+    pub async fn pull(
+        &self,
+        source: PullSource,
+        name: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Image, ImageError> {
+        let request = self.pull_request(&source)?;
+        let name = match &source {
+            PullSource::Catalog(entry) => Some(name.unwrap_or(entry)),
+            PullSource::Url { .. } => name,
+        };
+        self.make(name, request, progress).await
+    }
+
+    /// The common shape of every mutation that adds an image.
+    async fn make(
+        &self,
+        name: Option<&str>,
+        request: ImageRequest,
+        progress: &dyn Progress,
+    ) -> Result<Image, ImageError> {
+        let kind = match request {
+            ImageRequest::Build(_) => "image.build",
+            ImageRequest::Bundle(_) => "image.pull",
+            ImageRequest::Register(_) => "image.register",
+        };
+        let mut op = Operation::begin(kind);
+        let result = self.make_phases(&mut op, name, request, progress).await;
+        op.finish(
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| e as &dyn std::fmt::Display),
+        );
+        result
+    }
+
+    async fn make_phases(
+        &self,
+        op: &mut Operation,
+        name: Option<&str>,
+        request: ImageRequest,
+        progress: &dyn Progress,
+    ) -> Result<Image, ImageError> {
+        self.precheck(name, &request)?;
+        let staging = self.dirs.stage(request.source())?;
+        let manifest = self
+            .maker
+            .make(name.unwrap_or(""), &request, staging.path(), progress)
+            .await?;
+        op.stage("make");
+        let name = match name {
+            Some(name) => name.to_string(),
+            None => {
+                validate_name(&manifest.name)?;
+                manifest.name.clone()
+            }
+        };
+        progress.stage("publish");
+        let image = self
+            .publish(&name, request.source(), staging, manifest)
+            .await?;
+        op.stage("publish");
+        tracing::info!(image = %image.name, id = %image.id, source = %image.source, "image published");
+        Ok(image)
+    }
+
+    /// What can be refused before any slow work: the name and the quick
+    /// checks of the request. Publication re-checks the name.
+    pub fn precheck(&self, name: Option<&str>, request: &ImageRequest) -> Result<(), ImageError> {
+        if let Some(name) = name {
+            validate_name(name)?;
+            self.ensure_free(name)?;
+        }
+        self.maker.check(request)?;
+        Ok(())
+    }
+
+    /// The request a pull source stands for; an unknown catalog name is
+    /// refused here.
+    pub fn pull_request(&self, source: &PullSource) -> Result<ImageRequest, ImageError> {
+        match source {
+            PullSource::Catalog(entry) => {
+                let found = self
+                    .catalog
+                    .find(entry)
+                    .ok_or_else(|| ImageError::NotInCatalog(entry.clone()))?;
+                Ok(match &found.recipe {
+                    Recipe::Build(recipe) => ImageRequest::Build(recipe.clone()),
+                    Recipe::Bundle(bundle) => ImageRequest::Bundle(bundle.clone()),
+                })
+            }
+            PullSource::Url { url, sha256 } => Ok(ImageRequest::Bundle(BundleSource {
+                url: url.clone(),
+                sha256: sha256.clone(),
+            })),
+        }
+    }
+
+    fn ensure_free(&self, name: &str) -> Result<(), ImageError> {
+        match self.store.find_image(name)? {
+            Some(_) => Err(ImageError::NameTaken(name.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// The only locked step: milliseconds.
+    async fn publish(
+        &self,
+        name: &str,
+        source: &str,
+        staging: crate::image_dirs::Staging,
+        manifest: Manifest,
+    ) -> Result<Image, ImageError> {
+        let _lock = self.publish_lock.lock().await;
+        // On a lost race `staging` is dropped here, which removes it.
+        self.ensure_free(name)?;
+        let id = new_id();
+        let dir = self.dirs.image_dir(&id);
+        staging.publish(&dir)?;
+        let image = Image::from_manifest(
+            id,
+            name.to_string(),
+            source.to_string(),
+            &dir,
+            manifest,
+            self.clock.now_ms(),
+        );
+        if let Err(err) = self.store.upsert_image(&image) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(err.into());
+        }
+        Ok(image)
+    }
+
+    /// Removes an image no VM uses. Only the lookup, the check, the row
+    /// and a rename happen under the lock; the files go afterwards.
+    pub async fn delete(&self, id_or_name: &str) -> Result<Image, ImageError> {
+        let (image, retired) = {
+            let _lock = self.publish_lock.lock().await;
+            let image = self.find(id_or_name)?;
+            let users: Vec<String> = self
+                .store
+                .list_vms()?
+                .into_iter()
+                .filter(|vm| vm.image_id == image.id)
+                .map(|vm| vm.name)
+                .collect();
+            if !users.is_empty() {
+                return Err(ImageError::InUse {
+                    image: image.name.clone(),
+                    vms: users.join(", "),
+                });
+            }
+            // The row first: the schema refuses it if a VM appeared meanwhile.
+            self.store.delete_image(&image.id)?;
+            let retired = self.dirs.retire(&image.id)?;
+            (image, retired)
+        };
+        if let Some(path) = retired {
+            if let Err(err) = ImageDirs::purge(&path) {
+                tracing::warn!(error = %err, "image files remain; they go at the next daemon start");
+            }
+        }
+        tracing::info!(image = %image.name, id = %image.id, "image removed");
+        Ok(image)
+    }
+
+    /// Writes a bundle of an image to `out` (which must not exist).
+    pub async fn export(
+        &self,
+        id_or_name: &str,
+        out: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Image, ImageError> {
+        let image = self.find(id_or_name)?;
+        if out.exists() {
+            return Err(ImageError::ExportTarget(out.display().to_string()));
+        }
+        let dir: PathBuf = self.dirs.image_dir(&image.id);
+        self.maker.export(&dir, out, progress).await?;
+        Ok(image)
+    }
+
+    /// A recorded image, or the catalog entry of that name pulled now.
+    pub async fn resolve_or_fetch(
+        &self,
+        name: &str,
+        progress: &dyn Progress,
+    ) -> Result<Image, ImageError> {
+        if let Some(image) = self.store.find_image(name)? {
+            return Ok(image);
+        }
+        if self.catalog.find(name).is_none() {
+            return Err(ImageError::NotInCatalog(name.to_string()));
+        }
+        let _fetching = self.fetch_locks.lock(name).await;
+        // Someone else may have fetched it while we waited.
+        if let Some(image) = self.store.find_image(name)? {
+            return Ok(image);
+        }
+        tracing::info!(
+            image = name,
+            "image not on this host: pulling it from the catalog"
+        );
+        progress.stage("auto_pull_image");
+        self.pull(PullSource::Catalog(name.to_string()), None, progress)
+            .await
+    }
+}
+
+#[async_trait]
+impl ImageResolver for Images {
+    async fn resolve(&self, id_or_name: &str) -> Result<Image, ResolveError> {
+        match self.resolve_or_fetch(id_or_name, &LogProgress).await {
+            Ok(image) => Ok(image),
+            Err(ImageError::NotInCatalog(name)) | Err(ImageError::NotFound(name)) => {
+                Err(ResolveError::Unknown(name))
+            }
+            Err(ImageError::Store(err)) => Err(ResolveError::Store(err)),
+            Err(err) => Err(ResolveError::Fetch {
+                name: id_or_name.to_string(),
+                reason: err.to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! ext4 images without mounting anything: recognise one by its superblock
+//! magic, make one from a directory tree (`mkfs.ext4 -d`), copy a
+//! directory out of one (`debugfs rdump`), and make the small work seed
+//! every VM's `/root` disk is cloned from.
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Ext4Error {
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("{tool} failed: {detail}")]
+    Tool { tool: &'static str, detail: String },
+}
+
+/// Superblock at 1024, magic 0xEF53 at offset 56 of it.
+const MAGIC_OFFSET: u64 = 1024 + 56;
+/// Size of a work seed unless its contents need more.
+pub const WORK_SEED_BYTES: u64 = 256 << 20;
+const MIB: u64 = 1 << 20;
+
+/// Is the file at `path` an ext2/3/4 filesystem image?
+pub fn is_ext4(path: &Path) -> io::Result<bool> {
+    let mut file = std::fs::File::open(path)?;
+    if file.metadata()?.len() < MAGIC_OFFSET + 2 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::Start(MAGIC_OFFSET))?;
+    let mut magic = [0u8; 2];
+    file.read_exact(&mut magic)?;
+    Ok(magic == [0x53, 0xef])
+}
+
+/// Apparent bytes (rounded up to 4 KiB blocks) and entries under `dir`.
+fn tree_usage(dir: &Path) -> io::Result<(u64, u64)> {
+    let mut bytes = 0u64;
+    let mut entries = 0u64;
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            entries += 1;
+            bytes += meta.len().div_ceil(4096) * 4096;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok((bytes, entries))
+}
+
+/// A size that holds the tree with room to spare: +20% and 64 MiB,
+/// rounded up to a MiB.
+pub fn size_for(tree_bytes: u64) -> u64 {
+    let want = tree_bytes + tree_bytes / 5 + 64 * MIB;
+    want.div_ceil(MIB) * MIB
+}
+
+async fn run(tool: &'static str, command: &mut Command) -> Result<String, Ext4Error> {
+    let out = command
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| Ext4Error::Tool {
+            tool,
+            detail: format!("cannot run it: {e}"),
+        })?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+        return Err(Ext4Error::Tool {
+            tool,
+            detail: format!(
+                "{} ({})",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ),
+        });
+    }
+    Ok(stderr)
+}
+
+/// Makes `out`, an ext4 image holding the tree under `dir` (owners and
+/// modes kept). `size` defaults to `size_for` the tree; the file is sparse.
+pub async fn make_from_dir(
+    dir: &Path,
+    out: &Path,
+    size: Option<u64>,
+    label: &str,
+) -> Result<u64, Ext4Error> {
+    let owned = dir.to_path_buf();
+    let (tree_bytes, entries) = tokio::task::spawn_blocking(move || tree_usage(&owned))
+        .await
+        .map_err(|e| Ext4Error::Tool {
+            tool: "du",
+            detail: e.to_string(),
+        })?
+        .map_err(|source| Ext4Error::Io {
+            action: "walk",
+            path: dir.display().to_string(),
+            source,
+        })?;
+    let size = size.unwrap_or_else(|| size_for(tree_bytes));
+    let file = std::fs::File::create(out).map_err(|source| Ext4Error::Io {
+        action: "create",
+        path: out.display().to_string(),
+        source,
+    })?;
+    file.set_len(size).map_err(|source| Ext4Error::Io {
+        action: "size",
+        path: out.display().to_string(),
+        source,
+    })?;
+    drop(file);
+    // Enough inodes for the tree and as many files again.
+    let inodes = (entries * 2 + 4096).to_string();
+    run(
+        "mkfs.ext4",
+        Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-L",
+                label,
+                "-N",
+                &inodes,
+                "-E",
+                "root_owner=0:0",
+                "-d",
+            ])
+            .arg(dir)
+            .arg(out),
+    )
+    .await?;
+    Ok(size)
+}
+
+/// Copies directory `inside` (like `/root`) of the image out into
+/// `out_dir/<its name>`; an image without it yields an empty directory.
+pub async fn extract_dir(image: &Path, inside: &str, out_dir: &Path) -> Result<PathBuf, Ext4Error> {
+    std::fs::create_dir_all(out_dir).map_err(|source| Ext4Error::Io {
+        action: "create",
+        path: out_dir.display().to_string(),
+        source,
+    })?;
+    let name = inside
+        .trim_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("root");
+    let request = format!("rdump {inside} {}", out_dir.display());
+    let stderr = run(
+        "debugfs",
+        Command::new("debugfs").arg("-R").arg(&request).arg(image),
+    )
+    .await?;
+    let dumped = out_dir.join(name);
+    if !dumped.is_dir() {
+        if stderr.contains("File not found") {
+            std::fs::create_dir_all(&dumped).map_err(|source| Ext4Error::Io {
+                action: "create",
+                path: dumped.display().to_string(),
+                source,
+            })?;
+        } else {
+            return Err(Ext4Error::Tool {
+                tool: "debugfs",
+                detail: format!("{request} made nothing: {}", stderr.trim()),
+            });
+        }
+    }
+    Ok(dumped)
+}
+
+/// Makes the work seed: an ext4 of `WORK_SEED_BYTES` (more when the tree
+/// needs it) holding `root_dir`'s contents, labelled `banger-work`.
+pub async fn make_work_seed(root_dir: &Path, out: &Path) -> Result<u64, Ext4Error> {
+    let owned = root_dir.to_path_buf();
+    let (tree_bytes, _) = tokio::task::spawn_blocking(move || tree_usage(&owned))
+        .await
+        .map_err(|e| Ext4Error::Tool {
+            tool: "du",
+            detail: e.to_string(),
+        })?
+        .map_err(|source| Ext4Error::Io {
+            action: "walk",
+            path: root_dir.display().to_string(),
+            source,
+        })?;
+    let size = size_for(tree_bytes).max(WORK_SEED_BYTES);
+    make_from_dir(root_dir, out, Some(size), "banger-work").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_leave_room() {
+        assert_eq!(size_for(0), 64 * MIB);
+        assert_eq!(size_for(100 * MIB), 184 * MIB);
+    }
+
+    #[test]
+    fn small_and_foreign_files_are_not_ext4() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiny = dir.path().join("tiny");
+        std::fs::write(&tiny, b"x").unwrap();
+        assert!(!is_ext4(&tiny).unwrap());
+        let zeros = dir.path().join("zeros");
+        std::fs::write(&zeros, vec![0u8; 4096]).unwrap();
+        assert!(!is_ext4(&zeros).unwrap());
+    }
+}

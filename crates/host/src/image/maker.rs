@@ -1,0 +1,417 @@
+//! `HostImageMaker`: the `ImageMaker` of a real host. Build runs the
+//! Debian pipeline (`build`), pull downloads and unpacks a bundle
+//! (`download`, `bundle`), register checks and copies the given files and
+//! makes what is missing (vmlinux, work seed); every path ends with a
+//! manifest of sizes and digests (`digest`).
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use banger_core::catalog::{BuildRecipe, BundleSource};
+use banger_core::image_maker::{ImageMaker, ImageRequest, MakeError, RegisterFiles};
+use banger_core::progress::Progress;
+use banger_proto::image::{ArtifactRole, Manifest, Origin, MANIFEST_FORMAT};
+use tokio::process::Command;
+
+use super::{build, bundle, digest, download, ext4, kernel};
+use crate::tools::find_tool;
+
+pub struct HostImageMaker {
+    guest_binary: PathBuf,
+    mirror: Option<String>,
+}
+
+impl HostImageMaker {
+    pub fn new(guest_binary: PathBuf, mirror: Option<String>) -> Self {
+        HostImageMaker {
+            guest_binary,
+            mirror,
+        }
+    }
+}
+
+fn failed(err: impl std::fmt::Display) -> MakeError {
+    MakeError::failed(err.to_string(), None)
+}
+
+/// Debian package names: `[a-z0-9][a-z0-9+.-]+`.
+fn valid_package(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && name.len() >= 2
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'+' | b'.' | b'-'))
+}
+
+fn check_build(maker: &HostImageMaker, recipe: &BuildRecipe) -> Result<(), MakeError> {
+    if recipe.suite.is_empty() || !recipe.suite.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Err(MakeError::invalid(
+            format!("bad debian suite {:?}", recipe.suite),
+            Some("give a suite name like bookworm"),
+        ));
+    }
+    if let Some(bad) = recipe.packages.iter().find(|p| !valid_package(p)) {
+        return Err(MakeError::invalid(
+            format!("bad debian package name {bad:?}"),
+            Some("package names are lowercase letters, digits and + . -"),
+        ));
+    }
+    for (tool, package) in [
+        ("mmdebstrap", "mmdebstrap"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+    ] {
+        if find_tool(tool).is_none() {
+            return Err(MakeError::failed(
+                format!("{tool} not found: images cannot be built on this host"),
+                Some(&format!("install it: apt-get install {package}")),
+            ));
+        }
+    }
+    if !maker.guest_binary.is_file() {
+        return Err(MakeError::failed(
+            format!(
+                "the guest binary {} is missing: images cannot be built",
+                maker.guest_binary.display()
+            ),
+            Some("build it with scripts/build-guest, or set guest_binary in the config"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_bundle(source: &BundleSource) -> Result<(), MakeError> {
+    let url = &source.url;
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(());
+    }
+    let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
+    if url.contains("://") && !url.starts_with("file://") {
+        return Err(MakeError::invalid(
+            format!("cannot pull from {url}: only http, https and file urls are supported"),
+            Some("give an http(s):// url or a path to a .tar.zst bundle"),
+        ));
+    }
+    if !path.is_file() {
+        return Err(MakeError::invalid(
+            format!("no bundle file at {}", path.display()),
+            Some("check the path; bundles are written by `banger image export`"),
+        ));
+    }
+    Ok(())
+}
+
+fn existing_file(path: &Path, what: &str) -> Result<(), MakeError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(MakeError::invalid(
+            format!("{what} {}: no such file", path.display()),
+            Some("give the path of an existing file on the daemon's host"),
+        ))
+    }
+}
+
+fn check_ext4(path: &Path, what: &str) -> Result<(), MakeError> {
+    existing_file(path, what)?;
+    match ext4::is_ext4(path) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(MakeError::invalid(
+            format!("{what} {} is not an ext4 image", path.display()),
+            Some("make one from a directory with mkfs.ext4 -d DIR FILE SIZE"),
+        )),
+        Err(err) => Err(MakeError::invalid(
+            format!("cannot read {what} {}: {err}", path.display()),
+            None,
+        )),
+    }
+}
+
+fn check_register(files: &RegisterFiles) -> Result<(), MakeError> {
+    existing_file(&files.kernel, "kernel")?;
+    kernel::detect(&files.kernel).map_err(|err| {
+        MakeError::invalid(
+            format!("kernel {}: {err}", files.kernel.display()),
+            Some("give a bzImage (vmlinuz) or an uncompressed ELF vmlinux"),
+        )
+    })?;
+    if let Some(initrd) = &files.initrd {
+        existing_file(initrd, "initrd")?;
+    }
+    check_ext4(&files.rootfs, "rootfs")?;
+    if let Some(seed) = &files.work_seed {
+        check_ext4(seed, "work seed")?;
+    }
+    Ok(())
+}
+
+/// Copies a file keeping holes (rootfs and seed images are sparse).
+async fn sparse_copy(from: &Path, to: &Path) -> Result<(), MakeError> {
+    let out = Command::new("cp")
+        .arg("--sparse=always")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| failed(format!("cannot run cp: {e}")))?;
+    if !out.status.success() {
+        return Err(failed(format!(
+            "cannot copy {}: {}",
+            from.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Describes every artifact present in `dir` and writes the manifest.
+async fn finish_manifest(
+    dir: &Path,
+    name: &str,
+    kernel_version: Option<String>,
+    origin: Origin,
+    progress: &dyn Progress,
+) -> Result<Manifest, MakeError> {
+    progress.stage("digest");
+    let dir = dir.to_path_buf();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut artifacts = Vec::new();
+        for role in ArtifactRole::ALL {
+            if dir.join(role.file_name()).exists() {
+                artifacts.push(digest::describe(&dir, role).map_err(failed)?);
+            }
+        }
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            name,
+            kernel_version,
+            origin,
+            artifacts,
+        };
+        digest::write_manifest(&dir, &manifest).map_err(failed)?;
+        Ok(manifest)
+    })
+    .await
+    .map_err(failed)?
+}
+
+impl HostImageMaker {
+    async fn make_build(
+        &self,
+        name: &str,
+        recipe: &BuildRecipe,
+        staging: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Manifest, MakeError> {
+        let host_recipe = build::BuildRecipe {
+            suite: recipe.suite.clone(),
+            packages: recipe.packages.clone(),
+            mirror: self.mirror.clone(),
+        };
+        let output = build::build(&host_recipe, &self.guest_binary, staging, progress)
+            .await
+            .map_err(failed)?;
+        let origin = Origin {
+            method: "build".into(),
+            from: format!("debian {}", recipe.suite),
+            packages: recipe.packages.clone(),
+            banger_version: env!("CARGO_PKG_VERSION").into(),
+            made_at: now_rfc3339(),
+        };
+        finish_manifest(staging, name, Some(output.kernel_version), origin, progress).await
+    }
+
+    async fn make_pull(
+        &self,
+        source: &BundleSource,
+        staging: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Manifest, MakeError> {
+        let url = &source.url;
+        let local = if url.starts_with("http://") || url.starts_with("https://") {
+            None
+        } else {
+            Some(PathBuf::from(url.strip_prefix("file://").unwrap_or(url)))
+        };
+        let bundle_file = match &local {
+            Some(path) => {
+                if let Some(expected) = &source.sha256 {
+                    progress.stage("verify");
+                    let path = path.clone();
+                    let got = tokio::task::spawn_blocking(move || digest::sha256_file(&path))
+                        .await
+                        .map_err(failed)?
+                        .map_err(failed)?;
+                    if &got != expected {
+                        return Err(MakeError::failed(
+                            format!("sha256 mismatch for {url}: expected {expected}, got {got}"),
+                            Some("the bundle is not the one expected: check its source"),
+                        ));
+                    }
+                }
+                path.clone()
+            }
+            None => {
+                progress.stage("download");
+                let dest = staging.join(".bundle.tar.zst");
+                download::fetch(url, &dest, source.sha256.as_deref(), progress)
+                    .await
+                    .map_err(failed)?;
+                dest
+            }
+        };
+        progress.stage("unpack");
+        let manifest = bundle::unpack(&bundle_file, staging, progress)
+            .await
+            .map_err(failed)?;
+        if local.is_none() {
+            let _ = std::fs::remove_file(&bundle_file);
+        }
+        Ok(manifest)
+    }
+
+    async fn make_register(
+        &self,
+        name: &str,
+        files: &RegisterFiles,
+        staging: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Manifest, MakeError> {
+        progress.stage("copy");
+        let target = |role: ArtifactRole| staging.join(role.file_name());
+        sparse_copy(&files.kernel, &target(ArtifactRole::Kernel)).await?;
+        if let Some(initrd) = &files.initrd {
+            sparse_copy(initrd, &target(ArtifactRole::Initrd)).await?;
+        }
+        sparse_copy(&files.rootfs, &target(ArtifactRole::Rootfs)).await?;
+        if let Some(seed) = &files.work_seed {
+            sparse_copy(seed, &target(ArtifactRole::WorkSeed)).await?;
+        }
+        let kernel_path = target(ArtifactRole::Kernel);
+        let mut kernel_version = None;
+        match kernel::detect(&kernel_path).map_err(failed)? {
+            kernel::KernelFormat::Elf => {
+                std::fs::hard_link(&kernel_path, target(ArtifactRole::Vmlinux)).map_err(failed)?;
+            }
+            kernel::KernelFormat::BzImage => {
+                kernel_version = kernel::version(&kernel_path).ok().flatten();
+                progress.stage("vmlinux");
+                let (from, to) = (kernel_path.clone(), target(ArtifactRole::Vmlinux));
+                let extracted =
+                    tokio::task::spawn_blocking(move || kernel::extract_vmlinux(&from, &to))
+                        .await
+                        .map_err(failed)?;
+                if let Err(err) = extracted {
+                    // QEMU boots the bzImage; only Firecracker needs vmlinux.
+                    progress.note(&format!("no vmlinux: {err}"));
+                    tracing::warn!(error = %err, "registered kernel has no extractable vmlinux");
+                }
+            }
+        }
+        if files.work_seed.is_none() {
+            progress.stage("work_seed");
+            let tree = staging.join(".root-tree");
+            let root = ext4::extract_dir(&target(ArtifactRole::Rootfs), "/root", &tree)
+                .await
+                .map_err(failed)?;
+            ext4::make_work_seed(&root, &target(ArtifactRole::WorkSeed))
+                .await
+                .map_err(failed)?;
+            let _ = std::fs::remove_dir_all(&tree);
+        }
+        let shown = |p: &Path| p.display().to_string();
+        let origin = Origin {
+            method: "register".into(),
+            from: format!("{} + {}", shown(&files.kernel), shown(&files.rootfs)),
+            packages: Vec::new(),
+            banger_version: env!("CARGO_PKG_VERSION").into(),
+            made_at: now_rfc3339(),
+        };
+        finish_manifest(staging, name, kernel_version, origin, progress).await
+    }
+}
+
+#[async_trait]
+impl ImageMaker for HostImageMaker {
+    fn check(&self, request: &ImageRequest) -> Result<(), MakeError> {
+        match request {
+            ImageRequest::Build(recipe) => check_build(self, recipe),
+            ImageRequest::Bundle(source) => check_bundle(source),
+            ImageRequest::Register(files) => check_register(files),
+        }
+    }
+
+    async fn make(
+        &self,
+        name: &str,
+        request: &ImageRequest,
+        staging: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Manifest, MakeError> {
+        match request {
+            ImageRequest::Build(recipe) => self.make_build(name, recipe, staging, progress).await,
+            ImageRequest::Bundle(source) => self.make_pull(source, staging, progress).await,
+            ImageRequest::Register(files) => {
+                self.make_register(name, files, staging, progress).await
+            }
+        }
+    }
+
+    async fn export(
+        &self,
+        image_dir: &Path,
+        out: &Path,
+        progress: &dyn Progress,
+    ) -> Result<(), MakeError> {
+        progress.stage("export");
+        bundle::export(image_dir, out, progress)
+            .await
+            .map_err(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_names_are_checked() {
+        for ok in ["curl", "g++", "libc6-dev", "python3.11"] {
+            assert!(valid_package(ok), "{ok}");
+        }
+        for bad in ["", "x", "Curl", "-rf", "a b", "pkg;rm", "../x"] {
+            assert!(!valid_package(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bundle_sources_are_checked_before_work() {
+        let missing = BundleSource {
+            url: "/nonexistent/x.tar.zst".into(),
+            sha256: None,
+        };
+        assert!(check_bundle(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("no bundle file"));
+        let ftp = BundleSource {
+            url: "ftp://h/x".into(),
+            sha256: None,
+        };
+        assert!(check_bundle(&ftp)
+            .unwrap_err()
+            .to_string()
+            .contains("only http"));
+        let http = BundleSource {
+            url: "https://h/x.tar.zst".into(),
+            sha256: None,
+        };
+        assert!(check_bundle(&http).is_ok());
+    }
+}

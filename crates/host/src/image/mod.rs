@@ -1,0 +1,14 @@
+//! Making and checking image artifacts on the host: kernels (format,
+//! vmlinux extraction), ext4 images, the initramfs, the Debian build
+//! pipeline, digests, bundles and downloads. The image flows in
+//! `banger_core::images` call these through the `ImageMaker` trait.
+
+pub mod build;
+pub mod bundle;
+pub mod digest;
+pub mod download;
+pub mod ext4;
+pub mod initramfs;
+pub mod kernel;
+pub mod maker;
+pub mod modules;

@@ -1,0 +1,169 @@
+//! Kernel modules a guest needs before its root is mounted: the virtio
+//! transport and devices, vsock and overlayfs, with their dependencies in
+//! load order, read from a kernel's `lib/modules/<version>` tree
+//! (`modules.dep`, made with `depmod` when missing; built-in modules are
+//! skipped).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModulesError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("depmod failed for {version}: {detail}")]
+    Depmod { version: String, detail: String },
+    #[error("kernel module {0} is neither built in nor in modules.dep")]
+    Missing(String),
+}
+
+/// What the guest init loads, by module name.
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_console",
+    "virtio_rng",
+    "vsock",
+    "vmw_vsock_virtio_transport",
+    "overlay",
+    "ext4",
+];
+
+/// A module's name from its path: the file stem, `-` read as `_`.
+pub fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+/// Reads `modules.dep`: module name -> (its path, the paths it needs).
+fn read_deps(dir: &Path) -> Result<HashMap<String, (String, Vec<String>)>, ModulesError> {
+    let path = dir.join("modules.dep");
+    let text = std::fs::read_to_string(&path).map_err(|source| ModulesError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut deps = HashMap::new();
+    for line in text.lines() {
+        let Some((module, needs)) = line.split_once(':') else {
+            continue;
+        };
+        let needs = needs.split_whitespace().map(String::from).collect();
+        deps.insert(module_name(module), (module.trim().to_string(), needs));
+    }
+    Ok(deps)
+}
+
+fn read_builtin(dir: &Path) -> HashSet<String> {
+    std::fs::read_to_string(dir.join("modules.builtin"))
+        .map(|text| text.lines().map(module_name).collect())
+        .unwrap_or_default()
+}
+
+/// Runs `depmod` for the tree when it has no `modules.dep`.
+pub fn ensure_depmod(root: &Path, version: &str) -> Result<(), ModulesError> {
+    let dir = root.join("lib/modules").join(version);
+    if dir.join("modules.dep").exists() {
+        return Ok(());
+    }
+    let out =
+        std::process::Command::new(crate::tools::find_tool("depmod").unwrap_or("depmod".into()))
+            .arg("-b")
+            .arg(root)
+            .arg(version)
+            .output()
+            .map_err(|e| ModulesError::Depmod {
+                version: version.into(),
+                detail: e.to_string(),
+            })?;
+    if !out.status.success() {
+        return Err(ModulesError::Depmod {
+            version: version.into(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The module files (relative to `dir`, the `lib/modules/<version>`
+/// directory) that give `wanted`, dependencies first.
+pub fn resolve(dir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, ModulesError> {
+    let deps = read_deps(dir)?;
+    let builtin = read_builtin(dir);
+    let mut order: Vec<PathBuf> = Vec::new();
+    let mut done: HashSet<String> = HashSet::new();
+    for name in wanted {
+        if builtin.contains(*name) {
+            continue;
+        }
+        visit(name, &deps, &mut done, &mut order)?;
+    }
+    Ok(order)
+}
+
+fn visit(
+    name: &str,
+    deps: &HashMap<String, (String, Vec<String>)>,
+    done: &mut HashSet<String>,
+    order: &mut Vec<PathBuf>,
+) -> Result<(), ModulesError> {
+    if done.contains(name) {
+        return Ok(());
+    }
+    let (path, needs) = deps
+        .get(name)
+        .ok_or_else(|| ModulesError::Missing(name.to_string()))?;
+    done.insert(name.to_string());
+    for need in needs {
+        visit(&module_name(need), deps, done, order)?;
+    }
+    order.push(PathBuf::from(path));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependencies_load_first_and_builtins_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("modules.dep"),
+            "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
+             kernel/net/core/failover.ko:\n\
+             kernel/drivers/virtio/virtio_ring.ko:\n\
+             kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio_ring.ko\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("modules.builtin"),
+            "kernel/fs/ext4/ext4.ko\n",
+        )
+        .unwrap();
+        let order = resolve(dir.path(), &["virtio_net", "virtio_rng", "ext4"]).unwrap();
+        let names: Vec<String> = order
+            .iter()
+            .map(|p| module_name(&p.display().to_string()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "failover",
+                "net_failover",
+                "virtio_ring",
+                "virtio_net",
+                "virtio_rng"
+            ]
+        );
+        assert!(matches!(
+            resolve(dir.path(), &["nope"]),
+            Err(ModulesError::Missing(name)) if name == "nope"
+        ));
+    }
+}
