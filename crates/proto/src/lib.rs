@@ -3,6 +3,7 @@
 //! `Serialize` for the API, and the OpenAPI document is generated from
 //! these types (see `bangerd::api::doc`).
 
+pub mod agent;
 pub mod doctor;
 pub mod error;
 pub mod image;

@@ -1,0 +1,281 @@
+//! The agent's protocol handler (`banger_proto::agent`), generic over the
+//! stream so the same code serves a vsock connection, a virtio-serial
+//! port, or a socketpair in tests. Requests run concurrently; their
+//! replies are written one line at a time by a single writer task.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use banger_proto::agent::{BootTimes, Op, Reply, ReplyBody, Request, PROTOCOL_VERSION};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// What the agent does to power off; replaced in tests.
+pub type PowerOff = Arc<dyn Fn(bool) + Send + Sync>;
+
+/// Facts the hello reply carries.
+#[derive(Clone)]
+pub struct AgentContext {
+    /// Where banger-init left its timings.
+    pub boot_times: std::path::PathBuf,
+    pub power_off: PowerOff,
+}
+
+impl AgentContext {
+    /// The real guest: timings from `/run/banger`, power off for real.
+    pub fn guest() -> Self {
+        AgentContext {
+            boot_times: "/run/banger/boot-times.json".into(),
+            power_off: Arc::new(power_off),
+        }
+    }
+}
+
+/// Reads requests from `reader` and writes replies to `writer` until the
+/// reader ends.
+pub async fn serve<R, W>(reader: R, writer: W, ctx: AgentContext) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
+    let writer_task = tokio::spawn(async move {
+        let mut writer = writer;
+        while let Some(reply) = rx.recv().await {
+            let mut line = serde_json::to_vec(&reply).unwrap_or_default();
+            line.push(b'\n');
+            if writer.write_all(&line).await.is_err() || writer.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let running: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let mut lines = BufReader::new(reader).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(request) => request,
+            Err(err) => {
+                let id = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(|id| id.as_u64()))
+                    .unwrap_or(0);
+                let _ = tx.send(Reply {
+                    id,
+                    body: ReplyBody::Error {
+                        message: format!("bad request: {err}"),
+                    },
+                });
+                continue;
+            }
+        };
+        let (tx, running, ctx) = (tx.clone(), running.clone(), ctx.clone());
+        tokio::spawn(async move { handle(request, tx, running, ctx).await });
+    }
+    drop(tx);
+    let _ = writer_task.await;
+    Ok(())
+}
+
+async fn handle(
+    request: Request,
+    tx: mpsc::UnboundedSender<Reply>,
+    running: Arc<Mutex<HashMap<u64, u32>>>,
+    ctx: AgentContext,
+) {
+    let id = request.id;
+    let reply = |body| {
+        let _ = tx.send(Reply { id, body });
+    };
+    match request.op {
+        Op::Hello { version } if version != PROTOCOL_VERSION => reply(ReplyBody::Error {
+            message: format!(
+                "protocol version {version} is not spoken here: this agent speaks {PROTOCOL_VERSION}"
+            ),
+        }),
+        Op::Hello { .. } => reply(hello(&ctx)),
+        Op::Exec {
+            argv,
+            env,
+            cwd,
+            stdin,
+        } => exec(id, argv, env, cwd, stdin, &tx, &running).await,
+        Op::Signal { target, signal } => {
+            let pid = running.lock().unwrap_or_else(|e| e.into_inner()).get(&target).copied();
+            match (pid, nix::sys::signal::Signal::try_from(signal)) {
+                (Some(pid), Ok(sig)) => {
+                    let result = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+                    reply(match result {
+                        Ok(()) => ReplyBody::Ok,
+                        Err(err) => ReplyBody::Error {
+                            message: format!("cannot signal request {target}: {err}"),
+                        },
+                    })
+                }
+                (None, _) => reply(ReplyBody::Error {
+                    message: format!("no running exec with id {target}"),
+                }),
+                (_, Err(_)) => reply(ReplyBody::Error {
+                    message: format!("unknown signal {signal}"),
+                }),
+            }
+        }
+        Op::Shutdown { reboot } => {
+            reply(ReplyBody::Ok);
+            // Give the reply a moment to leave before the guest goes.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            (ctx.power_off)(reboot);
+        }
+    }
+}
+
+fn hello(ctx: &AgentContext) -> ReplyBody {
+    let uptime_ms = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<f64>().ok())
+        })
+        .map_or(0, |s| (s * 1000.0) as u64);
+    let boot: Option<BootTimes> = std::fs::read(&ctx.boot_times)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    ReplyBody::Hello {
+        version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        uptime_ms,
+        boot,
+    }
+}
+
+async fn exec(
+    id: u64,
+    argv: Vec<String>,
+    env: std::collections::BTreeMap<String, String>,
+    cwd: Option<String>,
+    stdin: Option<String>,
+    tx: &mpsc::UnboundedSender<Reply>,
+    running: &Arc<Mutex<HashMap<u64, u32>>>,
+) {
+    let send = |body| {
+        let _ = tx.send(Reply { id, body });
+    };
+    let Some((program, args)) = argv.split_first() else {
+        return send(ReplyBody::Error {
+            message: "exec needs a command".into(),
+        });
+    };
+    let input = match stdin.as_deref().map(|s| B64.decode(s)) {
+        Some(Ok(bytes)) => Some(bytes),
+        Some(Err(err)) => {
+            return send(ReplyBody::Error {
+                message: format!("stdin is not base64: {err}"),
+            })
+        }
+        None => None,
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .envs(env)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            return send(ReplyBody::Error {
+                message: format!("cannot run {program}: {err}"),
+            })
+        }
+    };
+    if let Some(pid) = child.id() {
+        running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, pid);
+    }
+    if let (Some(bytes), Some(mut pipe)) = (input, child.stdin.take()) {
+        tokio::spawn(async move {
+            let _ = pipe.write_all(&bytes).await;
+        });
+    }
+    let out = pump(child.stdout.take(), id, tx.clone(), true);
+    let err = pump(child.stderr.take(), id, tx.clone(), false);
+    let (_, _, status) = tokio::join!(out, err, child.wait());
+    running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => send(ReplyBody::Exit {
+            code: status.code(),
+            signal: status.signal(),
+        }),
+        Err(err) => send(ReplyBody::Error {
+            message: format!("lost {program}: {err}"),
+        }),
+    }
+}
+
+/// Forwards a pipe as stdout or stderr chunks.
+async fn pump<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    id: u64,
+    tx: mpsc::UnboundedSender<Reply>,
+    stdout: bool,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buffer = vec![0u8; 32 * 1024];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let data = B64.encode(&buffer[..n]);
+                let body = if stdout {
+                    ReplyBody::Stdout { data }
+                } else {
+                    ReplyBody::Stderr { data }
+                };
+                let _ = tx.send(Reply { id, body });
+            }
+        }
+    }
+}
+
+/// Powers the guest off or reboots it: through systemd when it runs,
+/// directly otherwise.
+pub fn power_off(reboot: bool) {
+    if Path::new("/run/systemd/system").exists() {
+        let verb = if reboot { "reboot" } else { "poweroff" };
+        let _ = std::process::Command::new("systemctl").arg(verb).status();
+        return;
+    }
+    nix::unistd::sync();
+    let mode = if reboot {
+        nix::sys::reboot::RebootMode::RB_AUTOBOOT
+    } else {
+        nix::sys::reboot::RebootMode::RB_POWER_OFF
+    };
+    let _ = nix::sys::reboot::reboot(mode);
+}
+
+use std::path::Path;

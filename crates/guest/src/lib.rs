@@ -1,0 +1,16 @@
+//! banger-guest: the guest side of banger, one static binary.
+//!
+//! - `init` (`banger-init`): PID 1 of the initramfs. Loads the modules the
+//!   initramfs lists, mounts the image's rootfs read-only under an overlay
+//!   whose upper layer is the VM's system disk, mounts the work disk on
+//!   `/root`, configures `eth0`, and switches root to the image's init.
+//! - `agent` (`banger-agent`): started early by systemd in the booted
+//!   guest; answers the host over vsock or a virtio-serial port
+//!   (`banger_proto::agent`): hello with boot timings, exec with streamed
+//!   output, signals, shutdown.
+
+pub mod agent;
+pub mod channel;
+pub mod cmdline;
+pub mod init;
+pub mod netconfig;

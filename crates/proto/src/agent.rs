@@ -1,0 +1,140 @@
+//! The agent protocol between bangerd and `banger-agent` in the guest:
+//! newline-delimited JSON over one byte stream (a vsock connection or a
+//! virtio-serial port), every message carrying the id of the request it
+//! belongs to, so one stream carries many requests at once. The host
+//! speaks first (`hello`) and checks the version.
+//!
+//! Host -> guest: `Request`. Guest -> host: `Reply`. An `exec` is answered
+//! by any number of `stdout`/`stderr` chunks and then one `exit`; every
+//! other request by one reply; anything the agent cannot do by `error`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol; `hello` must match it.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The vsock port the agent listens on.
+pub const VSOCK_PORT: u32 = 1024;
+/// Name of the agent's virtio-serial port.
+pub const SERIAL_PORT_NAME: &str = "org.banger.agent";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    Hello {
+        version: u32,
+    },
+    Exec {
+        argv: Vec<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+        /// Bytes for the command's stdin (base64); stdin is closed after.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdin: Option<String>,
+    },
+    /// Sends `signal` to the process of exec request `target`.
+    Signal {
+        target: u64,
+        signal: i32,
+    },
+    /// Powers the guest off (or reboots it), after replying.
+    Shutdown {
+        #[serde(default)]
+        reboot: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub id: u64,
+    #[serde(flatten)]
+    pub body: ReplyBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReplyBody {
+    Hello {
+        version: u32,
+        agent_version: String,
+        hostname: String,
+        /// Milliseconds since the guest kernel started.
+        uptime_ms: u64,
+        /// The init's own timings (`/run/banger/boot-times.json`), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot: Option<BootTimes>,
+    },
+    Stdout {
+        /// base64
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+    Ok,
+    Error {
+        message: String,
+    },
+}
+
+/// Milliseconds since the kernel started (CLOCK_BOOTTIME) at the points
+/// banger-init records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootTimes {
+    /// banger-init began.
+    pub init_start_ms: u64,
+    /// Modules loaded.
+    pub modules_ms: u64,
+    /// Root, overlay and work disk mounted, network set.
+    pub mounted_ms: u64,
+    /// Right before the image's init was executed.
+    pub switch_root_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shapes() {
+        let exec = Request {
+            id: 7,
+            op: Op::Exec {
+                argv: vec!["uname".into(), "-r".into()],
+                env: BTreeMap::new(),
+                cwd: None,
+                stdin: None,
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&exec).unwrap(),
+            r#"{"id":7,"op":"exec","argv":["uname","-r"]}"#
+        );
+        let exit: Reply = serde_json::from_str(r#"{"id":7,"type":"exit","code":3}"#).unwrap();
+        assert_eq!(
+            exit.body,
+            ReplyBody::Exit {
+                code: Some(3),
+                signal: None
+            }
+        );
+        let hello: Request = serde_json::from_str(r#"{"id":1,"op":"hello","version":1}"#).unwrap();
+        assert_eq!(hello.op, Op::Hello { version: 1 });
+    }
+}
