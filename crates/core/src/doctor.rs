@@ -45,7 +45,8 @@ impl Check {
 }
 
 /// The default image: present with a work seed (pass), present without one
-/// (warn: every create builds `/root` from scratch), absent but in the
+/// (warn: every VM's `/root` starts empty, without the image's dotfiles),
+/// absent but in the
 /// catalog (pass: the first create fetches it), absent and unknown (fail).
 pub fn default_image_check(
     name: &str,
@@ -59,7 +60,9 @@ pub fn default_image_check(
         }
         (Some(_), _) => Check::warn(
             check,
-            format!("{name} has no work seed: creates will build /root from scratch, which is slower"),
+            format!(
+                "{name} has no work seed: new vms get an empty /root, made from scratch, instead of the image's /root"
+            ),
             format!("re-register it with --work-seed, or pull it again: banger image rm {name} && banger image pull {name}"),
         ),
         (None, true) => Check::pass(
@@ -100,7 +103,7 @@ mod tests {
         image.work_seed_path = None;
         let warn = default_image_check("deb", Some(&image), true);
         assert_eq!(warn.status, CheckStatus::Warn);
-        assert!(warn.detail.contains("slower"));
+        assert!(warn.detail.contains("empty /root"));
         assert_eq!(
             default_image_check("deb", None, true).status,
             CheckStatus::Pass

@@ -3,6 +3,7 @@
 //! doctor checks built on those facts; the Firecracker request plan.
 
 pub mod accel;
+pub mod agent;
 pub mod disks;
 pub mod doctor;
 pub mod firecracker;

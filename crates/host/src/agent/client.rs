@@ -1,0 +1,264 @@
+//! `AgentClient`: requests with ids over one stream, replies routed back
+//! by id, so many requests share the stream (a serial port is only one).
+//! Lines that do not parse or belong to no request (left over from an
+//! earlier connection to the same port) are ignored.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use banger_proto::agent::{BootTimes, Op, Reply, ReplyBody, Request, PROTOCOL_VERSION};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AgentError {
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the agent connection closed")]
+    Closed,
+    #[error("the agent refused: {0}")]
+    Refused(String),
+    #[error("the agent sent {0} where it should not")]
+    Unexpected(String),
+}
+
+/// What `hello` learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub agent_version: String,
+    pub hostname: String,
+    pub uptime_ms: u64,
+    pub boot: Option<BootTimes>,
+}
+
+/// One piece of an exec's output, or its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+}
+
+/// An exec's output, collected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ReplyBody>>>>;
+
+pub struct AgentClient {
+    writer: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+    next_id: AtomicU64,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The replies of one request.
+pub struct Replies {
+    id: u64,
+    rx: mpsc::UnboundedReceiver<ReplyBody>,
+    pending: Pending,
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Replies {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    async fn next(&mut self) -> Result<ReplyBody, AgentError> {
+        self.rx.recv().await.ok_or(AgentError::Closed)
+    }
+
+    /// The next event of an exec.
+    pub async fn next_event(&mut self) -> Result<ExecEvent, AgentError> {
+        match self.next().await? {
+            ReplyBody::Stdout { data } => Ok(ExecEvent::Stdout(decode(&data)?)),
+            ReplyBody::Stderr { data } => Ok(ExecEvent::Stderr(decode(&data)?)),
+            ReplyBody::Exit { code, signal } => Ok(ExecEvent::Exit { code, signal }),
+            ReplyBody::Error { message } => Err(AgentError::Refused(message)),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+fn decode(data: &str) -> Result<Vec<u8>, AgentError> {
+    B64.decode(data)
+        .map_err(|_| AgentError::Unexpected("output that is not base64".into()))
+}
+
+impl AgentClient {
+    /// Starts talking over `reader`/`writer` (two halves of one stream).
+    pub fn new<R, W>(reader: R, writer: W) -> Self
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let pending: Pending = Arc::default();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let write_task = tokio::spawn(async move {
+            let mut writer = writer;
+            while let Some(line) = rx.recv().await {
+                if writer.write_all(&line).await.is_err() || writer.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let routes = pending.clone();
+        let read_task = tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(reply) = serde_json::from_str::<Reply>(&line) else {
+                    continue;
+                };
+                let route = routes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&reply.id)
+                    .cloned();
+                if let Some(route) = route {
+                    let _ = route.send(reply.body);
+                }
+            }
+            // The stream ended: every waiter learns it.
+            routes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        });
+        AgentClient {
+            writer: tx,
+            pending,
+            // Ids start high and random-ish so a stale reply of an earlier
+            // client on the same port does not match.
+            next_id: AtomicU64::new(start_id()),
+            tasks: vec![write_task, read_task],
+        }
+    }
+
+    /// Sends a request; its replies come through the returned handle.
+    pub fn send(&self, op: Op) -> Result<Replies, AgentError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let mut line = serde_json::to_vec(&Request { id, op }).unwrap_or_default();
+        line.push(b'\n');
+        self.writer.send(line).map_err(|_| AgentError::Closed)?;
+        Ok(Replies {
+            id,
+            rx,
+            pending: self.pending.clone(),
+        })
+    }
+
+    /// Checks the agent is there and speaks our version.
+    pub async fn hello(&self, timeout: Duration) -> Result<Hello, AgentError> {
+        let mut replies = self.send(Op::Hello {
+            version: PROTOCOL_VERSION,
+        })?;
+        let reply = tokio::time::timeout(timeout, replies.next())
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))??;
+        match reply {
+            ReplyBody::Hello {
+                agent_version,
+                hostname,
+                uptime_ms,
+                boot,
+                ..
+            } => Ok(Hello {
+                agent_version,
+                hostname,
+                uptime_ms,
+                boot,
+            }),
+            ReplyBody::Error { message } => Err(AgentError::Refused(message)),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Starts a command; read its output with `Replies::next_event`.
+    pub fn exec(&self, argv: Vec<String>, stdin: Option<&[u8]>) -> Result<Replies, AgentError> {
+        self.send(Op::Exec {
+            argv,
+            env: Default::default(),
+            cwd: None,
+            stdin: stdin.map(|b| B64.encode(b)),
+        })
+    }
+
+    /// Runs a command to its end (or `timeout`) and collects its output.
+    pub async fn exec_collect(
+        &self,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, AgentError> {
+        let mut replies = self.exec(argv, None)?;
+        let mut out = ExecOutput::default();
+        let collect = async {
+            loop {
+                match replies.next_event().await? {
+                    ExecEvent::Stdout(b) => out.stdout.extend(b),
+                    ExecEvent::Stderr(b) => out.stderr.extend(b),
+                    ExecEvent::Exit { code, signal } => {
+                        out.code = code;
+                        out.signal = signal;
+                        return Ok::<(), AgentError>(());
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, collect)
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))??;
+        Ok(out)
+    }
+
+    /// Asks the guest to power off (or reboot); returns once it agreed.
+    pub async fn shutdown(&self, reboot: bool, timeout: Duration) -> Result<(), AgentError> {
+        let mut replies = self.send(Op::Shutdown { reboot })?;
+        match tokio::time::timeout(timeout, replies.next())
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))??
+        {
+            ReplyBody::Ok => Ok(()),
+            ReplyBody::Error { message } => Err(AgentError::Refused(message)),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+fn start_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (nanos << 20) | 1
+}

@@ -1,0 +1,179 @@
+//! The host's agent client against the real agent handler of
+//! banger-guest, over an in-memory stream pair (what a VM's serial port
+//! or vsock stream would carry).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_guest::agent::{serve, AgentContext};
+use banger_host::agent::client::{AgentClient, AgentError, ExecEvent};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn context(dir: &std::path::Path, powered_off: Arc<AtomicBool>) -> AgentContext {
+    AgentContext {
+        boot_times: dir.join("boot-times.json"),
+        power_off: Arc::new(move |_| powered_off.store(true, Ordering::SeqCst)),
+    }
+}
+
+/// A client wired to a real agent handler.
+fn pair(dir: &std::path::Path, powered_off: Arc<AtomicBool>) -> AgentClient {
+    let (host, guest) = tokio::io::duplex(64 * 1024);
+    let (guest_r, guest_w) = tokio::io::split(guest);
+    tokio::spawn(serve(guest_r, guest_w, context(dir, powered_off)));
+    let (host_r, host_w) = tokio::io::split(host);
+    AgentClient::new(host_r, host_w)
+}
+
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+#[tokio::test]
+async fn hello_reports_the_boot_timings_init_left() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("boot-times.json"),
+        r#"{"init_start_ms":800,"modules_ms":1000,"mounted_ms":1100,"switch_root_ms":1150}"#,
+    )
+    .unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let hello = client.hello(WAIT).await.unwrap();
+    assert_eq!(hello.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(hello.boot.unwrap().switch_root_ms, 1150);
+    assert!(hello.uptime_ms > 0);
+}
+
+#[tokio::test]
+async fn exec_streams_both_outputs_and_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let out = client
+        .exec_collect(argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.code, Some(3));
+
+    let mut replies = client.exec(argv(&["cat"]), Some(b"from stdin")).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match replies.next_event().await.unwrap() {
+            ExecEvent::Stdout(bytes) => got.extend(bytes),
+            ExecEvent::Stderr(_) => {}
+            ExecEvent::Exit { code, .. } => {
+                assert_eq!(code, Some(0));
+                break;
+            }
+        }
+    }
+    assert_eq!(got, b"from stdin");
+
+    let err = client
+        .exec_collect(argv(&["/nonexistent/tool"]), WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::Refused(ref m) if m.starts_with("cannot run /nonexistent/tool")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_execs_do_not_mix_and_big_output_arrives_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Arc::new(pair(dir.path(), Arc::default()));
+    let mut tasks = Vec::new();
+    for letter in ["a", "b", "c"] {
+        let client = client.clone();
+        let script = format!("for i in $(seq 1 2000); do echo {letter}; done");
+        tasks.push(tokio::spawn(async move {
+            (
+                letter,
+                client
+                    .exec_collect(argv(&["sh", "-c", &script]), WAIT)
+                    .await
+                    .unwrap(),
+            )
+        }));
+    }
+    for task in tasks {
+        let (letter, out) = task.await.unwrap();
+        let expected = format!("{letter}\n").repeat(2000);
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+    }
+    let big = client
+        .exec_collect(argv(&["head", "-c", "1048576", "/dev/zero"]), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(big.stdout.len(), 1 << 20);
+    assert!(big.stdout.iter().all(|b| *b == 0));
+}
+
+#[tokio::test]
+async fn shutdown_replies_then_powers_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = Arc::new(AtomicBool::new(false));
+    let client = pair(dir.path(), off.clone());
+    client.shutdown(false, WAIT).await.unwrap();
+    for _ in 0..100 {
+        if off.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the agent did not power off");
+}
+
+#[tokio::test]
+async fn a_silent_peer_times_out_and_a_closed_one_is_reported() {
+    let (host, guest) = tokio::io::duplex(1024);
+    let (r, w) = tokio::io::split(host);
+    let client = AgentClient::new(r, w);
+    let err = client.hello(Duration::from_millis(200)).await.unwrap_err();
+    assert_eq!(err, AgentError::Timeout(Duration::from_millis(200)));
+    drop(guest);
+    let err = client.hello(WAIT).await.unwrap_err();
+    assert_eq!(err, AgentError::Closed);
+}
+
+/// The handler's answers to what the client never sends.
+#[tokio::test]
+async fn unknown_ops_bad_lines_and_wrong_versions_get_error_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = tokio::io::duplex(64 * 1024);
+    let (guest_r, guest_w) = tokio::io::split(guest);
+    tokio::spawn(serve(guest_r, guest_w, context(dir.path(), Arc::default())));
+    let (host_r, mut host_w) = tokio::io::split(host);
+    let mut lines = BufReader::new(host_r).lines();
+    host_w
+        .write_all(b"{\"id\":5,\"op\":\"frobnicate\"}\nnot json\n{\"id\":6,\"op\":\"hello\",\"version\":99}\n")
+        .await
+        .unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        replies.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+    replies.sort_by_key(|r| r["id"].as_u64());
+    assert_eq!(replies[0]["id"], 0);
+    assert_eq!(replies[0]["type"], "error");
+    assert_eq!(replies[1]["id"], 5);
+    assert!(replies[1]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("bad request"));
+    assert_eq!(replies[2]["id"], 6);
+    assert_eq!(
+        replies[2]["message"],
+        "protocol version 99 is not spoken here: this agent speaks 1"
+    );
+}
