@@ -102,6 +102,56 @@ impl Client {
         anyhow::bail!("bangerd ended the progress stream of {path} without a result")
     }
 
+    /// POSTs and hands each line of a streamed answer to `on_line`
+    /// (which returns false to stop reading).
+    pub async fn post_lines<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        mut on_line: impl FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let response = self.send(Method::POST, path, Some(body), true).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.into_body().collect().await?.to_bytes();
+            return Err(error_answer(status, &bytes, path));
+        }
+        let mut body = response.into_body();
+        let mut buffer: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("bangerd dropped the stream")?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            buffer.extend_from_slice(data);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                if !on_line(&line)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// GETs and hands the answer's bytes to `on_bytes` as they arrive.
+    pub async fn get_stream(&self, path: &str, mut on_bytes: impl FnMut(&[u8])) -> Result<()> {
+        let response = self.send(Method::GET, path, None::<&()>, false).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.into_body().collect().await?.to_bytes();
+            return Err(error_answer(status, &bytes, path));
+        }
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("bangerd dropped the stream")?;
+            if let Some(data) = frame.data_ref() {
+                on_bytes(data);
+            }
+        }
+        Ok(())
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,

@@ -5,6 +5,7 @@
 mod client;
 mod daemon;
 mod doctor;
+mod exec;
 mod image;
 mod output;
 mod progress;

@@ -24,6 +24,38 @@ pub enum VmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Start stopped VMs.
+    Start {
+        #[arg(required = true)]
+        vms: Vec<String>,
+    },
+    /// Stop running VMs (the guest powers off; killed after a grace time).
+    Stop {
+        #[arg(required = true)]
+        vms: Vec<String>,
+        /// Kill at once.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Stop and start VMs.
+    Restart {
+        #[arg(required = true)]
+        vms: Vec<String>,
+    },
+    /// Show the guest console of the last boot.
+    Logs {
+        vm: String,
+        /// Keep printing new output until the VM stops.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a running VM; exits with the command's status.
+    Exec {
+        vm: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Remove a VM and everything it owns on the host.
     #[command(alias = "remove")]
     Rm {
@@ -127,6 +159,49 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 return output::json(&vm);
             }
             show(&vm);
+        }
+        VmCommand::Start { vms } => {
+            for name in vms {
+                let vm: Vm = client
+                    .post(&format!("/v1/vms/{}/start", path_segment(&name)), &())
+                    .await?;
+                println!("started {} ({})", vm.name, vm.guest_ip);
+            }
+        }
+        VmCommand::Stop { vms, force } => {
+            let query = if force { "?force=true" } else { "" };
+            for name in vms {
+                let vm: Vm = client
+                    .post(&format!("/v1/vms/{}/stop{query}", path_segment(&name)), &())
+                    .await?;
+                println!("stopped {}", vm.name);
+            }
+        }
+        VmCommand::Restart { vms } => {
+            for name in vms {
+                let vm: Vm = client
+                    .post(&format!("/v1/vms/{}/restart", path_segment(&name)), &())
+                    .await?;
+                println!("restarted {} ({})", vm.name, vm.guest_ip);
+            }
+        }
+        VmCommand::Logs { vm, follow } => {
+            let query = if follow { "?follow=true" } else { "" };
+            let mut stdout = std::io::stdout();
+            client
+                .get_stream(
+                    &format!("/v1/vms/{}/logs{query}", path_segment(&vm)),
+                    |bytes| {
+                        use std::io::Write;
+                        let _ = stdout.write_all(bytes);
+                        let _ = stdout.flush();
+                    },
+                )
+                .await?;
+        }
+        VmCommand::Exec { vm, command } => {
+            let code = crate::exec::run(client, &vm, command).await?;
+            std::process::exit(code);
         }
         VmCommand::Rm { vms, force } => {
             for name in vms {

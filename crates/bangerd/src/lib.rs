@@ -4,4 +4,5 @@
 pub mod api;
 pub mod config;
 pub mod logging;
+pub mod runtime;
 pub mod server;

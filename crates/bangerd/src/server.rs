@@ -49,16 +49,27 @@ pub async fn start(config: Config) -> Result<Running> {
         config.catalog.clone(),
         Arc::new(SystemClock),
     ));
-    let banger = Arc::new(Banger::new(
+    let vmm = selected_vmm(config.vmm, &config.state_dir);
+    let mut banger = Banger::new(
         store,
         images.clone(),
         Arc::new(SystemClock),
-        Settings {
-            bridge: config.bridge,
-            defaults: config.defaults.clone(),
-            vmm: selected_vmm(config.vmm, &config.state_dir),
-        },
-    ));
+        Settings::new(
+            config.bridge,
+            config.defaults.clone(),
+            &vmm,
+            &config.state_dir,
+            &config.run_dir,
+        ),
+    );
+    if let Some(runtime) = crate::runtime::build(&vmm) {
+        banger = banger.with_runtime(runtime);
+    }
+    let banger = Arc::new(banger);
+    let reconciled = banger.reconcile().await?;
+    if !reconciled.adopted.is_empty() || !reconciled.stopped.is_empty() {
+        tracing::info!(adopted = ?reconciled.adopted, stopped = ?reconciled.stopped, "vms reconciled");
+    }
     let listener = bind(&config.socket, &config.socket_group).await?;
     let (shutdown, mut stopped) = watch::channel(false);
     let state = AppState {

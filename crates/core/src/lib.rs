@@ -4,6 +4,8 @@
 //! processes: those live in `bangerd`, `banger-store` and `banger-host`.
 
 pub mod addr;
+pub mod agent;
+pub mod capability;
 pub mod catalog;
 pub mod clock;
 pub mod doctor;

@@ -60,6 +60,12 @@ pub enum ServiceError {
     Store(StoreError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("vm {name} failed to start: {message}")]
+    Boot { name: String, message: String },
+    #[error("vm {name} is {state}: it must be running")]
+    NotRunning { name: String, state: &'static str },
+    #[error("vm {name}: {message}")]
+    Runtime { name: String, message: String },
 }
 
 impl From<StoreError> for ServiceError {
@@ -90,6 +96,8 @@ impl ServiceError {
             Addr(AddrError::Exhausted(_)) => ErrorKind::Conflict,
             Unsupported(_) => ErrorKind::Unsupported,
             Resolve(_) | Addr(_) | Store(_) => ErrorKind::Internal,
+            NotRunning { .. } => ErrorKind::Conflict,
+            Boot { .. } | Runtime { .. } => ErrorKind::Internal,
             Image(err) => match err {
                 ImageError::Name(_)
                 | ImageError::NotInCatalog(_)
@@ -122,6 +130,8 @@ impl ServiceError {
             }
             Addr(AddrError::Exhausted(_)) => "remove unused vms or widen the bridge prefix".into(),
             Unsupported(_) => "use --no-start to record the vm without booting it".into(),
+            Boot { name, .. } => format!("see the guest console with `banger vm logs {name}`"),
+            NotRunning { name, .. } => format!("start it with `banger vm start {name}`"),
             Image(err) => match err {
                 ImageError::Name(_) => "pick a name like debian-dev".into(),
                 ImageError::NameTaken(name) => {
@@ -148,6 +158,35 @@ pub struct Settings {
     pub defaults: SpecDefaults,
     /// The VMM new VMs are recorded with (`qemu` or `firecracker`).
     pub vmm: String,
+    /// Per-VM persistent files live in `vms_dir/<id>/`.
+    pub vms_dir: std::path::PathBuf,
+    /// Per-VM sockets live in `run_dir/vms/<id>/`.
+    pub run_dir: std::path::PathBuf,
+    /// How long a guest may take from VMM start to its agent answering.
+    pub boot_timeout: std::time::Duration,
+    /// How long a guest may take to power off before it is killed.
+    pub stop_grace: std::time::Duration,
+}
+
+impl Settings {
+    /// Defaults for everything but the network and VM defaults.
+    pub fn new(
+        bridge: BridgeNet,
+        defaults: SpecDefaults,
+        vmm: &str,
+        state_dir: &std::path::Path,
+        run_dir: &std::path::Path,
+    ) -> Self {
+        Settings {
+            bridge,
+            defaults,
+            vmm: vmm.to_string(),
+            vms_dir: state_dir.join("vms"),
+            run_dir: run_dir.to_path_buf(),
+            boot_timeout: std::time::Duration::from_secs(180),
+            stop_grace: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// The internal API.
@@ -158,6 +197,17 @@ pub struct Banger {
     settings: Settings,
     create_lock: Mutex<()>,
     vm_locks: VmLocks,
+    runtime: Option<Runtime>,
+}
+
+/// What booting needs; a `Banger` without one records VMs but cannot
+/// start them.
+#[derive(Clone)]
+pub struct Runtime {
+    pub vmm: Arc<dyn crate::vmm::Vmm>,
+    pub agents: Arc<dyn crate::agent::AgentLink>,
+    /// Run in this order; cleaned up in reverse.
+    pub capabilities: Vec<Arc<dyn crate::capability::Capability>>,
 }
 
 impl Banger {
@@ -174,7 +224,14 @@ impl Banger {
             settings,
             create_lock: Mutex::new(()),
             vm_locks: VmLocks::default(),
+            runtime: None,
         }
+    }
+
+    /// Lets this `Banger` boot VMs.
+    pub fn with_runtime(mut self, runtime: Runtime) -> Self {
+        self.runtime = Some(runtime);
+        self
     }
 
     pub fn settings(&self) -> &Settings {
@@ -195,9 +252,9 @@ impl Banger {
         params: CreateParams,
     ) -> Result<Vm, ServiceError> {
         let request = params.validate(&self.settings.defaults)?;
-        if !request.no_start {
+        if !request.no_start && self.runtime.is_none() {
             return Err(ServiceError::Unsupported(
-                "this build cannot boot vms yet".to_string(),
+                "this daemon has no vmm to boot vms with".to_string(),
             ));
         }
         let image = self.resolver.resolve(&request.image).await?;
@@ -207,9 +264,13 @@ impl Banger {
         op.stage("reserve_vm");
 
         let _vm_lock = self.vm_locks.lock(&vm.id).await;
-        vm.transition(VmState::Stopped, self.clock.now_ms())?;
-        vm.stages = op.stages().to_vec();
-        self.store.update_vm(&vm)?;
+        if request.no_start {
+            vm.transition(VmState::Stopped, self.clock.now_ms())?;
+            vm.stages = op.stages().to_vec();
+            self.store.update_vm(&vm)?;
+            return Ok(vm);
+        }
+        self.boot(&mut vm, &image, op).await?;
         Ok(vm)
     }
 
@@ -257,6 +318,7 @@ impl Banger {
             last_error: None,
             stages: Vec::new(),
             vmm: self.settings.vmm.clone(),
+            handle: None,
         };
         self.store.insert_vm(&vm)?;
         Ok(vm)
@@ -287,12 +349,16 @@ impl Banger {
                 state: vm.state.as_str(),
             });
         }
+        let mut vm = vm;
+        self.dispose(&mut vm).await?;
         self.store.delete_vm(&vm.id)?;
         self.vm_locks.forget(&vm.id);
         tracing::info!(vm = %vm.name, id = %vm.id, "vm removed");
         Ok(vm)
     }
 }
+
+mod lifecycle;
 
 #[cfg(test)]
 mod tests;

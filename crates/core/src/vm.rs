@@ -96,6 +96,8 @@ pub struct Vm {
     pub stages: Vec<Stage>,
     /// `qemu` or `firecracker`: the VMM this VM runs under.
     pub vmm: String,
+    /// The running VMM, while there may be one.
+    pub handle: Option<crate::vmm::VmmHandle>,
 }
 
 impl Vm {

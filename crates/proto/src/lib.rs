@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod doctor;
 pub mod error;
+pub mod exec;
 pub mod image;
 pub mod paths;
 pub mod progress;

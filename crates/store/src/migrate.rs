@@ -7,6 +7,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_vm_vmm.sql"),
     include_str!("../migrations/0003_image_artifacts.sql"),
+    include_str!("../migrations/0004_vm_handle.sql"),
 ];
 
 /// Applies the migrations this database has not seen. Returns the new

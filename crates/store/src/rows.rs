@@ -6,6 +6,7 @@ use banger_core::image::Image;
 use banger_core::spec::VmSpec;
 use banger_core::store::StoreError;
 use banger_core::vm::{Stage, Vm, VmState};
+use banger_core::vmm::VmmHandle;
 use rusqlite::Row;
 
 pub(crate) const IMAGE_COLUMNS: &str =
@@ -14,7 +15,7 @@ pub(crate) const IMAGE_COLUMNS: &str =
 
 pub(crate) const VM_COLUMNS: &str = "id, name, image_id, image_name, state, vcpus, memory_mib, \
      work_disk_bytes, system_disk_bytes, nat, guest_ip, vsock_cid, created_at_ms, updated_at_ms, \
-     last_error, stages, vmm";
+     last_error, stages, vmm, vmm_pid, vmm_start_ticks, control_socket, agent_socket";
 
 pub(crate) fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
     Ok(Image {
@@ -76,6 +77,21 @@ pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
             last_error: row.get(14)?,
             stages: Vec::new(),
             vmm: row.get(16)?,
+            handle: match (
+                row.get::<_, Option<u32>>(17)?,
+                row.get::<_, Option<i64>>(18)?,
+                row.get::<_, Option<String>>(19)?,
+                row.get::<_, Option<String>>(20)?,
+            ) {
+                (Some(pid), Some(ticks), Some(control), Some(agent)) => Some(VmmHandle {
+                    kind: row.get(16)?,
+                    pid,
+                    start_ticks: ticks as u64,
+                    control_socket: control.into(),
+                    agent_socket: agent.into(),
+                }),
+                _ => None,
+            },
         },
         state: row.get(4)?,
         guest_ip: row.get(10)?,

@@ -160,7 +160,8 @@ impl Store for SqliteStore {
             .execute(
                 &format!(
                     "INSERT INTO vms ({VM_COLUMNS}) VALUES
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                      ?18, ?19, ?20, ?21)"
                 ),
                 params_from_iter(vm_params(vm)),
             )
@@ -175,7 +176,8 @@ impl Store for SqliteStore {
                 "UPDATE vms SET name = ?2, image_id = ?3, image_name = ?4, state = ?5, vcpus = ?6,
                    memory_mib = ?7, work_disk_bytes = ?8, system_disk_bytes = ?9, nat = ?10,
                    guest_ip = ?11, vsock_cid = ?12, created_at_ms = ?13, updated_at_ms = ?14,
-                   last_error = ?15, stages = ?16, vmm = ?17
+                   last_error = ?15, stages = ?16, vmm = ?17, vmm_pid = ?18,
+                   vmm_start_ticks = ?19, control_socket = ?20, agent_socket = ?21
                  WHERE id = ?1",
                 params_from_iter(vm_params(vm)),
             )
@@ -257,5 +259,17 @@ fn vm_params(vm: &Vm) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
         Box::new(&vm.last_error),
         Box::new(encode_stages(&vm.stages)),
         Box::new(&vm.vmm),
+        Box::new(vm.handle.as_ref().map(|h| h.pid)),
+        Box::new(vm.handle.as_ref().map(|h| h.start_ticks as i64)),
+        Box::new(
+            vm.handle
+                .as_ref()
+                .map(|h| h.control_socket.display().to_string()),
+        ),
+        Box::new(
+            vm.handle
+                .as_ref()
+                .map(|h| h.agent_socket.display().to_string()),
+        ),
     ]
 }

@@ -49,6 +49,7 @@ fn vm(id: &str, name: &str, ip: &str) -> Vm {
             elapsed_ms: 3,
         }],
         vmm: "firecracker".into(),
+        handle: None,
     }
 }
 
@@ -205,4 +206,26 @@ fn an_image_manifest_and_vmlinux_round_trip() {
         store.find_image("i2").unwrap().unwrap().size_bytes(),
         Some(42)
     );
+}
+
+#[test]
+fn a_running_vmms_handle_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut running = vm("v9", "run", "172.29.0.9");
+    store.insert_vm(&running).unwrap();
+    running.handle = Some(banger_core::vmm::VmmHandle {
+        kind: "firecracker".into(),
+        pid: 4242,
+        start_ticks: 123_456_789,
+        control_socket: "/run/banger/vms/v9/qmp.sock".into(),
+        agent_socket: "/run/banger/vms/v9/agent.sock".into(),
+    });
+    store.update_vm(&running).unwrap();
+    drop(store);
+    let store = SqliteStore::open(&dir.path().join("banger.db")).unwrap();
+    assert_eq!(store.find_vm("run").unwrap().unwrap(), running);
+    running.handle = None;
+    store.update_vm(&running).unwrap();
+    assert_eq!(store.find_vm("run").unwrap().unwrap().handle, None);
 }

@@ -9,6 +9,7 @@ mod json;
 mod progress;
 mod system;
 mod trace;
+mod vm_io;
 mod vms;
 
 use std::sync::Arc;
@@ -54,6 +55,11 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(vms::list_vms, vms::create_vm))
         .routes(routes!(vms::show_vm, vms::delete_vm))
+        .routes(routes!(vms::start_vm))
+        .routes(routes!(vms::stop_vm))
+        .routes(routes!(vms::restart_vm))
+        .routes(routes!(vm_io::exec))
+        .routes(routes!(vm_io::logs))
         .routes(routes!(images::list_images))
         .routes(routes!(images::show_image, images::delete_image))
         .routes(routes!(images::build_image))

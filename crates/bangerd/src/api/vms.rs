@@ -74,3 +74,58 @@ pub async fn delete_vm(
     let vm = state.banger.delete_vm(&vm, query.force).await?;
     Ok(Json(convert::vm(&vm)))
 }
+
+#[utoipa::path(post, path = "/v1/vms/{vm}/start", tag = "vms",
+    params(("vm" = String, Path, description = "VM name or id")),
+    responses(
+        (status = 200, description = "The VM runs and its agent answered", body = Vm),
+        (status = 404, description = "No such VM", body = ApiError),
+        (status = 409, description = "The VM is already active", body = ApiError),
+        (status = 500, description = "The VM failed to start; it is now failed", body = ApiError),
+        (status = 501, description = "This daemon cannot boot VMs", body = ApiError)))]
+pub async fn start_vm(
+    State(state): State<AppState>,
+    Path(vm): Path<String>,
+) -> Result<Json<Vm>, HttpError> {
+    Ok(Json(convert::vm(&state.banger.start_vm(&vm).await?)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StopQuery {
+    /// Kill at once instead of asking the guest to power off.
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(post, path = "/v1/vms/{vm}/stop", tag = "vms",
+    params(("vm" = String, Path, description = "VM name or id"), StopQuery),
+    responses(
+        (status = 200, description = "The VM is stopped", body = Vm),
+        (status = 404, description = "No such VM", body = ApiError),
+        (status = 409, description = "The VM is not running", body = ApiError),
+        (status = 500, description = "The VMM could not be stopped", body = ApiError),
+        (status = 501, description = "This daemon cannot run VMs", body = ApiError)))]
+pub async fn stop_vm(
+    State(state): State<AppState>,
+    Path(vm): Path<String>,
+    Query(query): Query<StopQuery>,
+) -> Result<Json<Vm>, HttpError> {
+    Ok(Json(convert::vm(
+        &state.banger.stop_vm(&vm, query.force).await?,
+    )))
+}
+
+#[utoipa::path(post, path = "/v1/vms/{vm}/restart", tag = "vms",
+    params(("vm" = String, Path, description = "VM name or id")),
+    responses(
+        (status = 200, description = "The VM runs again", body = Vm),
+        (status = 404, description = "No such VM", body = ApiError),
+        (status = 500, description = "The VM failed to start; it is now failed", body = ApiError),
+        (status = 501, description = "This daemon cannot boot VMs", body = ApiError)))]
+pub async fn restart_vm(
+    State(state): State<AppState>,
+    Path(vm): Path<String>,
+) -> Result<Json<Vm>, HttpError> {
+    Ok(Json(convert::vm(&state.banger.restart_vm(&vm).await?)))
+}

@@ -119,7 +119,8 @@ pub async fn call(socket: &Path, method: &str, path: &str, body: Option<&str>) -
     let value = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap()
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     (status, value)
 }

@@ -452,5 +452,6 @@ fn vm_using(name: &str, image_id: &str) -> crate::vm::Vm {
         last_error: None,
         stages: vec![],
         vmm: "qemu".into(),
+        handle: None,
     }
 }

@@ -28,14 +28,16 @@ fn image(name: &str) -> Image {
 }
 
 fn settings() -> Settings {
-    Settings {
-        bridge: BridgeNet::parse("172.29.0.1/24").unwrap(),
-        defaults: SpecDefaults {
+    Settings::new(
+        BridgeNet::parse("172.29.0.1/24").unwrap(),
+        SpecDefaults {
             image: "base".into(),
             ..SpecDefaults::default()
         },
-        vmm: "qemu".into(),
-    }
+        "qemu",
+        std::path::Path::new("/nonexistent/state"),
+        std::path::Path::new("/nonexistent/run"),
+    )
 }
 
 fn banger_with(resolver: impl Fn(Arc<dyn Store>) -> Arc<dyn ImageResolver>) -> Arc<Banger> {

@@ -161,6 +161,11 @@ impl AgentClient {
         }
     }
 
+    /// True once the stream to the agent is gone.
+    pub fn is_closed(&self) -> bool {
+        self.writer.is_closed() || self.tasks.iter().any(|t| t.is_finished())
+    }
+
     /// Sends a request; its replies come through the returned handle.
     pub fn send(&self, op: Op) -> Result<Replies, AgentError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -3,3 +3,4 @@
 //! socket, or a Firecracker hybrid-vsock stream after its handshake).
 
 pub mod client;
+pub mod link;

@@ -3,10 +3,73 @@
 //! (`e2fsck -fy` then `resize2fs`), or, for an image without a seed, a
 //! fresh ext4 made from scratch.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use async_trait::async_trait;
+use banger_core::capability::{Capability, CapabilityError, GuestConfig, VmContext};
+use banger_core::vmm::{DriveSpec, MachineSpec};
 use tokio::process::Command;
+
+pub const WORK_DISK: &str = "root.ext4";
+
+/// The work disk capability: `root.ext4`, `/dev/vdc` in the guest, on
+/// `/root`. Made at first start, kept across restarts, removed with the VM.
+#[derive(Debug, Default)]
+pub struct WorkDisk;
+
+fn disk_path(ctx: &VmContext) -> PathBuf {
+    ctx.vm_dir.join(WORK_DISK)
+}
+
+#[async_trait]
+impl Capability for WorkDisk {
+    fn name(&self) -> &'static str {
+        "work disk"
+    }
+
+    fn guest_config(&self, _ctx: &VmContext, config: &mut GuestConfig) {
+        config.cmdline.push("banger.work=/dev/vdc".into());
+    }
+
+    async fn prepare_host(
+        &self,
+        ctx: &VmContext,
+        _config: &GuestConfig,
+    ) -> Result<(), CapabilityError> {
+        let disk = disk_path(ctx);
+        if disk.exists() {
+            return Ok(());
+        }
+        let err = |e: &dyn std::fmt::Display| CapabilityError {
+            capability: "work disk",
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(&ctx.vm_dir).map_err(|e| err(&e))?;
+        let partial = ctx.vm_dir.join(".root.ext4.partial");
+        let size = ctx.vm.spec.work_disk_bytes;
+        match &ctx.image.work_seed_path {
+            Some(seed) => clone_from_seed(seed, &partial, size)
+                .await
+                .map_err(|e| err(&e))?,
+            None => make_fresh(&partial, size).await.map_err(|e| err(&e))?,
+        }
+        std::fs::rename(&partial, &disk).map_err(|e| err(&e))?;
+        Ok(())
+    }
+
+    fn machine_config(&self, ctx: &VmContext, spec: &mut MachineSpec) {
+        spec.drives.push(DriveSpec {
+            id: "work".into(),
+            path: disk_path(ctx),
+            read_only: false,
+        });
+    }
+
+    async fn remove(&self, ctx: &VmContext) {
+        let _ = std::fs::remove_file(disk_path(ctx));
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkDiskError {

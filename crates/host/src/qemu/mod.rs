@@ -1,4 +1,7 @@
 //! The QEMU VMM (`-M microvm`): `plan` builds the command line as a pure
-//! function; the driver that runs it comes with the boot flow.
+//! function, `qmp` speaks QEMU's control protocol, `driver` implements
+//! the `Vmm` trait over them.
 
+pub mod driver;
 pub mod plan;
+pub mod qmp;

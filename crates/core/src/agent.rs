@@ -1,0 +1,65 @@
+//! The flows' view of the guest agent: wait until it answers after boot,
+//! ask it to power the guest off, run a command. `banger-host` speaks the
+//! protocol; unit tests use fakes.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::vmm::VmmHandle;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AgentLinkError {
+    #[error("the guest agent did not answer within {0:?}")]
+    NotReady(Duration),
+    #[error("the guest agent: {0}")]
+    Failed(String),
+}
+
+/// What the agent said when it answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentReady {
+    pub hostname: String,
+    /// Kernel start to banger-init, and banger-init to the image's init.
+    pub init_start_ms: Option<u64>,
+    pub switch_root_ms: Option<u64>,
+    /// Kernel start to the agent's answer.
+    pub uptime_ms: u64,
+}
+
+/// A piece of a command's output, or its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecChunk {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+}
+
+#[async_trait]
+pub trait AgentLink: Send + Sync {
+    /// Waits until the agent of the VM behind `handle` answers; the error
+    /// of a guest that never does carries the end of `serial_log`.
+    async fn wait_ready(
+        &self,
+        handle: &VmmHandle,
+        serial_log: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<AgentReady, AgentLinkError>;
+
+    /// Asks the guest to power off; returns once the agent agreed.
+    async fn shutdown(&self, handle: &VmmHandle, timeout: Duration) -> Result<(), AgentLinkError>;
+
+    /// Runs `argv` in the guest, sending its output to `out` as it comes;
+    /// the last chunk is `Exit`.
+    async fn exec(
+        &self,
+        handle: &VmmHandle,
+        argv: Vec<String>,
+        stdin: Option<Vec<u8>>,
+        out: mpsc::UnboundedSender<ExecChunk>,
+    ) -> Result<(), AgentLinkError>;
+}

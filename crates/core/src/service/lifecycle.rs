@@ -1,0 +1,367 @@
+//! The VM lifecycle on `Banger`: boot (capability hooks, VMM start, agent
+//! ready), halt (agent power-off, VMM stop, cleanup), dispose (remove),
+//! start/stop/restart/exec as front-ends call them, and reconcile after a
+//! daemon restart. Every state change is persisted before the call that
+//! made it returns; a failed boot ends `failed` with the reason, and
+//! releases everything it had made.
+
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{Banger, Runtime, ServiceError};
+use crate::agent::ExecChunk;
+use crate::capability::{Capability, GuestConfig, VmContext};
+use crate::image::Image;
+use crate::operation::Operation;
+use crate::vm::{Vm, VmState};
+use crate::vmm::{AgentChannel, DriveSpec, MachineSpec, VmmStatus};
+
+/// What reconcile found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Running VMs found alive and kept.
+    pub adopted: Vec<String>,
+    /// VMs whose VMM was gone (or stuck) and were marked stopped.
+    pub stopped: Vec<String>,
+}
+
+impl Banger {
+    fn runtime(&self) -> Result<&Runtime, ServiceError> {
+        self.runtime.as_ref().ok_or_else(|| {
+            ServiceError::Unsupported("this daemon has no vmm to boot vms with".into())
+        })
+    }
+
+    /// Where a VM's persistent files live.
+    pub fn vm_dir(&self, vm: &Vm) -> PathBuf {
+        self.settings.vms_dir.join(&vm.id)
+    }
+
+    /// Where a VM's sockets live.
+    pub fn vm_run_dir(&self, vm: &Vm) -> PathBuf {
+        self.settings.run_dir.join("vms").join(&vm.id)
+    }
+
+    /// The guest console log.
+    pub fn serial_log(&self, vm: &Vm) -> PathBuf {
+        self.vm_dir(vm).join("serial.log")
+    }
+
+    fn context(&self, vm: &Vm, image: &Image) -> VmContext {
+        VmContext {
+            vm: vm.clone(),
+            image: image.clone(),
+            vm_dir: self.vm_dir(vm),
+            run_dir: self.vm_run_dir(vm),
+        }
+    }
+
+    fn image_of(&self, vm: &Vm) -> Result<Image, ServiceError> {
+        self.store
+            .find_image(&vm.image_id)?
+            .ok_or_else(|| ServiceError::Runtime {
+                name: vm.name.clone(),
+                message: format!("its image {} is gone", vm.image_name),
+            })
+    }
+
+    fn persist(&self, vm: &mut Vm, to: VmState) -> Result<(), ServiceError> {
+        vm.transition(to, self.clock.now_ms())?;
+        self.store.update_vm(vm)?;
+        Ok(())
+    }
+
+    /// Boots a VM the caller holds the lock of (state created, stopped or
+    /// failed). On failure the VM is `failed` with the reason and nothing
+    /// it made at runtime is left.
+    pub(super) async fn boot(
+        &self,
+        vm: &mut Vm,
+        image: &Image,
+        op: &mut Operation,
+    ) -> Result<(), ServiceError> {
+        let runtime = self.runtime()?.clone();
+        vm.last_error = None;
+        self.persist(vm, VmState::Starting)?;
+        let ctx = self.context(vm, image);
+        let mut prepared: Vec<Arc<dyn Capability>> = Vec::new();
+        let result = self.boot_steps(vm, &ctx, &runtime, op, &mut prepared).await;
+        match result {
+            Ok(()) => {
+                vm.stages = op.stages().to_vec();
+                self.persist(vm, VmState::Running)?;
+                tracing::info!(vm = %vm.name, "vm running");
+                Ok(())
+            }
+            Err(message) => {
+                if let Some(handle) = vm.handle.take() {
+                    let _ = runtime.vmm.kill(&handle).await;
+                }
+                for cap in prepared.iter().rev() {
+                    cap.cleanup(&ctx).await;
+                }
+                vm.last_error = Some(message.clone());
+                vm.stages = op.stages().to_vec();
+                self.persist(vm, VmState::Failed)?;
+                tracing::warn!(vm = %vm.name, error = %message, "vm failed to start");
+                Err(ServiceError::Boot {
+                    name: vm.name.clone(),
+                    message,
+                })
+            }
+        }
+    }
+
+    async fn boot_steps(
+        &self,
+        vm: &mut Vm,
+        ctx: &VmContext,
+        runtime: &Runtime,
+        op: &mut Operation,
+        prepared: &mut Vec<Arc<dyn Capability>>,
+    ) -> Result<(), String> {
+        let text = |e: &dyn Display| e.to_string();
+        for cap in &runtime.capabilities {
+            cap.preflight(ctx).await.map_err(|e| text(&e))?;
+        }
+        let mut guest = GuestConfig::for_vm(vm);
+        for cap in &runtime.capabilities {
+            cap.guest_config(ctx, &mut guest);
+        }
+        for cap in &runtime.capabilities {
+            prepared.push(cap.clone());
+            cap.prepare_host(ctx, &guest).await.map_err(|e| text(&e))?;
+        }
+        op.stage("disks");
+        let image = &ctx.image;
+        let mut spec = MachineSpec {
+            vm_id: vm.id.clone(),
+            vcpus: vm.spec.vcpus,
+            memory_mib: vm.spec.memory_mib,
+            // The ELF kernel boots faster (PVH) and is what Firecracker needs.
+            kernel: image
+                .vmlinux_path
+                .clone()
+                .unwrap_or(image.kernel_path.clone()),
+            initrd: image.initrd_path.clone(),
+            cmdline: guest.cmdline_text(),
+            drives: vec![DriveSpec {
+                id: "rootfs".into(),
+                path: image.rootfs_path.clone(),
+                read_only: true,
+            }],
+            nic: None,
+            agent: AgentChannel {
+                vsock_cid: vm.vsock_cid,
+                socket: ctx.run_dir.join("agent.sock"),
+            },
+            vm_dir: ctx.vm_dir.clone(),
+            run_dir: ctx.run_dir.clone(),
+        };
+        for cap in &runtime.capabilities {
+            cap.machine_config(ctx, &mut spec);
+        }
+        let handle = runtime.vmm.start(&spec).await.map_err(|e| text(&e))?;
+        vm.handle = Some(handle.clone());
+        self.store.update_vm(vm).map_err(|e| text(&e))?;
+        op.stage("vmm_start");
+        let ready = runtime
+            .agents
+            .wait_ready(&handle, &self.serial_log(vm), self.settings.boot_timeout)
+            .await
+            .map_err(|e| text(&e))?;
+        if let Some(at) = ready.init_start_ms {
+            tracing::info!(vm = %vm.name, kernel_to_init_ms = at, "guest init started");
+        }
+        op.stage("agent_ready");
+        for cap in &runtime.capabilities {
+            cap.post_start(ctx).await.map_err(|e| text(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the VMM of a VM the caller holds the lock of, gracefully
+    /// (agent power-off, then the VMM's own stop) unless `graceful` is
+    /// false, runs the cleanups, and records it stopped.
+    pub(super) async fn halt(&self, vm: &mut Vm, graceful: bool) -> Result<(), ServiceError> {
+        let runtime = self.runtime()?.clone();
+        if vm.state == VmState::Running || vm.state == VmState::Starting {
+            self.persist(vm, VmState::Stopping)?;
+        }
+        if let Some(handle) = vm.handle.clone() {
+            let mut grace = std::time::Duration::from_secs(2);
+            if graceful {
+                match runtime
+                    .agents
+                    .shutdown(&handle, std::time::Duration::from_secs(5))
+                    .await
+                {
+                    Ok(()) => grace = self.settings.stop_grace,
+                    Err(err) => {
+                        tracing::info!(vm = %vm.name, error = %err, "agent shutdown failed")
+                    }
+                }
+            }
+            let stopped = runtime.vmm.stop(&handle, grace).await;
+            if let Err(err) = stopped {
+                return Err(ServiceError::Runtime {
+                    name: vm.name.clone(),
+                    message: err.to_string(),
+                });
+            }
+        }
+        let image = self.image_of(vm)?;
+        let ctx = self.context(vm, &image);
+        for cap in runtime.capabilities.iter().rev() {
+            cap.cleanup(&ctx).await;
+        }
+        vm.handle = None;
+        if vm.state != VmState::Stopped {
+            self.persist(vm, VmState::Stopped)?;
+        } else {
+            self.store.update_vm(vm)?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything of a VM the caller holds the lock of (its VMM
+    /// is killed first if it still runs).
+    pub(super) async fn dispose(&self, vm: &mut Vm) -> Result<(), ServiceError> {
+        if let Some(runtime) = self.runtime.clone() {
+            if vm.handle.is_some() || vm.state.is_active() {
+                self.halt(vm, false).await?;
+            }
+            if let Ok(image) = self.image_of(vm) {
+                let ctx = self.context(vm, &image);
+                for cap in runtime.capabilities.iter().rev() {
+                    cap.remove(&ctx).await;
+                }
+            }
+        }
+        for dir in [self.vm_dir(vm), self.vm_run_dir(vm)] {
+            if let Err(err) = std::fs::remove_dir_all(&dir) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    return Err(ServiceError::Runtime {
+                        name: vm.name.clone(),
+                        message: format!("cannot remove {}: {err}", dir.display()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped (or failed, or never started) VM.
+    pub async fn start_vm(&self, id_or_name: &str) -> Result<Vm, ServiceError> {
+        self.runtime()?;
+        let id = self.find_vm(id_or_name)?.id;
+        let _lock = self.vm_locks.lock(&id).await;
+        let mut vm = self.find_vm(&id)?;
+        if vm.state.is_active() {
+            return Err(ServiceError::VmActive {
+                name: vm.name.clone(),
+                state: vm.state.as_str(),
+            });
+        }
+        let image = self.image_of(&vm)?;
+        let mut op = Operation::begin("vm.start");
+        let result = self.boot(&mut vm, &image, &mut op).await;
+        op.finish(result.as_ref().map(|_| ()).map_err(|e| e as &dyn Display));
+        result.map(|()| vm)
+    }
+
+    /// Stops a running VM: gracefully unless `force`.
+    pub async fn stop_vm(&self, id_or_name: &str, force: bool) -> Result<Vm, ServiceError> {
+        self.runtime()?;
+        let id = self.find_vm(id_or_name)?.id;
+        let _lock = self.vm_locks.lock(&id).await;
+        let mut vm = self.find_vm(&id)?;
+        if !vm.state.is_active() && vm.handle.is_none() {
+            return Err(ServiceError::NotRunning {
+                name: vm.name.clone(),
+                state: vm.state.as_str(),
+            });
+        }
+        let op = Operation::begin("vm.stop");
+        let result = self.halt(&mut vm, !force).await;
+        op.finish(result.as_ref().map(|_| ()).map_err(|e| e as &dyn Display));
+        result.map(|()| vm)
+    }
+
+    /// Stops (if running) and starts a VM, under one hold of its lock.
+    pub async fn restart_vm(&self, id_or_name: &str) -> Result<Vm, ServiceError> {
+        self.runtime()?;
+        let id = self.find_vm(id_or_name)?.id;
+        let _lock = self.vm_locks.lock(&id).await;
+        let mut vm = self.find_vm(&id)?;
+        let mut op = Operation::begin("vm.restart");
+        if vm.state.is_active() || vm.handle.is_some() {
+            self.halt(&mut vm, true).await?;
+            op.stage("stop");
+        }
+        let image = self.image_of(&vm)?;
+        let result = self.boot(&mut vm, &image, &mut op).await;
+        op.finish(result.as_ref().map(|_| ()).map_err(|e| e as &dyn Display));
+        result.map(|()| vm)
+    }
+
+    /// Runs a command in a running VM, streaming its output to `out`.
+    pub async fn exec(
+        &self,
+        id_or_name: &str,
+        argv: Vec<String>,
+        stdin: Option<Vec<u8>>,
+        out: mpsc::UnboundedSender<ExecChunk>,
+    ) -> Result<(), ServiceError> {
+        let runtime = self.runtime()?.clone();
+        let vm = self.find_vm(id_or_name)?;
+        let handle = match (&vm.handle, vm.state) {
+            (Some(handle), VmState::Running) => handle.clone(),
+            _ => {
+                return Err(ServiceError::NotRunning {
+                    name: vm.name.clone(),
+                    state: vm.state.as_str(),
+                })
+            }
+        };
+        runtime
+            .agents
+            .exec(&handle, argv, stdin, out)
+            .await
+            .map_err(|e| ServiceError::Runtime {
+                name: vm.name.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// After a daemon restart: keep VMs whose VMM still runs, mark the
+    /// others stopped and clean what they left.
+    pub async fn reconcile(&self) -> Result<Reconciled, ServiceError> {
+        let mut report = Reconciled::default();
+        let Some(runtime) = self.runtime.clone() else {
+            return Ok(report);
+        };
+        for vm in self.store.list_vms()? {
+            if !vm.state.is_active() && vm.handle.is_none() {
+                continue;
+            }
+            let _lock = self.vm_locks.lock(&vm.id).await;
+            let mut vm = self.find_vm(&vm.id)?;
+            let alive = match &vm.handle {
+                Some(handle) => runtime.vmm.status(handle).await,
+                None => VmmStatus::Exited,
+            };
+            if alive == VmmStatus::Running && vm.state == VmState::Running {
+                report.adopted.push(vm.name.clone());
+                continue;
+            }
+            tracing::info!(vm = %vm.name, status = ?alive, state = vm.state.as_str(), "vm not running after restart: stopping it");
+            self.halt(&mut vm, false).await?;
+            report.stopped.push(vm.name.clone());
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,190 @@
+//! `HostAgentLink`: the core's `AgentLink` over real channels. QEMU VMs
+//! expose the agent's virtio-serial port as a unix socket; Firecracker
+//! VMs as hybrid vsock (a unix socket plus a `CONNECT` handshake). One
+//! client per VM is kept and shared by all requests (a serial port is a
+//! single stream), and made again when its stream breaks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use banger_core::agent::{AgentLink, AgentLinkError, AgentReady, ExecChunk};
+use banger_core::vmm::VmmHandle;
+use banger_proto::agent::VSOCK_PORT;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::client::{AgentClient, AgentError, ExecEvent};
+use crate::process;
+
+const SERIAL_TAIL_LINES: usize = 15;
+
+#[derive(Default)]
+pub struct HostAgentLink {
+    clients: Mutex<HashMap<PathBuf, Arc<AgentClient>>>,
+}
+
+fn failed(err: impl std::fmt::Display) -> AgentLinkError {
+    AgentLinkError::Failed(err.to_string())
+}
+
+impl HostAgentLink {
+    pub fn new() -> Self {
+        HostAgentLink::default()
+    }
+
+    async fn connect(handle: &VmmHandle) -> Result<AgentClient, AgentLinkError> {
+        let stream = match handle.kind.as_str() {
+            "firecracker" => crate::firecracker::vsock::connect(
+                &handle.agent_socket,
+                VSOCK_PORT,
+                Duration::from_secs(2),
+            )
+            .await
+            .map_err(failed)?,
+            _ => UnixStream::connect(&handle.agent_socket)
+                .await
+                .map_err(|e| {
+                    failed(format!(
+                        "cannot reach {}: {e}",
+                        handle.agent_socket.display()
+                    ))
+                })?,
+        };
+        let (reader, writer) = stream.into_split();
+        Ok(AgentClient::new(reader, writer))
+    }
+
+    /// The VM's client, connected now if there is none or it broke.
+    async fn client(&self, handle: &VmmHandle) -> Result<Arc<AgentClient>, AgentLinkError> {
+        let existing = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&handle.agent_socket)
+            .cloned();
+        if let Some(client) = existing.filter(|c| !c.is_closed()) {
+            return Ok(client);
+        }
+        let client = Arc::new(Self::connect(handle).await?);
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(handle.agent_socket.clone(), client.clone());
+        Ok(client)
+    }
+
+    fn forget(&self, handle: &VmmHandle) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&handle.agent_socket);
+    }
+}
+
+/// The last lines of the guest console, for errors.
+fn serial_tail(path: &Path) -> String {
+    let lines = crate::qemu::driver::tail(path, SERIAL_TAIL_LINES);
+    if lines.is_empty() {
+        "the guest console is empty".into()
+    } else {
+        format!("last console lines: {}", lines.join(" | "))
+    }
+}
+
+#[async_trait]
+impl AgentLink for HostAgentLink {
+    async fn wait_ready(
+        &self,
+        handle: &VmmHandle,
+        serial_log: &Path,
+        timeout: Duration,
+    ) -> Result<AgentReady, AgentLinkError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !process::alive(handle.pid, handle.start_ticks) {
+                self.forget(handle);
+                return Err(AgentLinkError::Failed(format!(
+                    "the vmm exited during boot; {}",
+                    serial_tail(serial_log)
+                )));
+            }
+            if Instant::now() > deadline {
+                self.forget(handle);
+                return Err(AgentLinkError::Failed(format!(
+                    "the guest agent did not answer within {timeout:?}; {}",
+                    serial_tail(serial_log)
+                )));
+            }
+            let client = match self.client(handle).await {
+                Ok(client) => client,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match client.hello(Duration::from_secs(1)).await {
+                Ok(hello) => {
+                    return Ok(AgentReady {
+                        hostname: hello.hostname,
+                        init_start_ms: hello.boot.map(|b| b.init_start_ms),
+                        switch_root_ms: hello.boot.map(|b| b.switch_root_ms),
+                        uptime_ms: hello.uptime_ms,
+                    })
+                }
+                Err(AgentError::Timeout(_)) => {}
+                Err(AgentError::Closed) => {
+                    self.forget(handle);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => return Err(failed(err)),
+            }
+        }
+    }
+
+    async fn shutdown(&self, handle: &VmmHandle, timeout: Duration) -> Result<(), AgentLinkError> {
+        let client = self.client(handle).await?;
+        let result = client.shutdown(false, timeout).await.map_err(failed);
+        self.forget(handle);
+        result
+    }
+
+    async fn exec(
+        &self,
+        handle: &VmmHandle,
+        argv: Vec<String>,
+        stdin: Option<Vec<u8>>,
+        out: mpsc::UnboundedSender<ExecChunk>,
+    ) -> Result<(), AgentLinkError> {
+        let client = self.client(handle).await?;
+        let mut replies = client.exec(argv, stdin.as_deref()).map_err(failed)?;
+        loop {
+            let event = match replies.next_event().await {
+                Ok(event) => event,
+                Err(AgentError::Closed) => {
+                    self.forget(handle);
+                    return Err(failed("the guest agent went away"));
+                }
+                Err(err) => return Err(failed(err)),
+            };
+            let chunk = match event {
+                ExecEvent::Stdout(b) => ExecChunk::Stdout(b),
+                ExecEvent::Stderr(b) => ExecChunk::Stderr(b),
+                ExecEvent::Exit { code, signal } => {
+                    let _ = out.send(ExecChunk::Exit { code, signal });
+                    return Ok(());
+                }
+            };
+            if out.send(chunk).is_err() {
+                // Nobody listens any more: stop the command.
+                let _ = client.send(banger_proto::agent::Op::Signal {
+                    target: replies.id(),
+                    signal: 9,
+                });
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The system disk capability (`system.cow`): a sparse ext4 per VM that
+//! holds the overlay's upper layer over the image's read-only rootfs, so
+//! everything a guest writes outside `/root` is its own and survives
+//! restarts. Made at first start from the guest config (hostname, hosts,
+//! fstab, ...) with `mkfs.ext4 -d`, nothing mounted; the guest sees it as
+//! `/dev/vdb`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use banger_core::capability::{Capability, CapabilityError, GuestConfig, VmContext};
+use banger_core::vmm::{DriveSpec, MachineSpec};
+
+use crate::image::ext4;
+
+pub const SYSTEM_DISK: &str = "system.cow";
+
+#[derive(Debug, Default)]
+pub struct SystemDisk;
+
+fn path(ctx: &VmContext) -> PathBuf {
+    ctx.vm_dir.join(SYSTEM_DISK)
+}
+
+fn err(message: impl std::fmt::Display) -> CapabilityError {
+    CapabilityError {
+        capability: "system disk",
+        message: message.to_string(),
+    }
+}
+
+/// Writes the upper-layer tree (`upper/<files>`, `work/`) under `tree`.
+pub fn write_tree(tree: &std::path::Path, config: &GuestConfig) -> std::io::Result<()> {
+    std::fs::create_dir_all(tree.join("work"))?;
+    let upper = tree.join("upper");
+    std::fs::create_dir_all(&upper)?;
+    for file in &config.files {
+        let target = upper.join(file.path.trim_start_matches('/'));
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&target, &file.contents)?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Capability for SystemDisk {
+    fn name(&self) -> &'static str {
+        "system disk"
+    }
+
+    fn guest_config(&self, _ctx: &VmContext, config: &mut GuestConfig) {
+        config.cmdline.push("banger.system=/dev/vdb".into());
+    }
+
+    async fn prepare_host(
+        &self,
+        ctx: &VmContext,
+        config: &GuestConfig,
+    ) -> Result<(), CapabilityError> {
+        let disk = path(ctx);
+        if disk.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&ctx.vm_dir).map_err(err)?;
+        let tree = ctx.vm_dir.join(".system-tree");
+        let _ = std::fs::remove_dir_all(&tree);
+        write_tree(&tree, config).map_err(err)?;
+        let partial = ctx.vm_dir.join(".system.cow.partial");
+        let made = ext4::make_from_dir(
+            &tree,
+            &partial,
+            Some(ctx.vm.spec.system_disk_bytes),
+            "banger-system",
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&tree);
+        made.map_err(err)?;
+        std::fs::rename(&partial, &disk).map_err(err)?;
+        Ok(())
+    }
+
+    fn machine_config(&self, ctx: &VmContext, spec: &mut MachineSpec) {
+        spec.drives.push(DriveSpec {
+            id: "system".into(),
+            path: path(ctx),
+            read_only: false,
+        });
+    }
+
+    async fn remove(&self, ctx: &VmContext) {
+        let _ = std::fs::remove_file(path(ctx));
+    }
+}

@@ -1,0 +1,37 @@
+//! Running a command in a VM over the API: `POST /v1/vms/{vm}/exec`
+//! answers with one `ExecEvent` per line (`application/x-ndjson`) as the
+//! command runs, ending with `exit` or `error`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// Body of `POST /v1/vms/{vm}/exec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The command and its arguments (no shell).
+    pub argv: Vec<String>,
+    /// Bytes for the command's stdin, base64; stdin is closed after them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExecEvent {
+    /// Output on stdout, base64.
+    Stdout { data: String },
+    /// Output on stderr, base64.
+    Stderr { data: String },
+    /// The command ended: its exit code, or the signal that ended it.
+    Exit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+    /// The command could not run to its end.
+    Error { error: ApiError },
+}
