@@ -203,6 +203,11 @@ async fn export_then_unpack_gives_back_the_same_image() {
     assert_eq!(digest::read_manifest(&staged).unwrap(), manifest);
     digest::verify(&staged, &manifest).unwrap();
     assert_eq!(listing(&staged), listing(&image));
+    // Runs of zeros were written as holes.
+    use std::os::unix::fs::MetadataExt;
+    let seed = std::fs::metadata(staged.join("work-seed.ext4")).unwrap();
+    assert_eq!(seed.len(), 16 * 1024);
+    assert!(seed.blocks() * 512 < seed.len(), "{} blocks", seed.blocks());
     for name in listing(&image) {
         assert_eq!(
             std::fs::read(staged.join(&name)).unwrap(),
@@ -300,9 +305,9 @@ async fn a_truncated_bundle_is_a_clean_error() {
     // Cut inside an artifact of a plain tar: the file and the counts are
     // named.
     let cut_file = root.path().join("cut-in-kernel");
-    let kernel_start = 512 + 1024 + 512; // manifest header + body (< 1 KiB) + kernel header
     let manifest_len = serde_json::to_vec_pretty(&manifest).unwrap().len() + 1;
-    assert!(manifest_len <= 1024, "manifest is {manifest_len} bytes");
+    // manifest header, its body padded to 512, the kernel's header
+    let kernel_start = 512 + manifest_len.div_ceil(512) * 512 + 512;
     std::fs::write(&cut_file, &plain_bytes[..kernel_start + 1000]).unwrap();
     let staged = staging(root.path(), "staging-kernel");
     let err = bundle::unpack(&cut_file, &staged, &NoProgress)
@@ -312,6 +317,36 @@ async fn a_truncated_bundle_is_a_clean_error() {
         err.to_string(),
         "the bundle is truncated: kernel stops after 1000 of 4096 bytes"
     );
+}
+
+#[tokio::test]
+async fn a_compressed_bundle_cut_inside_an_artifact_names_it() {
+    let root = tempfile::tempdir().unwrap();
+    let image = root.path().join("image");
+    let mut manifest = fake_image(&image);
+    // A rootfs that does not compress and spans many zstd blocks.
+    std::fs::write(image.join("rootfs.ext4"), noise(2 << 20, 7)).unwrap();
+    for artifact in &mut manifest.artifacts {
+        *artifact = digest::describe(&image, artifact.role).unwrap();
+    }
+    digest::write_manifest(&image, &manifest).unwrap();
+    let whole = root.path().join("big.tar.zst");
+    bundle::export(&image, &whole, &NoProgress).await.unwrap();
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut_file = root.path().join("big-cut.tar.zst");
+    std::fs::write(&cut_file, &bytes[..bytes.len() / 2]).unwrap();
+    let staged = staging(root.path(), "staging");
+    let err = bundle::unpack(&cut_file, &staged, &NoProgress)
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.starts_with("the bundle is truncated or damaged in rootfs.ext4 after "),
+        "{message}"
+    );
+    assert!(message.contains(" of 2097152 bytes: "), "{message}");
+    assert_plain_message(&message);
+    assert!(listing(&staged).is_empty(), "{:?}", listing(&staged));
 }
 
 #[tokio::test]
@@ -495,8 +530,52 @@ async fn empty_and_foreign_files_are_refused() {
     let err = bundle::unpack(&junk, &staged, &NoProgress)
         .await
         .unwrap_err();
-    assert!(matches!(err, BundleError::Damaged { .. }), "{err:?}");
-    assert_plain_message(&err.to_string());
+    assert_eq!(
+        err.to_string(),
+        "not a banger bundle: it is neither zstd-compressed nor a tar archive"
+    );
+
+    // A zstd stream of junk: not tar inside.
+    let not_tar = root.path().join("not-tar");
+    std::fs::write(&not_tar, zstd::encode_all(&noise(5000, 11)[..], 3).unwrap()).unwrap();
+    let err = bundle::unpack(&not_tar, &staged, &NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "not a banger bundle: it is zstd-compressed but holds no tar archive"
+    );
+
+    // zstd magic, then junk; a tar whose second header is junk: the
+    // decoder's or parser's complaint, kept to one printable line.
+    let mut bad_zstd = vec![0x28, 0xb5, 0x2f, 0xfd];
+    bad_zstd.extend(noise(5000, 10));
+    let image = root.path().join("image");
+    let manifest = fake_image(&image);
+    let mut tar_junk = Vec::new();
+    let tar_path = root.path().join("good.tar");
+    write_bundle(&tar_path, &good_entries(&image, &manifest), false);
+    let good = std::fs::read(&tar_path).unwrap();
+    let manifest_len = serde_json::to_vec_pretty(&manifest).unwrap().len() + 1;
+    let second_header = 512 + manifest_len.div_ceil(512) * 512;
+    tar_junk.extend_from_slice(&good[..second_header]);
+    tar_junk.extend(noise(2048, 12));
+    for (name, bytes) in [("bad-zstd", bad_zstd), ("tar-junk", tar_junk)] {
+        let path = root.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let err = bundle::unpack(&path, &staged, &NoProgress)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BundleError::Damaged { .. }), "{name}: {err:?}");
+        let message = err.to_string();
+        assert_plain_message(&message);
+        assert!(
+            message.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+            "{name}: {message}"
+        );
+        assert!(message.len() < 300, "{name}: {message}");
+    }
+    assert!(listing(&staged).is_empty());
 
     let missing = bundle::unpack(&root.path().join("nope"), &staged, &NoProgress)
         .await
@@ -516,9 +595,7 @@ async fn export_refuses_a_damaged_image_and_leaves_nothing() {
     rootfs.write_all(b"X").unwrap();
     drop(rootfs);
     let out = root.path().join("fake.tar.zst");
-    let err = bundle::export(&image, &out, &NoProgress)
-        .await
-        .unwrap_err();
+    let err = bundle::export(&image, &out, &NoProgress).await.unwrap_err();
     assert!(
         err.to_string()
             .starts_with("rootfs.ext4: sha256 mismatch: expected "),
@@ -527,12 +604,7 @@ async fn export_refuses_a_damaged_image_and_leaves_nothing() {
     assert_eq!(listing(root.path()), ["image"]);
 
     std::fs::write(image.join("kernel"), b"short").unwrap();
-    let err = bundle::export(&image, &out, &NoProgress)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "kernel: 5 bytes, the manifest says 4096"
-    );
+    let err = bundle::export(&image, &out, &NoProgress).await.unwrap_err();
+    assert_eq!(err.to_string(), "kernel: 5 bytes, the manifest says 4096");
     assert_eq!(listing(root.path()), ["image"]);
 }

@@ -57,6 +57,12 @@ pub enum BundleError {
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const ZSTD_LEVEL: i32 = 3;
+/// `ustar` (POSIX and GNU headers alike) at this offset of a tar header.
+const TAR_MAGIC: &[u8] = b"ustar";
+const TAR_MAGIC_AT: usize = 257;
+const TAR_BLOCK: usize = 512;
+/// Longest text of a foreign error kept in a message.
+const REASON_LIMIT: usize = 160;
 /// A manifest is a few hundred bytes; refuse to buffer anything silly.
 const MANIFEST_LIMIT: u64 = 1 << 20;
 /// Progress is reported at most once per this many bytes.
@@ -158,14 +164,27 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl Fn(io::Error) -> Bun
     }
 }
 
-/// An error's text with a lowercase first letter.
+/// An error's text fit for a one-line message: lowercase first letter,
+/// anything but printable ASCII (binary junk quoted by a parser) as `?`,
+/// cut after `REASON_LIMIT` characters.
 fn lowercase_first(err: &dyn std::fmt::Display) -> String {
     let text = err.to_string();
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => text,
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == REASON_LIMIT {
+            out.push_str(" (cut)");
+            break;
+        }
+        match c {
+            c if i == 0 => out.push(c.to_ascii_lowercase()),
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
     }
+    while out.ends_with('.') {
+        out.pop();
+    }
+    out
 }
 
 /// `out` with `.partial` appended.
@@ -336,24 +355,49 @@ fn read_bundle(
     };
 
     let mut file = File::open(bundle).map_err(io_err("read", bundle))?;
-    let mut magic = Vec::with_capacity(4);
+    let mut magic = Vec::with_capacity(ZSTD_MAGIC.len());
     (&mut file)
-        .take(4)
+        .take(ZSTD_MAGIC.len() as u64)
         .read_to_end(&mut magic)
         .map_err(io_err("read", bundle))?;
+    if magic.is_empty() {
+        return Err(BundleError::Foreign("it is empty".into()));
+    }
     file.seek(SeekFrom::Start(0))
         .map_err(io_err("read", bundle))?;
+    let zstd = magic == ZSTD_MAGIC;
     let tap = Tap::new(
         BufReader::with_capacity(BUFFER, file),
         report,
         cancelled.clone(),
         false,
     );
-    let reader: Box<dyn Read> = if magic == ZSTD_MAGIC {
+    let mut reader: Box<dyn Read> = if zstd {
         Box::new(zstd::Decoder::new(tap).map_err(|e| damaged("at its start".into(), e))?)
     } else {
         Box::new(tap)
     };
+    // Look at the first tar header before the tar reader does, so that
+    // junk gets a plain answer rather than a parse error quoting it.
+    let mut block = vec![0u8; TAR_BLOCK];
+    if let Err(e) = reader.read_exact(&mut block) {
+        return Err(if e.kind() == io::ErrorKind::UnexpectedEof && !zstd {
+            BundleError::Foreign("it is too short to be a tar archive".into())
+        } else {
+            damaged("at its start".into(), e)
+        });
+    }
+    if &block[TAR_MAGIC_AT..TAR_MAGIC_AT + TAR_MAGIC.len()] != TAR_MAGIC {
+        return Err(BundleError::Foreign(
+            if zstd {
+                "it is zstd-compressed but holds no tar archive"
+            } else {
+                "it is neither zstd-compressed nor a tar archive"
+            }
+            .into(),
+        ));
+    }
+    let reader = io::Cursor::new(block).chain(reader);
     let mut archive = tar::Archive::new(reader);
     let mut entries = archive
         .entries()
@@ -361,7 +405,7 @@ fn read_bundle(
 
     // The manifest, first.
     let mut first = match entries.next() {
-        None => return Err(BundleError::Foreign("it is empty".into())),
+        None => return Err(BundleError::Foreign("it holds nothing".into())),
         Some(entry) => entry.map_err(|e| damaged("at its start".into(), e))?,
     };
     if entry_name(&first)? != MANIFEST_FILE {

@@ -1,0 +1,257 @@
+//! Real VMs under QEMU (TCG on hosts without usable KVM), driven through
+//! a real bangerd process and its API, checked from inside the guest
+//! through the agent: create boots to a ready agent; the work disk and
+//! the overlay keep their files across a restart, and one VM's overlay
+//! is not another's; the daemon is killed with SIGKILL while VMs run and
+//! re-adopts them; a VM that cannot boot ends failed with QEMU's words;
+//! removal leaves no process, file or socket. The image is built once,
+//! by the first create (the catalog's default image).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+
+fn guest_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("BANGER_GUEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
+        });
+    if path.is_file() {
+        return Some(path);
+    }
+    let why = format!(
+        "cannot boot vms: no guest binary at {} (run scripts/build-guest)",
+        path.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+    eprintln!("not run: {why}");
+    None
+}
+
+/// Kills whatever the test started under its root, even when it fails.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg(self.0.display().to_string())
+            .status();
+    }
+}
+
+fn spawn_daemon(root: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("bangerd.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_bangerd"))
+        .arg("--root")
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_for_socket(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::UnixStream::connect(socket).await.is_err() {
+        assert!(Instant::now() < deadline, "bangerd did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `sh -c script` in the VM: (exit code, stdout, stderr).
+async fn sh(socket: &Path, vm: &str, script: &str) -> (i64, String, String) {
+    let body = json!({ "argv": ["sh", "-c", script] }).to_string();
+    let lines = support::call_stream(socket, &format!("/v1/vms/{vm}/exec"), &body).await;
+    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+    for line in &lines {
+        match line["type"].as_str().unwrap() {
+            "stdout" => out.extend(B64.decode(line["data"].as_str().unwrap()).unwrap()),
+            "stderr" => err.extend(B64.decode(line["data"].as_str().unwrap()).unwrap()),
+            "exit" => code = line["code"].as_i64(),
+            other => panic!("exec {script:?} on {vm}: {other}: {line}"),
+        }
+    }
+    (
+        code.unwrap_or_else(|| panic!("no exit for {script:?}: {lines:?}")),
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+fn qemu_pid(id: &str) -> Option<u32> {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("banger-{id}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .filter(|pid: &u32| banger_host::process::stat(*pid).is_some_and(|(s, _)| s != 'Z'))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
+    let Some(guest) = guest_binary() else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(root.path().to_path_buf());
+    let etc = root.path().join("etc/banger");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("config.toml"),
+        format!(
+            "guest_binary = \"{}\"\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"2G\"\n",
+            guest.display()
+        ),
+    )
+    .unwrap();
+    let socket = root.path().join("run/banger/bangerd.sock");
+    let mut daemon = spawn_daemon(root.path());
+    wait_for_socket(&socket).await;
+
+    // Create: builds the default image on first use, boots, agent ready.
+    let (status, a) = support::call(&socket, "POST", "/v1/vms", Some(r#"{"name":"a"}"#)).await;
+    assert_eq!(status, 201, "{a}");
+    assert_eq!(a["state"], "running");
+    let stages: Vec<&str> = a["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "resolve_image",
+            "reserve_vm",
+            "disks",
+            "vmm_start",
+            "agent_ready"
+        ]
+    );
+    let a_id = a["id"].as_str().unwrap().to_string();
+
+    let (code, cmdline, _) = sh(&socket, "a", "cat /proc/cmdline").await;
+    assert_eq!(code, 0);
+    for key in [
+        "banger.root=/dev/vda",
+        "banger.system=/dev/vdb",
+        "banger.work=/dev/vdc",
+        "banger.hostname=a",
+    ] {
+        assert!(cmdline.contains(key), "{cmdline}");
+    }
+    let (_, df, _) = sh(&socket, "a", "df -P /root | tail -1").await;
+    assert!(df.starts_with("/dev/vdc "), "{df}");
+    let (_, hostname, _) = sh(&socket, "a", "hostname").await;
+    assert_eq!(hostname.trim(), "a");
+    let (code, _, err) = sh(&socket, "a", "echo oops >&2; exit 3").await;
+    assert_eq!((code, err.as_str()), (3, "oops\n"));
+
+    // Files in /root (work disk) and outside it (overlay) survive a restart.
+    let (code, _, _) = sh(
+        &socket,
+        "a",
+        "echo kept > /root/kept && echo mine > /etc/marker && sync",
+    )
+    .await;
+    assert_eq!(code, 0);
+    let (status, restarted) = support::call(&socket, "POST", "/v1/vms/a/restart", None).await;
+    assert_eq!(status, 200, "{restarted}");
+    let (_, files, _) = sh(&socket, "a", "cat /root/kept /etc/marker").await;
+    assert_eq!(files, "kept\nmine\n");
+
+    // Another VM of the same image does not see a's overlay.
+    let (status, b) = support::call(&socket, "POST", "/v1/vms", Some(r#"{"name":"b"}"#)).await;
+    assert_eq!(status, 201, "{b}");
+    let b_id = b["id"].as_str().unwrap().to_string();
+    let (code, _, _) = sh(&socket, "b", "test -e /etc/marker").await;
+    assert_eq!(code, 1, "b must not see a's /etc/marker");
+
+    // The daemon dies hard; the VMs do not; a new daemon adopts them.
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = daemon.wait();
+    assert!(
+        qemu_pid(&a_id).is_some() && qemu_pid(&b_id).is_some(),
+        "vms outlive the daemon"
+    );
+    daemon = spawn_daemon(root.path());
+    wait_for_socket(&socket).await;
+    let (_, a) = support::call(&socket, "GET", "/v1/vms/a", None).await;
+    assert_eq!(a["state"], "running", "{a}");
+    let (_, hostname, _) = sh(&socket, "a", "hostname").await;
+    assert_eq!(hostname.trim(), "a");
+    let (status, stopped) = support::call(&socket, "POST", "/v1/vms/a/stop", None).await;
+    assert_eq!(
+        (status, stopped["state"].as_str()),
+        (200, Some("stopped")),
+        "{stopped}"
+    );
+    assert_eq!(qemu_pid(&a_id), None);
+
+    // A VM whose kernel QEMU cannot load ends failed with QEMU's words.
+    let fake = root.path().join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    let mut kernel = b"\x7fELF\x02\x01\x01".to_vec();
+    kernel.resize(4096, 0);
+    std::fs::write(fake.join("vmlinux"), kernel).unwrap();
+    let (_, image) = support::call(&socket, "GET", "/v1/images/debian-bookworm", None).await;
+    let body =
+        json!({"name": "broken", "kernel": fake.join("vmlinux"), "rootfs": image["rootfs_path"]})
+            .to_string();
+    let (status, _) = support::call(&socket, "POST", "/v1/images/register", Some(&body)).await;
+    assert_eq!(status, 201);
+    let (status, err) = support::call(
+        &socket,
+        "POST",
+        "/v1/vms",
+        Some(r#"{"name":"c","image":"broken"}"#),
+    )
+    .await;
+    assert_eq!(status, 500, "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("vm c failed to start: "), "{message}");
+    assert!(message.contains("last vmm log"), "{message}");
+    let (_, c) = support::call(&socket, "GET", "/v1/vms/c", None).await;
+    assert_eq!(c["state"], "failed");
+    let c_id = c["id"].as_str().unwrap().to_string();
+    assert_eq!(qemu_pid(&c_id), None);
+
+    // Removal (b still runs: --force) leaves nothing of the vms.
+    for vm in ["a", "b?force=true", "c"] {
+        let (status, gone) = support::call(&socket, "DELETE", &format!("/v1/vms/{vm}"), None).await;
+        assert_eq!(status, 200, "{vm}: {gone}");
+    }
+    assert_eq!(qemu_pid(&b_id), None);
+    for id in [&a_id, &b_id, &c_id] {
+        assert!(
+            !root.path().join("var/lib/banger/vms").join(id).exists(),
+            "files of {id} left"
+        );
+        assert!(
+            !root.path().join("run/banger/vms").join(id).exists(),
+            "sockets of {id} left"
+        );
+    }
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(daemon.wait().unwrap().success());
+}
