@@ -566,7 +566,10 @@ async fn empty_and_foreign_files_are_refused() {
         let err = bundle::unpack(&path, &staged, &NoProgress)
             .await
             .unwrap_err();
-        assert!(matches!(err, BundleError::Damaged { .. }), "{name}: {err:?}");
+        assert!(
+            matches!(err, BundleError::Damaged { .. }),
+            "{name}: {err:?}"
+        );
         let message = err.to_string();
         assert_plain_message(&message);
         assert!(

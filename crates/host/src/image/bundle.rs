@@ -167,7 +167,7 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl Fn(io::Error) -> Bun
 /// An error's text fit for a one-line message: lowercase first letter,
 /// anything but printable ASCII (binary junk quoted by a parser) as `?`,
 /// cut after `REASON_LIMIT` characters.
-fn lowercase_first(err: &dyn std::fmt::Display) -> String {
+fn one_line(err: &dyn std::fmt::Display) -> String {
     let text = err.to_string();
     let mut out = String::new();
     for (i, c) in text.chars().enumerate() {
@@ -349,7 +349,7 @@ fn read_bundle(
         } else {
             BundleError::Damaged {
                 place,
-                reason: lowercase_first(&e),
+                reason: one_line(&e),
             }
         }
     };
@@ -534,7 +534,7 @@ fn write_sparse(out: &mut File, data: &[u8]) -> io::Result<()> {
 fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, BundleError> {
     let path = entry
         .path()
-        .map_err(|e| BundleError::Foreign(format!("bad entry name: {}", lowercase_first(&e))))?
+        .map_err(|e| BundleError::Foreign(format!("bad entry name: {}", one_line(&e))))?
         .into_owned();
     let shown = path.display().to_string();
     let mut components = path.components();
