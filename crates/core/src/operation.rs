@@ -38,6 +38,16 @@ impl Operation {
         });
     }
 
+    /// Records a stage measured elsewhere (inside the guest, say) without
+    /// moving this operation's clock.
+    pub fn record(&mut self, name: &str, elapsed_ms: u64) {
+        tracing::info!(op = self.kind, stage = name, elapsed_ms, "stage reported");
+        self.stages.push(Stage {
+            name: name.to_string(),
+            elapsed_ms,
+        });
+    }
+
     pub fn stages(&self) -> &[Stage] {
         &self.stages
     }

@@ -173,10 +173,17 @@ impl Banger {
             .wait_ready(&handle, &self.serial_log(vm), self.settings.boot_timeout)
             .await
             .map_err(|e| text(&e))?;
-        if let Some(at) = ready.init_start_ms {
-            tracing::info!(vm = %vm.name, kernel_to_init_ms = at, "guest init started");
-        }
         op.stage("agent_ready");
+        // The guest's own clock: kernel start to banger-init, banger-init
+        // to the image's init, and on to the agent's answer.
+        if let (Some(init), Some(switch)) = (ready.init_start_ms, ready.switch_root_ms) {
+            op.record("guest_kernel_to_init", init);
+            op.record("guest_init_to_switch_root", switch.saturating_sub(init));
+            op.record(
+                "guest_switch_root_to_agent",
+                ready.uptime_ms.saturating_sub(switch),
+            );
+        }
         for cap in &runtime.capabilities {
             cap.post_start(ctx).await.map_err(|e| text(&e))?;
         }
