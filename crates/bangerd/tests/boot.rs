@@ -145,7 +145,10 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
             "reserve_vm",
             "disks",
             "vmm_start",
-            "agent_ready"
+            "agent_ready",
+            "guest_kernel_to_init",
+            "guest_init_to_switch_root",
+            "guest_switch_root_to_agent"
         ]
     );
     let a_id = a["id"].as_str().unwrap().to_string();
