@@ -68,7 +68,7 @@ fn a_session_from_start_to_stop() {
     std::fs::create_dir_all(root.path().join("etc/banger")).unwrap();
     std::fs::write(
         root.path().join("etc/banger/config.toml"),
-        "default_image = \"base\"\n",
+        "default_image = \"base\"\n[network]\nenabled = false\n",
     )
     .unwrap();
 

@@ -162,7 +162,7 @@ async fn main() {
     std::fs::create_dir_all(root.path().join("etc/banger")).unwrap();
     std::fs::write(
         root.path().join("etc/banger/config.toml"),
-        format!("guest_binary = \"{}\"\n[vm_defaults]\nmemory_mib = 512\nvcpus = 2\nwork_disk_size = \"1G\"\nsystem_disk_size = \"1G\"\n", guest.display()),
+        format!("guest_binary = \"{}\"\n[network]\nenabled = false\n[vm_defaults]\nmemory_mib = 512\nvcpus = 2\nwork_disk_size = \"1G\"\nsystem_disk_size = \"1G\"\n", guest.display()),
     )
     .unwrap();
     let config = Config::load(&Overrides {

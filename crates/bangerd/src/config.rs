@@ -31,6 +31,8 @@ pub enum ConfigError {
     Defaults { path: String, message: String },
     #[error("bad config {path}: catalog: {message}")]
     Catalog { path: String, message: String },
+    #[error("bad config {path}: network: {message}")]
+    Network { path: String, message: String },
 }
 
 /// The file as written. Unknown keys are errors, so typos do not pass.
@@ -53,6 +55,99 @@ struct ConfigFile {
     debian_mirror: Option<String>,
     #[serde(default)]
     vm_defaults: VmDefaultsFile,
+    #[serde(default)]
+    network: NetworkFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    /// Give VMs a network (bridge, tap, dns, nat); true by default.
+    enabled: Option<bool>,
+    bridge: Option<String>,
+    tap_pool_size: Option<usize>,
+    /// The interface NAT goes out of; the default route's when absent.
+    uplink: Option<String>,
+    /// Where the host asks for NAME.vm, `ADDRESS:PORT`; "" for nowhere.
+    host_dns: Option<String>,
+    /// Servers other names are forwarded to; /etc/resolv.conf's by default.
+    upstream_dns: Option<Vec<String>>,
+    nft_table: Option<String>,
+}
+
+/// The network as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    pub enabled: bool,
+    pub bridge: String,
+    pub pool_size: usize,
+    pub uplink: Option<String>,
+    pub host_dns: Option<std::net::SocketAddr>,
+    /// None: read /etc/resolv.conf at start.
+    pub upstream: Option<Vec<std::net::SocketAddr>>,
+    pub nft_table: String,
+}
+
+pub const DEFAULT_HOST_DNS: &str = "127.29.0.1:53";
+
+fn network_settings(file: &NetworkFile, shown: &str) -> Result<NetworkSettings, ConfigError> {
+    let bad = |message: String| ConfigError::Network {
+        path: shown.to_string(),
+        message,
+    };
+    let ifname = |what: &str, name: &str| {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            Err(bad(format!(
+                "{what} {name:?} is not an interface name (1-15 characters, no / or spaces)"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let bridge = file.bridge.clone().unwrap_or_else(|| "banger0".into());
+    ifname("bridge", &bridge)?;
+    if let Some(uplink) = &file.uplink {
+        ifname("uplink", uplink)?;
+    }
+    let table = file.nft_table.clone().unwrap_or_else(|| "banger".into());
+    if table.is_empty()
+        || !table
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(bad(format!(
+            "nft_table {table:?} must be letters, digits, - and _"
+        )));
+    }
+    let host_dns = match file.host_dns.as_deref().unwrap_or(DEFAULT_HOST_DNS) {
+        "" => None,
+        text => Some(
+            text.parse()
+                .map_err(|_| bad(format!("host_dns {text:?} is not ADDRESS:PORT")))?,
+        ),
+    };
+    let upstream = match &file.upstream_dns {
+        None => None,
+        Some(list) => Some(
+            list.iter()
+                .map(|s| {
+                    s.parse::<std::net::IpAddr>()
+                        .map(|ip| std::net::SocketAddr::new(ip, 53))
+                        .or_else(|_| s.parse())
+                        .map_err(|_| bad(format!("upstream_dns {s:?} is not an address")))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    Ok(NetworkSettings {
+        enabled: file.enabled.unwrap_or(true),
+        bridge,
+        pool_size: file.tap_pool_size.unwrap_or(4),
+        uplink: file.uplink.clone(),
+        host_dns,
+        upstream,
+        nft_table: table,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +181,7 @@ pub struct Config {
     pub guest_binary: PathBuf,
     pub catalog: Catalog,
     pub debian_mirror: Option<String>,
+    pub network: NetworkSettings,
 }
 
 pub const DEFAULT_BRIDGE: &str = "172.29.0.1/24";
@@ -130,6 +226,7 @@ impl Config {
                 .unwrap_or_else(default_guest_binary),
             catalog,
             debian_mirror: file.debian_mirror.clone(),
+            network: network_settings(&file.network, &shown)?,
             state_dir: file.state_dir.clone().unwrap_or(defaults.state_dir),
             run_dir,
             socket,
@@ -285,6 +382,9 @@ mod tests {
             "vmm = \"xen\"",
             "[vm_defaults]\nwork_disk_size = \"10Q\"",
             "catalog = \"/nonexistent/catalog.toml\"",
+            "[network]\nbridge = \"a/b\"",
+            "[network]\nhost_dns = \"nope\"",
+            "[network]\nnft_table = \"x y\"",
         ] {
             let err = load_with(text).unwrap_err().to_string();
             assert!(

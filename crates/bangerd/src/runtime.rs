@@ -1,9 +1,13 @@
-//! Wiring what boots VMs: the VMM driver the daemon selected, the agent
-//! link, and the capabilities in their order (system disk, work disk).
+//! Wiring what boots VMs: the network (when enabled), the VMM driver the
+//! daemon selected, the agent link, and the capabilities in their order
+//! (network, system disk, work disk).
 //! A host without the selected VMM's binary gets no runtime: the daemon
 //! still serves records and says why VMs cannot start.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use anyhow::Context;
 
 use banger_core::capability::Capability;
 use banger_core::service::Runtime;
@@ -13,15 +17,57 @@ use banger_host::agent::link::HostAgentLink;
 use banger_host::disks::system::SystemDisk;
 use banger_host::disks::work::WorkDisk;
 use banger_host::firecracker::driver::FirecrackerDriver;
+use banger_host::net::capability::NetworkCapability;
+use banger_host::net::dns::upstream_from_resolv_conf;
+use banger_host::net::{NetConfig, Network};
 use banger_host::qemu::driver::QemuDriver;
 use banger_host::qemu::plan::{AgentTransport, QemuConfig};
 use banger_host::tools::find_tool;
 
+use crate::config::Config;
+
 /// TCG translation cache per VM, MiB.
 const TCG_TB_SIZE_MIB: u32 = 64;
 
+/// The network from config: bridge, pool, nft table, DNS. `None` when
+/// disabled.
+pub async fn network(config: &Config) -> anyhow::Result<Option<Arc<Network>>> {
+    let settings = &config.network;
+    if !settings.enabled {
+        tracing::info!("network disabled in the config: vms boot without a nic");
+        return Ok(None);
+    }
+    let gateway = config.bridge.gateway();
+    let upstream = match &settings.upstream {
+        Some(list) => list.clone(),
+        None => {
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let mut skip = vec![gateway];
+            if let Some(SocketAddr::V4(host)) = settings.host_dns {
+                skip.push(*host.ip());
+            }
+            upstream_from_resolv_conf(&text, &skip)
+        }
+    };
+    let net = Network::start(NetConfig {
+        bridge: settings.bridge.clone(),
+        gateway,
+        prefix: config.bridge.prefix_len(),
+        pool_prefix: "tap-pool-".into(),
+        vm_prefix: "bg-".into(),
+        pool_size: settings.pool_size,
+        table: settings.nft_table.clone(),
+        host_dns: settings.host_dns,
+        upstream,
+        uplink: settings.uplink.clone(),
+    })
+    .await
+    .context("cannot bring up the vm network (set [network] enabled = false in the config to run without)")?;
+    Ok(Some(net))
+}
+
 /// The runtime for VMM `kind`, or `None` with the reason logged.
-pub fn build(kind: &str) -> Option<Runtime> {
+pub fn build(kind: &str, network: Option<Arc<Network>>) -> Option<Runtime> {
     let accel = KvmFacts::probe(&KvmPaths::default()).accel();
     let vmm: Arc<dyn Vmm> = match kind {
         "firecracker" => {
@@ -48,7 +94,13 @@ pub fn build(kind: &str) -> Option<Runtime> {
             }))
         }
     };
-    let capabilities: Vec<Arc<dyn Capability>> = vec![Arc::new(SystemDisk), Arc::new(WorkDisk)];
+    let mut capabilities: Vec<Arc<dyn Capability>> = Vec::new();
+    if let Some(net) = network {
+        capabilities.push(Arc::new(NetworkCapability::new(net)));
+    }
+    // The disks, in device order after the rootfs: vdb, vdc.
+    capabilities.push(Arc::new(SystemDisk));
+    capabilities.push(Arc::new(WorkDisk));
     Some(Runtime {
         vmm,
         agents: Arc::new(HostAgentLink::new()),

@@ -62,7 +62,8 @@ pub async fn start(config: Config) -> Result<Running> {
             &config.run_dir,
         ),
     );
-    if let Some(runtime) = crate::runtime::build(&vmm) {
+    let network = crate::runtime::network(&config).await?;
+    if let Some(runtime) = crate::runtime::build(&vmm, network.clone()) {
         banger = banger.with_runtime(runtime);
     }
     let banger = Arc::new(banger);
@@ -73,6 +74,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let listener = bind(&config.socket, &config.socket_group).await?;
     let (shutdown, mut stopped) = watch::channel(false);
     let state = AppState {
+        network,
         banger,
         images,
         guest_binary: config.guest_binary.clone(),

@@ -5,7 +5,8 @@
 //! is not another's; the daemon is killed with SIGKILL while VMs run and
 //! re-adopts them; a VM that cannot boot ends failed with QEMU's words;
 //! removal leaves no process, file or socket. The image is built once,
-//! by the first create (the catalog's default image).
+//! first (the catalog's default image, where the mirror is reachable); the
+//! daemon then runs in a network namespace of the test's own.
 
 mod support;
 
@@ -51,13 +52,13 @@ impl Drop for Cleanup {
     }
 }
 
-fn spawn_daemon(root: &Path) -> Child {
+fn spawn_daemon(ns: &support::NetNs, root: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(root.join("bangerd.log"))
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_bangerd"))
+    ns.command(env!("CARGO_BIN_EXE_bangerd"))
         .arg("--root")
         .arg(root)
         .stdout(Stdio::null())
@@ -112,6 +113,9 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     let Some(guest) = guest_binary() else {
         return;
     };
+    let Some(ns) = support::NetNs::new("boot") else {
+        return;
+    };
     let root = tempfile::tempdir().unwrap();
     let _cleanup = Cleanup(root.path().to_path_buf());
     let etc = root.path().join("etc/banger");
@@ -124,11 +128,12 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
         ),
     )
     .unwrap();
+    support::build_default_image(root.path(), &guest).await;
     let socket = root.path().join("run/banger/bangerd.sock");
-    let mut daemon = spawn_daemon(root.path());
+    let mut daemon = spawn_daemon(&ns, root.path());
     wait_for_socket(&socket).await;
 
-    // Create: builds the default image on first use, boots, agent ready.
+    // Create: boots, agent ready.
     let (status, a) = support::call(&socket, "POST", "/v1/vms", Some(r#"{"name":"a"}"#)).await;
     assert_eq!(status, 201, "{a}");
     assert_eq!(a["state"], "running");
@@ -197,7 +202,7 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
         qemu_pid(&a_id).is_some() && qemu_pid(&b_id).is_some(),
         "vms outlive the daemon"
     );
-    daemon = spawn_daemon(root.path());
+    daemon = spawn_daemon(&ns, root.path());
     wait_for_socket(&socket).await;
     let (_, a) = support::call(&socket, "GET", "/v1/vms/a", None).await;
     assert_eq!(a["state"], "running", "{a}");

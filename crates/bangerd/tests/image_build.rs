@@ -50,7 +50,10 @@ async fn first_create_builds_the_default_image_from_the_catalog() {
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(
         etc.join("config.toml"),
-        format!("guest_binary = \"{}\"\n", guest.display()),
+        format!(
+            "guest_binary = \"{}\"\n[network]\nenabled = false\n",
+            guest.display()
+        ),
     )
     .unwrap();
     let daemon = TestDaemon::start_bare(root).await;

@@ -338,7 +338,7 @@ async fn create_auto_pulls_a_catalog_bundle_once() {
     std::fs::write(
         etc.join("config.toml"),
         format!(
-            "default_image = \"served\"\ncatalog = \"{}\"\n",
+            "default_image = \"served\"\ncatalog = \"{}\"\n[network]\nenabled = false\n",
             catalog.display()
         ),
     )

@@ -10,7 +10,9 @@
 //! 4. `machine_config`: add drives, devices to the machine;
 //! 5. `post_start`: once the guest's agent answered;
 //! 6. `cleanup`: after stop or a failed start (runtime objects only);
-//! 7. `remove`: when the VM is removed (its persistent files).
+//! 7. `remove`: when the VM is removed (its persistent files);
+//! 8. `readopt`: a running VM found again after a daemon restart;
+//! 9. `config_changed`: a running VM's settings changed (`vm set`).
 
 use std::path::PathBuf;
 
@@ -123,6 +125,14 @@ pub trait Capability: Send + Sync {
     }
 
     async fn cleanup(&self, _ctx: &VmContext) {}
+
+    async fn readopt(&self, _ctx: &VmContext) -> Result<(), CapabilityError> {
+        Ok(())
+    }
+
+    async fn config_changed(&self, _ctx: &VmContext) -> Result<(), CapabilityError> {
+        Ok(())
+    }
 
     async fn remove(&self, _ctx: &VmContext) {}
 

@@ -8,6 +8,7 @@ pub mod disks;
 pub mod doctor;
 pub mod firecracker;
 pub mod image;
+pub mod net;
 pub mod process;
 pub mod qemu;
 pub mod tools;

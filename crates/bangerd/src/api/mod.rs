@@ -26,6 +26,7 @@ use utoipa_axum::routes;
 #[derive(Clone)]
 pub struct AppState {
     pub banger: Arc<Banger>,
+    pub network: Option<Arc<banger_host::net::Network>>,
     pub images: Arc<banger_core::images::Images>,
     pub state_dir: std::path::PathBuf,
     pub vmm: banger_host::vmm_select::VmmPreference,

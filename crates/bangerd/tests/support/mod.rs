@@ -78,7 +78,11 @@ impl TestDaemon {
 pub fn write_config(root: &Path) {
     let dir = root.join("etc/banger");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.toml"), "default_image = \"base\"\n").unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "default_image = \"base\"\n[network]\nenabled = false\n",
+    )
+    .unwrap();
 }
 
 pub fn seed_image(db: &Path, name: &str) {
@@ -148,4 +152,98 @@ pub async fn call_stream(socket: &Path, path: &str, body: &str) -> Vec<Value> {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
+}
+
+/// A network namespace of the test's own, removed (with every link, nft
+/// table and socket in it) when dropped. Daemons that touch the network
+/// run inside one.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// A fresh namespace with `lo` up, or `None` with the reason printed
+    /// (a failure under CI=true).
+    pub fn new(tag: &str) -> Option<NetNs> {
+        let name = format!("bgt-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status();
+        let made = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !made {
+            let why = "cannot create a network namespace (needs root and iproute2)";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("not run: {why}");
+            return None;
+        }
+        let ns = NetNs { name };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> std::process::Command {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Runs a command inside the namespace; panics when it fails.
+    pub fn run(&self, argv: &[&str]) -> String {
+        let out = self.command(argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{argv:?} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Builds the catalog's default image into the state under `root` with a
+/// daemon in this (host) namespace, where the Debian mirror is reachable;
+/// daemons started later in a namespace of their own then find it.
+pub async fn build_default_image(root: &Path, guest: &Path) {
+    let config_path = root.join("etc/banger/build.toml");
+    std::fs::create_dir_all(config_path.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config_path,
+        format!(
+            "guest_binary = \"{}\"\nsocket = \"{}\"\n[network]\nenabled = false\n",
+            guest.display(),
+            root.join("build.sock").display()
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&Overrides {
+        root: Some(root.into()),
+        config: Some(config_path),
+        ..Default::default()
+    })
+    .unwrap();
+    let socket = config.socket.clone();
+    let running = bangerd::server::start(config).await.unwrap();
+    let (status, image) = call(
+        &socket,
+        "POST",
+        "/v1/images/pull",
+        Some(r#"{"source":"debian-bookworm"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{image}");
+    let _ = running.shutdown.send(true);
+    running.task.await.unwrap().unwrap();
 }

@@ -344,6 +344,31 @@ impl Banger {
             })
     }
 
+    /// Turns NAT on or off for a VM; live when it runs.
+    pub async fn set_nat(&self, id_or_name: &str, on: bool) -> Result<Vm, ServiceError> {
+        let id = self.find_vm(id_or_name)?.id;
+        let _lock = self.vm_locks.lock(&id).await;
+        let mut vm = self.find_vm(&id)?;
+        vm.spec.nat = on;
+        vm.updated_at_ms = self.clock.now_ms();
+        self.store.update_vm(&vm)?;
+        if vm.state == VmState::Running {
+            if let Some(runtime) = self.runtime.clone() {
+                let image = self.image_of(&vm)?;
+                let ctx = self.context(&vm, &image);
+                for cap in &runtime.capabilities {
+                    cap.config_changed(&ctx)
+                        .await
+                        .map_err(|e| ServiceError::Runtime {
+                            name: vm.name.clone(),
+                            message: e.to_string(),
+                        })?;
+                }
+            }
+        }
+        Ok(vm)
+    }
+
     /// After a daemon restart: keep VMs whose VMM still runs, mark the
     /// others stopped and clean what they left.
     pub async fn reconcile(&self) -> Result<Reconciled, ServiceError> {
@@ -362,6 +387,14 @@ impl Banger {
                 None => VmmStatus::Exited,
             };
             if alive == VmmStatus::Running && vm.state == VmState::Running {
+                if let Ok(image) = self.image_of(&vm) {
+                    let ctx = self.context(&vm, &image);
+                    for cap in &runtime.capabilities {
+                        if let Err(err) = cap.readopt(&ctx).await {
+                            tracing::warn!(vm = %vm.name, error = %err, "re-adopting");
+                        }
+                    }
+                }
                 report.adopted.push(vm.name.clone());
                 continue;
             }

@@ -1,0 +1,284 @@
+//! The DNS server for `NAME.vm`: answers A queries for VM names and PTR
+//! queries for their addresses from an in-memory table (set when a VM
+//! starts, removed when it stops), and forwards everything else to the
+//! upstream servers unchanged. UDP, on the bridge address (for guests) and
+//! on a loopback address (for the host). Messages are parsed and built
+//! with hickory-proto; the loop itself is a tokio UDP socket.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::net::UdpSocket;
+
+/// The zone banger answers for.
+pub const ZONE: &str = "vm";
+/// TTL of banger's answers: short, VMs come and go.
+const TTL: u32 = 5;
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot listen for dns on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct DnsServer {
+    records: RwLock<HashMap<String, Ipv4Addr>>,
+    upstream: Vec<SocketAddr>,
+}
+
+impl DnsServer {
+    pub fn new(upstream: Vec<SocketAddr>) -> Arc<DnsServer> {
+        Arc::new(DnsServer {
+            records: RwLock::default(),
+            upstream,
+        })
+    }
+
+    /// `NAME.vm` now resolves to `ip`.
+    pub fn set(&self, name: &str, ip: Ipv4Addr) {
+        self.records
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_ascii_lowercase(), ip);
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.records
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name.to_ascii_lowercase());
+    }
+
+    pub fn records(&self) -> HashMap<String, Ipv4Addr> {
+        self.records
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Binds `addr` and answers queries there until the task is dropped.
+    pub async fn listen(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> Result<tokio::task::JoinHandle<()>, DnsError> {
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| DnsError::Bind { addr, source })?;
+        let server = self.clone();
+        Ok(tokio::spawn(async move {
+            let socket = Arc::new(socket);
+            let mut buffer = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buffer).await else {
+                    continue;
+                };
+                let query = buffer[..n].to_vec();
+                let (server, socket) = (server.clone(), socket.clone());
+                tokio::spawn(async move {
+                    if let Some(answer) = server.answer(&query).await {
+                        let _ = socket.send_to(&answer, peer).await;
+                    }
+                });
+            }
+        }))
+    }
+
+    /// The reply to one query message (None for garbage, which is dropped).
+    pub async fn answer(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let request = Message::from_vec(query).ok()?;
+        if request.message_type() != MessageType::Query || request.op_code() != OpCode::Query {
+            return reply(&request, ResponseCode::NotImp, vec![]);
+        }
+        let question = request.queries().first()?.clone();
+        let name = question.name().to_lowercase();
+        if let Some(vm) = vm_name(&name) {
+            let found = self
+                .records
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&vm)
+                .copied();
+            return match (found, question.query_type()) {
+                (None, _) => reply(&request, ResponseCode::NXDomain, vec![]),
+                (Some(ip), RecordType::A | RecordType::ANY) => reply(
+                    &request,
+                    ResponseCode::NoError,
+                    vec![Record::from_rdata(name.clone(), TTL, RData::A(A(ip)))],
+                ),
+                // The name exists, but has no record of that type.
+                (Some(_), _) => reply(&request, ResponseCode::NoError, vec![]),
+            };
+        }
+        if question.query_type() == RecordType::PTR {
+            if let Some(ip) = reverse_ip(&name) {
+                let records = self.records.read().unwrap_or_else(|e| e.into_inner());
+                if let Some((vm, _)) = records.iter().find(|(_, a)| **a == ip) {
+                    let target = Name::from_ascii(format!("{vm}.{ZONE}.")).ok()?;
+                    return reply(
+                        &request,
+                        ResponseCode::NoError,
+                        vec![Record::from_rdata(
+                            name.clone(),
+                            TTL,
+                            RData::PTR(PTR(target)),
+                        )],
+                    );
+                }
+            }
+        }
+        self.forward(&request, query).await
+    }
+
+    async fn forward(&self, request: &Message, query: &[u8]) -> Option<Vec<u8>> {
+        for upstream in &self.upstream {
+            let bind: SocketAddr = if upstream.is_ipv4() {
+                "0.0.0.0:0".parse().ok()?
+            } else {
+                "[::]:0".parse().ok()?
+            };
+            let Ok(socket) = UdpSocket::bind(bind).await else {
+                continue;
+            };
+            if socket.send_to(query, upstream).await.is_err() {
+                continue;
+            }
+            let mut buffer = vec![0u8; 4096];
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv_from(&mut buffer)).await
+            {
+                return Some(buffer[..n].to_vec());
+            }
+        }
+        reply(request, ResponseCode::ServFail, vec![])
+    }
+}
+
+/// `web` for `web.vm.`; None outside the zone.
+fn vm_name(name: &Name) -> Option<String> {
+    let text = name.to_ascii();
+    let text = text.trim_end_matches('.');
+    let label = text.strip_suffix(&format!(".{ZONE}"))?;
+    (!label.is_empty() && !label.contains('.')).then(|| label.to_string())
+}
+
+/// `5.0.29.172.in-addr.arpa.` -> 172.29.0.5.
+fn reverse_ip(name: &Name) -> Option<Ipv4Addr> {
+    let text = name.to_ascii();
+    let digits = text.trim_end_matches('.').strip_suffix(".in-addr.arpa")?;
+    let mut octets: Vec<u8> = digits
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    if octets.len() != 4 {
+        return None;
+    }
+    octets.reverse();
+    Some(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
+}
+
+fn reply(request: &Message, code: ResponseCode, answers: Vec<Record>) -> Option<Vec<u8>> {
+    let mut response = Message::new();
+    response
+        .set_id(request.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(request.op_code())
+        .set_recursion_desired(request.recursion_desired())
+        .set_recursion_available(true)
+        .set_authoritative(code != ResponseCode::ServFail)
+        .set_response_code(code);
+    response.add_queries(request.queries().to_vec());
+    response.add_answers(answers);
+    response.to_vec().ok()
+}
+
+/// Upstream servers from a resolv.conf text, leaving out `skip` (banger's
+/// own addresses, so it never forwards to itself).
+pub fn upstream_from_resolv_conf(text: &str, skip: &[Ipv4Addr]) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .filter(|ip| match ip {
+            std::net::IpAddr::V4(v4) => !skip.contains(v4),
+            _ => true,
+        })
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::Query;
+
+    use super::*;
+
+    fn query(name: &str, kind: RecordType) -> Vec<u8> {
+        let mut message = Message::new();
+        message
+            .set_id(77)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true);
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+        message.to_vec().unwrap()
+    }
+
+    async fn ask(server: &DnsServer, name: &str, kind: RecordType) -> Message {
+        Message::from_vec(&server.answer(&query(name, kind)).await.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_vm_names_and_their_addresses() {
+        let server = DnsServer::new(vec![]);
+        server.set("Web", "172.29.0.5".parse().unwrap());
+        let a = ask(&server, "web.vm.", RecordType::A).await;
+        assert_eq!(a.id(), 77);
+        assert_eq!(a.response_code(), ResponseCode::NoError);
+        assert_eq!(
+            a.answers()[0].data(),
+            Some(&RData::A(A("172.29.0.5".parse().unwrap())))
+        );
+        let ptr = ask(&server, "5.0.29.172.in-addr.arpa.", RecordType::PTR).await;
+        assert_eq!(
+            ptr.answers()[0].data(),
+            Some(&RData::PTR(PTR(Name::from_ascii("web.vm.").unwrap())))
+        );
+        let aaaa = ask(&server, "web.vm.", RecordType::AAAA).await;
+        assert_eq!(
+            (aaaa.response_code(), aaaa.answers().len()),
+            (ResponseCode::NoError, 0)
+        );
+        let missing = ask(&server, "db.vm.", RecordType::A).await;
+        assert_eq!(missing.response_code(), ResponseCode::NXDomain);
+        server.remove("web");
+        let gone = ask(&server, "web.vm.", RecordType::A).await;
+        assert_eq!(gone.response_code(), ResponseCode::NXDomain);
+    }
+
+    #[tokio::test]
+    async fn other_names_go_upstream_or_fail_cleanly() {
+        let server = DnsServer::new(vec![]);
+        let out = ask(&server, "example.com.", RecordType::A).await;
+        assert_eq!(out.response_code(), ResponseCode::ServFail);
+        assert!(server.answer(b"not dns").await.is_none());
+    }
+
+    #[test]
+    fn upstreams_skip_our_own_addresses() {
+        let text = "# x\nnameserver 172.29.0.1\nnameserver 10.0.0.2\nsearch vm\n";
+        let skip = ["172.29.0.1".parse().unwrap()];
+        assert_eq!(
+            upstream_from_resolv_conf(text, &skip),
+            vec!["10.0.0.2:53".parse().unwrap()]
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! banger's nftables table, as a pure function of what should be true
+//! (`ruleset`), applied in one atomic `nft -f` transaction that deletes
+//! and rebuilds only banger's own table (`apply`), so nothing of other
+//! tools is touched and no half-state is ever visible.
+//!
+//! What the table says:
+//! - input from the bridge: guests may reach the DNS server on the bridge
+//!   address and answer connections the host opened; nothing else on the
+//!   host (so a service listening on all addresses stays private);
+//! - forward: guest to guest is allowed (a LAN); a guest with NAT may go
+//!   out of the uplink and get the replies; other guests may not leave;
+//! - postrouting: masquerade the NAT guests out of the uplink.
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft: {0}")]
+    Spawn(std::io::Error),
+    #[error("nft refused the ruleset: {0}")]
+    Refused(String),
+}
+
+/// Everything the table depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftPlan {
+    pub table: String,
+    pub bridge: String,
+    pub gateway: Ipv4Addr,
+    /// Where NAT traffic leaves; no NAT rules without one.
+    pub uplink: Option<String>,
+    /// Guests with NAT on, sorted.
+    pub nat: Vec<Ipv4Addr>,
+}
+
+/// The nft script that replaces banger's table with the plan.
+pub fn ruleset(plan: &NftPlan) -> String {
+    let NftPlan {
+        table,
+        bridge,
+        gateway,
+        ..
+    } = plan;
+    let mut nat_ips = plan.nat.clone();
+    nat_ips.sort();
+    nat_ips.dedup();
+    let mut out = String::new();
+    // Make sure it exists so the delete cannot fail, then rebuild it.
+    out.push_str(&format!(
+        "table inet {table} {{}}\ndelete table inet {table}\n"
+    ));
+    out.push_str(&format!("table inet {table} {{\n"));
+    out.push_str("  chain input {\n    type filter hook input priority filter; policy accept;\n");
+    out.push_str(&format!(
+        "    iifname \"{bridge}\" ct state established,related accept\n"
+    ));
+    out.push_str(&format!(
+        "    iifname \"{bridge}\" ip daddr {gateway} udp dport 53 accept\n"
+    ));
+    out.push_str(&format!(
+        "    iifname \"{bridge}\" ip daddr {gateway} tcp dport 53 accept\n"
+    ));
+    out.push_str(&format!(
+        "    iifname \"{bridge}\" icmp type echo-request accept\n"
+    ));
+    out.push_str(&format!("    iifname \"{bridge}\" drop\n  }}\n"));
+    out.push_str(
+        "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
+    );
+    out.push_str(&format!(
+        "    iifname \"{bridge}\" oifname \"{bridge}\" accept\n"
+    ));
+    if let Some(uplink) = &plan.uplink {
+        for ip in &nat_ips {
+            out.push_str(&format!(
+                "    iifname \"{bridge}\" oifname \"{uplink}\" ip saddr {ip} accept\n"
+            ));
+            out.push_str(&format!(
+                "    iifname \"{uplink}\" oifname \"{bridge}\" ip daddr {ip} ct state established,related accept\n"
+            ));
+        }
+    }
+    out.push_str(&format!("    iifname \"{bridge}\" drop\n"));
+    out.push_str(&format!("    oifname \"{bridge}\" drop\n  }}\n"));
+    if let Some(uplink) = &plan.uplink {
+        out.push_str(
+            "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+        );
+        for ip in &nat_ips {
+            out.push_str(&format!(
+                "    oifname \"{uplink}\" ip saddr {ip} masquerade\n"
+            ));
+        }
+        out.push_str("  }\n");
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// The script that removes banger's table (nothing else).
+pub fn teardown(table: &str) -> String {
+    format!("table inet {table} {{}}\ndelete table inet {table}\n")
+}
+
+/// Runs an nft script as one transaction.
+pub async fn apply(script: &str) -> Result<(), NftError> {
+    let mut child = Command::new(crate::tools::find_tool("nft").unwrap_or("nft".into()))
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(NftError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(NftError::Spawn)?;
+    }
+    let out = child.wait_with_output().await.map_err(NftError::Spawn)?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let first: Vec<&str> = text.lines().take(3).collect();
+        return Err(NftError::Refused(first.join(" | ")));
+    }
+    Ok(())
+}
+
+/// Chains of other tables that drop forwarded traffic by policy (docker,
+/// ufw, firewalld): they would silently break NAT. Reads `nft list ruleset`
+/// text.
+pub fn forward_drop_chains(listing: &str, own_table: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut table = String::new();
+    let mut chain = String::new();
+    for line in listing.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("table ") {
+            table = rest.trim_end_matches('{').trim().to_string();
+        } else if let Some(rest) = line.strip_prefix("chain ") {
+            chain = rest.trim_end_matches('{').trim().to_string();
+        } else if line.contains("hook forward")
+            && line.contains("policy drop")
+            && !table.ends_with(&format!(" {own_table}"))
+        {
+            found.push(format!("{table} chain {chain}"));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(nat: Vec<Ipv4Addr>, uplink: Option<&str>) -> NftPlan {
+        NftPlan {
+            table: "banger".into(),
+            bridge: "banger0".into(),
+            gateway: "172.29.0.1".parse().unwrap(),
+            uplink: uplink.map(String::from),
+            nat,
+        }
+    }
+
+    #[test]
+    fn ruleset_snapshot() {
+        let text = ruleset(&plan(vec!["172.29.0.3".parse().unwrap()], Some("eth0")));
+        assert_eq!(
+            text,
+            "table inet banger {}\n\
+             delete table inet banger\n\
+             table inet banger {\n\
+             \x20 chain input {\n\
+             \x20   type filter hook input priority filter; policy accept;\n\
+             \x20   iifname \"banger0\" ct state established,related accept\n\
+             \x20   iifname \"banger0\" ip daddr 172.29.0.1 udp dport 53 accept\n\
+             \x20   iifname \"banger0\" ip daddr 172.29.0.1 tcp dport 53 accept\n\
+             \x20   iifname \"banger0\" icmp type echo-request accept\n\
+             \x20   iifname \"banger0\" drop\n\
+             \x20 }\n\
+             \x20 chain forward {\n\
+             \x20   type filter hook forward priority filter; policy accept;\n\
+             \x20   iifname \"banger0\" oifname \"banger0\" accept\n\
+             \x20   iifname \"banger0\" oifname \"eth0\" ip saddr 172.29.0.3 accept\n\
+             \x20   iifname \"eth0\" oifname \"banger0\" ip daddr 172.29.0.3 ct state established,related accept\n\
+             \x20   iifname \"banger0\" drop\n\
+             \x20   oifname \"banger0\" drop\n\
+             \x20 }\n\
+             \x20 chain postrouting {\n\
+             \x20   type nat hook postrouting priority srcnat; policy accept;\n\
+             \x20   oifname \"eth0\" ip saddr 172.29.0.3 masquerade\n\
+             \x20 }\n\
+             }\n"
+        );
+    }
+
+    #[test]
+    fn no_uplink_means_no_nat_rules() {
+        let text = ruleset(&plan(vec!["172.29.0.3".parse().unwrap()], None));
+        assert!(
+            !text.contains("masquerade") && !text.contains("172.29.0.3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn finds_other_tools_forward_drop_policies() {
+        let listing = "table ip filter {\n\tchain FORWARD {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\ntable inet banger {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n";
+        assert_eq!(
+            forward_drop_chains(listing, "banger"),
+            ["ip filter chain FORWARD"]
+        );
+    }
+}
