@@ -58,6 +58,14 @@ impl Client {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call(Method::DELETE, path, None::<&()>).await
     }

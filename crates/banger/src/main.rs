@@ -9,6 +9,7 @@ mod exec;
 mod image;
 mod output;
 mod progress;
+mod verify;
 mod vm;
 
 use std::path::PathBuf;
@@ -47,6 +48,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List host objects banger made that no live VM owns; exit 1 on any.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
     /// Start, stop or check bangerd.
     #[command(subcommand)]
     Daemon(daemon::DaemonCommand),
@@ -79,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(command) => vm::run(&client, command).await,
         Command::Image(command) => image::run(&client, command).await,
         Command::Doctor { json } => doctor::run(&client, json).await,
+        Command::Verify { json } => verify::run(&client, json).await,
         Command::Daemon(command) => daemon::run(&client, command, cli.root.as_deref()).await,
     }
 }

@@ -1,7 +1,7 @@
 //! `banger vm ...`.
 
 use anyhow::Result;
-use banger_proto::vm::{Vm, VmCreateRequest, VmList};
+use banger_proto::vm::{Vm, VmCreateRequest, VmList, VmUpdateRequest};
 use clap::{Args, Subcommand};
 
 use crate::client::Client;
@@ -41,6 +41,13 @@ pub enum VmCommand {
     Restart {
         #[arg(required = true)]
         vms: Vec<String>,
+    },
+    /// Change a VM's settings (live when it runs).
+    Set {
+        vm: String,
+        /// Outbound NAT.
+        #[arg(long, value_parser = ["on", "off"])]
+        nat: Option<String>,
     },
     /// Show the guest console of the last boot.
     Logs {
@@ -184,6 +191,15 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                     .await?;
                 println!("restarted {} ({})", vm.name, vm.guest_ip);
             }
+        }
+        VmCommand::Set { vm, nat } => {
+            let request = VmUpdateRequest {
+                nat: nat.map(|v| v == "on"),
+            };
+            let vm: Vm = client
+                .patch(&format!("/v1/vms/{}", path_segment(&vm)), &request)
+                .await?;
+            println!("{}: nat {}", vm.name, if vm.nat { "on" } else { "off" });
         }
         VmCommand::Logs { vm, follow } => {
             let query = if follow { "?follow=true" } else { "" };

@@ -74,3 +74,38 @@ mod tests {
         assert!(stat(u32::MAX).is_none());
     }
 }
+
+/// Running VMMs started by banger: (pid, vm id), found by the name QEMU
+/// is given (`-name banger-<id>`) or Firecracker's `--id <id>`.
+pub fn banger_vmms() -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if matches!(stat(pid), Some((state, _)) if state == 'Z' || state == 'X') {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        for pair in args.windows(2) {
+            let id = match (pair[0].as_str(), &pair[1]) {
+                ("-name", name) => name.strip_prefix("banger-").map(String::from),
+                ("--id", id) if args[0].ends_with("firecracker") => Some(id.clone()),
+                _ => None,
+            };
+            if let Some(id) = id {
+                found.push((pid, id));
+            }
+        }
+    }
+    found
+}

@@ -12,6 +12,7 @@ pub mod paths;
 pub mod progress;
 pub mod system;
 pub mod units;
+pub mod verify;
 pub mod vm;
 
 /// Prefix of every API route.

@@ -96,3 +96,12 @@ pub struct Vm {
 pub struct VmList {
     pub vms: Vec<Vm>,
 }
+
+/// Body of `PATCH /v1/vms/{vm}`: settings to change; absent ones stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmUpdateRequest {
+    /// Outbound NAT; applied at once to a running VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<bool>,
+}

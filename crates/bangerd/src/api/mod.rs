@@ -9,6 +9,7 @@ mod json;
 mod progress;
 mod system;
 mod trace;
+mod verify;
 mod vm_io;
 mod vms;
 
@@ -55,7 +56,7 @@ struct ApiDoc;
 pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(vms::list_vms, vms::create_vm))
-        .routes(routes!(vms::show_vm, vms::delete_vm))
+        .routes(routes!(vms::show_vm, vms::delete_vm, vms::update_vm))
         .routes(routes!(vms::start_vm))
         .routes(routes!(vms::stop_vm))
         .routes(routes!(vms::restart_vm))
@@ -71,6 +72,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::health))
         .routes(routes!(system::doctor))
         .routes(routes!(system::shutdown))
+        .routes(routes!(verify::verify))
         .split_for_parts();
     let router = router
         .fallback(error::not_found_route)

@@ -45,6 +45,7 @@ pub async fn doctor(State(state): State<AppState>) -> Result<Json<DoctorReport>,
     let found = state.images.find(default).ok();
     let in_catalog = state.images.catalog().find(default).is_some();
     checks.push(default_image_check(default, found.as_ref(), in_catalog));
+    checks.extend(network_checks(&state).await);
     Ok(Json(DoctorReport {
         checks: checks.into_iter().map(convert::check).collect(),
     }))
@@ -63,4 +64,47 @@ pub async fn shutdown(
             shutting_down: true,
         }),
     )
+}
+
+/// The network's checks: its uplink, and other firewalls whose forward
+/// chains drop by policy (docker, ufw, firewalld), which silently break NAT.
+async fn network_checks(state: &AppState) -> Vec<banger_core::doctor::Check> {
+    use banger_core::doctor::Check;
+    let Some(net) = &state.network else {
+        return vec![Check::warn(
+            "network",
+            "disabled in the config: vms boot without a nic",
+            "set [network] enabled = true to give vms addresses, dns and nat",
+        )];
+    };
+    let cfg = net.config();
+    let mut checks = vec![Check::pass(
+        "network",
+        format!("bridge {} at {}/{}", cfg.bridge, cfg.gateway, cfg.prefix),
+    )];
+    checks.push(match net.uplink() {
+        Some(uplink) => Check::pass("uplink", format!("nat goes out of {uplink}")),
+        None => Check::warn(
+            "uplink",
+            "no default route: vms with nat cannot reach the outside",
+            "add a default route, or set [network] uplink in the config",
+        ),
+    });
+    let listing = banger_host::net::nft::list_ruleset()
+        .await
+        .unwrap_or_default();
+    let drops = banger_host::net::nft::forward_drop_chains(&listing, &cfg.table);
+    checks.push(if drops.is_empty() {
+        Check::pass("forwarding", "no other firewall drops forwarded traffic by policy")
+    } else {
+        Check::warn(
+            "forwarding",
+            format!("{} drop forwarded traffic by policy: vms with nat cannot get out", drops.join(", ")),
+            format!(
+                "let {bridge} through them, e.g. iptables -I FORWARD -i {bridge} -j ACCEPT && iptables -I FORWARD -o {bridge} -j ACCEPT",
+                bridge = cfg.bridge
+            ),
+        )
+    });
+    checks
 }

@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use banger_proto::error::ApiError;
-use banger_proto::vm::{Vm, VmCreateRequest, VmList};
+use banger_proto::vm::{Vm, VmCreateRequest, VmList, VmUpdateRequest};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -128,4 +128,23 @@ pub async fn restart_vm(
     Path(vm): Path<String>,
 ) -> Result<Json<Vm>, HttpError> {
     Ok(Json(convert::vm(&state.banger.restart_vm(&vm).await?)))
+}
+
+#[utoipa::path(patch, path = "/v1/vms/{vm}", tag = "vms", request_body = VmUpdateRequest,
+    params(("vm" = String, Path, description = "VM name or id")),
+    responses(
+        (status = 200, description = "The VM with the new settings (live when it runs)", body = Vm),
+        (status = 400, description = "Bad input", body = ApiError),
+        (status = 404, description = "No such VM", body = ApiError),
+        (status = 500, description = "The change could not be applied", body = ApiError)))]
+pub async fn update_vm(
+    State(state): State<AppState>,
+    Path(vm): Path<String>,
+    ApiJson(request): ApiJson<VmUpdateRequest>,
+) -> Result<Json<Vm>, HttpError> {
+    let mut found = state.banger.find_vm(&vm)?;
+    if let Some(nat) = request.nat {
+        found = state.banger.set_nat(&found.id, nat).await?;
+    }
+    Ok(Json(convert::vm(&found)))
 }

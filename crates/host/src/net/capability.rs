@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use banger_core::capability::{Capability, CapabilityError, GuestConfig, VmContext};
-use banger_core::doctor::Check;
 use banger_core::vmm::{MachineSpec, NicSpec};
 
 use super::{mac_for, Network};
@@ -91,16 +90,5 @@ impl Capability for NetworkCapability {
         if let Err(e) = self.net.return_tap(&ctx.vm.id).await {
             tracing::warn!(vm = %ctx.vm.name, error = %e, "cannot return the tap device");
         }
-    }
-
-    fn doctor(&self) -> Vec<Check> {
-        vec![match self.net.uplink() {
-            Some(uplink) => Check::pass("uplink", format!("nat goes out of {uplink}")),
-            None => Check::warn(
-                "uplink",
-                "no default route: vms with nat cannot reach the outside",
-                "add a default route, or set uplink in the config",
-            ),
-        }]
     }
 }
