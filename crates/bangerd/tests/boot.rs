@@ -243,6 +243,9 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     assert_eq!(c["state"], "failed");
     let c_id = c["id"].as_str().unwrap().to_string();
     assert_eq!(qemu_pid(&c_id), None);
+    // The failed start gave back its tap device, dns record and rules.
+    let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
+    assert_eq!(report["leaks"], json!([]), "{report}");
 
     // Removal (b still runs: --force) leaves nothing of the vms.
     for vm in ["a", "b?force=true", "c"] {

@@ -88,6 +88,30 @@ fn is_dir(path: &Path) -> bool {
     path.is_dir()
 }
 
+/// The host's TSC rate in kHz, from `/proc/cpuinfo` (`cpu MHz` of the
+/// first CPU). Guests under TCG need it on their command line
+/// (`tsc_early_khz=`) or may hang calibrating their clock.
+pub fn tsc_khz() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    parse_cpu_mhz(&text)
+}
+
+fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+#[cfg(test)]
+mod tsc_tests {
+    #[test]
+    fn reads_cpu_mhz() {
+        let text = "processor\t: 0\ncpu MHz\t\t: 2600.000\ncache size\t: 1 MB\n";
+        assert_eq!(super::parse_cpu_mhz(text), Some(2_600_000));
+        assert_eq!(super::parse_cpu_mhz("nothing"), None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,29 +154,5 @@ mod tests {
         std::fs::create_dir_all(paths.sys_module.join("kvm_pvm")).unwrap();
         let probed = KvmFacts::probe(&paths);
         assert!(probed.device_exists && probed.device_open.is_ok() && probed.pvm);
-    }
-}
-
-/// The host's TSC rate in kHz, from `/proc/cpuinfo` (`cpu MHz` of the
-/// first CPU). Guests under TCG need it on their command line
-/// (`tsc_early_khz=`) or may hang calibrating their clock.
-pub fn tsc_khz() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    parse_cpu_mhz(&text)
-}
-
-fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
-    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
-    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
-}
-
-#[cfg(test)]
-mod tsc_tests {
-    #[test]
-    fn reads_cpu_mhz() {
-        let text = "processor\t: 0\ncpu MHz\t\t: 2600.000\ncache size\t: 1 MB\n";
-        assert_eq!(super::parse_cpu_mhz(text), Some(2_600_000));
-        assert_eq!(super::parse_cpu_mhz("nothing"), None);
     }
 }

@@ -51,30 +51,6 @@ pub async fn wait_gone(pid: u32, start_ticks: u64, limit: Duration) -> bool {
     true
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn tracks_a_process_by_pid_and_start_time() {
-        let mut child = tokio::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = child.id().unwrap();
-        let ticks = start_ticks(pid).unwrap();
-        assert!(alive(pid, ticks));
-        assert!(
-            !alive(pid, ticks + 1),
-            "another start time is another process"
-        );
-        signal(pid, ticks, Signal::SIGKILL);
-        child.wait().await.unwrap();
-        assert!(wait_gone(pid, ticks, Duration::from_secs(5)).await);
-        assert!(stat(u32::MAX).is_none());
-    }
-}
-
 /// Running VMMs started by banger: (pid, vm id), found by the name QEMU
 /// is given (`-name banger-<id>`) or Firecracker's `--id <id>`.
 pub fn banger_vmms() -> Vec<(u32, String)> {
@@ -108,4 +84,28 @@ pub fn banger_vmms() -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tracks_a_process_by_pid_and_start_time() {
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let ticks = start_ticks(pid).unwrap();
+        assert!(alive(pid, ticks));
+        assert!(
+            !alive(pid, ticks + 1),
+            "another start time is another process"
+        );
+        signal(pid, ticks, Signal::SIGKILL);
+        child.wait().await.unwrap();
+        assert!(wait_gone(pid, ticks, Duration::from_secs(5)).await);
+        assert!(stat(u32::MAX).is_none());
+    }
 }

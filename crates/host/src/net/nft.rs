@@ -153,6 +153,38 @@ pub fn forward_drop_chains(listing: &str, own_table: &str) -> Vec<String> {
     found
 }
 
+/// `nft list table inet TABLE` (empty when there is none).
+pub async fn list_table(table: &str) -> Result<String, NftError> {
+    let out = Command::new(crate::tools::find_tool("nft").unwrap_or("nft".into()))
+        .args(["list", "table", "inet", table])
+        .output()
+        .await
+        .map_err(NftError::Spawn)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Addresses a table listing masquerades.
+pub fn masqueraded(listing: &str) -> Vec<Ipv4Addr> {
+    listing
+        .lines()
+        .filter(|l| l.contains("masquerade"))
+        .filter_map(|l| {
+            let rest = l.split("ip saddr ").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// The whole ruleset, as `nft list ruleset` prints it.
+pub async fn list_ruleset() -> Result<String, NftError> {
+    let out = Command::new(crate::tools::find_tool("nft").unwrap_or("nft".into()))
+        .args(["list", "ruleset"])
+        .output()
+        .await
+        .map_err(NftError::Spawn)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,36 +248,4 @@ mod tests {
             ["ip filter chain FORWARD"]
         );
     }
-}
-
-/// `nft list table inet TABLE` (empty when there is none).
-pub async fn list_table(table: &str) -> Result<String, NftError> {
-    let out = Command::new(crate::tools::find_tool("nft").unwrap_or("nft".into()))
-        .args(["list", "table", "inet", table])
-        .output()
-        .await
-        .map_err(NftError::Spawn)?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Addresses a table listing masquerades.
-pub fn masqueraded(listing: &str) -> Vec<Ipv4Addr> {
-    listing
-        .lines()
-        .filter(|l| l.contains("masquerade"))
-        .filter_map(|l| {
-            let rest = l.split("ip saddr ").nth(1)?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .collect()
-}
-
-/// The whole ruleset, as `nft list ruleset` prints it.
-pub async fn list_ruleset() -> Result<String, NftError> {
-    let out = Command::new(crate::tools::find_tool("nft").unwrap_or("nft".into()))
-        .args(["list", "ruleset"])
-        .output()
-        .await
-        .map_err(NftError::Spawn)?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
