@@ -1,0 +1,218 @@
+//! The network's host side on real kernel objects, inside a network
+//! namespace the test makes and removes: the bridge and the warm TAP pool
+//! (take, give back, refill), banger's nft table as NAT is toggled, DNS
+//! answers over real UDP, and 20 take/give-back cycles that leave nothing.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use banger_host::net::{NetConfig, Network};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, RecordType};
+
+struct Ns(String);
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(ns)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn nft_table(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "nft", "list", "table", "inet", "bgtest",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Makes a namespace (lo up, an uplink with the default route), or None under no privileges
+/// (a failure under CI=true).
+fn namespace() -> Option<Ns> {
+    let name = format!("bgt-host-{}", std::process::id());
+    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    if !Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let why = "cannot create a network namespace (needs root and iproute2)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("not run: {why}");
+        return None;
+    }
+    let ns = Ns(name);
+    ip(&ns.0, &["link", "set", "lo", "up"]);
+    ip(&ns.0, &["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
+    ip(&ns.0, &["addr", "add", "10.66.0.1/24", "dev", "up0"]);
+    ip(&ns.0, &["link", "set", "up0", "up"]);
+    ip(&ns.0, &["link", "set", "up0p", "up"]);
+    ip(&ns.0, &["route", "add", "default", "via", "10.66.0.2"]);
+    Some(ns)
+}
+
+/// Runs `f` on a thread that entered the namespace, on its own runtime.
+fn inside<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+fn config() -> NetConfig {
+    NetConfig {
+        bridge: "bgt0".into(),
+        gateway: "172.30.5.1".parse().unwrap(),
+        prefix: 24,
+        pool_prefix: "tap-pool-".into(),
+        vm_prefix: "bg-".into(),
+        pool_size: 2,
+        table: "bgtest".into(),
+        host_dns: Some("127.0.0.1:53".parse().unwrap()),
+        upstream: vec![],
+        uplink: None,
+    }
+}
+
+async fn ask(server: SocketAddr, name: &str, kind: RecordType) -> Message {
+    let mut query = Message::new();
+    query
+        .set_id(9)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query);
+    query.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    socket
+        .send_to(&query.to_vec().unwrap(), server)
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
+        .await
+        .expect("the dns server answers")
+        .unwrap();
+    Message::from_vec(&buffer[..n]).unwrap()
+}
+
+async fn wait_idle(net: &Network, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while net.idle().len() != want {
+        assert!(Instant::now() < deadline, "pool stayed at {:?}", net.idle());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn bridge_pool_nat_and_dns_in_a_namespace() {
+    let Some(ns) = namespace() else {
+        return;
+    };
+    let name = ns.0.clone();
+    inside(&name, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let net = Network::start(config()).await.unwrap();
+            assert_eq!(net.uplink(), Some("up0"), "the default route's interface");
+            let links = ip(&name, &["-o", "link", "show", "master", "bgt0"]);
+            assert!(
+                links.contains("tap-pool-0") && links.contains("tap-pool-1"),
+                "{links}"
+            );
+            assert_eq!(
+                std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                    .unwrap()
+                    .trim(),
+                "1"
+            );
+
+            // A VM takes a pool device (renamed, still on the bridge); the
+            // pool refills; giving it back keeps the pool at its size.
+            let tap = net.take_tap("0123456789abcdef").await.unwrap();
+            assert_eq!(tap, "bg-0123456789ab");
+            let links = ip(&name, &["-o", "link", "show", "master", "bgt0"]);
+            assert!(links.contains("bg-0123456789ab"), "{links}");
+            wait_idle(&net, 2).await;
+            net.return_tap("0123456789abcdef").await.unwrap();
+            assert_eq!(net.idle().len(), 2);
+            assert!(!ip(&name, &["-o", "link", "show"]).contains("bg-"));
+
+            // NAT rules appear and disappear as toggled.
+            let guest: Ipv4Addr = "172.30.5.7".parse().unwrap();
+            net.set_nat(guest, true).await.unwrap();
+            assert!(
+                nft_table(&name).contains("ip saddr 172.30.5.7 masquerade"),
+                "{}",
+                nft_table(&name)
+            );
+            net.set_nat(guest, false).await.unwrap();
+            assert!(
+                !nft_table(&name).contains("masquerade"),
+                "{}",
+                nft_table(&name)
+            );
+
+            // DNS over real UDP, on the bridge address and on loopback.
+            net.dns().set("web", guest);
+            for server in ["172.30.5.1:53", "127.0.0.1:53"] {
+                let server: SocketAddr = server.parse().unwrap();
+                let answer = ask(server, "web.vm.", RecordType::A).await;
+                assert_eq!(answer.answers()[0].data(), Some(&RData::A(A(guest))));
+                let ptr = ask(server, "7.5.30.172.in-addr.arpa.", RecordType::PTR).await;
+                assert_eq!(ptr.answers().len(), 1);
+                let missing = ask(server, "nope.vm.", RecordType::A).await;
+                assert_eq!(missing.response_code(), ResponseCode::NXDomain);
+            }
+            net.dns().remove("web");
+
+            // 20 VMs' worth of take / nat / dns and back leave nothing.
+            for i in 0..20u8 {
+                let id = format!("{i:02x}{}", "c".repeat(14));
+                let ip: Ipv4Addr = Ipv4Addr::new(172, 30, 5, 10 + i);
+                net.take_tap(&id).await.unwrap();
+                net.dns().set(&format!("vm{i}"), ip);
+                net.set_nat(ip, true).await.unwrap();
+                net.dns().remove(&format!("vm{i}"));
+                net.set_nat(ip, false).await.unwrap();
+                net.return_tap(&id).await.unwrap();
+            }
+            wait_idle(&net, 2).await;
+            assert!(net.stray_vm_links(&[]).await.unwrap().is_empty());
+            assert!(net.dns().records().is_empty());
+            assert!(net.nat().is_empty());
+            assert!(!nft_table(&name).contains("masquerade"));
+            let taps = ip(&name, &["-o", "link", "show"])
+                .matches("tap-pool-")
+                .count();
+            assert_eq!(taps, 2, "the pool did not grow");
+        });
+    });
+}
