@@ -63,7 +63,10 @@ fn namespace() -> Option<Ns> {
     }
     let ns = Ns(name);
     ip(&ns.0, &["link", "set", "lo", "up"]);
-    ip(&ns.0, &["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
+    ip(
+        &ns.0,
+        &["link", "add", "up0", "type", "veth", "peer", "name", "up0p"],
+    );
     ip(&ns.0, &["addr", "add", "10.66.0.1/24", "dev", "up0"]);
     ip(&ns.0, &["link", "set", "up0", "up"]);
     ip(&ns.0, &["link", "set", "up0p", "up"]);

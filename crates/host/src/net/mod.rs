@@ -121,6 +121,7 @@ impl Network {
         });
         network.apply_nft().await?;
         network.refill().await?;
+        split_dns(&network.cfg).await;
         tracing::info!(bridge = %network.cfg.bridge, uplink = ?network.uplink, "network up");
         Ok(network)
     }
@@ -276,6 +277,38 @@ impl Network {
             .filter(|n| n.starts_with(&self.cfg.vm_prefix) && !owned.contains(n))
             .collect())
     }
+}
+
+/// With systemd-resolved on the host, sends `.vm` names to banger's DNS
+/// server on the bridge (split DNS), so `ssh NAME.vm` works from the host.
+/// Best effort: elsewhere the README says what to set up.
+async fn split_dns(cfg: &NetConfig) {
+    if !std::path::Path::new("/run/systemd/resolve").is_dir() {
+        return;
+    }
+    let Some(resolvectl) = crate::tools::find_tool("resolvectl") else {
+        return;
+    };
+    let gateway = cfg.gateway.to_string();
+    let domain = format!("~{}", dns::ZONE);
+    for args in [
+        ["dns", cfg.bridge.as_str(), gateway.as_str()],
+        ["domain", cfg.bridge.as_str(), domain.as_str()],
+    ] {
+        match tokio::process::Command::new(&resolvectl)
+            .args(args)
+            .output()
+            .await
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => tracing::warn!(
+                error = %String::from_utf8_lossy(&out.stderr).trim(),
+                "systemd-resolved refused split dns for .vm"
+            ),
+            Err(err) => tracing::warn!(error = %err, "cannot run resolvectl"),
+        }
+    }
+    tracing::info!(bridge = %cfg.bridge, "split dns: .vm goes to banger");
 }
 
 /// A locally administered MAC derived from the guest address.
