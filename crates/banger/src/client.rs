@@ -102,7 +102,7 @@ impl Client {
                     ProgressEvent::Error { error, .. } => {
                         return Err(ClientError::Api(error).into())
                     }
-                    ProgressEvent::Image { .. } => return Ok(event),
+                    ProgressEvent::Image { .. } | ProgressEvent::Vm { .. } => return Ok(event),
                     other => on_event(&other),
                 }
             }

@@ -9,6 +9,7 @@ mod exec;
 mod image;
 mod output;
 mod progress;
+mod ssh;
 mod verify;
 mod vm;
 
@@ -48,6 +49,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print an ssh_config stanza so plain `ssh NAME.vm` works.
+    SshConfig,
     /// List host objects banger made that no live VM owns; exit 1 on any.
     Verify {
         #[arg(long)]
@@ -86,6 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(command) => image::run(&client, command).await,
         Command::Doctor { json } => doctor::run(&client, json).await,
         Command::Verify { json } => verify::run(&client, json).await,
+        Command::SshConfig => ssh::config(&client).await,
         Command::Daemon(command) => daemon::run(&client, command, cli.root.as_deref()).await,
     }
 }

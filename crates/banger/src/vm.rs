@@ -42,6 +42,24 @@ pub enum VmCommand {
         #[arg(required = true)]
         vms: Vec<String>,
     },
+    /// Create a VM, wait until SSH answers, and open a shell in it (or run
+    /// CMD and exit with its status).
+    Run {
+        #[command(flatten)]
+        create: RunArgs,
+        /// Remove the VM when the shell or command ends.
+        #[arg(long)]
+        rm: bool,
+        /// A command to run instead of a shell, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Open a shell in a running VM over SSH (or run CMD).
+    Ssh {
+        vm: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Change a VM's settings (live when it runs).
     Set {
         vm: String,
@@ -73,6 +91,27 @@ pub enum VmCommand {
         #[arg(short, long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Name; two random words when left out.
+    #[arg(long)]
+    name: Option<String>,
+    /// Image name or id [default: the daemon's default image].
+    #[arg(long)]
+    image: Option<String>,
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Memory in MiB.
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Size of the /root work disk, like 8G.
+    #[arg(long)]
+    disk: Option<String>,
+    /// Give the VM outbound NAT.
+    #[arg(long)]
+    nat: bool,
 }
 
 #[derive(Debug, Args)]
@@ -118,7 +157,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 nat: args.nat,
                 no_start: args.no_start,
             };
-            let vm: Vm = client.post("/v1/vms", &request).await?;
+            let vm = create_watched(client, &request, args.json).await?;
             if args.json {
                 return output::json(&vm);
             }
@@ -192,6 +231,39 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 println!("restarted {} ({})", vm.name, vm.guest_ip);
             }
         }
+        VmCommand::Run {
+            create,
+            rm,
+            command,
+        } => {
+            let request = VmCreateRequest {
+                name: create.name,
+                image: create.image,
+                vcpus: create.vcpus,
+                memory_mib: create.memory,
+                work_disk_size: create.disk,
+                system_disk_size: None,
+                nat: create.nat,
+                no_start: false,
+            };
+            let vm = create_watched(client, &request, false).await?;
+            eprintln!("{} is up at {} ({})", vm.name, vm.guest_ip, vm.dns_name);
+            let code = crate::ssh::run(client, &vm, &command).await;
+            if rm {
+                let _: Vm = client
+                    .delete(&format!("/v1/vms/{}?force=true", path_segment(&vm.name)))
+                    .await?;
+                eprintln!("removed {}", vm.name);
+            }
+            std::process::exit(code?);
+        }
+        VmCommand::Ssh { vm, command } => {
+            let vm: Vm = client
+                .get(&format!("/v1/vms/{}", path_segment(&vm)))
+                .await?;
+            let code = crate::ssh::run(client, &vm, &command).await?;
+            std::process::exit(code);
+        }
         VmCommand::Set { vm, nat } => {
             let request = VmUpdateRequest {
                 nat: nat.map(|v| v == "on"),
@@ -230,6 +302,25 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Creates a VM showing each stage as it happens (nothing with `quiet`).
+async fn create_watched(client: &Client, request: &VmCreateRequest, quiet: bool) -> Result<Vm> {
+    let mut progress = crate::progress::Progress::new(quiet);
+    match client
+        .post_stream("/v1/vms", request, |event| progress.event(event))
+        .await
+    {
+        Ok(banger_proto::progress::ProgressEvent::Vm { vm, elapsed_ms }) => {
+            progress.finish(elapsed_ms);
+            Ok(*vm)
+        }
+        Ok(_) => anyhow::bail!("bangerd answered the create with something else than a vm"),
+        Err(err) => {
+            progress.abandon();
+            Err(err)
+        }
+    }
 }
 
 fn show(vm: &Vm) {

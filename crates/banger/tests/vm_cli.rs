@@ -160,6 +160,39 @@ fn create_exec_logs_stop_start_rm() {
         "the console shows the kernel command line"
     );
 
+    // SSH, from inside the namespace where the guest's address is.
+    let in_ns = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &netns])
+            .arg(env!("CARGO_BIN_EXE_banger"))
+            .arg("--root")
+            .arg(root.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = in_ns(&[
+        "vm",
+        "ssh",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo $(hostname) 'has it''s quotes'",
+    ]);
+    assert_eq!(text(&out).0, "web has its quotes\n", "{:?}", text(&out));
+    let out = in_ns(&[
+        "vm", "run", "--rm", "--name", "once", "--", "sh", "-c", "exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{:?}", text(&out));
+    let (_, err) = text(&out);
+    assert!(
+        err.contains("ssh_ready") && err.contains("removed once"),
+        "{err}"
+    );
+    let out = banger(root.path(), &["vm", "show", "once"]);
+    assert_eq!(out.status.code(), Some(1), "--rm removed it");
+
     let out = banger(root.path(), &["vm", "stop", "web"]);
     assert_eq!(text(&out).0, "stopped web\n");
     let out = banger(root.path(), &["vm", "exec", "web", "--", "true"]);

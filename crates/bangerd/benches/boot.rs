@@ -241,7 +241,8 @@ async fn main() {
     println!("| --- | ---: |");
     for name in [
         "reserve_vm",
-        "disks",
+        "system_disk",
+        "work_disk",
         "vmm_start",
         "agent_ready",
         "guest_kernel_to_init",

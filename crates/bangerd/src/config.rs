@@ -53,6 +53,8 @@ struct ConfigFile {
     catalog: Option<PathBuf>,
     /// Debian mirror for image builds.
     debian_mirror: Option<String>,
+    /// Public keys every guest accepts for root, besides the daemon's own.
+    ssh_authorized_keys: Option<Vec<String>>,
     #[serde(default)]
     vm_defaults: VmDefaultsFile,
     #[serde(default)]
@@ -89,6 +91,23 @@ pub struct NetworkSettings {
 }
 
 pub const DEFAULT_HOST_DNS: &str = "127.29.0.1:53";
+
+fn ssh_keys(keys: Option<&[String]>, shown: &str) -> Result<Vec<String>, ConfigError> {
+    let keys = keys.unwrap_or_default();
+    for key in keys {
+        let kind = key.split_whitespace().next().unwrap_or("");
+        if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+            || key.split_whitespace().count() < 2
+            || key.contains('\n')
+        {
+            return Err(ConfigError::Parse {
+                path: shown.to_string(),
+                message: format!("ssh_authorized_keys: {key:?} is not a public key line"),
+            });
+        }
+    }
+    Ok(keys.to_vec())
+}
 
 fn network_settings(file: &NetworkFile, shown: &str) -> Result<NetworkSettings, ConfigError> {
     let bad = |message: String| ConfigError::Network {
@@ -182,6 +201,7 @@ pub struct Config {
     pub catalog: Catalog,
     pub debian_mirror: Option<String>,
     pub network: NetworkSettings,
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 pub const DEFAULT_BRIDGE: &str = "172.29.0.1/24";
@@ -227,6 +247,7 @@ impl Config {
             catalog,
             debian_mirror: file.debian_mirror.clone(),
             network: network_settings(&file.network, &shown)?,
+            ssh_authorized_keys: ssh_keys(file.ssh_authorized_keys.as_deref(), &shown)?,
             state_dir: file.state_dir.clone().unwrap_or(defaults.state_dir),
             run_dir,
             socket,
@@ -383,6 +404,7 @@ mod tests {
             "[vm_defaults]\nwork_disk_size = \"10Q\"",
             "catalog = \"/nonexistent/catalog.toml\"",
             "[network]\nbridge = \"a/b\"",
+            "ssh_authorized_keys = [\"not a key\"]",
             "[network]\nhost_dns = \"nope\"",
             "[network]\nnft_table = \"x y\"",
         ] {

@@ -22,6 +22,7 @@ use banger_host::net::dns::upstream_from_resolv_conf;
 use banger_host::net::{NetConfig, Network};
 use banger_host::qemu::driver::QemuDriver;
 use banger_host::qemu::plan::{AgentTransport, QemuConfig};
+use banger_host::ssh::{SshCapability, SshKeys};
 use banger_host::tools::find_tool;
 
 use crate::config::Config;
@@ -67,7 +68,11 @@ pub async fn network(config: &Config) -> anyhow::Result<Option<Arc<Network>>> {
 }
 
 /// The runtime for VMM `kind`, or `None` with the reason logged.
-pub fn build(kind: &str, network: Option<Arc<Network>>) -> Option<Runtime> {
+pub fn build(
+    kind: &str,
+    network: Option<Arc<Network>>,
+    ssh: Option<Arc<SshKeys>>,
+) -> Option<Runtime> {
     let accel = KvmFacts::probe(&KvmPaths::default()).accel();
     let vmm: Arc<dyn Vmm> = match kind {
         "firecracker" => {
@@ -97,6 +102,10 @@ pub fn build(kind: &str, network: Option<Arc<Network>>) -> Option<Runtime> {
     let mut capabilities: Vec<Arc<dyn Capability>> = Vec::new();
     if let Some(net) = network {
         capabilities.push(Arc::new(NetworkCapability::new(net)));
+        // SSH needs the guest on the network.
+        if let Some(keys) = ssh {
+            capabilities.push(Arc::new(SshCapability::new(keys)));
+        }
     }
     // The disks, in device order after the rootfs: vdb, vdc.
     capabilities.push(Arc::new(SystemDisk));

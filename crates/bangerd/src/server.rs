@@ -63,7 +63,15 @@ pub async fn start(config: Config) -> Result<Running> {
         ),
     );
     let network = crate::runtime::network(&config).await?;
-    if let Some(runtime) = crate::runtime::build(&vmm, network.clone()) {
+    let ssh = Arc::new(
+        banger_host::ssh::SshKeys::ensure(
+            &config.state_dir.join("ssh"),
+            config.ssh_authorized_keys.clone(),
+        )
+        .await
+        .context("cannot prepare the daemon's ssh key")?,
+    );
+    if let Some(runtime) = crate::runtime::build(&vmm, network.clone(), Some(ssh.clone())) {
         banger = banger.with_runtime(runtime);
     }
     let banger = Arc::new(banger);
@@ -74,6 +82,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let listener = bind(&config.socket, &config.socket_group).await?;
     let (shutdown, mut stopped) = watch::channel(false);
     let state = AppState {
+        ssh,
         network,
         banger,
         images,

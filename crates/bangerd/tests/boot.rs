@@ -148,7 +148,9 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
         [
             "resolve_image",
             "reserve_vm",
-            "disks",
+            "tap",
+            "system_disk",
+            "work_disk",
             "vmm_start",
             "agent_ready",
             "guest_kernel_to_init",

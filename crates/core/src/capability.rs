@@ -104,6 +104,9 @@ impl GuestConfig {
 pub trait Capability: Send + Sync {
     fn name(&self) -> &'static str;
 
+    /// The stage name of its `prepare_host` (`work_disk`, `tap`).
+    fn prepare_stage(&self) -> &'static str;
+
     async fn preflight(&self, _ctx: &VmContext) -> Result<(), CapabilityError> {
         Ok(())
     }
@@ -122,6 +125,12 @@ pub trait Capability: Send + Sync {
 
     async fn post_start(&self, _ctx: &VmContext) -> Result<(), CapabilityError> {
         Ok(())
+    }
+
+    /// When its `post_start` waits for something the user cares about
+    /// (`ssh_ready`), the name of that stage.
+    fn ready_stage(&self) -> Option<&'static str> {
+        None
     }
 
     async fn cleanup(&self, _ctx: &VmContext) {}

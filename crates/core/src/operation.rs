@@ -1,8 +1,10 @@
 //! Named stages of an operation, timed and logged: the `stages` a VM
 //! reports and the `stage` events in the daemon log.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::progress::Progress;
 use crate::vm::Stage;
 
 /// Times the stages of one operation (`vm.create`, `vm.start`, ...).
@@ -12,6 +14,13 @@ pub struct Operation {
     started: Instant,
     last: Instant,
     stages: Vec<Stage>,
+    progress: Option<Arc<dyn Progress>>,
+}
+
+impl std::fmt::Debug for dyn Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 impl Operation {
@@ -23,6 +32,20 @@ impl Operation {
             started: now,
             last: now,
             stages: Vec::new(),
+            progress: None,
+        }
+    }
+
+    /// Also tells `progress` when each stage begins.
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Announces the stage about to run (to a watching client).
+    pub fn next(&self, name: &str) {
+        if let Some(progress) = &self.progress {
+            progress.stage(name);
         }
     }
 

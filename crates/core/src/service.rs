@@ -240,7 +240,19 @@ impl Banger {
 
     /// Creates a VM (see the module header for the phases).
     pub async fn create_vm(&self, params: CreateParams) -> Result<Vm, ServiceError> {
+        self.create_vm_watched(params, None).await
+    }
+
+    /// Creates a VM, telling `progress` as each stage begins.
+    pub async fn create_vm_watched(
+        &self,
+        params: CreateParams,
+        progress: Option<Arc<dyn crate::progress::Progress>>,
+    ) -> Result<Vm, ServiceError> {
         let mut op = Operation::begin("vm.create");
+        if let Some(progress) = progress {
+            op = op.with_progress(progress);
+        }
         let result = self.create_phases(&mut op, params).await;
         op.finish(result.as_ref().map(|_| ()).map_err(|e| e as &dyn Display));
         result
@@ -257,9 +269,11 @@ impl Banger {
                 "this daemon has no vmm to boot vms with".to_string(),
             ));
         }
+        op.next("resolve_image");
         let image = self.resolver.resolve(&request.image).await?;
         op.stage("resolve_image");
 
+        op.next("reserve_vm");
         let mut vm = self.reserve(&request, &image).await?;
         op.stage("reserve_vm");
 

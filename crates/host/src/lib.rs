@@ -11,5 +11,6 @@ pub mod image;
 pub mod net;
 pub mod process;
 pub mod qemu;
+pub mod ssh;
 pub mod tools;
 pub mod vmm_select;

@@ -1,13 +1,14 @@
 //! Live progress of long operations. A client that sends
 //! `Accept: application/x-ndjson` to a long operation (image build, pull,
-//! register, export) gets one `ProgressEvent` per line as the work goes,
-//! ending with exactly one `image` or `error` event.
+//! register, export, vm create) gets one `ProgressEvent` per line as the
+//! work goes, ending with exactly one `image`, `vm` or `error` event.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::image::Image;
+use crate::vm::Vm;
 
 /// The media type of progress streams.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -27,6 +28,8 @@ pub enum ProgressEvent {
     Note { line: String },
     /// The operation ended with this image.
     Image { image: Box<Image>, elapsed_ms: u64 },
+    /// The operation ended with this VM.
+    Vm { vm: Box<Vm>, elapsed_ms: u64 },
     /// The operation failed.
     Error { error: ApiError, elapsed_ms: u64 },
 }

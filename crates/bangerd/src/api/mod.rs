@@ -28,6 +28,7 @@ use utoipa_axum::routes;
 pub struct AppState {
     pub banger: Arc<Banger>,
     pub network: Option<Arc<banger_host::net::Network>>,
+    pub ssh: Arc<banger_host::ssh::SshKeys>,
     pub images: Arc<banger_core::images::Images>,
     pub state_dir: std::path::PathBuf,
     pub vmm: banger_host::vmm_select::VmmPreference,
@@ -73,6 +74,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::doctor))
         .routes(routes!(system::shutdown))
         .routes(routes!(verify::verify))
+        .routes(routes!(system::ssh))
         .split_for_parts();
     let router = router
         .fallback(error::not_found_route)

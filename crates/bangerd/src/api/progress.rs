@@ -120,15 +120,60 @@ pub async fn run_image_op(
             }
         }
     });
+    Ok(stream_response(rx))
+}
+
+fn stream_response(rx: mpsc::UnboundedReceiver<ProgressEvent>) -> Response {
     let lines = UnboundedReceiverStream::new(rx).map(|event| {
         let mut line = serde_json::to_vec(&event).unwrap_or_default();
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(line)
     });
-    Ok((
+    (
         StatusCode::OK,
         [(header::CONTENT_TYPE, NDJSON)],
         Body::from_stream(lines),
     )
-        .into_response())
+        .into_response()
+}
+
+/// `vm create` with a progress stream. The create runs to its end even if
+/// the client goes away (Ctrl-C); then the half-wanted VM is removed, so
+/// nothing is left half-made.
+pub fn stream_create(
+    banger: Arc<banger_core::Banger>,
+    params: banger_core::spec::CreateParams,
+) -> Response {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let progress = Arc::new(ChannelProgress {
+        tx: tx.clone(),
+        started: Instant::now(),
+        last_bytes: Mutex::new(None),
+    });
+    tokio::spawn(async move {
+        let started = progress.started;
+        let result = banger.create_vm_watched(params, Some(progress)).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if tx.is_closed() {
+            if let Ok(vm) = &result {
+                tracing::warn!(vm = %vm.name, "client went away during create: removing the vm");
+                if let Err(err) = banger.delete_vm(&vm.id, true).await {
+                    tracing::warn!(vm = %vm.name, error = %err, "cannot remove the abandoned vm");
+                }
+            }
+            return;
+        }
+        let event = match result {
+            Ok(vm) => ProgressEvent::Vm {
+                vm: Box::new(convert::vm(&vm)),
+                elapsed_ms,
+            },
+            Err(err) => ProgressEvent::Error {
+                error: HttpError::from(err).0,
+                elapsed_ms,
+            },
+        };
+        let _ = tx.send(event);
+    });
+    stream_response(rx)
 }

@@ -108,3 +108,13 @@ async fn network_checks(state: &AppState) -> Vec<banger_core::doctor::Check> {
     });
     checks
 }
+
+#[utoipa::path(get, path = "/v1/ssh", tag = "system",
+    responses((status = 200, description = "How to ssh into vms", body = banger_proto::ssh::SshSettings)))]
+pub async fn ssh(State(state): State<AppState>) -> Json<banger_proto::ssh::SshSettings> {
+    Json(banger_proto::ssh::SshSettings {
+        user: "root".into(),
+        identity_file: state.ssh.identity().display().to_string(),
+        known_hosts_file: state.ssh.known_hosts().display().to_string(),
+    })
+}

@@ -25,19 +25,28 @@ pub async fn list_vms(State(state): State<AppState>) -> Result<Json<VmList>, Htt
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = VmCreateRequest,
     responses(
         (status = 201, description = "The VM was created", body = Vm),
+        (status = 200, description = "Progress stream (`Accept: application/x-ndjson`), ending with the VM",
+            body = banger_proto::progress::ProgressEvent, content_type = "application/x-ndjson"),
         (status = 400, description = "Bad input", body = ApiError),
         (status = 409, description = "The name is taken or no address is free", body = ApiError),
         (status = 501, description = "Booting is not available", body = ApiError),
         (status = 500, description = "Host or store failure", body = ApiError)))]
 pub async fn create_vm(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     ApiJson(request): ApiJson<VmCreateRequest>,
-) -> Result<(StatusCode, Json<Vm>), HttpError> {
-    let vm = state
-        .banger
-        .create_vm(convert::create_params(request))
-        .await?;
-    Ok((StatusCode::CREATED, Json(convert::vm(&vm))))
+) -> Result<axum::response::Response, HttpError> {
+    use axum::response::IntoResponse;
+    let params = convert::create_params(request);
+    if super::progress::wants_stream(&headers) {
+        // Refuse bad input with its own status before the stream starts.
+        params
+            .validate(&state.banger.settings().defaults)
+            .map_err(banger_core::ServiceError::from)?;
+        return Ok(super::progress::stream_create(state.banger.clone(), params));
+    }
+    let vm = state.banger.create_vm(params).await?;
+    Ok((StatusCode::CREATED, Json(convert::vm(&vm))).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/vms/{vm}", tag = "vms",

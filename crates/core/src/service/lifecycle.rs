@@ -133,9 +133,10 @@ impl Banger {
         }
         for cap in &runtime.capabilities {
             prepared.push(cap.clone());
+            op.next(cap.prepare_stage());
             cap.prepare_host(ctx, &guest).await.map_err(|e| text(&e))?;
+            op.stage(cap.prepare_stage());
         }
-        op.stage("disks");
         let image = &ctx.image;
         let mut spec = MachineSpec {
             vm_id: vm.id.clone(),
@@ -164,10 +165,12 @@ impl Banger {
         for cap in &runtime.capabilities {
             cap.machine_config(ctx, &mut spec);
         }
+        op.next("vmm_start");
         let handle = runtime.vmm.start(&spec).await.map_err(|e| text(&e))?;
         vm.handle = Some(handle.clone());
         self.store.update_vm(vm).map_err(|e| text(&e))?;
         op.stage("vmm_start");
+        op.next("agent_ready");
         let ready = runtime
             .agents
             .wait_ready(&handle, &self.serial_log(vm), self.settings.boot_timeout)
@@ -185,7 +188,13 @@ impl Banger {
             );
         }
         for cap in &runtime.capabilities {
+            if let Some(stage) = cap.ready_stage() {
+                op.next(stage);
+            }
             cap.post_start(ctx).await.map_err(|e| text(&e))?;
+            if let Some(stage) = cap.ready_stage() {
+                op.stage(stage);
+            }
         }
         Ok(())
     }

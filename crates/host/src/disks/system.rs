@@ -52,6 +52,10 @@ impl Capability for SystemDisk {
         "system disk"
     }
 
+    fn prepare_stage(&self) -> &'static str {
+        "system_disk"
+    }
+
     fn guest_config(&self, _ctx: &VmContext, config: &mut GuestConfig) {
         config.cmdline.push("banger.system=/dev/vdb".into());
     }

@@ -28,6 +28,10 @@ impl Capability for WorkDisk {
         "work disk"
     }
 
+    fn prepare_stage(&self) -> &'static str {
+        "work_disk"
+    }
+
     fn guest_config(&self, _ctx: &VmContext, config: &mut GuestConfig) {
         config.cmdline.push("banger.work=/dev/vdc".into());
     }

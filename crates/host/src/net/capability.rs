@@ -34,6 +34,10 @@ impl Capability for NetworkCapability {
         "network"
     }
 
+    fn prepare_stage(&self) -> &'static str {
+        "tap"
+    }
+
     fn guest_config(&self, ctx: &VmContext, config: &mut GuestConfig) {
         let cfg = self.net.config();
         config
