@@ -356,7 +356,15 @@ impl Images {
 #[async_trait]
 impl ImageResolver for Images {
     async fn resolve(&self, id_or_name: &str) -> Result<Image, ResolveError> {
-        match self.resolve_or_fetch(id_or_name, &LogProgress).await {
+        self.resolve_watched(id_or_name, &LogProgress).await
+    }
+
+    async fn resolve_watched(
+        &self,
+        id_or_name: &str,
+        progress: &dyn Progress,
+    ) -> Result<Image, ResolveError> {
+        match self.resolve_or_fetch(id_or_name, progress).await {
             Ok(image) => Ok(image),
             Err(ImageError::NotInCatalog(name)) | Err(ImageError::NotFound(name)) => {
                 Err(ResolveError::Unknown(name))

@@ -42,6 +42,14 @@ impl Operation {
         self
     }
 
+    /// Where this operation's progress goes (nowhere when unwatched).
+    pub fn progress(&self) -> &dyn Progress {
+        match &self.progress {
+            Some(progress) => progress.as_ref(),
+            None => &crate::progress::NoProgress,
+        }
+    }
+
     /// Announces the stage about to run (to a watching client).
     pub fn next(&self, name: &str) {
         if let Some(progress) = &self.progress {

@@ -22,6 +22,15 @@ pub enum ResolveError {
 #[async_trait]
 pub trait ImageResolver: Send + Sync {
     async fn resolve(&self, id_or_name: &str) -> Result<Image, ResolveError>;
+
+    /// Like `resolve`, telling `progress` about slow work (an auto-pull).
+    async fn resolve_watched(
+        &self,
+        id_or_name: &str,
+        _progress: &dyn crate::progress::Progress,
+    ) -> Result<Image, ResolveError> {
+        self.resolve(id_or_name).await
+    }
 }
 
 /// Resolves only images already in the store.

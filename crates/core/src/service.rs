@@ -270,7 +270,10 @@ impl Banger {
             ));
         }
         op.next("resolve_image");
-        let image = self.resolver.resolve(&request.image).await?;
+        let image = self
+            .resolver
+            .resolve_watched(&request.image, op.progress())
+            .await?;
         op.stage("resolve_image");
 
         op.next("reserve_vm");
