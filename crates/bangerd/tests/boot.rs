@@ -149,13 +149,15 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
             "resolve_image",
             "reserve_vm",
             "tap",
+            "ssh_keys",
             "system_disk",
             "work_disk",
             "vmm_start",
             "agent_ready",
             "guest_kernel_to_init",
             "guest_init_to_switch_root",
-            "guest_switch_root_to_agent"
+            "guest_switch_root_to_agent",
+            "ssh_ready"
         ]
     );
     let a_id = a["id"].as_str().unwrap().to_string();

@@ -1,0 +1,420 @@
+//! Benchmark: `vm create` to SSH ready, as a user meets it, with its
+//! variants: the warm TAP pool against none, N creates at once against one
+//! after another, and the floor: the same kernel, initramfs and rootfs
+//! booted by a bare QEMU command line until its sshd answers. Runs inside
+//! a network namespace it makes and removes; prints tables with the host
+//! details and writes JSON.
+//!
+//! cargo bench-create -- [--runs N] [--parallel P] [--json FILE]
+//! (an alias of `cargo bench -p bangerd --bench create --`)
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use banger_core::vmm::{AgentChannel, DriveSpec, MachineSpec, NicSpec};
+use banger_host::accel::{tsc_khz, KvmFacts, KvmPaths};
+use banger_host::image::ext4;
+use banger_host::qemu::plan::{qemu_args, AgentTransport, QemuConfig};
+use banger_host::ssh::wait_banner;
+use banger_host::tools::find_tool;
+use bangerd::config::{Config, Overrides};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+async fn call(socket: &Path, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://bangerd{path}"))
+        .header("host", "bangerd")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Args {
+    runs: usize,
+    parallel: usize,
+    json: PathBuf,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        runs: 5,
+        parallel: 3,
+        json: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-create.json"),
+    };
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i].as_str() {
+            "--runs" => args.runs = raw[i + 1].parse().expect("--runs N"),
+            "--parallel" => args.parallel = raw[i + 1].parse().expect("--parallel N"),
+            "--json" => args.json = PathBuf::from(&raw[i + 1]),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    args
+}
+
+fn write_config(root: &Path, name: &str, guest: &Path, extra: &str) -> PathBuf {
+    let path = root.join("etc/banger").join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "guest_binary = \"{}\"\n[vm_defaults]\nmemory_mib = 512\nvcpus = 2\nwork_disk_size = \"2G\"\nsystem_disk_size = \"1G\"\n{extra}",
+            guest.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn daemon(root: &Path, config: PathBuf) -> (bangerd::server::Running, PathBuf) {
+    let config = Config::load(&Overrides {
+        root: Some(root.into()),
+        config: Some(config),
+        ..Default::default()
+    })
+    .unwrap();
+    let socket = config.socket.clone();
+    (bangerd::server::start(config).await.unwrap(), socket)
+}
+
+async fn stop(running: bangerd::server::Running) {
+    let _ = running.shutdown.send(true);
+    let _ = running.task.await;
+}
+
+/// One create to SSH ready: total ms and stages; the VM is removed.
+async fn create(socket: &Path, name: &str) -> (f64, BTreeMap<String, f64>) {
+    let t = Instant::now();
+    let (status, vm) = call(
+        socket,
+        "POST",
+        "/v1/vms",
+        &format!(r#"{{"name":"{name}"}}"#),
+    )
+    .await;
+    let total = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(status, 201, "{vm}");
+    let stages = vm["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["elapsed_ms"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    (total, stages)
+}
+
+async fn remove(socket: &Path, name: &str) {
+    let (status, _) = call(socket, "DELETE", &format!("/v1/vms/{name}?force=true"), "").await;
+    assert_eq!(status, 200);
+}
+
+/// Sequential creates under one config.
+async fn variant(
+    root: &Path,
+    config: PathBuf,
+    runs: usize,
+    tag: &str,
+) -> (Vec<f64>, BTreeMap<String, Vec<f64>>) {
+    let (running, socket) = daemon(root, config).await;
+    let mut totals = Vec::new();
+    let mut stages: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for run in 0..runs {
+        let name = format!("{tag}{run}");
+        let (total, s) = create(&socket, &name).await;
+        totals.push(total);
+        for (k, v) in s {
+            stages.entry(k).or_default().push(v);
+        }
+        remove(&socket, &name).await;
+    }
+    stop(running).await;
+    (totals, stages)
+}
+
+/// The floor: a bare QEMU command line with a NIC, until sshd answers.
+async fn floor(image: &Value, dir: &Path, run: usize) -> f64 {
+    let vm_dir = dir.join(format!("floor-{run}"));
+    std::fs::create_dir_all(vm_dir.join("tree/upper/etc")).unwrap();
+    std::fs::create_dir_all(vm_dir.join("tree/work")).unwrap();
+    std::fs::write(vm_dir.join("tree/upper/etc/hostname"), "floor\n").unwrap();
+    let system = vm_dir.join("system.cow");
+    ext4::make_from_dir(
+        &vm_dir.join("tree"),
+        &system,
+        Some(1 << 30),
+        "banger-system",
+    )
+    .await
+    .unwrap();
+    let work = vm_dir.join("root.ext4");
+    std::fs::copy(image["work_seed_path"].as_str().unwrap(), &work).unwrap();
+    let tap = format!("floor{run}");
+    let ip = |args: &[&str]| {
+        assert!(
+            Command::new("ip").args(args).status().unwrap().success(),
+            "{args:?}"
+        )
+    };
+    ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ip(&["link", "set", &tap, "master", "banger0", "up"]);
+    let path = |key: &str| PathBuf::from(image[key].as_str().unwrap());
+    let spec = MachineSpec {
+        vm_id: format!("floor{run}"),
+        vcpus: 2,
+        memory_mib: 512,
+        kernel: path("vmlinux_path"),
+        initrd: Some(path("initrd_path")),
+        cmdline: "banger.root=/dev/vda banger.system=/dev/vdb banger.work=/dev/vdc banger.hostname=floor banger.ip=172.29.0.250/24 banger.gw=172.29.0.1".into(),
+        drives: vec![
+            DriveSpec { id: "rootfs".into(), path: path("rootfs_path"), read_only: true },
+            DriveSpec { id: "system".into(), path: system, read_only: false },
+            DriveSpec { id: "work".into(), path: work, read_only: false },
+        ],
+        nic: Some(NicSpec { tap: tap.clone(), mac: "06:00:ac:1d:00:fa".into() }),
+        agent: AgentChannel { vsock_cid: 3, socket: vm_dir.join("agent.sock") },
+        vm_dir: vm_dir.clone(),
+        run_dir: vm_dir.clone(),
+    };
+    let qemu = QemuConfig {
+        binary: find_tool("qemu-system-x86_64").unwrap(),
+        accel: KvmFacts::probe(&KvmPaths::default()).accel(),
+        tsc_khz: tsc_khz(),
+        agent: AgentTransport::Serial,
+        tcg_tb_size_mib: 64,
+    };
+    let args = qemu_args(&spec, &qemu).unwrap();
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new(&qemu.binary)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_banner("172.29.0.250:22".parse().unwrap(), Duration::from_secs(180))
+        .await
+        .unwrap();
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let _ = child.kill().await;
+    ip(&["link", "del", &tap]);
+    let _ = std::fs::remove_dir_all(&vm_dir);
+    ms
+}
+
+async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
+    let with_pool = write_config(
+        root,
+        "pool.toml",
+        guest,
+        "[network]\ntap_pool_size = 4\nupstream_dns = []\n",
+    );
+    let no_pool = write_config(
+        root,
+        "nopool.toml",
+        guest,
+        "[network]\ntap_pool_size = 0\nupstream_dns = []\n",
+    );
+    let (pool_totals, pool_stages) = variant(root, with_pool.clone(), a.runs, "pool").await;
+    let (nopool_totals, _) = variant(root, no_pool, a.runs, "nopool").await;
+
+    // N at once against N one after another.
+    let (running, socket) = daemon(root, with_pool).await;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..a.parallel {
+        let socket = socket.clone();
+        tasks.push(tokio::spawn(async move {
+            create(&socket, &format!("par{i}")).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let parallel_wall = t.elapsed().as_secs_f64() * 1000.0;
+    for i in 0..a.parallel {
+        remove(&socket, &format!("par{i}")).await;
+    }
+    let t = Instant::now();
+    for i in 0..a.parallel {
+        create(&socket, &format!("seq{i}")).await;
+    }
+    let sequential_wall = t.elapsed().as_secs_f64() * 1000.0;
+    for i in 0..a.parallel {
+        remove(&socket, &format!("seq{i}")).await;
+    }
+    stop(running).await;
+
+    let mut floors = Vec::new();
+    for run in 0..a.runs {
+        floors.push(floor(&image, root, run).await);
+    }
+    json!({
+        "runs": a.runs,
+        "parallel": a.parallel,
+        "banger": { "p50_ms": percentile(&pool_totals, 0.5), "p90_ms": percentile(&pool_totals, 0.9), "samples_ms": pool_totals,
+                    "stages_p50_ms": pool_stages.iter().map(|(k, v)| (k.clone(), percentile(v, 0.5))).collect::<BTreeMap<_, _>>() },
+        "no_tap_pool": { "p50_ms": percentile(&nopool_totals, 0.5), "p90_ms": percentile(&nopool_totals, 0.9), "samples_ms": nopool_totals },
+        "floor": { "p50_ms": percentile(&floors, 0.5), "p90_ms": percentile(&floors, 0.9), "samples_ms": floors },
+        "parallel_wall_ms": parallel_wall,
+        "sequential_wall_ms": sequential_wall,
+    })
+}
+
+fn main() {
+    let a = args();
+    let guest = std::env::var_os("BANGER_GUEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
+        });
+    assert!(
+        guest.is_file(),
+        "no guest binary at {}: run scripts/build-guest",
+        guest.display()
+    );
+    let root = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The image is built here, where the Debian mirror is reachable.
+    let image = runtime.block_on(async {
+        let config = write_config(
+            root.path(),
+            "build.toml",
+            &guest,
+            "[network]\nenabled = false\n",
+        );
+        let (running, socket) = daemon(root.path(), config).await;
+        eprintln!("building the default image ...");
+        let (status, image) = call(
+            &socket,
+            "POST",
+            "/v1/images/pull",
+            r#"{"source":"debian-bookworm"}"#,
+        )
+        .await;
+        assert_eq!(status, 201, "{image}");
+        stop(running).await;
+        image
+    });
+    drop(runtime);
+    let ns = format!("bgt-bench-{}", std::process::id());
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap()
+            .success(),
+        "needs root"
+    );
+    let _ = Command::new("ip")
+        .args(["-n", &ns, "link", "set", "lo", "up"])
+        .status();
+    let result = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(bench(root.path(), &guest, &a, image))
+            })
+            .join()
+    });
+    let _ = Command::new("pkill")
+        .arg("-9")
+        .arg("-f")
+        .arg(root.path().display().to_string())
+        .status();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    let mut report = result.unwrap();
+    let accel = format!("{:?}", KvmFacts::probe(&KvmPaths::default()).accel());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    report["host"] = json!({ "cpus": cpus, "accel": accel, "kernel": kernel });
+
+    let ms = |v: &Value| format!("{:.0}", v.as_f64().unwrap_or(0.0));
+    println!("## vm create to ssh ready");
+    println!();
+    println!("Host: {cpus} cpus, kernel {kernel}, accelerator {accel}.");
+    println!(
+        "Method: in-process daemon in a network namespace, default image already built, 2 vcpus, 512 MiB; {} sequential creates per variant (each removed after), p50/p90 of the wall time of `POST /v1/vms` (returns once sshd answered). Floor: the same kernel, initramfs, rootfs and a NIC on the bridge, booted by a bare QEMU command line, until sshd's banner. No-work-seed variant: not measured here (every image banger makes has a seed; `cargo bench -p banger-host --bench image_build` compares seed clone and scratch).",
+        a.runs
+    );
+    println!();
+    println!("| variant | p50 ms | p90 ms |");
+    println!("| --- | ---: | ---: |");
+    for (label, key) in [
+        ("banger (warm tap pool)", "banger"),
+        ("banger, no tap pool", "no_tap_pool"),
+        ("bare qemu floor", "floor"),
+    ] {
+        println!(
+            "| {label} | {} | {} |",
+            ms(&report[key]["p50_ms"]),
+            ms(&report[key]["p90_ms"])
+        );
+    }
+    println!();
+    println!("| stage (banger, p50) | ms |");
+    println!("| --- | ---: |");
+    if let Some(stages) = report["banger"]["stages_p50_ms"].as_object() {
+        for (k, v) in stages {
+            println!("| {k} | {} |", ms(v));
+        }
+    }
+    println!();
+    println!(
+        "{} creates at once: {} ms wall; one after another: {} ms (ratio {:.2}). banger / floor: {:.2}.",
+        a.parallel,
+        ms(&report["parallel_wall_ms"]),
+        ms(&report["sequential_wall_ms"]),
+        report["sequential_wall_ms"].as_f64().unwrap() / report["parallel_wall_ms"].as_f64().unwrap(),
+        report["banger"]["p50_ms"].as_f64().unwrap() / report["floor"]["p50_ms"].as_f64().unwrap()
+    );
+    std::fs::write(&a.json, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("json: {}", a.json.display());
+}
