@@ -173,6 +173,21 @@ async fn floor(image: &Value, dir: &Path, run: usize) -> f64 {
     std::fs::create_dir_all(vm_dir.join("tree/upper/etc")).unwrap();
     std::fs::create_dir_all(vm_dir.join("tree/work")).unwrap();
     std::fs::write(vm_dir.join("tree/upper/etc/hostname"), "floor\n").unwrap();
+    // A host key made here, as banger does, so sshd does not make its own.
+    let ssh = vm_dir.join("tree/upper/etc/ssh");
+    std::fs::create_dir_all(ssh.join("sshd_config.d")).unwrap();
+    let key = ssh.join("ssh_host_ed25519_key");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(
+        ssh.join("sshd_config.d/banger.conf"),
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n",
+    )
+    .unwrap();
     let system = vm_dir.join("system.cow");
     ext4::make_from_dir(
         &vm_dir.join("tree"),
@@ -381,7 +396,7 @@ fn main() {
     println!();
     println!("Host: {cpus} cpus, kernel {kernel}, accelerator {accel}.");
     println!(
-        "Method: in-process daemon in a network namespace, default image already built, 2 vcpus, 512 MiB; {} sequential creates per variant (each removed after), p50/p90 of the wall time of `POST /v1/vms` (returns once sshd answered). Floor: the same kernel, initramfs, rootfs and a NIC on the bridge, booted by a bare QEMU command line, until sshd's banner. No-work-seed variant: not measured here (every image banger makes has a seed; `cargo bench -p banger-host --bench image_build` compares seed clone and scratch).",
+        "Method: in-process daemon in a network namespace, default image already built, 2 vcpus, 512 MiB; {} sequential creates per variant (each removed after), p50/p90 of the wall time of `POST /v1/vms` (returns once sshd answered). Floor: the same kernel, initramfs, rootfs and a NIC on the bridge, booted by a bare QEMU command line (with an ed25519 host key put in its system disk, as banger does), until sshd's banner. No-work-seed variant: not measured here (every image banger makes has a seed; `cargo bench -p banger-host --bench image_build` compares seed clone and scratch).",
         a.runs
     );
     println!();
