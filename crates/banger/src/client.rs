@@ -80,34 +80,31 @@ impl Client {
         body: &B,
         mut on_event: impl FnMut(&ProgressEvent),
     ) -> Result<ProgressEvent> {
-        let response = self.send(Method::POST, path, Some(body), true).await?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.into_body().collect().await?.to_bytes();
-            return Err(error_answer(status, &bytes, path));
-        }
-        let mut body = response.into_body();
-        let mut buffer: Vec<u8> = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.context("bangerd dropped the progress stream")?;
-            let Some(data) = frame.data_ref() else {
-                continue;
-            };
-            buffer.extend_from_slice(data);
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                let event: ProgressEvent = serde_json::from_slice(&line)
-                    .with_context(|| format!("unexpected progress line from bangerd to {path}"))?;
-                match event {
-                    ProgressEvent::Error { error, .. } => {
-                        return Err(ClientError::Api(error).into())
-                    }
-                    ProgressEvent::Image { .. } | ProgressEvent::Vm { .. } => return Ok(event),
-                    other => on_event(&other),
+        let mut last: Option<Result<ProgressEvent>> = None;
+        self.post_lines(path, body, |line| {
+            let event: ProgressEvent = serde_json::from_slice(line)
+                .with_context(|| format!("unexpected progress line from bangerd to {path}"))?;
+            match event {
+                ProgressEvent::Error { error, .. } => {
+                    last = Some(Err(ClientError::Api(error).into()));
+                    Ok(false)
+                }
+                ProgressEvent::Image { .. } | ProgressEvent::Vm { .. } => {
+                    last = Some(Ok(event));
+                    Ok(false)
+                }
+                other => {
+                    on_event(&other);
+                    Ok(true)
                 }
             }
-        }
-        anyhow::bail!("bangerd ended the progress stream of {path} without a result")
+        })
+        .await?;
+        last.unwrap_or_else(|| {
+            Err(anyhow::anyhow!(
+                "bangerd ended the progress stream of {path} without a result"
+            ))
+        })
     }
 
     /// POSTs and hands each line of a streamed answer to `on_line`

@@ -8,6 +8,8 @@
 //! Needs QEMU, the Debian mirror (the image is built first) and the guest
 //! binary (BANGER_GUEST_BINARY or scripts/build-guest's output).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,32 +22,7 @@ use banger_host::image::ext4;
 use banger_host::qemu::plan::{qemu_args, AgentTransport, QemuConfig};
 use banger_host::tools::find_tool;
 use bangerd::config::{Config, Overrides};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-
-async fn call(socket: &Path, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(format!("http://bangerd{path}"))
-        .header("host", "bangerd")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -174,7 +151,7 @@ async fn main() {
     let running = bangerd::server::start(config).await.unwrap();
 
     eprintln!("building the default image ...");
-    let (status, image) = call(
+    let (status, image) = support::call(
         &socket,
         "POST",
         "/v1/images/pull",
@@ -200,7 +177,7 @@ async fn main() {
             if (run + step) % 2 == 0 {
                 let t = Instant::now();
                 let body = format!(r#"{{"name":"bench{run}"}}"#);
-                let (status, vm) = call(&socket, "POST", "/v1/vms", &body).await;
+                let (status, vm) = support::call(&socket, "POST", "/v1/vms", &body).await;
                 totals.push(t.elapsed().as_secs_f64() * 1000.0);
                 assert_eq!(status, 201, "{vm}");
                 for stage in vm["stages"].as_array().unwrap() {
@@ -209,7 +186,7 @@ async fn main() {
                         .or_default()
                         .push(stage["elapsed_ms"].as_f64().unwrap());
                 }
-                let (status, _) = call(
+                let (status, _) = support::call(
                     &socket,
                     "DELETE",
                     &format!("/v1/vms/bench{run}?force=true"),

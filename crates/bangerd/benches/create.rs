@@ -8,6 +8,8 @@
 //! cargo bench-create -- [--runs N] [--parallel P] [--json FILE]
 //! (an alias of `cargo bench -p bangerd --bench create --`)
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -21,32 +23,7 @@ use banger_host::qemu::plan::{qemu_args, AgentTransport, QemuConfig};
 use banger_host::ssh::wait_banner;
 use banger_host::tools::find_tool;
 use bangerd::config::{Config, Overrides};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-
-async fn call(socket: &Path, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(format!("http://bangerd{path}"))
-        .header("host", "bangerd")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 fn percentile(values: &[f64], p: f64) -> f64 {
     let mut v = values.to_vec();
@@ -116,7 +93,7 @@ async fn stop(running: bangerd::server::Running) {
 /// One create to SSH ready: total ms and stages; the VM is removed.
 async fn create(socket: &Path, name: &str) -> (f64, BTreeMap<String, f64>) {
     let t = Instant::now();
-    let (status, vm) = call(
+    let (status, vm) = support::call(
         socket,
         "POST",
         "/v1/vms",
@@ -140,7 +117,8 @@ async fn create(socket: &Path, name: &str) -> (f64, BTreeMap<String, f64>) {
 }
 
 async fn remove(socket: &Path, name: &str) {
-    let (status, _) = call(socket, "DELETE", &format!("/v1/vms/{name}?force=true"), "").await;
+    let (status, _) =
+        support::call(socket, "DELETE", &format!("/v1/vms/{name}?force=true"), "").await;
     assert_eq!(status, 200);
 }
 
@@ -339,7 +317,7 @@ fn main() {
         );
         let (running, socket) = daemon(root.path(), config).await;
         eprintln!("building the default image ...");
-        let (status, image) = call(
+        let (status, image) = support::call(
             &socket,
             "POST",
             "/v1/images/pull",

@@ -20,25 +20,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
-fn guest_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("BANGER_GUEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
-        });
-    if path.is_file() {
-        return Some(path);
-    }
-    let why = format!(
-        "cannot boot vms: no guest binary at {} (run scripts/build-guest)",
-        path.display()
-    );
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-    eprintln!("not run: {why}");
-    None
-}
-
 /// Kills whatever the test started under its root, even when it fails.
 struct Cleanup(PathBuf);
 
@@ -110,7 +91,7 @@ fn qemu_pid(id: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
-    let Some(guest) = guest_binary() else {
+    let Some(guest) = support::guest_binary() else {
         return;
     };
     let Some(ns) = support::NetNs::new("boot") else {

@@ -6,31 +6,9 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use support::TestDaemon;
-
-/// The static guest binary `scripts/build-guest` makes, or `None` with
-/// the reason printed (and a failure under CI=true).
-fn guest_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("BANGER_GUEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
-        });
-    if path.is_file() {
-        return Some(path);
-    }
-    let why = format!(
-        "cannot build an image: no guest binary at {} (run scripts/build-guest)",
-        path.display()
-    );
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-    eprintln!("not run: {why}");
-    None
-}
 
 fn debugfs(image: &str, command: &str) -> String {
     let out = Command::new("debugfs")
@@ -42,7 +20,7 @@ fn debugfs(image: &str, command: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn first_create_builds_the_default_image_from_the_catalog() {
-    let Some(guest) = guest_binary() else {
+    let Some(guest) = support::guest_binary() else {
         return;
     };
     let root = tempfile::tempdir().unwrap();

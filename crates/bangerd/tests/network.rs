@@ -18,22 +18,6 @@ use base64::Engine;
 use serde_json::json;
 use support::NetNs;
 
-fn guest_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("BANGER_GUEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
-        });
-    if path.is_file() {
-        return Some(path);
-    }
-    let why = format!("cannot boot vms: no guest binary at {}", path.display());
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-    eprintln!("not run: {why}");
-    None
-}
-
 /// Kills what runs under the root and in the namespaces, even on failure.
 struct Cleanup(Vec<Child>, PathBuf);
 
@@ -78,7 +62,7 @@ fn http_get(host: &str, port: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn guests_resolve_each_other_and_nat_decides_who_gets_out() {
-    let Some(guest) = guest_binary() else {
+    let Some(guest) = support::guest_binary() else {
         return;
     };
     let Some(host) = NetNs::new("nethost") else {

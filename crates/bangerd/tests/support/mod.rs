@@ -247,3 +247,24 @@ pub async fn build_default_image(root: &Path, guest: &Path) {
     let _ = running.shutdown.send(true);
     running.task.await.unwrap().unwrap();
 }
+
+/// The static guest binary (BANGER_GUEST_BINARY, or scripts/build-guest's
+/// output), or `None` with the reason printed (a failure under CI=true).
+pub fn guest_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("BANGER_GUEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
+        });
+    if path.is_file() {
+        return Some(path);
+    }
+    let why = format!(
+        "no guest binary at {} (run scripts/build-guest)",
+        path.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+    eprintln!("not run: {why}");
+    None
+}
