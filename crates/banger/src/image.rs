@@ -77,6 +77,9 @@ pub enum ImageCommand {
         /// rootfs's /root].
         #[arg(long)]
         work_seed: Option<PathBuf>,
+        /// Make no work seed: new VMs' /root starts empty.
+        #[arg(long, conflicts_with = "work_seed")]
+        no_work_seed: bool,
         #[arg(long)]
         json: bool,
     },
@@ -202,6 +205,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             initrd,
             rootfs,
             work_seed,
+            no_work_seed,
             json,
         } => {
             let text = |p: &Path| absolute(p).map(|p| p.display().to_string());
@@ -211,6 +215,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                 initrd: initrd.as_deref().map(text).transpose()?,
                 rootfs: text(&rootfs)?,
                 work_seed: work_seed.as_deref().map(text).transpose()?,
+                no_work_seed,
             };
             long_op(client, "/v1/images/register", &request, json, "registered").await?;
         }

@@ -246,6 +246,30 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
     let (pool_totals, pool_stages) = variant(root, with_pool.clone(), a.runs, "pool").await;
     let (nopool_totals, _) = variant(root, no_pool, a.runs, "nopool").await;
 
+    // An image of the same files without a work seed: /root made from scratch.
+    let (running, socket) = daemon(root, with_pool.clone()).await;
+    let body = json!({
+        "name": "noseed",
+        "kernel": image["vmlinux_path"],
+        "initrd": image["initrd_path"],
+        "rootfs": image["rootfs_path"],
+        "no_work_seed": true,
+    })
+    .to_string();
+    let (status, registered) = support::call(&socket, "POST", "/v1/images/register", &body).await;
+    assert_eq!(status, 201, "{registered}");
+    let mut noseed_totals = Vec::new();
+    for run in 0..a.runs {
+        let name = format!("noseed{run}");
+        let body = format!(r#"{{"name":"{name}","image":"noseed"}}"#);
+        let t = Instant::now();
+        let (status, vm) = support::call(&socket, "POST", "/v1/vms", &body).await;
+        noseed_totals.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(status, 201, "{vm}");
+        remove(&socket, &name).await;
+    }
+    stop(running).await;
+
     // N at once against N one after another.
     let (running, socket) = daemon(root, with_pool).await;
     let t = Instant::now();
@@ -283,6 +307,7 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
         "banger": { "p50_ms": percentile(&pool_totals, 0.5), "p90_ms": percentile(&pool_totals, 0.9), "samples_ms": pool_totals,
                     "stages_p50_ms": pool_stages.iter().map(|(k, v)| (k.clone(), percentile(v, 0.5))).collect::<BTreeMap<_, _>>() },
         "no_tap_pool": { "p50_ms": percentile(&nopool_totals, 0.5), "p90_ms": percentile(&nopool_totals, 0.9), "samples_ms": nopool_totals },
+        "no_work_seed": { "p50_ms": percentile(&noseed_totals, 0.5), "p90_ms": percentile(&noseed_totals, 0.9), "samples_ms": noseed_totals },
         "floor": { "p50_ms": percentile(&floors, 0.5), "p90_ms": percentile(&floors, 0.9), "samples_ms": floors },
         "parallel_wall_ms": parallel_wall,
         "sequential_wall_ms": sequential_wall,
@@ -374,7 +399,7 @@ fn main() {
     println!();
     println!("Host: {cpus} cpus, kernel {kernel}, accelerator {accel}.");
     println!(
-        "Method: in-process daemon in a network namespace, default image already built, 2 vcpus, 512 MiB; {} sequential creates per variant (each removed after), p50/p90 of the wall time of `POST /v1/vms` (returns once sshd answered). Floor: the same kernel, initramfs, rootfs and a NIC on the bridge, booted by a bare QEMU command line (with an ed25519 host key put in its system disk, as banger does), until sshd's banner. No-work-seed variant: not measured here (every image banger makes has a seed; `cargo bench -p banger-host --bench image_build` compares seed clone and scratch).",
+        "Method: in-process daemon in a network namespace, default image already built, 2 vcpus, 512 MiB; {} sequential creates per variant (each removed after), p50/p90 of the wall time of `POST /v1/vms` (returns once sshd answered). Floor: the same kernel, initramfs, rootfs and a NIC on the bridge, booted by a bare QEMU command line (with an ed25519 host key put in its system disk, as banger does), until sshd's banner. No work seed: the same files registered with `no_work_seed`, so /root is made from scratch.",
         a.runs
     );
     println!();

@@ -392,3 +392,28 @@ where
     }
     out
 }
+
+#[tokio::test]
+async fn register_can_leave_out_the_work_seed() {
+    let daemon = TestDaemon::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = ext4_with(tmp.path(), "rootfs", &[("root/.profile", "x")]);
+    let kernel = fake_vmlinux(tmp.path());
+    let body = json!({ "name": "bare", "kernel": kernel, "rootfs": rootfs, "no_work_seed": true })
+        .to_string();
+    let (status, image) = daemon
+        .call("POST", "/v1/images/register", Some(&body))
+        .await;
+    assert_eq!(status, 201, "{image}");
+    assert!(image.get("work_seed_path").is_none(), "{image}");
+    let both = json!({
+        "name": "both", "kernel": kernel, "rootfs": rootfs,
+        "work_seed": rootfs, "no_work_seed": true
+    })
+    .to_string();
+    let (status, _) = daemon
+        .call("POST", "/v1/images/register", Some(&both))
+        .await;
+    assert_eq!(status, 400);
+    daemon.stop().await;
+}

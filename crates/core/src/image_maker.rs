@@ -18,6 +18,8 @@ pub struct RegisterFiles {
     pub initrd: Option<PathBuf>,
     pub rootfs: PathBuf,
     pub work_seed: Option<PathBuf>,
+    /// Make no work seed when none is given: VMs' `/root` starts empty.
+    pub no_work_seed: bool,
 }
 
 /// What an image is made from.

@@ -75,6 +75,9 @@ pub struct ImageRegisterRequest {
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work_seed: Option<String>,
+    /// Make no work seed: new VMs' `/root` starts empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_work_seed: bool,
 }
 
 /// Body of `POST /v1/images/{image}/export`.

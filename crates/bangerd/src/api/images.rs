@@ -172,7 +172,15 @@ pub async fn register_image(
             .as_deref()
             .map(|p| absolute(p, "work seed"))
             .transpose()?,
+        no_work_seed: request.no_work_seed,
     };
+    if files.no_work_seed && files.work_seed.is_some() {
+        return Err(HttpError::new(
+            ErrorCode::InvalidInput,
+            "give either a work seed or no_work_seed, not both",
+            None,
+        ));
+    }
     let name = request.name;
     state
         .images

@@ -176,6 +176,7 @@ async fn bad_input_changes_nothing() {
         initrd: None,
         rootfs: "bad-rootfs".into(),
         work_seed: None,
+        no_work_seed: false,
     };
     let err = f
         .images

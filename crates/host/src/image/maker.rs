@@ -314,7 +314,7 @@ impl HostImageMaker {
                 }
             }
         }
-        if files.work_seed.is_none() {
+        if files.work_seed.is_none() && !files.no_work_seed {
             progress.stage("work_seed");
             let tree = staging.join(".root-tree");
             let root = ext4::extract_dir(&target(ArtifactRole::Rootfs), "/root", &tree)
