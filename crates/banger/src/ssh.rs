@@ -46,9 +46,13 @@ fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
 }
 
-/// Runs ssh into `vm` and returns its exit status.
+/// Runs ssh into `vm` and returns its exit status. Ctrl-C belongs to ssh
+/// (and the guest) while it runs: banger itself ignores it, so what comes
+/// after (`vm run --rm`) still happens.
 pub async fn run(client: &Client, vm: &Vm, command_line: &[String]) -> Result<i32> {
     let settings: SshSettings = client.get("/v1/ssh").await?;
+    let _interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot take over ctrl-c")?;
     let status = command(&settings, vm, command_line)
         .status()
         .context("cannot run ssh (apt-get install openssh-client)")?;

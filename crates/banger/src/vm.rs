@@ -112,6 +112,9 @@ pub struct RunArgs {
     /// Give the VM outbound NAT.
     #[arg(long)]
     nat: bool,
+    /// Its address, inside the bridge prefix [default: the next free one].
+    #[arg(long)]
+    ip: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +140,9 @@ pub struct CreateArgs {
     /// Give the VM outbound NAT.
     #[arg(long)]
     nat: bool,
+    /// Its address, inside the bridge prefix [default: the next free one].
+    #[arg(long)]
+    ip: Option<String>,
     /// Record the VM without booting it.
     #[arg(long)]
     no_start: bool,
@@ -156,6 +162,8 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 system_disk_size: args.system_disk,
                 nat: args.nat,
                 no_start: args.no_start,
+                guest_ip: args.ip,
+                remove_on_failure: false,
             };
             let vm = create_watched(client, &request, args.json).await?;
             if args.json {
@@ -245,6 +253,8 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 system_disk_size: None,
                 nat: create.nat,
                 no_start: false,
+                guest_ip: create.ip,
+                remove_on_failure: rm,
             };
             let vm = create_watched(client, &request, false).await?;
             eprintln!("{} is up at {} ({})", vm.name, vm.guest_ip, vm.dns_name);
@@ -344,13 +354,19 @@ fn show(vm: &Vm) {
     if let Some(err) = &vm.last_error {
         rows.push(("last error", err.clone()));
     }
-    if !vm.stages.is_empty() {
-        let stages: Vec<String> = vm
-            .stages
+    let timings = |stages: &[banger_proto::vm::StageTiming]| {
+        stages
             .iter()
             .map(|s| format!("{} {}ms", s.name, s.elapsed_ms))
-            .collect();
-        rows.push(("stages", stages.join(", ")));
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !vm.create_stages.is_empty() {
+        rows.push(("create", timings(&vm.create_stages)));
+    }
+    // A start after the create has stages of its own.
+    if !vm.stages.is_empty() && vm.stages != vm.create_stages {
+        rows.push(("last start", timings(&vm.stages)));
     }
     for (key, value) in rows {
         println!("{:<12} {value}", format!("{key}:"));

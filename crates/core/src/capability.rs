@@ -20,6 +20,7 @@ use async_trait::async_trait;
 
 use crate::doctor::Check;
 use crate::image::Image;
+use crate::spec::VmSpec;
 use crate::vm::Vm;
 use crate::vmm::MachineSpec;
 
@@ -28,6 +29,15 @@ use crate::vmm::MachineSpec;
 pub struct CapabilityError {
     pub capability: &'static str,
     pub message: String,
+}
+
+/// A capability's refusal of a request it cannot serve on this host
+/// (`--nat` without an uplink): bad input, refused before anything is made.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct Refusal {
+    pub message: String,
+    pub hint: String,
 }
 
 /// What the hooks see of the VM being started.
@@ -106,6 +116,12 @@ pub trait Capability: Send + Sync {
 
     /// The stage name of its `prepare_host` (`work_disk`, `tap`).
     fn prepare_stage(&self) -> &'static str;
+
+    /// Refuses a machine shape it cannot serve on this host; called
+    /// before a create reserves anything and before a change is stored.
+    fn check_spec(&self, _spec: &VmSpec) -> Result<(), Refusal> {
+        Ok(())
+    }
 
     async fn preflight(&self, _ctx: &VmContext) -> Result<(), CapabilityError> {
         Ok(())

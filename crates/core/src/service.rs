@@ -66,6 +66,14 @@ pub enum ServiceError {
     NotRunning { name: String, state: &'static str },
     #[error("vm {name}: {message}")]
     Runtime { name: String, message: String },
+    #[error(transparent)]
+    Refused(#[from] crate::capability::Refusal),
+    #[error("address {ip} is outside the bridge prefix {net}")]
+    AddrOutside { ip: std::net::Ipv4Addr, net: String },
+    #[error("address {ip} is the bridge's own, or the network or broadcast address of {net}")]
+    AddrReserved { ip: std::net::Ipv4Addr, net: String },
+    #[error("address {ip} is taken by vm {by}")]
+    AddrTaken { ip: std::net::Ipv4Addr, by: String },
 }
 
 impl From<StoreError> for ServiceError {
@@ -91,6 +99,8 @@ impl ServiceError {
         use ServiceError::*;
         match self {
             Spec(_) | UnknownImage(_) => ErrorKind::InvalidInput,
+            Refused(_) | AddrOutside { .. } | AddrReserved { .. } => ErrorKind::InvalidInput,
+            AddrTaken { .. } => ErrorKind::Conflict,
             VmNotFound(_) => ErrorKind::NotFound,
             NameTaken(_) | VmActive { .. } | State(_) => ErrorKind::Conflict,
             Addr(AddrError::Exhausted(_)) => ErrorKind::Conflict,
@@ -129,6 +139,11 @@ impl ServiceError {
                 format!("stop it first with `banger vm stop {name}`, or use --force")
             }
             Addr(AddrError::Exhausted(_)) => "remove unused vms or widen the bridge prefix".into(),
+            Refused(refusal) => refusal.hint.clone(),
+            AddrOutside { net, .. } | AddrReserved { net, .. } => {
+                format!("pick a host address of {net} other than the bridge's, or leave --ip out")
+            }
+            AddrTaken { .. } => "pick another address, or leave --ip out to get a free one".into(),
             Unsupported(_) => "use --no-start to record the vm without booting it".into(),
             Boot { name, .. } => format!("see the guest console with `banger vm logs {name}`"),
             NotRunning { name, .. } => format!("start it with `banger vm start {name}`"),
@@ -269,6 +284,10 @@ impl Banger {
                 "this daemon has no vmm to boot vms with".to_string(),
             ));
         }
+        if let Some(ip) = request.guest_ip {
+            self.check_guest_ip(ip)?;
+        }
+        self.check_spec(&request.spec)?;
         op.next("resolve_image");
         let image = self
             .resolver
@@ -284,11 +303,70 @@ impl Banger {
         if request.no_start {
             vm.transition(VmState::Stopped, self.clock.now_ms())?;
             vm.stages = op.stages().to_vec();
+            vm.create_stages = vm.stages.clone();
             self.store.update_vm(&vm)?;
             return Ok(vm);
         }
-        self.boot(&mut vm, &image, op).await?;
+        let booted = self.boot(&mut vm, &image, op).await;
+        vm.create_stages = vm.stages.clone();
+        if let Err(err) = booted {
+            if params.remove_on_failure {
+                self.discard_failed(&mut vm).await;
+            } else if let Err(store) = self.store.update_vm(&vm) {
+                tracing::warn!(vm = %vm.name, error = %store, "cannot record the create stages");
+            }
+            return Err(err);
+        }
+        self.store.update_vm(&vm)?;
         Ok(vm)
+    }
+
+    /// Removes a VM whose create failed, with everything of it; the
+    /// caller holds its lock.
+    async fn discard_failed(&self, vm: &mut Vm) {
+        let removed = match self.dispose(vm).await {
+            Ok(()) => self.store.delete_vm(&vm.id).map_err(ServiceError::from),
+            Err(err) => Err(err),
+        };
+        match removed {
+            Ok(()) => {
+                self.vm_locks.forget(&vm.id);
+                tracing::info!(vm = %vm.name, "failed vm removed")
+            }
+            Err(err) => tracing::warn!(vm = %vm.name, error = %err, "cannot remove the failed vm"),
+        }
+    }
+
+    /// A requested guest address must be a free host address of the
+    /// bridge prefix (re-checked under the create lock).
+    fn check_guest_ip(&self, ip: std::net::Ipv4Addr) -> Result<(), ServiceError> {
+        let bridge = &self.settings.bridge;
+        let net = bridge.network().to_string();
+        if !bridge.network().contains(&ip) {
+            return Err(ServiceError::AddrOutside { ip, net });
+        }
+        if !bridge.is_guest_addr(ip) {
+            return Err(ServiceError::AddrReserved { ip, net });
+        }
+        if let Some(by) = self
+            .store
+            .list_vms()?
+            .into_iter()
+            .find(|vm| vm.guest_ip == ip)
+        {
+            return Err(ServiceError::AddrTaken { ip, by: by.name });
+        }
+        Ok(())
+    }
+
+    /// Lets every capability refuse a machine shape this host cannot serve.
+    pub(crate) fn check_spec(&self, spec: &crate::spec::VmSpec) -> Result<(), ServiceError> {
+        if let Some(runtime) = &self.runtime {
+            for cap in &runtime.capabilities {
+                cap.check_spec(spec)?;
+            }
+        }
+        Ok(())
     }
 
     /// Phase 2: the only part of create under the global create lock.
@@ -316,10 +394,16 @@ impl Banger {
                 name
             }
         };
-        let guest_ip = self
-            .settings
-            .bridge
-            .next_free(&self.store.used_guest_ips()?)?;
+        let guest_ip = match request.guest_ip {
+            Some(ip) => {
+                self.check_guest_ip(ip)?;
+                ip
+            }
+            None => self
+                .settings
+                .bridge
+                .next_free(&self.store.used_guest_ips()?)?,
+        };
         let now = self.clock.now_ms();
         let vm = Vm {
             id: new_id(),
@@ -334,6 +418,7 @@ impl Banger {
             updated_at_ms: now,
             last_error: None,
             stages: Vec::new(),
+            create_stages: Vec::new(),
             vmm: self.settings.vmm.clone(),
             handle: None,
         };
@@ -379,3 +464,6 @@ mod lifecycle;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod lifecycle_tests;

@@ -26,6 +26,8 @@ pub enum SpecError {
         format_size(MAX_DISK_BYTES)
     )]
     DiskSize { what: &'static str, size: String },
+    #[error("invalid guest address {0:?}: expected an IPv4 address like 172.29.0.10")]
+    Address(String),
 }
 
 /// The raw create request, as it arrives from a front-end.
@@ -39,6 +41,11 @@ pub struct CreateParams {
     pub system_disk_size: Option<String>,
     pub nat: bool,
     pub no_start: bool,
+    /// A guest address of the bridge prefix; the next free one when absent.
+    pub guest_ip: Option<String>,
+    /// Remove the VM again when its boot fails (`vm run --rm`), instead
+    /// of keeping it `failed` for inspection.
+    pub remove_on_failure: bool,
 }
 
 /// Defaults applied where a request is silent (from config).
@@ -81,6 +88,7 @@ pub struct ValidatedCreate {
     pub image: String,
     pub spec: VmSpec,
     pub no_start: bool,
+    pub guest_ip: Option<std::net::Ipv4Addr>,
 }
 
 impl CreateParams {
@@ -123,6 +131,13 @@ impl CreateParams {
                 nat: self.nat,
             },
             no_start: self.no_start,
+            guest_ip: match self.guest_ip.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(text) => Some(
+                    text.parse()
+                        .map_err(|_| SpecError::Address(text.to_string()))?,
+                ),
+            },
         })
     }
 }

@@ -93,7 +93,11 @@ pub struct Vm {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub last_error: Option<String>,
+    /// Stage timings of the last create or start.
     pub stages: Vec<Stage>,
+    /// Stage timings of the create (kept when later starts overwrite
+    /// `stages`).
+    pub create_stages: Vec<Stage>,
     /// `qemu` or `firecracker`: the VMM this VM runs under.
     pub vmm: String,
     /// The running VMM, while there may be one.

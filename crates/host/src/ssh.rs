@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -77,6 +77,9 @@ pub struct SshKeys {
     public: String,
     /// More public keys guests accept (from the config).
     extra: Vec<String>,
+    /// Serialises known_hosts rewrites: parallel starts must not lose
+    /// each other's entries.
+    known_hosts_lock: Arc<Mutex<()>>,
 }
 
 impl SshKeys {
@@ -89,6 +92,7 @@ impl SshKeys {
             dir: dir.to_path_buf(),
             public,
             extra,
+            known_hosts_lock: Arc::default(),
         })
     }
 
@@ -102,6 +106,10 @@ impl SshKeys {
 
     /// Replaces the known_hosts entry of `name` (and `addr`) with `key`.
     pub fn record_host(&self, name: &str, addr: &str, key: Option<&str>) -> Result<(), SshError> {
+        let _guard = self
+            .known_hosts_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let path = self.known_hosts();
         let old = std::fs::read_to_string(&path).unwrap_or_default();
         let tag = format!("{name}.vm,");
@@ -131,11 +139,21 @@ impl SshKeys {
 /// The SSH capability.
 pub struct SshCapability {
     keys: Arc<SshKeys>,
+    ready_timeout: Duration,
 }
 
 impl SshCapability {
     pub fn new(keys: Arc<SshKeys>) -> Self {
-        SshCapability { keys }
+        SshCapability {
+            keys,
+            ready_timeout: SSH_READY_TIMEOUT,
+        }
+    }
+
+    /// How long `post_start` waits for sshd (tests shorten it).
+    pub fn with_ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
     }
 }
 
@@ -202,10 +220,13 @@ impl Capability for SshCapability {
             .map_err(err)?;
         wait_banner(
             SocketAddr::new(ctx.vm.guest_ip.into(), 22),
-            SSH_READY_TIMEOUT,
+            self.ready_timeout,
         )
         .await
-        .map_err(err)
+        .map_err(|e| {
+            let console = crate::agent::link::serial_tail(&ctx.vm_dir.join("serial.log"));
+            err(format!("{e}; {console}"))
+        })
     }
 
     fn ready_stage(&self) -> Option<&'static str> {
@@ -267,5 +288,109 @@ mod tests {
         keys.record_host("db", "172.29.0.3", None).unwrap();
         let text = std::fs::read_to_string(keys.known_hosts()).unwrap();
         assert_eq!(text, "web.vm,172.29.0.2 ssh-ed25519 AAAA3\n");
+    }
+
+    #[test]
+    fn parallel_records_keep_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let keys = rt.block_on(SshKeys::ensure(dir.path(), vec![])).unwrap();
+        std::thread::scope(|scope| {
+            for i in 0..16 {
+                let keys = keys.clone();
+                scope.spawn(move || {
+                    keys.record_host(
+                        &format!("vm{i}"),
+                        &format!("172.29.0.{}", i + 2),
+                        Some("ssh-ed25519 AAAA"),
+                    )
+                    .unwrap()
+                });
+            }
+        });
+        let text = std::fs::read_to_string(keys.known_hosts()).unwrap();
+        assert_eq!(text.lines().count(), 16, "{text}");
+        for i in 0..16 {
+            assert!(text.contains(&format!("vm{i}.vm,")), "vm{i} lost: {text}");
+        }
+    }
+
+    fn context(dir: &Path) -> VmContext {
+        use banger_core::image::Image;
+        use banger_core::spec::VmSpec;
+        use banger_core::vm::{Vm, VmState};
+        VmContext {
+            vm: Vm {
+                id: "0123456789abcdef".into(),
+                name: "web".into(),
+                image_id: "img".into(),
+                image_name: "debian".into(),
+                state: VmState::Starting,
+                spec: VmSpec {
+                    vcpus: 1,
+                    memory_mib: 256,
+                    work_disk_bytes: 1 << 30,
+                    system_disk_bytes: 1 << 30,
+                    nat: false,
+                },
+                // TEST-NET-1: nothing answers there.
+                guest_ip: "192.0.2.1".parse().unwrap(),
+                vsock_cid: 3,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+                last_error: None,
+                stages: vec![],
+                create_stages: vec![],
+                vmm: "qemu".into(),
+                handle: None,
+            },
+            image: Image {
+                id: "img".into(),
+                name: "debian".into(),
+                source: "register".into(),
+                kernel_path: dir.join("kernel"),
+                vmlinux_path: None,
+                initrd_path: None,
+                rootfs_path: dir.join("rootfs.ext4"),
+                work_seed_path: None,
+                manifest: None,
+                created_at_ms: 0,
+            },
+            vm_dir: dir.to_path_buf(),
+            run_dir: dir.to_path_buf(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_sshd_that_never_answers_shows_the_guest_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(
+            SshKeys::ensure(&dir.path().join("ssh"), vec![])
+                .await
+                .unwrap(),
+        );
+        let ctx = context(dir.path());
+        std::fs::write(
+            dir.path().join("serial.log"),
+            "booting\nsshd.service: failed with result exit-code\n",
+        )
+        .unwrap();
+        let ssh = SshCapability::new(keys.clone()).with_ready_timeout(Duration::from_millis(300));
+        ssh.preflight(&ctx).await.unwrap();
+        let message = ssh.post_start(&ctx).await.unwrap_err().to_string();
+        assert!(
+            message.starts_with("ssh: sshd at 192.0.2.1:22 did not answer"),
+            "{message}"
+        );
+        assert!(message.contains("sshd.service: failed"), "{message}");
+        assert!(!message.contains('\n'), "one line: {message}");
+        // The host key was recorded before the wait, and is dropped on remove.
+        let known = std::fs::read_to_string(keys.known_hosts()).unwrap();
+        assert!(
+            known.starts_with("web.vm,192.0.2.1 ssh-ed25519 "),
+            "{known}"
+        );
+        ssh.remove(&ctx).await;
+        assert_eq!(std::fs::read_to_string(keys.known_hosts()).unwrap(), "");
     }
 }

@@ -53,6 +53,13 @@ pub struct VmCreateRequest {
     /// Reserve and record the VM without booting it.
     #[serde(default)]
     pub no_start: bool,
+    /// A guest address inside the bridge prefix; the next free one when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ip: Option<String>,
+    /// Remove the VM when its boot fails instead of keeping it `failed`.
+    #[serde(default)]
+    pub remove_on_failure: bool,
 }
 
 /// Wall time of one named stage of an operation.
@@ -87,6 +94,9 @@ pub struct Vm {
     /// Stage timings of the last create or start.
     #[serde(default)]
     pub stages: Vec<StageTiming>,
+    /// Stage timings of the create (a later start does not change them).
+    #[serde(default)]
+    pub create_stages: Vec<StageTiming>,
     /// `qemu` or `firecracker`.
     pub vmm: String,
 }

@@ -8,6 +8,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_vm_vmm.sql"),
     include_str!("../migrations/0003_image_artifacts.sql"),
     include_str!("../migrations/0004_vm_handle.sql"),
+    include_str!("../migrations/0005_vm_create_stages.sql"),
 ];
 
 /// Applies the migrations this database has not seen. Returns the new

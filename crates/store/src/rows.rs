@@ -15,7 +15,8 @@ pub(crate) const IMAGE_COLUMNS: &str =
 
 pub(crate) const VM_COLUMNS: &str = "id, name, image_id, image_name, state, vcpus, memory_mib, \
      work_disk_bytes, system_disk_bytes, nat, guest_ip, vsock_cid, created_at_ms, updated_at_ms, \
-     last_error, stages, vmm, vmm_pid, vmm_start_ticks, control_socket, agent_socket";
+     last_error, stages, vmm, vmm_pid, vmm_start_ticks, control_socket, agent_socket, \
+     create_stages";
 
 pub(crate) fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
     Ok(Image {
@@ -53,6 +54,7 @@ pub(crate) struct RawVm {
     state: String,
     guest_ip: String,
     stages: String,
+    create_stages: String,
 }
 
 pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
@@ -76,6 +78,7 @@ pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
             updated_at_ms: row.get(13)?,
             last_error: row.get(14)?,
             stages: Vec::new(),
+            create_stages: Vec::new(),
             vmm: row.get(16)?,
             handle: match (
                 row.get::<_, Option<u32>>(17)?,
@@ -96,6 +99,7 @@ pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
         state: row.get(4)?,
         guest_ip: row.get(10)?,
         stages: row.get(15)?,
+        create_stages: row.get(21)?,
     })
 }
 
@@ -111,6 +115,12 @@ impl RawVm {
         })?;
         vm.stages = decode_stages(&self.stages).ok_or_else(|| {
             StoreError::Corrupt(format!("vm {} has stages {:?}", vm.id, self.stages))
+        })?;
+        vm.create_stages = decode_stages(&self.create_stages).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "vm {} has create stages {:?}",
+                vm.id, self.create_stages
+            ))
         })?;
         Ok(vm)
     }

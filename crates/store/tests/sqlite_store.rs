@@ -48,6 +48,10 @@ fn vm(id: &str, name: &str, ip: &str) -> Vm {
             name: "reserve_vm".into(),
             elapsed_ms: 3,
         }],
+        create_stages: vec![Stage {
+            name: "resolve_image".into(),
+            elapsed_ms: 7,
+        }],
         vmm: "firecracker".into(),
         handle: None,
     }

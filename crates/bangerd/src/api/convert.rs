@@ -25,15 +25,19 @@ pub fn vm(vm: &Vm) -> proto::vm::Vm {
         updated_at: rfc3339(vm.updated_at_ms),
         last_error: vm.last_error.clone(),
         vmm: vm.vmm.clone(),
-        stages: vm
-            .stages
-            .iter()
-            .map(|s| proto::vm::StageTiming {
-                name: s.name.clone(),
-                elapsed_ms: s.elapsed_ms,
-            })
-            .collect(),
+        stages: stage_timings(&vm.stages),
+        create_stages: stage_timings(&vm.create_stages),
     }
+}
+
+fn stage_timings(stages: &[banger_core::vm::Stage]) -> Vec<proto::vm::StageTiming> {
+    stages
+        .iter()
+        .map(|s| proto::vm::StageTiming {
+            name: s.name.clone(),
+            elapsed_ms: s.elapsed_ms,
+        })
+        .collect()
 }
 
 fn vm_state(state: VmState) -> proto::vm::VmState {
@@ -91,5 +95,7 @@ pub fn create_params(req: proto::vm::VmCreateRequest) -> banger_core::spec::Crea
         system_disk_size: req.system_disk_size,
         nat: req.nat,
         no_start: req.no_start,
+        guest_ip: req.guest_ip,
+        remove_on_failure: req.remove_on_failure,
     }
 }

@@ -155,10 +155,16 @@ pub fn stream_create(
         let result = banger.create_vm_watched(params, Some(progress)).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if tx.is_closed() {
-            if let Ok(vm) = &result {
-                tracing::warn!(vm = %vm.name, "client went away during create: removing the vm");
-                if let Err(err) = banger.delete_vm(&vm.id, true).await {
-                    tracing::warn!(vm = %vm.name, error = %err, "cannot remove the abandoned vm");
+            // Made (running or failed) but nobody waits for it: remove it.
+            let abandoned = match &result {
+                Ok(vm) => Some(vm.id.clone()),
+                Err(ServiceError::Boot { name, .. }) => Some(name.clone()),
+                Err(_) => None,
+            };
+            if let Some(vm) = abandoned {
+                tracing::warn!(vm = %vm, "client went away during create: removing the vm");
+                if let Err(err) = banger.delete_vm(&vm, true).await {
+                    tracing::warn!(vm = %vm, error = %err, "cannot remove the abandoned vm");
                 }
             }
             return;

@@ -452,6 +452,7 @@ fn vm_using(name: &str, image_id: &str) -> crate::vm::Vm {
         updated_at_ms: 0,
         last_error: None,
         stages: vec![],
+        create_stages: vec![],
         vmm: "qemu".into(),
         handle: None,
     }

@@ -188,11 +188,19 @@ impl Banger {
             );
         }
         for cap in &runtime.capabilities {
-            if let Some(stage) = cap.ready_stage() {
+            let stage = cap.ready_stage();
+            if let Some(stage) = stage {
                 op.next(stage);
             }
-            cap.post_start(ctx).await.map_err(|e| text(&e))?;
-            if let Some(stage) = cap.ready_stage() {
+            let waited = std::time::Instant::now();
+            cap.post_start(ctx).await.map_err(|e| match stage {
+                Some(stage) => format!(
+                    "stage {stage} stalled after {:.1}s: {e}",
+                    waited.elapsed().as_secs_f64()
+                ),
+                None => text(&e),
+            })?;
+            if let Some(stage) = stage {
                 op.stage(stage);
             }
         }
@@ -358,6 +366,9 @@ impl Banger {
         let id = self.find_vm(id_or_name)?.id;
         let _lock = self.vm_locks.lock(&id).await;
         let mut vm = self.find_vm(&id)?;
+        let mut spec = vm.spec.clone();
+        spec.nat = on;
+        self.check_spec(&spec)?;
         vm.spec.nat = on;
         vm.updated_at_ms = self.clock.now_ms();
         self.store.update_vm(&vm)?;

@@ -85,7 +85,7 @@ impl HostAgentLink {
 }
 
 /// The last lines of the guest console, for errors.
-fn serial_tail(path: &Path) -> String {
+pub(crate) fn serial_tail(path: &Path) -> String {
     let lines = crate::qemu::driver::tail(path, SERIAL_TAIL_LINES);
     if lines.is_empty() {
         "the guest console is empty".into()

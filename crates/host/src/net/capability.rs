@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use banger_core::capability::{Capability, CapabilityError, GuestConfig, VmContext};
+use banger_core::capability::{Capability, CapabilityError, GuestConfig, Refusal, VmContext};
+use banger_core::spec::VmSpec;
 use banger_core::vmm::{MachineSpec, NicSpec};
 
 use super::{mac_for, Network};
@@ -36,6 +37,17 @@ impl Capability for NetworkCapability {
 
     fn prepare_stage(&self) -> &'static str {
         "tap"
+    }
+
+    fn check_spec(&self, spec: &VmSpec) -> Result<(), Refusal> {
+        if spec.nat && self.net.uplink().is_none() {
+            return Err(Refusal {
+                message: "nat needs an uplink, and this host has none (no default route)".into(),
+                hint: "add a default route, or name the interface with uplink in [network] of the config"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     fn guest_config(&self, ctx: &VmContext, config: &mut GuestConfig) {

@@ -101,12 +101,30 @@ impl Links {
             .set_link_index_filter(index)
             .execute();
         let mut present = false;
+        let mut stale = Vec::new();
         while let Some(message) = addresses.try_next().await.map_err(nl)? {
-            for attr in message.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
-                    present |= a == addr && message.header.prefix_len == prefix;
-                }
+            let mine = message.attributes.iter().any(|attr| {
+                matches!(attr, AddressAttribute::Address(IpAddr::V4(a))
+                    if *a == addr && message.header.prefix_len == prefix)
+            });
+            let v4 = message
+                .attributes
+                .iter()
+                .any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V4(_))));
+            present |= mine;
+            if v4 && !mine {
+                stale.push(message);
             }
+        }
+        // The bridge is banger's: an address from an older bridge_address
+        // would route a second prefix to the guests.
+        for message in stale {
+            self.handle
+                .address()
+                .del(message)
+                .execute()
+                .await
+                .map_err(nl)?;
         }
         if !present {
             self.handle
@@ -196,6 +214,33 @@ impl Links {
             self.handle.link().del(index).execute().await.map_err(nl)?;
         }
         Ok(())
+    }
+
+    /// Every IPv4 address on the host's links: (link name, address, prefix).
+    pub async fn ipv4_addresses(&self) -> Result<Vec<(String, Ipv4Addr, u8)>, LinkError> {
+        let mut names = std::collections::HashMap::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links.try_next().await.map_err(nl)? {
+            for attr in link.attributes {
+                if let LinkAttribute::IfName(name) = attr {
+                    names.insert(link.header.index, name);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(message) = addresses.try_next().await.map_err(nl)? {
+            for attr in &message.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
+                    let name = names
+                        .get(&message.header.index)
+                        .cloned()
+                        .unwrap_or_else(|| format!("link {}", message.header.index));
+                    found.push((name, *a, message.header.prefix_len));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The interface of the IPv4 default route.

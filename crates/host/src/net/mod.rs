@@ -30,6 +30,34 @@ pub enum NetError {
     Dns(#[from] dns::DnsError),
     #[error("cannot turn on ip forwarding: {0}")]
     Forwarding(std::io::Error),
+    #[error("bridge prefix {ours} overlaps {theirs} on {link}: set another bridge_address in the config")]
+    Overlap {
+        ours: String,
+        theirs: String,
+        link: String,
+    },
+    #[error("uplink {0} (uplink in [network] of the config) does not exist: name an existing interface, or leave the key out to use the default route's")]
+    NoUplink(String),
+}
+
+/// The first address of another link whose prefix overlaps `gateway/prefix`.
+pub fn overlap(
+    bridge: &str,
+    gateway: Ipv4Addr,
+    prefix: u8,
+    addresses: &[(String, Ipv4Addr, u8)],
+) -> Option<NetError> {
+    let ours = ipnet::Ipv4Net::new(gateway, prefix).ok()?.trunc();
+    addresses.iter().find_map(|(link, addr, len)| {
+        let theirs = ipnet::Ipv4Net::new(*addr, *len).ok()?.trunc();
+        let overlaps = ours.contains(&theirs.network()) || theirs.contains(&ours.network());
+        // Loopback addresses never reach the bridge.
+        (link != bridge && overlaps && !addr.is_loopback()).then(|| NetError::Overlap {
+            ours: ours.to_string(),
+            theirs: format!("{addr}/{len}"),
+            link: link.clone(),
+        })
+    })
 }
 
 /// How the network is laid out (from config).
@@ -86,6 +114,19 @@ impl Network {
     /// Brings the network up: bridge, forwarding, pool, table, DNS.
     pub async fn start(cfg: NetConfig) -> Result<Arc<Network>, NetError> {
         let links = Links::connect()?;
+        if let Some(err) = overlap(
+            &cfg.bridge,
+            cfg.gateway,
+            cfg.prefix,
+            &links.ipv4_addresses().await?,
+        ) {
+            return Err(err);
+        }
+        if let Some(uplink) = &cfg.uplink {
+            if links.index(uplink).await?.is_none() {
+                return Err(NetError::NoUplink(uplink.clone()));
+            }
+        }
         let bridge_index = links
             .ensure_bridge(&cfg.bridge, cfg.gateway, cfg.prefix)
             .await?;
@@ -337,5 +378,28 @@ mod tests {
         };
         assert_eq!(cfg.vm_tap("0123456789abcdef"), "bg-0123456789ab");
         assert_eq!(mac_for("172.29.0.5".parse().unwrap()), "06:00:ac:1d:00:05");
+    }
+
+    #[test]
+    fn a_bridge_prefix_overlapping_another_link_is_named() {
+        let gw: Ipv4Addr = "172.29.0.1".parse().unwrap();
+        let host = |link: &str, addr: &str, len: u8| (link.to_string(), addr.parse().unwrap(), len);
+        let clean = [
+            host("lo", "127.0.0.1", 8),
+            host("eth0", "10.0.2.15", 24),
+            // The bridge's own addresses are ours.
+            host("banger0", "172.29.0.1", 24),
+        ];
+        assert!(overlap("banger0", gw, 24, &clean).is_none());
+        let wider = [host("eth0", "172.29.5.1", 16)];
+        let err = overlap("banger0", gw, 24, &wider).unwrap().to_string();
+        assert_eq!(
+            err,
+            "bridge prefix 172.29.0.0/24 overlaps 172.29.5.1/16 on eth0: set another bridge_address in the config"
+        );
+        let narrower = [host("wg0", "172.29.0.130", 25)];
+        assert!(overlap("banger0", gw, 24, &narrower).is_some());
+        let beside = [host("wg0", "172.29.1.1", 24)];
+        assert!(overlap("banger0", gw, 24, &beside).is_none());
     }
 }

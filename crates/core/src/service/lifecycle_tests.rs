@@ -1,0 +1,407 @@
+//! Lifecycle tests of `Banger` over in-tree fakes of the VMM, the agent
+//! link and capabilities: hook order, reverse cleanup after a failed
+//! start, the stalled stage in errors, removal of failed creates,
+//! capability refusals, requested addresses and the kept create stages.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::agent::{AgentLink, AgentLinkError, AgentReady, ExecChunk};
+use crate::capability::{Capability, CapabilityError, Refusal, VmContext};
+use crate::clock::SystemClock;
+use crate::memory_store::MemoryStore;
+use crate::resolve::StoredImages;
+use crate::spec::VmSpec;
+use crate::vmm::{MachineSpec, Vmm, VmmError, VmmHandle, VmmStatus};
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn push(log: &Log, event: impl Into<String>) {
+    log.lock().unwrap().push(event.into());
+}
+
+/// FAKE: a VMM that records what it is asked and boots nothing.
+struct FakeVmm {
+    log: Log,
+}
+
+#[async_trait]
+impl Vmm for FakeVmm {
+    fn kind(&self) -> &'static str {
+        "qemu"
+    }
+    async fn start(&self, spec: &MachineSpec) -> Result<VmmHandle, VmmError> {
+        push(&self.log, "vmm.start");
+        Ok(VmmHandle {
+            kind: "qemu".into(),
+            pid: 4242,
+            start_ticks: 1,
+            control_socket: spec.run_dir.join("qmp.sock"),
+            agent_socket: spec.agent.socket.clone(),
+        })
+    }
+    async fn stop(&self, _handle: &VmmHandle, _grace: Duration) -> Result<(), VmmError> {
+        push(&self.log, "vmm.stop");
+        Ok(())
+    }
+    async fn kill(&self, _handle: &VmmHandle) -> Result<(), VmmError> {
+        push(&self.log, "vmm.kill");
+        Ok(())
+    }
+    async fn status(&self, _handle: &VmmHandle) -> VmmStatus {
+        VmmStatus::Running
+    }
+}
+
+/// FAKE: an agent that is ready at once.
+struct FakeAgent;
+
+#[async_trait]
+impl AgentLink for FakeAgent {
+    async fn wait_ready(
+        &self,
+        _handle: &VmmHandle,
+        _serial_log: &std::path::Path,
+        _timeout: Duration,
+    ) -> Result<AgentReady, AgentLinkError> {
+        Ok(AgentReady::default())
+    }
+    async fn shutdown(
+        &self,
+        _handle: &VmmHandle,
+        _timeout: Duration,
+    ) -> Result<(), AgentLinkError> {
+        Ok(())
+    }
+    async fn exec(
+        &self,
+        _handle: &VmmHandle,
+        _argv: Vec<String>,
+        _stdin: Option<Vec<u8>>,
+        _out: mpsc::UnboundedSender<ExecChunk>,
+    ) -> Result<(), AgentLinkError> {
+        Ok(())
+    }
+}
+
+/// FAKE: a capability that records its hooks and fails where told.
+struct FakeCap {
+    name: &'static str,
+    log: Log,
+    fail_prepare: bool,
+    ready_stage: Option<&'static str>,
+    fail_post_start: bool,
+    refuse_nat: bool,
+}
+
+impl FakeCap {
+    fn new(name: &'static str, log: &Log) -> FakeCap {
+        FakeCap {
+            name,
+            log: log.clone(),
+            fail_prepare: false,
+            ready_stage: None,
+            fail_post_start: false,
+            refuse_nat: false,
+        }
+    }
+    fn fail(&self, message: &str) -> CapabilityError {
+        CapabilityError {
+            capability: self.name,
+            message: message.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Capability for FakeCap {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn prepare_stage(&self) -> &'static str {
+        self.name
+    }
+    fn check_spec(&self, spec: &VmSpec) -> Result<(), Refusal> {
+        if self.refuse_nat && spec.nat {
+            return Err(Refusal {
+                message: "nat needs an uplink".into(),
+                hint: "add a default route".into(),
+            });
+        }
+        Ok(())
+    }
+    async fn prepare_host(
+        &self,
+        _ctx: &VmContext,
+        _config: &crate::capability::GuestConfig,
+    ) -> Result<(), CapabilityError> {
+        push(&self.log, format!("{}.prepare", self.name));
+        if self.fail_prepare {
+            return Err(self.fail("no room"));
+        }
+        Ok(())
+    }
+    async fn post_start(&self, _ctx: &VmContext) -> Result<(), CapabilityError> {
+        push(&self.log, format!("{}.post_start", self.name));
+        if self.fail_post_start {
+            return Err(self.fail("sshd did not answer; last console lines: boot"));
+        }
+        Ok(())
+    }
+    fn ready_stage(&self) -> Option<&'static str> {
+        self.ready_stage
+    }
+    async fn cleanup(&self, _ctx: &VmContext) {
+        push(&self.log, format!("{}.cleanup", self.name));
+    }
+    async fn remove(&self, _ctx: &VmContext) {
+        push(&self.log, format!("{}.remove", self.name));
+    }
+}
+
+fn image() -> Image {
+    Image {
+        id: "img-base".into(),
+        name: "base".into(),
+        source: "register".into(),
+        kernel_path: "/k".into(),
+        vmlinux_path: None,
+        initrd_path: None,
+        rootfs_path: "/r".into(),
+        work_seed_path: None,
+        manifest: None,
+        created_at_ms: 0,
+    }
+}
+
+fn booting(capabilities: Vec<FakeCap>, log: &Log) -> Banger {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    store.upsert_image(&image()).unwrap();
+    let state = tempfile_dir();
+    let settings = Settings::new(
+        BridgeNet::parse("172.29.0.1/24").unwrap(),
+        SpecDefaults {
+            image: "base".into(),
+            ..SpecDefaults::default()
+        },
+        "qemu",
+        &state.join("state"),
+        &state.join("run"),
+    );
+    Banger::new(
+        store.clone(),
+        Arc::new(StoredImages::new(store)),
+        Arc::new(SystemClock),
+        settings,
+    )
+    .with_runtime(Runtime {
+        vmm: Arc::new(FakeVmm { log: log.clone() }),
+        agents: Arc::new(FakeAgent),
+        capabilities: capabilities
+            .into_iter()
+            .map(|c| Arc::new(c) as Arc<dyn Capability>)
+            .collect(),
+    })
+}
+
+/// A fresh directory under the system temp dir (the flows create and
+/// remove per-VM directories under it).
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("banger-core-test-{}", crate::vm::new_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn named(name: &str) -> CreateParams {
+    CreateParams {
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+fn events(log: &Log) -> Vec<String> {
+    log.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_failed_prepare_cleans_up_what_was_prepared_in_reverse() {
+    let log = Log::default();
+    let mut second = FakeCap::new("disk", &log);
+    second.fail_prepare = true;
+    let caps = vec![
+        FakeCap::new("net", &log),
+        second,
+        FakeCap::new("work", &log),
+    ];
+    let b = booting(caps, &log);
+    let err = b.create_vm(named("web")).await.unwrap_err();
+    assert!(matches!(err, ServiceError::Boot { .. }), "{err}");
+    assert_eq!(err.to_string(), "vm web failed to start: disk: no room");
+    assert_eq!(
+        events(&log),
+        ["net.prepare", "disk.prepare", "disk.cleanup", "net.cleanup"],
+        "work was never prepared, the vmm never started"
+    );
+    let vm = b.find_vm("web").unwrap();
+    assert_eq!(vm.state, VmState::Failed);
+    assert_eq!(vm.last_error.as_deref(), Some("disk: no room"));
+    assert!(vm.handle.is_none());
+}
+
+#[tokio::test]
+async fn a_stalled_ready_stage_is_named_and_the_vmm_is_killed() {
+    let log = Log::default();
+    let mut ssh = FakeCap::new("ssh", &log);
+    ssh.ready_stage = Some("ssh_ready");
+    ssh.fail_post_start = true;
+    let b = booting(vec![FakeCap::new("net", &log), ssh], &log);
+    let err = b.create_vm(named("web")).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("vm web failed to start: stage ssh_ready stalled after "),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("ssh: sshd did not answer; last console lines: boot"),
+        "{err}"
+    );
+    assert_eq!(
+        events(&log),
+        [
+            "net.prepare",
+            "ssh.prepare",
+            "vmm.start",
+            "net.post_start",
+            "ssh.post_start",
+            "vmm.kill",
+            "ssh.cleanup",
+            "net.cleanup"
+        ]
+    );
+    let vm = b.find_vm("web").unwrap();
+    assert_eq!(vm.state, VmState::Failed);
+    let stages: Vec<&str> = vm.create_stages.iter().map(|s| s.name.as_str()).collect();
+    assert!(stages.contains(&"vmm_start"), "{stages:?}");
+    assert!(
+        !stages.contains(&"ssh_ready"),
+        "it never finished: {stages:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_create_asked_to_remove_itself_leaves_nothing() {
+    let log = Log::default();
+    let mut ssh = FakeCap::new("ssh", &log);
+    ssh.ready_stage = Some("ssh_ready");
+    ssh.fail_post_start = true;
+    let b = booting(vec![ssh], &log);
+    let err = b
+        .create_vm(CreateParams {
+            remove_on_failure: true,
+            ..named("web")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::Boot { .. }), "{err}");
+    assert!(b.list_vms().unwrap().is_empty());
+    assert_eq!(
+        events(&log),
+        [
+            "ssh.prepare",
+            "vmm.start",
+            "ssh.post_start",
+            "vmm.kill",
+            "ssh.cleanup",
+            "ssh.remove"
+        ]
+    );
+    // The name is free again.
+    b.create_vm(CreateParams {
+        no_start: true,
+        ..named("web")
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_capability_refusal_is_bad_input_and_records_nothing() {
+    let log = Log::default();
+    let mut net = FakeCap::new("net", &log);
+    net.refuse_nat = true;
+    let b = booting(vec![net], &log);
+    let err = b
+        .create_vm(CreateParams {
+            nat: true,
+            ..named("web")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(err.to_string(), "nat needs an uplink");
+    assert_eq!(err.hint().as_deref(), Some("add a default route"));
+    assert!(b.list_vms().unwrap().is_empty());
+    assert!(events(&log).is_empty());
+
+    // Turning it on later is refused the same way, and stored as it was.
+    b.create_vm(named("web")).await.unwrap();
+    let err = b.set_nat("web", true).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(!b.find_vm("web").unwrap().spec.nat);
+}
+
+#[tokio::test]
+async fn a_requested_address_must_be_a_free_guest_address_of_the_prefix() {
+    let log = Log::default();
+    let b = booting(vec![], &log);
+    let at = |name: &str, ip: &str| CreateParams {
+        guest_ip: Some(ip.into()),
+        no_start: true,
+        ..named(name)
+    };
+    let vm = b.create_vm(at("fixed", "172.29.0.77")).await.unwrap();
+    assert_eq!(vm.guest_ip.to_string(), "172.29.0.77");
+    assert_eq!(vm.vsock_cid, u32::from(vm.guest_ip));
+    let cases = [
+        ("10.0.0.5", ErrorKind::InvalidInput, "address 10.0.0.5 is outside the bridge prefix 172.29.0.0/24"),
+        ("172.29.0.1", ErrorKind::InvalidInput, "address 172.29.0.1 is the bridge's own, or the network or broadcast address of 172.29.0.0/24"),
+        ("172.29.0.255", ErrorKind::InvalidInput, "address 172.29.0.255 is the bridge's own, or the network or broadcast address of 172.29.0.0/24"),
+        ("172.29.0.77", ErrorKind::Conflict, "address 172.29.0.77 is taken by vm fixed"),
+        ("172.29.0", ErrorKind::InvalidInput, "invalid guest address \"172.29.0\": expected an IPv4 address like 172.29.0.10"),
+    ];
+    for (ip, kind, message) in cases {
+        let err = b.create_vm(at("other", ip)).await.unwrap_err();
+        assert_eq!((err.kind(), err.to_string().as_str()), (kind, message));
+        assert!(err.hint().is_some(), "{err} has no hint");
+    }
+    assert_eq!(b.list_vms().unwrap().len(), 1, "nothing else was recorded");
+    // Without --ip the next free address is still the lowest one.
+    let next = b.create_vm(at("next", "")).await.unwrap();
+    assert_eq!(next.guest_ip.to_string(), "172.29.0.2");
+}
+
+#[tokio::test]
+async fn a_start_keeps_the_create_stages() {
+    let log = Log::default();
+    let b = booting(vec![FakeCap::new("net", &log)], &log);
+    let vm = b.create_vm(named("web")).await.unwrap();
+    assert_eq!(vm.state, VmState::Running);
+    let created: Vec<String> = vm.create_stages.iter().map(|s| s.name.clone()).collect();
+    assert!(
+        created.contains(&"resolve_image".to_string()),
+        "{created:?}"
+    );
+    assert!(created.contains(&"reserve_vm".to_string()), "{created:?}");
+    b.stop_vm("web", false).await.unwrap();
+    b.start_vm("web").await.unwrap();
+    let vm = b.find_vm("web").unwrap();
+    let started: Vec<String> = vm.stages.iter().map(|s| s.name.clone()).collect();
+    assert!(!started.contains(&"reserve_vm".to_string()), "{started:?}");
+    assert!(started.contains(&"vmm_start".to_string()), "{started:?}");
+    let kept: Vec<String> = vm.create_stages.iter().map(|s| s.name.clone()).collect();
+    assert_eq!(kept, created);
+    b.delete_vm("web", true).await.unwrap();
+}
