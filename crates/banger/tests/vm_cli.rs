@@ -193,8 +193,34 @@ fn create_exec_logs_stop_start_rm() {
     let out = banger(root.path(), &["vm", "show", "once"]);
     assert_eq!(out.status.code(), Some(1), "--rm removed it");
 
+    // `logs -f` follows the console until the vm stops.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_banger"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["vm", "logs", "-f", "web"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs -f keeps following"
+    );
     let out = banger(root.path(), &["vm", "stop", "web"]);
     assert_eq!(text(&out).0, "stopped web\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while follow.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logs -f did not end when the vm stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let followed = follow.wait_with_output().unwrap();
+    assert!(followed.status.success(), "{:?}", text(&followed));
+    let (console, _) = text(&followed);
+    assert!(console.contains("banger.hostname=web"), "{console}");
     let out = banger(root.path(), &["vm", "exec", "web", "--", "true"]);
     let (_, err) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -207,6 +233,22 @@ fn create_exec_logs_stop_start_rm() {
         text(&out).0.starts_with("started web ("),
         "{:?}",
         text(&out)
+    );
+    // show keeps the create's stages apart from the last start's.
+    let out = banger(root.path(), &["vm", "show", "web"]);
+    let (shown, _) = text(&out);
+    let create = shown
+        .lines()
+        .find(|l| l.starts_with("create:"))
+        .unwrap_or("");
+    let start = shown
+        .lines()
+        .find(|l| l.starts_with("last start:"))
+        .unwrap_or("");
+    assert!(create.contains("reserve_vm"), "{shown}");
+    assert!(
+        start.contains("agent_ready") && !start.contains("reserve_vm"),
+        "{shown}"
     );
     let out = banger(root.path(), &["vm", "rm", "web"]);
     assert_eq!(out.status.code(), Some(1), "a running vm needs --force");

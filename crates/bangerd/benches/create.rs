@@ -90,16 +90,14 @@ async fn stop(running: bangerd::server::Running) {
     let _ = running.task.await;
 }
 
-/// One create to SSH ready: total ms and stages; the VM is removed.
+/// One create to SSH ready: total ms and stages.
 async fn create(socket: &Path, name: &str) -> (f64, BTreeMap<String, f64>) {
+    create_with(socket, &format!(r#"{{"name":"{name}"}}"#)).await
+}
+
+async fn create_with(socket: &Path, body: &str) -> (f64, BTreeMap<String, f64>) {
     let t = Instant::now();
-    let (status, vm) = support::call(
-        socket,
-        "POST",
-        "/v1/vms",
-        &format!(r#"{{"name":"{name}"}}"#),
-    )
-    .await;
+    let (status, vm) = support::call(socket, "POST", "/v1/vms", body).await;
     let total = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(status, 201, "{vm}");
     let stages = vm["stages"]
@@ -244,7 +242,7 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
         "[network]\ntap_pool_size = 0\nupstream_dns = []\n",
     );
     let (pool_totals, pool_stages) = variant(root, with_pool.clone(), a.runs, "pool").await;
-    let (nopool_totals, _) = variant(root, no_pool, a.runs, "nopool").await;
+    let (nopool_totals, nopool_stages) = variant(root, no_pool, a.runs, "nopool").await;
 
     // An image of the same files without a work seed: /root made from scratch.
     let (running, socket) = daemon(root, with_pool.clone()).await;
@@ -259,13 +257,15 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
     let (status, registered) = support::call(&socket, "POST", "/v1/images/register", &body).await;
     assert_eq!(status, 201, "{registered}");
     let mut noseed_totals = Vec::new();
+    let mut noseed_stages: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for run in 0..a.runs {
         let name = format!("noseed{run}");
         let body = format!(r#"{{"name":"{name}","image":"noseed"}}"#);
-        let t = Instant::now();
-        let (status, vm) = support::call(&socket, "POST", "/v1/vms", &body).await;
-        noseed_totals.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(status, 201, "{vm}");
+        let (total, stages) = create_with(&socket, &body).await;
+        noseed_totals.push(total);
+        for (k, v) in stages {
+            noseed_stages.entry(k).or_default().push(v);
+        }
         remove(&socket, &name).await;
     }
     stop(running).await;
@@ -301,13 +301,21 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
     for run in 0..a.runs {
         floors.push(floor(&image, root, run).await);
     }
+    let p50s = |stages: &BTreeMap<String, Vec<f64>>| {
+        stages
+            .iter()
+            .map(|(k, v)| (k.clone(), percentile(v, 0.5)))
+            .collect::<BTreeMap<_, _>>()
+    };
     json!({
         "runs": a.runs,
         "parallel": a.parallel,
         "banger": { "p50_ms": percentile(&pool_totals, 0.5), "p90_ms": percentile(&pool_totals, 0.9), "samples_ms": pool_totals,
-                    "stages_p50_ms": pool_stages.iter().map(|(k, v)| (k.clone(), percentile(v, 0.5))).collect::<BTreeMap<_, _>>() },
-        "no_tap_pool": { "p50_ms": percentile(&nopool_totals, 0.5), "p90_ms": percentile(&nopool_totals, 0.9), "samples_ms": nopool_totals },
-        "no_work_seed": { "p50_ms": percentile(&noseed_totals, 0.5), "p90_ms": percentile(&noseed_totals, 0.9), "samples_ms": noseed_totals },
+                    "stages_p50_ms": p50s(&pool_stages) },
+        "no_tap_pool": { "p50_ms": percentile(&nopool_totals, 0.5), "p90_ms": percentile(&nopool_totals, 0.9), "samples_ms": nopool_totals,
+                         "stages_p50_ms": p50s(&nopool_stages) },
+        "no_work_seed": { "p50_ms": percentile(&noseed_totals, 0.5), "p90_ms": percentile(&noseed_totals, 0.9), "samples_ms": noseed_totals,
+                          "stages_p50_ms": p50s(&noseed_stages) },
         "floor": { "p50_ms": percentile(&floors, 0.5), "p90_ms": percentile(&floors, 0.9), "samples_ms": floors },
         "parallel_wall_ms": parallel_wall,
         "sequential_wall_ms": sequential_wall,
@@ -408,6 +416,7 @@ fn main() {
     for (label, key) in [
         ("banger (warm tap pool)", "banger"),
         ("banger, no tap pool", "no_tap_pool"),
+        ("banger, no work seed", "no_work_seed"),
         ("bare qemu floor", "floor"),
     ] {
         println!(
@@ -417,11 +426,16 @@ fn main() {
         );
     }
     println!();
-    println!("| stage (banger, p50) | ms |");
-    println!("| --- | ---: |");
+    println!("| stage, p50 ms | warm tap pool | no tap pool | no work seed |");
+    println!("| --- | ---: | ---: | ---: |");
     if let Some(stages) = report["banger"]["stages_p50_ms"].as_object() {
         for (k, v) in stages {
-            println!("| {k} | {} |", ms(v));
+            println!(
+                "| {k} | {} | {} | {} |",
+                ms(v),
+                ms(&report["no_tap_pool"]["stages_p50_ms"][k]),
+                ms(&report["no_work_seed"]["stages_p50_ms"][k])
+            );
         }
     }
     println!();

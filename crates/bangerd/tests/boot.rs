@@ -201,6 +201,27 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     );
     assert_eq!(qemu_pid(&a_id), None);
 
+    // A VM whose VMM died while the daemon was down is marked stopped on
+    // the next start, and what it held is cleaned.
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = daemon.wait();
+    let b_qemu = qemu_pid(&b_id).expect("b still runs");
+    kill(Pid::from_raw(b_qemu as i32), Signal::SIGKILL).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while qemu_pid(&b_id).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qemu of b did not die"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon = spawn_daemon(&ns, root.path());
+    wait_for_socket(&socket).await;
+    let (_, b) = support::call(&socket, "GET", "/v1/vms/b", None).await;
+    assert_eq!(b["state"], "stopped", "{b}");
+    let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
+    assert_eq!(report["leaks"], json!([]), "{report}");
+
     // A VM whose kernel QEMU cannot load ends failed with QEMU's words.
     let fake = root.path().join("fake");
     std::fs::create_dir_all(&fake).unwrap();

@@ -217,4 +217,44 @@ async fn guests_resolve_each_other_and_nat_decides_who_gets_out() {
     assert!(!links.contains("bg-"), "{links}");
     let tables = host.run(&["nft", "list", "table", "inet", "banger"]);
     assert!(!tables.contains("masquerade"), "{tables}");
+
+    // A client that goes away mid-create (Ctrl-C) leaves nothing: the
+    // daemon finishes the boot, then removes the vm nobody waits for.
+    let first = support::abandon_stream(&socket, "/v1/vms", r#"{"name":"gone","nat":true}"#).await;
+    assert_eq!(first["type"], "stage", "{first}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, list) = support::call(&socket, "GET", "/v1/vms", None).await;
+        let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
+        if list["vms"] == json!([]) && report["leaks"] == json!([]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned create was not removed: {list} {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Twenty create/rm cycles, with and without nat, leave nothing behind.
+    let cycles = Instant::now();
+    for i in 0..20 {
+        let body = format!(r#"{{"name":"cycle","nat":{}}}"#, i % 2 == 0);
+        let (status, vm) = support::call(&socket, "POST", "/v1/vms", Some(&body)).await;
+        assert_eq!(status, 201, "cycle {i}: {vm}");
+        let (status, out) =
+            support::call(&socket, "DELETE", "/v1/vms/cycle?force=true", None).await;
+        assert_eq!(status, 200, "cycle {i}: {out}");
+    }
+    eprintln!("20 create/rm cycles: {:?}", cycles.elapsed());
+    let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
+    assert_eq!(report["leaks"], json!([]), "{report}");
+    assert_eq!(report["capacity"].as_array().unwrap().len(), 2, "{report}");
+    let links = host.run(&["ip", "-o", "link", "show"]);
+    assert!(!links.contains("bg-"), "{links}");
+    let tables = host.run(&["nft", "list", "table", "inet", "banger"]);
+    assert!(!tables.contains("masquerade"), "{tables}");
+    let known = std::fs::read_to_string(root.path().join("var/lib/banger/ssh/known_hosts"))
+        .unwrap_or_default();
+    assert_eq!(known, "", "no host key of a removed vm is trusted");
 }

@@ -154,6 +154,34 @@ pub async fn call_stream(socket: &Path, path: &str, body: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Starts a progress stream, reads its first event, and goes away (what
+/// Ctrl-C in the CLI does); returns that event.
+#[allow(dead_code)]
+pub async fn abandon_stream(socket: &Path, path: &str, body: &str) -> Value {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://bangerd{path}"))
+        .header("host", "bangerd")
+        .header("content-type", "application/json")
+        .header("accept", "application/x-ndjson")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut body = response.into_body();
+    let frame = body.frame().await.unwrap().unwrap();
+    let first = frame.into_data().unwrap();
+    drop(body);
+    drop(sender);
+    conn.abort();
+    serde_json::from_slice(first.split(|b| *b == b'\n').next().unwrap()).unwrap()
+}
+
 /// A network namespace of the test's own, removed (with every link, nft
 /// table and socket in it) when dropped. Daemons that touch the network
 /// run inside one.

@@ -1,8 +1,9 @@
 //! Links over netlink (rtnetlink): the bridge (made, addressed, up), TAP
 //! devices attached to it, renames, and the uplink (the interface of the
 //! default route). TAP devices themselves are made by the kernel's tun
-//! ioctl, which `ip tuntap` performs: that runs only when the warm pool
-//! refills, never while a VM waits.
+//! ioctl, which `ip tuntap` performs (the ioctl needs unsafe code, which
+//! the workspace denies): it runs when the warm pool refills, and while
+//! a VM waits only when the pool is empty.
 
 use std::net::{IpAddr, Ipv4Addr};
 

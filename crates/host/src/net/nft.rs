@@ -131,23 +131,34 @@ pub async fn apply(script: &str) -> Result<(), NftError> {
     Ok(())
 }
 
-/// Chains of other tables that drop forwarded traffic by policy (docker,
-/// ufw, firewalld): they would silently break NAT. Reads `nft list ruleset`
-/// text.
+/// Chains of other tables that drop forwarded traffic (docker, ufw,
+/// firewalld): by policy, or by an unconditional `drop`/`reject` rule as
+/// firewalld ends its forward chain with. They would silently break NAT.
+/// Reads `nft list ruleset` text.
 pub fn forward_drop_chains(listing: &str, own_table: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut table = String::new();
     let mut chain = String::new();
+    let mut forward = false;
     for line in listing.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("table ") {
             table = rest.trim_end_matches('{').trim().to_string();
+            forward = false;
         } else if let Some(rest) = line.strip_prefix("chain ") {
             chain = rest.trim_end_matches('{').trim().to_string();
-        } else if line.contains("hook forward")
-            && line.contains("policy drop")
-            && !table.ends_with(&format!(" {own_table}"))
+            forward = false;
+        } else if table.ends_with(&format!(" {own_table}")) {
+            continue;
+        } else if line.contains("hook forward") {
+            forward = true;
+            if line.contains("policy drop") {
+                found.push(format!("{table} chain {chain}"));
+            }
+        } else if forward
+            && (line == "drop" || line.starts_with("reject"))
+            && !found.contains(&format!("{table} chain {chain}"))
         {
-            found.push(format!("{table} chain {chain}"));
+            found.push(format!("{table} chain {chain} (final {line})"));
         }
     }
     found
@@ -246,6 +257,12 @@ mod tests {
         assert_eq!(
             forward_drop_chains(listing, "banger"),
             ["ip filter chain FORWARD"]
+        );
+        // firewalld: policy accept, then an unconditional reject.
+        let firewalld = "table inet firewalld {\n\tchain filter_FORWARD {\n\t\ttype filter hook forward priority filter + 10; policy accept;\n\t\tct state established,related accept\n\t\tiifname \"lo\" accept\n\t\treject with icmpx admin-prohibited\n\t}\n\tchain filter_INPUT {\n\t\ttype filter hook input priority filter + 10; policy accept;\n\t\treject with icmpx admin-prohibited\n\t}\n}\n";
+        assert_eq!(
+            forward_drop_chains(firewalld, "banger"),
+            ["inet firewalld chain filter_FORWARD (final reject with icmpx admin-prohibited)"]
         );
     }
 }
