@@ -35,6 +35,18 @@ impl Drop for Cleanup {
     }
 }
 
+/// verify finds no leak, the pool is whole, and no vm device or nat
+/// rule is left.
+async fn assert_nothing_left(socket: &std::path::Path, host: &NetNs) {
+    let (_, report) = support::call(socket, "GET", "/v1/verify", None).await;
+    assert_eq!(report["leaks"], json!([]), "{report}");
+    assert_eq!(report["capacity"].as_array().unwrap().len(), 2, "{report}");
+    let links = host.run(&["ip", "-o", "link", "show"]);
+    assert!(!links.contains("bg-"), "{links}");
+    let tables = host.run(&["nft", "list", "table", "inet", "banger"]);
+    assert!(!tables.contains("masquerade"), "{tables}");
+}
+
 async fn sh(socket: &Path, vm: &str, script: &str) -> (i64, String) {
     let body = json!({ "argv": ["bash", "-c", script] }).to_string();
     let lines = support::call_stream(socket, &format!("/v1/vms/{vm}/exec"), &body).await;
@@ -210,13 +222,7 @@ async fn guests_resolve_each_other_and_nat_decides_who_gets_out() {
             support::call(&socket, "DELETE", &format!("/v1/vms/{vm}?force=true"), None).await;
         assert_eq!(status, 200);
     }
-    let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
-    assert_eq!(report["leaks"], json!([]), "{report}");
-    assert_eq!(report["capacity"].as_array().unwrap().len(), 2, "{report}");
-    let links = host.run(&["ip", "-o", "link", "show"]);
-    assert!(!links.contains("bg-"), "{links}");
-    let tables = host.run(&["nft", "list", "table", "inet", "banger"]);
-    assert!(!tables.contains("masquerade"), "{tables}");
+    assert_nothing_left(&socket, &host).await;
 
     // A client that goes away mid-create (Ctrl-C) leaves nothing: the
     // daemon finishes the boot, then removes the vm nobody waits for.
@@ -247,13 +253,7 @@ async fn guests_resolve_each_other_and_nat_decides_who_gets_out() {
         assert_eq!(status, 200, "cycle {i}: {out}");
     }
     eprintln!("20 create/rm cycles: {:?}", cycles.elapsed());
-    let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
-    assert_eq!(report["leaks"], json!([]), "{report}");
-    assert_eq!(report["capacity"].as_array().unwrap().len(), 2, "{report}");
-    let links = host.run(&["ip", "-o", "link", "show"]);
-    assert!(!links.contains("bg-"), "{links}");
-    let tables = host.run(&["nft", "list", "table", "inet", "banger"]);
-    assert!(!tables.contains("masquerade"), "{tables}");
+    assert_nothing_left(&socket, &host).await;
     let known = std::fs::read_to_string(root.path().join("var/lib/banger/ssh/known_hosts"))
         .unwrap_or_default();
     assert_eq!(known, "", "no host key of a removed vm is trusted");

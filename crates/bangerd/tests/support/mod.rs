@@ -129,8 +129,12 @@ pub async fn call(socket: &Path, method: &str, path: &str, body: Option<&str>) -
     (status, value)
 }
 
-/// POSTs asking for a progress stream; returns every event line.
-pub async fn call_stream(socket: &Path, path: &str, body: &str) -> Vec<Value> {
+/// POSTs asking for a progress stream; the response once its head is in.
+async fn post_stream(
+    socket: &Path,
+    path: &str,
+    body: &str,
+) -> hyper::Response<hyper::body::Incoming> {
     let stream = UnixStream::connect(socket).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -147,6 +151,12 @@ pub async fn call_stream(socket: &Path, path: &str, body: &str) -> Vec<Value> {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    response
+}
+
+/// POSTs asking for a progress stream; returns every event line.
+pub async fn call_stream(socket: &Path, path: &str, body: &str) -> Vec<Value> {
+    let response = post_stream(socket, path, body).await;
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8_lossy(&bytes)
         .lines()
@@ -158,27 +168,12 @@ pub async fn call_stream(socket: &Path, path: &str, body: &str) -> Vec<Value> {
 /// Ctrl-C in the CLI does); returns that event.
 #[allow(dead_code)]
 pub async fn abandon_stream(socket: &Path, path: &str, body: &str) -> Value {
-    let stream = UnixStream::connect(socket).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://bangerd{path}"))
-        .header("host", "bangerd")
-        .header("content-type", "application/json")
-        .header("accept", "application/x-ndjson")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    let response = post_stream(socket, path, body).await;
     let mut body = response.into_body();
     let frame = body.frame().await.unwrap().unwrap();
     let first = frame.into_data().unwrap();
+    // Dropping the body closes the connection.
     drop(body);
-    drop(sender);
-    conn.abort();
     serde_json::from_slice(first.split(|b| *b == b'\n').next().unwrap()).unwrap()
 }
 

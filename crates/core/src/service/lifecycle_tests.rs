@@ -163,24 +163,9 @@ impl Capability for FakeCap {
     }
 }
 
-fn image() -> Image {
-    Image {
-        id: "img-base".into(),
-        name: "base".into(),
-        source: "register".into(),
-        kernel_path: "/k".into(),
-        vmlinux_path: None,
-        initrd_path: None,
-        rootfs_path: "/r".into(),
-        work_seed_path: None,
-        manifest: None,
-        created_at_ms: 0,
-    }
-}
-
 fn booting(capabilities: Vec<FakeCap>, log: &Log) -> Banger {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-    store.upsert_image(&image()).unwrap();
+    store.upsert_image(&super::tests::image("base")).unwrap();
     let state = tempfile_dir();
     let settings = Settings::new(
         BridgeNet::parse("172.29.0.1/24").unwrap(),

@@ -12,7 +12,7 @@ use crate::clock::SystemClock;
 use crate::memory_store::MemoryStore;
 use crate::resolve::StoredImages;
 
-fn image(name: &str) -> Image {
+pub(super) fn image(name: &str) -> Image {
     Image {
         id: format!("img-{name}"),
         name: name.to_string(),
