@@ -76,8 +76,8 @@ pub async fn start(config: Config) -> Result<Running> {
     }
     let banger = Arc::new(banger);
     let reconciled = banger.reconcile().await?;
-    if !reconciled.adopted.is_empty() || !reconciled.stopped.is_empty() {
-        tracing::info!(adopted = ?reconciled.adopted, stopped = ?reconciled.stopped, "vms reconciled");
+    if reconciled != banger_core::service::Reconciled::default() {
+        tracing::info!(adopted = ?reconciled.adopted, stopped = ?reconciled.stopped, failed = ?reconciled.failed, "vms reconciled");
     }
     let listener = bind(&config.socket, &config.socket_group).await?;
     let (shutdown, mut stopped) = watch::channel(false);

@@ -222,6 +222,43 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
     assert_eq!(report["leaks"], json!([]), "{report}");
 
+    // The daemon dies in the middle of a create: the next daemon kills the
+    // half-booted VM, releases what it held and marks it failed.
+    let creating = {
+        let socket = socket.clone();
+        tokio::spawn(
+            async move { support::call_stream(&socket, "/v1/vms", r#"{"name":"d"}"#).await },
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let d_id = loop {
+        let (status, d) = support::call(&socket, "GET", "/v1/vms/d", None).await;
+        if status == 200 {
+            if let Some(id) = d["id"].as_str().filter(|id| qemu_pid(id).is_some()) {
+                break id.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "d never got a vmm: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Past the vmm start (its handle is recorded), before the agent answers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = daemon.wait();
+    creating.abort();
+    let _ = creating.await;
+    daemon = spawn_daemon(&ns, root.path());
+    wait_for_socket(&socket).await;
+    let (_, d) = support::call(&socket, "GET", "/v1/vms/d", None).await;
+    assert_eq!(
+        (d["state"].as_str(), d["last_error"].as_str()),
+        (Some("failed"), Some("bangerd stopped during its boot")),
+        "{d}"
+    );
+    assert_eq!(qemu_pid(&d_id), None, "the half-booted vmm was killed");
+    let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
+    assert_eq!(report["leaks"], json!([]), "{report}");
+
     // A VM whose kernel QEMU cannot load ends failed with QEMU's words.
     let fake = root.path().join("fake");
     std::fs::create_dir_all(&fake).unwrap();
@@ -254,12 +291,12 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     assert_eq!(report["leaks"], json!([]), "{report}");
 
     // Removal (b still runs: --force) leaves nothing of the vms.
-    for vm in ["a", "b?force=true", "c"] {
+    for vm in ["a", "b?force=true", "c", "d"] {
         let (status, gone) = support::call(&socket, "DELETE", &format!("/v1/vms/{vm}"), None).await;
         assert_eq!(status, 200, "{vm}: {gone}");
     }
     assert_eq!(qemu_pid(&b_id), None);
-    for id in [&a_id, &b_id, &c_id] {
+    for id in [&a_id, &b_id, &c_id, &d_id] {
         assert!(
             !root.path().join("var/lib/banger/vms").join(id).exists(),
             "files of {id} left"

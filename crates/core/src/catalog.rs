@@ -94,13 +94,15 @@ impl Catalog {
             let recipe = match (entry.build, entry.url) {
                 (Some(build), None) if entry.sha256.is_none() => Recipe::Build(build),
                 (None, Some(url)) => {
-                    if let Some(sha) = &entry.sha256 {
-                        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-                            return Err(bad(format!(
-                                "{}: sha256 must be 64 hex digits",
-                                entry.name
-                            )));
-                        }
+                    // A catalog entry is trusted by name: its bytes must be pinned.
+                    let Some(sha) = &entry.sha256 else {
+                        return Err(bad(format!(
+                            "{}: a bundle entry needs the sha256 of its bundle",
+                            entry.name
+                        )));
+                    };
+                    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(bad(format!("{}: sha256 must be 64 hex digits", entry.name)));
                     }
                     Recipe::Bundle(BundleSource {
                         url,
@@ -165,15 +167,27 @@ mod tests {
             "t",
         );
         assert!(ok.unwrap_err().to_string().contains("64 hex digits"));
+        let unpinned = Catalog::parse(
+            "[[image]]\nname = \"x\"\nurl = \"http://h/x.tar.zst\"\n",
+            "t",
+        );
+        assert!(unpinned
+            .unwrap_err()
+            .to_string()
+            .contains("x: a bundle entry needs the sha256 of its bundle"));
         let both = Catalog::parse(
             "[[image]]\nname = \"x\"\nurl = \"u\"\nbuild = { suite = \"bookworm\" }\n",
             "t",
         );
         assert!(both.unwrap_err().to_string().contains("either"));
-        let bad_name = Catalog::parse("[[image]]\nname = \"X!\"\nurl = \"u\"\n", "t");
+        let pin = format!("sha256 = \"{}\"\n", "a".repeat(64));
+        let bad_name = Catalog::parse(
+            &format!("[[image]]\nname = \"X!\"\nurl = \"u\"\n{pin}"),
+            "t",
+        );
         assert!(bad_name.is_err());
         let twice = Catalog::parse(
-            "[[image]]\nname = \"a\"\nurl = \"u\"\n[[image]]\nname = \"a\"\nurl = \"v\"\n",
+            &format!("[[image]]\nname = \"a\"\nurl = \"u\"\n{pin}[[image]]\nname = \"a\"\nurl = \"v\"\n{pin}"),
             "t",
         );
         assert!(twice.unwrap_err().to_string().contains("twice"));
@@ -182,7 +196,10 @@ mod tests {
     #[test]
     fn merged_entries_override_by_name() {
         let extra = Catalog::parse(
-            "[[image]]\nname = \"debian-bookworm\"\nurl = \"http://127.0.0.1/b.tar.zst\"\n",
+            &format!(
+                "[[image]]\nname = \"debian-bookworm\"\nurl = \"http://127.0.0.1/b.tar.zst\"\nsha256 = \"{}\"\n",
+                "b".repeat(64)
+            ),
             "extra",
         )
         .unwrap();

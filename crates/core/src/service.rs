@@ -461,6 +461,7 @@ impl Banger {
 }
 
 mod lifecycle;
+pub use lifecycle::{Reconciled, BOOT_INTERRUPTED};
 
 #[cfg(test)]
 mod tests;

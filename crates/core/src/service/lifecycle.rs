@@ -26,7 +26,12 @@ pub struct Reconciled {
     pub adopted: Vec<String>,
     /// VMs whose VMM was gone (or stuck) and were marked stopped.
     pub stopped: Vec<String>,
+    /// VMs the daemon was booting when it stopped: marked failed.
+    pub failed: Vec<String>,
 }
+
+/// Why a VM caught mid-boot by a daemon restart is `failed`.
+pub const BOOT_INTERRUPTED: &str = "bangerd stopped during its boot";
 
 impl Banger {
     fn runtime(&self) -> Result<&Runtime, ServiceError> {
@@ -419,6 +424,23 @@ impl Banger {
                 continue;
             }
             tracing::info!(vm = %vm.name, status = ?alive, state = vm.state.as_str(), "vm not running after restart: stopping it");
+            if vm.state == VmState::Starting {
+                // Half-booted: kill what may run, release what it held,
+                // and say why it is not running.
+                if let Some(handle) = vm.handle.take() {
+                    let _ = runtime.vmm.kill(&handle).await;
+                }
+                if let Ok(image) = self.image_of(&vm) {
+                    let ctx = self.context(&vm, &image);
+                    for cap in runtime.capabilities.iter().rev() {
+                        cap.cleanup(&ctx).await;
+                    }
+                }
+                vm.last_error = Some(BOOT_INTERRUPTED.into());
+                self.persist(&mut vm, VmState::Failed)?;
+                report.failed.push(vm.name.clone());
+                continue;
+            }
             self.halt(&mut vm, false).await?;
             report.stopped.push(vm.name.clone());
         }

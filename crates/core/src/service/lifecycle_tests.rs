@@ -27,6 +27,8 @@ fn push(log: &Log, event: impl Into<String>) {
 /// FAKE: a VMM that records what it is asked and boots nothing.
 struct FakeVmm {
     log: Log,
+    /// What `status` answers: the VMM process lives.
+    alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait]
@@ -53,7 +55,11 @@ impl Vmm for FakeVmm {
         Ok(())
     }
     async fn status(&self, _handle: &VmmHandle) -> VmmStatus {
-        VmmStatus::Running
+        if self.alive.load(std::sync::atomic::Ordering::SeqCst) {
+            VmmStatus::Running
+        } else {
+            VmmStatus::Exited
+        }
     }
 }
 
@@ -164,6 +170,14 @@ impl Capability for FakeCap {
 }
 
 fn booting(capabilities: Vec<FakeCap>, log: &Log) -> Banger {
+    booting_with(capabilities, log, Arc::new(true.into()))
+}
+
+fn booting_with(
+    capabilities: Vec<FakeCap>,
+    log: &Log,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+) -> Banger {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
     store.upsert_image(&super::tests::image("base")).unwrap();
     let state = tempfile_dir();
@@ -184,7 +198,10 @@ fn booting(capabilities: Vec<FakeCap>, log: &Log) -> Banger {
         settings,
     )
     .with_runtime(Runtime {
-        vmm: Arc::new(FakeVmm { log: log.clone() }),
+        vmm: Arc::new(FakeVmm {
+            log: log.clone(),
+            alive,
+        }),
         agents: Arc::new(FakeAgent),
         capabilities: capabilities
             .into_iter()
@@ -389,4 +406,45 @@ async fn a_start_keeps_the_create_stages() {
     let kept: Vec<String> = vm.create_stages.iter().map(|s| s.name.clone()).collect();
     assert_eq!(kept, created);
     b.delete_vm("web", true).await.unwrap();
+}
+
+#[tokio::test]
+async fn reconcile_adopts_the_living_stops_the_dead_and_fails_the_half_booted() {
+    let log = Log::default();
+    let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let b = booting_with(vec![FakeCap::new("net", &log)], &log, alive.clone());
+    for name in ["up", "gone", "booting"] {
+        b.create_vm(named(name)).await.unwrap();
+    }
+    let mut first = b.reconcile().await.unwrap();
+    first.adopted.sort();
+    assert_eq!(
+        first,
+        Reconciled {
+            adopted: vec!["booting".into(), "gone".into(), "up".into()],
+            ..Reconciled::default()
+        }
+    );
+    // The daemon died while "booting" was starting, and the VMMs of
+    // "gone" and "booting" died with the host's patience.
+    let mut half = b.find_vm("booting").unwrap();
+    half.state = VmState::Starting;
+    b.store.update_vm(&half).unwrap();
+    alive.store(false, std::sync::atomic::Ordering::SeqCst);
+    log.lock().unwrap().clear();
+    let report = b.reconcile().await.unwrap();
+    assert_eq!(report.failed, ["booting"]);
+    assert_eq!(report.stopped.len(), 2, "{report:?}");
+    let half = b.find_vm("booting").unwrap();
+    assert_eq!(half.state, VmState::Failed);
+    assert_eq!(half.last_error.as_deref(), Some(BOOT_INTERRUPTED));
+    assert!(half.handle.is_none());
+    assert_eq!(b.find_vm("gone").unwrap().state, VmState::Stopped);
+    let cleaned = events(&log).iter().filter(|e| *e == "net.cleanup").count();
+    assert_eq!(
+        cleaned,
+        3,
+        "every dead vm released what it held: {:?}",
+        events(&log)
+    );
 }

@@ -272,6 +272,56 @@ mod tests {
         assert!(server.answer(b"not dns").await.is_none());
     }
 
+    /// A stand-in upstream resolver on loopback: answers every A query
+    /// with 192.0.2.7, keeping the query's id.
+    async fn stub_upstream() -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                let query = Message::from_vec(&buf[..len]).unwrap();
+                let mut reply = Message::new();
+                reply
+                    .set_id(query.id())
+                    .set_message_type(MessageType::Response)
+                    .set_op_code(OpCode::Query)
+                    .set_response_code(ResponseCode::NoError);
+                reply.add_queries(query.queries().to_vec());
+                let name = query.queries()[0].name().clone();
+                reply.add_answer(Record::from_rdata(
+                    name,
+                    60,
+                    RData::A(A("192.0.2.7".parse().unwrap())),
+                ));
+                socket
+                    .send_to(&reply.to_vec().unwrap(), from)
+                    .await
+                    .unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn other_names_are_forwarded_to_the_upstream_and_back() {
+        let upstream = stub_upstream().await;
+        let server = DnsServer::new(vec![upstream]);
+        server.set("web", "172.29.0.5".parse().unwrap());
+        let out = ask(&server, "example.com.", RecordType::A).await;
+        assert_eq!((out.id(), out.response_code()), (77, ResponseCode::NoError));
+        assert_eq!(
+            out.answers()[0].data(),
+            Some(&RData::A(A("192.0.2.7".parse().unwrap())))
+        );
+        // Its own zone never goes upstream.
+        let vm = ask(&server, "web.vm.", RecordType::A).await;
+        assert_eq!(
+            vm.answers()[0].data(),
+            Some(&RData::A(A("172.29.0.5".parse().unwrap())))
+        );
+    }
+
     #[test]
     fn upstreams_skip_our_own_addresses() {
         let text = "# x\nnameserver 172.29.0.1\nnameserver 10.0.0.2\nsearch vm\n";
