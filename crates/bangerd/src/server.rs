@@ -79,6 +79,15 @@ pub async fn start(config: Config) -> Result<Running> {
     if reconciled != banger_core::service::Reconciled::default() {
         tracing::info!(adopted = ?reconciled.adopted, stopped = ?reconciled.stopped, failed = ?reconciled.failed, "vms reconciled");
     }
+    let live: Vec<String> = banger
+        .list_vms()?
+        .into_iter()
+        .filter(|vm| vm.handle.is_some())
+        .map(|vm| vm.id)
+        .collect();
+    for (pid, vm) in banger_host::process::kill_orphan_vmms(&config.run_dir, &live) {
+        tracing::warn!(pid, vm = %vm, "killed a vmm no vm record owns");
+    }
     let listener = bind(&config.socket, &config.socket_group).await?;
     let (shutdown, mut stopped) = watch::channel(false);
     let state = AppState {

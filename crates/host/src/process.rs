@@ -51,9 +51,13 @@ pub async fn wait_gone(pid: u32, start_ticks: u64, limit: Duration) -> bool {
     true
 }
 
-/// Running VMMs started by banger: (pid, vm id), found by the name QEMU
-/// is given (`-name banger-<id>`) or Firecracker's `--id <id>`.
-pub fn banger_vmms() -> Vec<(u32, String)> {
+/// Running VMMs started by the banger whose runtime directory is
+/// `run_dir`: (pid, vm id), found by the name QEMU is given
+/// (`-name banger-<id>`) or Firecracker's `--id <id>`, and by a socket
+/// path under `run_dir` on their command line (another daemon's VMs are
+/// not ours).
+pub fn banger_vmms(run_dir: &Path) -> Vec<(u32, String)> {
+    let ours = run_dir.display().to_string();
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -72,6 +76,9 @@ pub fn banger_vmms() -> Vec<(u32, String)> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
+        if !args.iter().any(|a| a.contains(&ours)) {
+            continue;
+        }
         for pair in args.windows(2) {
             let id = match (pair[0].as_str(), &pair[1]) {
                 ("-name", name) => name.strip_prefix("banger-").map(String::from),
@@ -86,9 +93,73 @@ pub fn banger_vmms() -> Vec<(u32, String)> {
     found
 }
 
+/// Kills (the process groups of) this banger's VMMs whose VM is not in
+/// `live`: left by a daemon that died between spawning a VMM and recording
+/// it. Returns what it killed.
+pub fn kill_orphan_vmms(run_dir: &Path, live: &[String]) -> Vec<(u32, String)> {
+    let orphans: Vec<(u32, String)> = banger_vmms(run_dir)
+        .into_iter()
+        .filter(|(_, id)| !live.contains(id))
+        .collect();
+    for (pid, _) in &orphans {
+        // Each VMM leads its own process group.
+        let _ = kill(Pid::from_raw(-(*pid as i32)), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    orphans
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process that looks like a VMM of banger's: `-name banger-ID` and a
+    /// socket path under `run_dir` on its command line.
+    fn fake_vmm(run_dir: &Path, id: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("python3")
+            .args(["-c", "import time; time.sleep(60)", "-name"])
+            .arg(format!("banger-{id}"))
+            .arg(run_dir.join("vms").join(id).join("qmp.sock"))
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_this_daemons_orphans_are_found_and_killed() {
+        let ours = tempfile::tempdir().unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        let mut live = fake_vmm(ours.path(), "live1");
+        let mut orphan = fake_vmm(ours.path(), "orphan1");
+        let mut other = fake_vmm(theirs.path(), "other1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while banger_vmms(ours.path()).len() < 2 {
+            assert!(Instant::now() < deadline, "{:?}", banger_vmms(ours.path()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut found = banger_vmms(ours.path());
+        found.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(
+            found,
+            [(live.id(), "live1".into()), (orphan.id(), "orphan1".into())]
+        );
+        let killed = kill_orphan_vmms(ours.path(), &["live1".to_string()]);
+        assert_eq!(killed, [(orphan.id(), "orphan1".to_string())]);
+        assert!(
+            orphan.wait().unwrap().code().is_none(),
+            "killed by a signal"
+        );
+        assert!(live.try_wait().unwrap().is_none(), "the live one runs on");
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "another daemon's vmm is not ours"
+        );
+        for child in [&mut live, &mut other] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 
     #[tokio::test]
     async fn tracks_a_process_by_pid_and_start_time() {

@@ -29,7 +29,7 @@ pub async fn verify(State(state): State<AppState>) -> Result<Json<VerifyReport>,
     let live_ids: Vec<String> = live.iter().map(|v| v.id.clone()).collect();
     let mut leaks = Vec::new();
 
-    for (pid, id) in banger_host::process::banger_vmms() {
+    for (pid, id) in banger_host::process::banger_vmms(&state.banger.settings().run_dir) {
         if !live_ids.contains(&id) {
             leaks.push(leak(
                 "process",
