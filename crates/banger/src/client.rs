@@ -16,8 +16,16 @@ use tokio::net::UnixStream;
 /// A failure the daemon reported, or the daemon being unreachable.
 #[derive(Debug)]
 pub enum ClientError {
-    NotRunning { socket: PathBuf, reason: String },
+    NotRunning {
+        socket: PathBuf,
+        reason: String,
+    },
     Api(ApiError),
+    /// The daemon went away while it answered (killed, crashed).
+    WentAway {
+        path: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for ClientError {
@@ -31,6 +39,9 @@ impl std::fmt::Display for ClientError {
                 )
             }
             ClientError::Api(err) => write!(f, "{}", err.error.message),
+            ClientError::WentAway { path, reason } => {
+                write!(f, "bangerd went away while answering {path} ({reason})")
+            }
         }
     }
 }
@@ -101,9 +112,11 @@ impl Client {
         })
         .await?;
         last.unwrap_or_else(|| {
-            Err(anyhow::anyhow!(
-                "bangerd ended the progress stream of {path} without a result"
-            ))
+            Err(ClientError::WentAway {
+                path: path.to_string(),
+                reason: "the stream ended without a result".into(),
+            }
+            .into())
         })
     }
 
@@ -124,7 +137,10 @@ impl Client {
         let mut body = response.into_body();
         let mut buffer: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.context("bangerd dropped the stream")?;
+            let frame = frame.map_err(|e| ClientError::WentAway {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
             let Some(data) = frame.data_ref() else {
                 continue;
             };

@@ -110,6 +110,13 @@ fn report(err: &anyhow::Error) -> ExitCode {
             };
             (api.error.hint.clone(), code)
         }
+        Some(ClientError::WentAway { .. }) => (
+            Some(
+                "see its log (bangerd.log beside its socket) and start it again with `banger daemon start`; a vm it was booting is then marked failed"
+                    .to_string(),
+            ),
+            1,
+        ),
         None => (None, 1),
     };
     eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
