@@ -131,6 +131,16 @@ fn a_session_from_start_to_stop() {
             "invalid size \"10Q\"",
         ),
         (&["vm", "show", "nope"][..], 1, "no vm named \"nope\""),
+        (
+            &["vm", "create", "--ip", "10.9.9.9", "--no-start"][..],
+            2,
+            "address 10.9.9.9 is outside the bridge prefix 172.29.0.0/24",
+        ),
+        (
+            &["vm", "create", "--ip", "172.29.0.2", "--no-start"][..],
+            1,
+            "address 172.29.0.2 is taken by vm web",
+        ),
     ] {
         let out = banger(root.path(), args);
         let (_, err) = text(&out);
@@ -145,6 +155,42 @@ fn a_session_from_start_to_stop() {
         assert!(lines[at].contains(needle), "{args:?}: {err}");
         assert_eq!(lines.len(), at + 2, "{args:?}: {err}");
         assert!(lines[at + 1].starts_with("hint: "), "{args:?}: {err}");
+    }
+
+    // --json prints the record and nothing else, on either stream.
+    let out = banger(
+        root.path(),
+        &[
+            "vm",
+            "create",
+            "--name",
+            "db",
+            "--ip",
+            "172.29.0.40",
+            "--no-start",
+            "--json",
+        ],
+    );
+    let (json, err) = text(&out);
+    assert_eq!((out.status.code(), err.as_str()), (Some(0), ""), "{json}");
+    let db: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(db["guest_ip"], "172.29.0.40");
+    assert!(banger(root.path(), &["vm", "rm", "db"]).status.success());
+
+    // An ssh_config stanza that trusts only banger's own known_hosts.
+    let out = banger(root.path(), &["ssh-config"]);
+    let (stanza, _) = text(&out);
+    let state = root.path().join("var/lib/banger/ssh");
+    for line in [
+        "Host *.vm".to_string(),
+        format!("IdentityFile {}", state.join("id_ed25519").display()),
+        format!("UserKnownHostsFile {}", state.join("known_hosts").display()),
+        "StrictHostKeyChecking yes".to_string(),
+    ] {
+        assert!(
+            stanza.lines().any(|l| l.trim() == line),
+            "{line} in {stanza}"
+        );
     }
 
     let out = banger(root.path(), &["image", "rm", "base"]);
