@@ -23,7 +23,14 @@ impl std::fmt::Debug for dyn Progress {
     }
 }
 
+/// The kind of a VM's create; its stages are also kept as `create_stages`.
+pub const VM_CREATE: &str = "vm.create";
+
 impl Operation {
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
     pub fn begin(kind: &'static str) -> Self {
         let now = Instant::now();
         tracing::info!(op = kind, "operation started");

@@ -264,7 +264,7 @@ impl Banger {
         params: CreateParams,
         progress: Option<Arc<dyn crate::progress::Progress>>,
     ) -> Result<Vm, ServiceError> {
-        let mut op = Operation::begin("vm.create");
+        let mut op = Operation::begin(crate::operation::VM_CREATE);
         if let Some(progress) = progress {
             op = op.with_progress(progress);
         }
@@ -307,17 +307,12 @@ impl Banger {
             self.store.update_vm(&vm)?;
             return Ok(vm);
         }
-        let booted = self.boot(&mut vm, &image, op).await;
-        vm.create_stages = vm.stages.clone();
-        if let Err(err) = booted {
+        if let Err(err) = self.boot(&mut vm, &image, op).await {
             if params.remove_on_failure {
                 self.discard_failed(&mut vm).await;
-            } else if let Err(store) = self.store.update_vm(&vm) {
-                tracing::warn!(vm = %vm.name, error = %store, "cannot record the create stages");
             }
             return Err(err);
         }
-        self.store.update_vm(&vm)?;
         Ok(vm)
     }
 

@@ -102,9 +102,9 @@ pub fn kill_orphan_vmms(run_dir: &Path, live: &[String]) -> Vec<(u32, String)> {
         .filter(|(_, id)| !live.contains(id))
         .collect();
     for (pid, _) in &orphans {
-        // Each VMM leads its own process group.
-        let _ = kill(Pid::from_raw(-(*pid as i32)), Signal::SIGKILL);
-        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        // Each VMM leads its own process group; the process alone if not.
+        let _ = kill(Pid::from_raw(-(*pid as i32)), Signal::SIGKILL)
+            .or_else(|_| kill(Pid::from_raw(*pid as i32), Signal::SIGKILL));
     }
     orphans
 }

@@ -94,23 +94,19 @@ impl Banger {
         let ctx = self.context(vm, image);
         let mut prepared: Vec<Arc<dyn Capability>> = Vec::new();
         let result = self.boot_steps(vm, &ctx, &runtime, op, &mut prepared).await;
+        vm.stages = op.stages().to_vec();
+        if op.kind() == crate::operation::VM_CREATE {
+            vm.create_stages = vm.stages.clone();
+        }
         match result {
             Ok(()) => {
-                vm.stages = op.stages().to_vec();
                 self.persist(vm, VmState::Running)?;
                 tracing::info!(vm = %vm.name, "vm running");
                 Ok(())
             }
             Err(message) => {
-                if let Some(handle) = vm.handle.take() {
-                    let _ = runtime.vmm.kill(&handle).await;
-                }
-                for cap in prepared.iter().rev() {
-                    cap.cleanup(&ctx).await;
-                }
-                vm.last_error = Some(message.clone());
-                vm.stages = op.stages().to_vec();
-                self.persist(vm, VmState::Failed)?;
+                self.fail_boot(vm, Some(&ctx), &runtime, &prepared, &message)
+                    .await?;
                 tracing::warn!(vm = %vm.name, error = %message, "vm failed to start");
                 Err(ServiceError::Boot {
                     name: vm.name.clone(),
@@ -118,6 +114,29 @@ impl Banger {
                 })
             }
         }
+    }
+
+    /// Ends a boot that cannot go on: kills its VMM, cleans up what
+    /// `prepared` made (in reverse; nothing without a context), and
+    /// records the VM `failed` with `message`.
+    async fn fail_boot(
+        &self,
+        vm: &mut Vm,
+        ctx: Option<&VmContext>,
+        runtime: &Runtime,
+        prepared: &[Arc<dyn Capability>],
+        message: &str,
+    ) -> Result<(), ServiceError> {
+        if let Some(handle) = vm.handle.take() {
+            let _ = runtime.vmm.kill(&handle).await;
+        }
+        if let Some(ctx) = ctx {
+            for cap in prepared.iter().rev() {
+                cap.cleanup(ctx).await;
+            }
+        }
+        vm.last_error = Some(message.to_string());
+        self.persist(vm, VmState::Failed)
     }
 
     async fn boot_steps(
@@ -425,19 +444,19 @@ impl Banger {
             }
             tracing::info!(vm = %vm.name, status = ?alive, state = vm.state.as_str(), "vm not running after restart: stopping it");
             if vm.state == VmState::Starting {
-                // Half-booted: kill what may run, release what it held,
-                // and say why it is not running.
-                if let Some(handle) = vm.handle.take() {
-                    let _ = runtime.vmm.kill(&handle).await;
-                }
-                if let Ok(image) = self.image_of(&vm) {
-                    let ctx = self.context(&vm, &image);
-                    for cap in runtime.capabilities.iter().rev() {
-                        cap.cleanup(&ctx).await;
-                    }
-                }
-                vm.last_error = Some(BOOT_INTERRUPTED.into());
-                self.persist(&mut vm, VmState::Failed)?;
+                // Half-booted: ended like a failed boot, with the reason.
+                let ctx = self
+                    .image_of(&vm)
+                    .map(|image| self.context(&vm, &image))
+                    .ok();
+                self.fail_boot(
+                    &mut vm,
+                    ctx.as_ref(),
+                    &runtime,
+                    &runtime.capabilities,
+                    BOOT_INTERRUPTED,
+                )
+                .await?;
                 report.failed.push(vm.name.clone());
                 continue;
             }

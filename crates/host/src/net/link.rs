@@ -5,6 +5,7 @@
 //! the workspace denies): it runs when the warm pool refills, and while
 //! a VM waits only when the pool is empty.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::TryStreamExt;
@@ -65,12 +66,17 @@ impl Links {
 
     /// Names of all links.
     pub async fn names(&self) -> Result<Vec<String>, LinkError> {
+        Ok(self.names_by_index().await?.into_values().collect())
+    }
+
+    /// Every link's name by its index.
+    async fn names_by_index(&self) -> Result<HashMap<u32, String>, LinkError> {
         let mut links = self.handle.link().get().execute();
-        let mut names = Vec::new();
+        let mut names = HashMap::new();
         while let Some(link) = links.try_next().await.map_err(nl)? {
             for attr in link.attributes {
                 if let LinkAttribute::IfName(name) = attr {
-                    names.push(name);
+                    names.insert(link.header.index, name);
                 }
             }
         }
@@ -104,17 +110,14 @@ impl Links {
         let mut present = false;
         let mut stale = Vec::new();
         while let Some(message) = addresses.try_next().await.map_err(nl)? {
-            let mine = message.attributes.iter().any(|attr| {
-                matches!(attr, AddressAttribute::Address(IpAddr::V4(a))
-                    if *a == addr && message.header.prefix_len == prefix)
+            let v4 = message.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V4(a)) => Some(*a),
+                _ => None,
             });
-            let v4 = message
-                .attributes
-                .iter()
-                .any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V4(_))));
-            present |= mine;
-            if v4 && !mine {
-                stale.push(message);
+            match v4 {
+                Some(a) if a == addr && message.header.prefix_len == prefix => present = true,
+                Some(_) => stale.push(message),
+                None => {}
             }
         }
         // The bridge is banger's: an address from an older bridge_address
@@ -219,15 +222,7 @@ impl Links {
 
     /// Every IPv4 address on the host's links: (link name, address, prefix).
     pub async fn ipv4_addresses(&self) -> Result<Vec<(String, Ipv4Addr, u8)>, LinkError> {
-        let mut names = std::collections::HashMap::new();
-        let mut links = self.handle.link().get().execute();
-        while let Some(link) = links.try_next().await.map_err(nl)? {
-            for attr in link.attributes {
-                if let LinkAttribute::IfName(name) = attr {
-                    names.insert(link.header.index, name);
-                }
-            }
-        }
+        let names = self.names_by_index().await?;
         let mut found = Vec::new();
         let mut addresses = self.handle.address().get().execute();
         while let Some(message) = addresses.try_next().await.map_err(nl)? {
