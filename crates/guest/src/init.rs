@@ -7,7 +7,8 @@
 //! `/newroot/run` (kept by systemd) with `/run/banger/boot-times.json`;
 //! the work disk on `/newroot/root`; hostname; `lo` and `eth0`; then
 //! `/dev`, `/proc`, `/sys` move over, the initramfs files are deleted and
-//! the root switches to `/newroot`, where the image's init is executed.
+//! the root switches to `/newroot`; the image's early services (the agent,
+//! sshd: `early`) are started, and the image's init is executed.
 //! Any failure prints `banger-init: ...` on the console and powers off,
 //! so the VMM exits instead of hanging.
 
@@ -20,7 +21,7 @@ use banger_proto::agent::BootTimes;
 use nix::kmod::{finit_module, ModuleInitFlags};
 use nix::mount::{mount, MsFlags};
 
-use crate::cmdline::{BootConfig, CmdlineError};
+use crate::cmdline::{AgentTransport, BootConfig, CmdlineError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -97,8 +98,17 @@ fn move_mount(from: &str, to: &str) -> Result<(), InitError> {
     })
 }
 
-/// Loads every module the list names; an already loaded one is fine.
-pub fn load_modules(list: &Path) -> Result<usize, InitError> {
+/// Whether a module is needed by this boot: the vsock modules only when
+/// the agent speaks vsock (their loading costs tens of milliseconds
+/// under emulation).
+pub fn module_wanted(path: &str, agent: AgentTransport) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    agent == AgentTransport::Vsock || !(name.starts_with("vsock") || name.starts_with("vmw_vsock"))
+}
+
+/// Loads every module the list names that `wanted` keeps; an already
+/// loaded one is fine.
+pub fn load_modules(list: &Path, wanted: impl Fn(&str) -> bool) -> Result<usize, InitError> {
     let text = match std::fs::read_to_string(list) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -111,7 +121,11 @@ pub fn load_modules(list: &Path) -> Result<usize, InitError> {
         }
     };
     let mut loaded = 0;
-    for path in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    for path in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && wanted(l))
+    {
         let file = File::open(path).map_err(|source| InitError::Io {
             action: "open",
             path: path.into(),
@@ -169,7 +183,7 @@ fn prepare() -> Result<String, InitError> {
         source,
     })?;
     let cfg = BootConfig::parse(&cmdline)?;
-    load_modules(Path::new(MODULE_LIST))?;
+    load_modules(Path::new(MODULE_LIST), |m| module_wanted(m, cfg.agent))?;
     times.modules_ms = boottime_ms();
 
     wait_for(&cfg.root)?;
@@ -256,6 +270,10 @@ fn prepare() -> Result<String, InitError> {
         path: "/".into(),
         source,
     })?;
+    crate::early::start_all(
+        Path::new(crate::early::EARLY_LIST),
+        crate::early::READY_WAIT,
+    );
     Ok(cfg.init)
 }
 
@@ -288,7 +306,10 @@ mod tests {
 
     #[test]
     fn a_missing_module_list_loads_nothing() {
-        assert_eq!(load_modules(Path::new("/nonexistent/modules")).unwrap(), 0);
+        assert_eq!(
+            load_modules(Path::new("/nonexistent/modules"), |_| true).unwrap(),
+            0
+        );
     }
 
     #[test]
@@ -296,7 +317,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("modules");
         std::fs::write(&list, "/nonexistent/virtio_blk.ko\n").unwrap();
-        let err = load_modules(&list).unwrap_err().to_string();
+        let err = load_modules(&list, |_| true).unwrap_err().to_string();
         assert!(
             err.starts_with("cannot open /nonexistent/virtio_blk.ko"),
             "{err}"

@@ -4,13 +4,16 @@
 //!   initramfs lists, mounts the image's rootfs read-only under an overlay
 //!   whose upper layer is the VM's system disk, mounts the work disk on
 //!   `/root`, configures `eth0`, and switches root to the image's init.
-//! - `agent` (`banger-agent`): started early by systemd in the booted
-//!   guest; answers the host over vsock or a virtio-serial port
+//! - `early`: the services banger-init starts right after switching root
+//!   (the agent, sshd), which their systemd units adopt by pid file.
+//! - `agent` (`banger-agent`): started by banger-init (or its systemd
+//!   unit in images that list no early services); answers the host over vsock or a virtio-serial port
 //!   (`banger_proto::agent`): hello with boot timings, exec with streamed
 //!   output, signals, shutdown.
 
 pub mod agent;
 pub mod channel;
 pub mod cmdline;
+pub mod early;
 pub mod init;
 pub mod netconfig;

@@ -1,5 +1,11 @@
 //! `banger-guest`: `init` when it is PID 1 or called `init`,
 //! `banger-agent` when called so; `banger-guest init|agent` otherwise.
+//!
+//! `banger-agent` alone serves in the foreground; `--pidfile FILE` forks
+//! it into the background with its pid in `FILE` (how banger-init starts
+//! it early, and what a `Type=forking` unit expects); `adopt FILE -- CMD`
+//! is the `ExecStart=` of units whose service banger-init may have
+//! started early (see `banger_guest::early`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -27,7 +33,7 @@ fn main() -> ExitCode {
     };
     match role {
         "init" => banger_guest::init::run(),
-        "agent" => match agent() {
+        "agent" => match agent_command(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("banger-agent: {err:#}");
@@ -41,7 +47,60 @@ fn main() -> ExitCode {
     }
 }
 
+/// The agent's own arguments (after its name, or after `agent`).
+fn agent_command(args: &[String]) -> Result<()> {
+    let args = match args.first().map(String::as_str) {
+        Some("agent") => &args[1..],
+        _ => args,
+    };
+    match args.first().map(String::as_str) {
+        None => agent(),
+        Some("--pidfile") => {
+            let file = args.get(1).context("--pidfile needs a file")?;
+            background(Path::new(file))
+        }
+        Some("adopt") => {
+            let file = args.get(1).context("adopt needs a pid file")?;
+            let command = match args.get(2).map(String::as_str) {
+                Some("--") => &args[3..],
+                _ => anyhow::bail!("usage: banger-agent adopt PIDFILE -- COMMAND..."),
+            };
+            Err(banger_guest::early::adopt(Path::new(file), command))
+                .with_context(|| format!("cannot run {}", command.join(" ")))
+        }
+        Some(other) => anyhow::bail!(
+            "unknown argument {other}: use banger-agent [--pidfile FILE | adopt PIDFILE -- COMMAND...]"
+        ),
+    }
+}
+
+/// Starts the agent again as a child in a process group of its own,
+/// writes the child's pid to `file` and returns: the parent then exits 0
+/// and the child, reparented to PID 1, serves.
+fn background(file: &Path) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let exe = std::env::current_exe().context("cannot find the agent's own binary")?;
+    let child = std::process::Command::new(exe)
+        .arg0("banger-agent")
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("cannot start the agent in the background")?;
+    let partial = file.with_extension("pid.partial");
+    std::fs::write(&partial, format!("{}\n", child.id()))
+        .and_then(|()| std::fs::rename(&partial, file))
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    std::process::exit(0)
+}
+
 fn agent() -> Result<()> {
+    // A session of its own when started in the background (already one
+    // under systemd: then this fails, harmlessly).
+    let _ = nix::unistd::setsid();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

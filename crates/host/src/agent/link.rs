@@ -19,6 +19,12 @@ use tokio::sync::mpsc;
 use super::client::{AgentClient, AgentError, ExecEvent};
 use crate::process;
 
+/// How long the first hello of a booting guest is given; each unanswered
+/// one doubles it up to `HELLO_WAIT_MAX`, so a ready agent is noticed
+/// within a fraction of a second and a slow one is not flooded.
+const HELLO_WAIT_FIRST: Duration = Duration::from_millis(200);
+const HELLO_WAIT_MAX: Duration = Duration::from_secs(2);
+
 const SERIAL_TAIL_LINES: usize = 15;
 
 #[derive(Default)]
@@ -103,6 +109,7 @@ impl AgentLink for HostAgentLink {
         timeout: Duration,
     ) -> Result<AgentReady, AgentLinkError> {
         let deadline = Instant::now() + timeout;
+        let mut hello_wait = HELLO_WAIT_FIRST;
         loop {
             if !process::alive(handle.pid, handle.start_ticks) {
                 self.forget(handle);
@@ -125,7 +132,7 @@ impl AgentLink for HostAgentLink {
                     continue;
                 }
             };
-            match client.hello(Duration::from_secs(1)).await {
+            match client.hello(hello_wait).await {
                 Ok(hello) => {
                     return Ok(AgentReady {
                         hostname: hello.hostname,
@@ -134,7 +141,8 @@ impl AgentLink for HostAgentLink {
                         uptime_ms: hello.uptime_ms,
                     })
                 }
-                Err(AgentError::Timeout(_)) => {}
+                // Not answering yet: ask again soon, then less often.
+                Err(AgentError::Timeout(_)) => hello_wait = (hello_wait * 2).min(HELLO_WAIT_MAX),
                 Err(AgentError::Closed) => {
                     self.forget(handle);
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -2,7 +2,8 @@
 //! minbase tree with systemd, openssh-server, iproute2 and Debian's cloud
 //! kernel (its own initramfs run diverted away: banger ships its own),
 //! then take the kernel out (bzImage and the ELF vmlinux in it), make the
-//! initramfs, put the agent and its unit into the tree, and make
+//! initramfs, put the agent into the tree and set its systemd up the
+//! lean way (`lean`), and make
 //! `rootfs.ext4` and `work-seed.ext4` from it without mounting anything.
 
 use std::path::{Path, PathBuf};
@@ -70,39 +71,7 @@ pub const BASE_PACKAGES: &[&str] = &[
     "linux-image-cloud-amd64",
 ];
 
-/// Where the agent lives in the rootfs.
-pub const AGENT_PATH: &str = "usr/local/sbin/banger-agent";
-
-const AGENT_UNIT: &str = "[Unit]
-Description=banger guest agent
-DefaultDependencies=no
-After=local-fs.target
-Before=sysinit.target
-
-[Service]
-Type=simple
-ExecStart=/usr/local/sbin/banger-agent
-Restart=always
-RestartSec=1
-
-[Install]
-WantedBy=multi-user.target
-";
-
-/// VMs get their ssh host keys from the host; this makes them in a VM
-/// that was given none, so sshd never starts without keys.
-const SSH_KEYS_UNIT: &str = "[Unit]
-Description=make ssh host keys when the vm was given none
-Before=ssh.service
-ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
-
-[Service]
-Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
-
-[Install]
-WantedBy=multi-user.target
-";
+pub use super::lean::AGENT_PATH;
 
 /// Runs in the tree after the essential packages, before the others: the
 /// kernel's postinst must not build an initramfs (slow, and unused).
@@ -288,6 +257,8 @@ fn find_kernel(tree: &Path) -> Result<(PathBuf, String), BuildError> {
     found.pop().ok_or(BuildError::NoKernel)
 }
 
+/// Puts the agent into the tree and sets its systemd up the lean way
+/// (`lean`: early agent and sshd, masked units).
 fn install_agent(tree: &Path, guest_binary: &Path) -> Result<(), BuildError> {
     use std::os::unix::fs::PermissionsExt;
     let agent = tree.join(AGENT_PATH);
@@ -295,21 +266,7 @@ fn install_agent(tree: &Path, guest_binary: &Path) -> Result<(), BuildError> {
     std::fs::copy(guest_binary, &agent).map_err(io_err("copy", guest_binary))?;
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))
         .map_err(io_err("chmod", &agent))?;
-    let units = tree.join("etc/systemd/system");
-    let wants = units.join("multi-user.target.wants");
-    std::fs::create_dir_all(&wants).map_err(io_err("create", &wants))?;
-    for (name, text) in [
-        ("banger-agent.service", AGENT_UNIT),
-        ("banger-ssh-keys.service", SSH_KEYS_UNIT),
-    ] {
-        let unit = units.join(name);
-        std::fs::write(&unit, text).map_err(io_err("write", &unit))?;
-        let link = wants.join(name);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(format!("/etc/systemd/system/{name}"), &link)
-            .map_err(io_err("link", &link))?;
-    }
-    Ok(())
+    super::lean::apply(tree).map_err(io_err("set up systemd in", tree))
 }
 
 /// What must not be shared by every VM of the image, and what only

@@ -10,5 +10,6 @@ pub mod download;
 pub mod ext4;
 pub mod initramfs;
 pub mod kernel;
+pub mod lean;
 pub mod maker;
 pub mod modules;

@@ -1,0 +1,337 @@
+//! Early services: what banger-init starts right after switching root,
+//! before it executes the image's init, so that the agent and sshd answer
+//! as soon as the root filesystem and the network are up instead of after
+//! systemd has loaded its units. Their systemd units adopt them later by
+//! pid file (`banger-agent adopt PIDFILE -- CMD`), so systemd supervises,
+//! reloads and restarts them like any service.
+//!
+//! The image lists them in `/etc/banger/early`, one per line:
+//!
+//! ```text
+//! # name  pid file               run dir    command
+//! agent   /run/banger/agent.pid  -          /usr/local/sbin/banger-agent --pidfile /run/banger/agent.pid
+//! sshd    /run/sshd.pid          /run/sshd  /usr/sbin/sshd
+//! ```
+//!
+//! An image without the file starts nothing early (images built before
+//! it existed boot as they always did).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the image lists its early services.
+pub const EARLY_LIST: &str = "/etc/banger/early";
+
+/// The environment early services get: what systemd gives its services.
+pub const SERVICE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EarlyError {
+    #[error("{list} line {line}: {why}")]
+    Parse {
+        list: String,
+        line: usize,
+        why: &'static str,
+    },
+}
+
+/// One early service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlyService {
+    pub name: String,
+    /// Where the service's pid ends up (written by the service itself).
+    pub pid_file: PathBuf,
+    /// A directory the service needs under `/run` (sshd's privilege
+    /// separation directory), made mode 0755.
+    pub run_dir: Option<PathBuf>,
+    pub argv: Vec<String>,
+}
+
+/// Reads the list's text; comments and blank lines are skipped.
+pub fn parse(list: &str, text: &str) -> Result<Vec<EarlyService>, EarlyError> {
+    let mut services = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |why| EarlyError::Parse {
+            list: list.to_string(),
+            line: index + 1,
+            why,
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() < 4 {
+            return Err(bad("expected: name, pid file, run dir or -, command"));
+        }
+        let absolute = |w: &str| w.starts_with('/');
+        if !absolute(words[1]) || !absolute(words[3]) {
+            return Err(bad("the pid file and the command must be absolute paths"));
+        }
+        let run_dir = match words[2] {
+            "-" => None,
+            dir if absolute(dir) => Some(PathBuf::from(dir)),
+            _ => return Err(bad("the run dir must be an absolute path or -")),
+        };
+        services.push(EarlyService {
+            name: words[0].to_string(),
+            pid_file: PathBuf::from(words[1]),
+            run_dir,
+            argv: words[3..].iter().map(|w| w.to_string()).collect(),
+        });
+    }
+    Ok(services)
+}
+
+/// How long banger-init waits for the early services to be up before it
+/// executes the image's init anyway.
+pub const READY_WAIT: Duration = Duration::from_secs(3);
+
+/// Starts every service of the list under the current root, each in a
+/// process group of its own with a clean environment, and waits (at most
+/// `wait`) until each has written its pid file or its launcher failed:
+/// sshd writes its pid file once it listens, so the image's init, whose
+/// start competes for the CPU, comes after. The services stay children
+/// of PID 1 (the image's init once banger-init has executed it). Returns
+/// the names started; a service that cannot be started is reported on
+/// the console and skipped (its unit starts it the ordinary way later).
+pub fn start_all(list: &Path, wait: Duration) -> Vec<String> {
+    let text = match std::fs::read_to_string(list) {
+        Ok(text) => text,
+        Err(_) => return Vec::new(),
+    };
+    let services = match parse(&list.display().to_string(), &text) {
+        Ok(services) => services,
+        Err(err) => {
+            eprintln!("banger-init: early services: {err}");
+            return Vec::new();
+        }
+    };
+    let mut launched = Vec::new();
+    for service in services {
+        match start(&service) {
+            Ok(child) => launched.push((service, child)),
+            Err(err) => eprintln!("banger-init: cannot start {} early: {err}", service.name),
+        }
+    }
+    let deadline = Instant::now() + wait;
+    let mut started = Vec::new();
+    for (service, mut child) in launched {
+        loop {
+            if service.pid_file.exists() {
+                started.push(service.name);
+                break;
+            }
+            // A launcher that failed leaves no pid file to wait for.
+            if let Ok(Some(status)) = child.try_wait() {
+                if !status.success() {
+                    eprintln!("banger-init: {} exited early: {status}", service.name);
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "banger-init: {} wrote no pid file within {wait:?}",
+                    service.name
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    started
+}
+
+fn start(service: &EarlyService) -> std::io::Result<Child> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = &service.run_dir {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+    }
+    if let Some(parent) = service.pid_file.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let (program, args) = service
+        .argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("no command"))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", SERVICE_PATH)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .process_group(0);
+    // Its launcher is reaped here when it has exited; a service that stays
+    // in the foreground is reaped by PID 1 (systemd, once executed).
+    command.spawn()
+}
+
+/// Whether `pid_file` names a live process (not a zombie).
+pub fn running(pid_file: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .filter(|pid| *pid > 1)
+    else {
+        return false;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// `banger-agent adopt PIDFILE -- CMD...`: the `ExecStart=` of a unit
+/// whose service banger-init may have started early. When `PIDFILE`
+/// names a live process this returns and systemd takes that process over
+/// through the unit's `PIDFile=`; otherwise it executes `CMD`.
+pub fn adopt(pid_file: &Path, argv: &[String]) -> std::io::Error {
+    if running(pid_file) {
+        std::process::exit(0);
+    }
+    let Some((program, args)) = argv.split_first() else {
+        return std::io::Error::other("adopt needs a command after --");
+    };
+    Command::new(program).args(args).exec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_is_read_with_comments_and_run_dirs() {
+        let text = "# name pid dir command\n\nagent /run/banger/agent.pid - /usr/local/sbin/banger-agent --pidfile /run/banger/agent.pid\nsshd /run/sshd.pid /run/sshd /usr/sbin/sshd # privsep dir\n";
+        let services = parse("early", text).unwrap();
+        assert_eq!(services.len(), 2);
+        assert_eq!(services[0].name, "agent");
+        assert_eq!(services[0].run_dir, None);
+        assert_eq!(
+            services[0].argv,
+            [
+                "/usr/local/sbin/banger-agent",
+                "--pidfile",
+                "/run/banger/agent.pid"
+            ]
+        );
+        assert_eq!(services[1].pid_file, Path::new("/run/sshd.pid"));
+        assert_eq!(services[1].run_dir.as_deref(), Some(Path::new("/run/sshd")));
+        assert_eq!(services[1].argv, ["/usr/sbin/sshd"]);
+    }
+
+    #[test]
+    fn start_all_waits_for_pid_files_not_for_failed_launchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("svc.pid");
+        let list = dir.path().join("early");
+        let script = dir.path().join("svc.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nsleep 0.2\necho $$ > {}\n", pid.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::write(
+            &list,
+            format!(
+                "svc {} - {}\nfails /run/none.pid - /bin/false\n",
+                pid.display(),
+                script.display()
+            ),
+        )
+        .unwrap();
+        let t = Instant::now();
+        assert_eq!(start_all(&list, Duration::from_secs(20)), ["svc"]);
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn bad_lines_name_their_line() {
+        let err = parse("early", "agent /run/a.pid -\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "early line 1: expected: name, pid file, run dir or -, command"
+        );
+        let err = parse("early", "\nsshd run/sshd.pid - /usr/sbin/sshd\n").unwrap_err();
+        assert!(err.to_string().starts_with("early line 2: "), "{err}");
+        let err = parse("early", "sshd /run/sshd.pid run /usr/sbin/sshd\n").unwrap_err();
+        assert!(err.to_string().contains("run dir"), "{err}");
+    }
+
+    #[test]
+    fn a_pid_file_counts_only_for_a_live_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.pid");
+        assert!(!running(&file), "missing file");
+        std::fs::write(&file, format!("{}\n", std::process::id())).unwrap();
+        assert!(running(&file), "this process");
+        std::fs::write(&file, "garbage").unwrap();
+        assert!(!running(&file));
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        std::fs::write(&file, pid.to_string()).unwrap();
+        assert!(!running(&file), "a process that has exited");
+    }
+
+    #[test]
+    fn started_services_run_in_their_own_process_group_with_a_clean_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let run_dir = dir.path().join("run/sshd");
+        let list = dir.path().join("early");
+        let script = dir.path().join("svc.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$PATH $HOME $(ps -o pgid= -p $$ | tr -d ' ') $$\" > {}.tmp\nmv {0}.tmp {0}\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::write(
+            &list,
+            format!(
+                "svc {} {} {}\nbroken /x.pid - /nonexistent/program\n",
+                dir.path().join("pids/svc.pid").display(),
+                run_dir.display(),
+                script.display()
+            ),
+        )
+        .unwrap();
+        let t = Instant::now();
+        assert_eq!(
+            start_all(&list, Duration::from_secs(2)),
+            Vec::<String>::new()
+        );
+        assert!(
+            t.elapsed() >= Duration::from_secs(2),
+            "waited for the pid file"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !out.exists() {
+            assert!(Instant::now() < deadline, "the service never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let text = std::fs::read_to_string(&out).unwrap();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(words[0], SERVICE_PATH);
+        assert_eq!(words.len(), 3, "HOME is not passed on: {text}");
+        assert_eq!(words[1], words[2], "process group leader: {text}");
+        assert!(run_dir.is_dir());
+        assert!(dir.path().join("pids").is_dir());
+    }
+}

@@ -1,0 +1,331 @@
+//! The lean guest: how a built image's systemd is set up so that a VM
+//! answers as soon as its root filesystem and network are up, and
+//! systemd's own boot costs as little as it can while staying a normal
+//! Debian (systemd is PID 1, units and `apt-get install` work).
+//!
+//! - Early services (`/etc/banger/early`, read by banger-init): the agent
+//!   and sshd start right after the switch root, before systemd; their
+//!   units (`banger-agent.service`, `ssh.service`) adopt them by pid file,
+//!   so systemd supervises, reloads and restarts them as usual. Neither
+//!   unit waits for anything (`DefaultDependencies=no`), so a service
+//!   that banger-init did not start comes up in systemd's first batch.
+//! - Units that serve no purpose in a banger VM are masked (`MASKED`),
+//!   generators likewise (`MASKED_GENERATORS`); each says why.
+//! - The journal stays in memory (no flush to disk at boot).
+//!
+//! Users undo any of it in a VM with `systemctl unmask UNIT`, or for an
+//! image by removing the link (`/etc/systemd/system/UNIT`).
+
+use std::path::Path;
+
+/// A unit or generator turned off, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Masked {
+    pub name: &'static str,
+    pub why: &'static str,
+}
+
+const fn masked(name: &'static str, why: &'static str) -> Masked {
+    Masked { name, why }
+}
+
+const NO_UDEV: &str = "no udev: banger-init loads the modules the VM needs, devtmpfs makes the device nodes, nothing is hot-plugged";
+
+/// Units linked to `/dev/null` in `/etc/systemd/system`.
+pub const MASKED: &[Masked] = &[
+    masked("systemd-udevd.service", NO_UDEV),
+    masked("systemd-udevd-control.socket", NO_UDEV),
+    masked("systemd-udevd-kernel.socket", NO_UDEV),
+    masked("systemd-udev-trigger.service", "udev coldplug: no udev"),
+    masked("systemd-udev-settle.service", "waits for udev: no udev"),
+    masked(
+        "getty.target",
+        "no console logins: VMs are reached by SSH and the agent, `vm logs` shows the console",
+    ),
+    masked("getty-static.service", "console gettys: none"),
+    masked(
+        "e2scrub_reap.service",
+        "cleans up LVM scrub snapshots: banger's disks are plain ext4",
+    ),
+    masked("e2scrub_all.timer", "scrubs LVM volumes: none"),
+    masked(
+        "modprobe@.service",
+        "loads configfs, dm_mod, drm, efi_pstore, fuse and loop at boot: the kernel loads each on first use",
+    ),
+    masked(
+        "systemd-journal-flush.service",
+        "moves the journal to disk at boot: it stays in memory (Storage=volatile)",
+    ),
+    masked(
+        "sys-kernel-debug.mount",
+        "debugfs: `mount -t debugfs none /sys/kernel/debug` when needed",
+    ),
+    masked(
+        "sys-kernel-tracing.mount",
+        "tracefs: `mount -t tracefs none /sys/kernel/tracing` when needed",
+    ),
+    masked(
+        "apt-daily.timer",
+        "no package list refresh behind the user's back (it fires at first boot)",
+    ),
+    masked(
+        "apt-daily-upgrade.timer",
+        "no unattended upgrades behind the user's back",
+    ),
+    masked(
+        "dpkg-db-backup.timer",
+        "a daily backup of dpkg's database, which fires at first boot",
+    ),
+    masked(
+        "fstrim.timer",
+        "a weekly trim, which fires at first boot: `fstrim -a` gives freed blocks back to the host",
+    ),
+];
+
+/// Generators linked to `/dev/null` in `/etc/systemd/system-generators`.
+pub const MASKED_GENERATORS: &[Masked] = &[
+    masked(
+        "systemd-getty-generator",
+        "a serial getty bound to a device unit that, without udev, never appears",
+    ),
+    masked(
+        "systemd-gpt-auto-generator",
+        "probes the disks for GPT partitions: the root is an overlay",
+    ),
+    masked("systemd-hibernate-resume-generator", "no hibernation"),
+    masked(
+        "systemd-cryptsetup-generator",
+        "no encrypted volumes on banger's disks",
+    ),
+    masked("systemd-integritysetup-generator", "no integrity volumes"),
+    masked("systemd-veritysetup-generator", "no verity volumes"),
+];
+
+/// Where the agent lives in the rootfs.
+pub const AGENT_PATH: &str = "usr/local/sbin/banger-agent";
+
+/// The early services banger-init starts (`banger_guest::early`).
+pub const EARLY_LIST: &str = "# banger-init starts these right after switching root; their units adopt them
+# name  pid file               run dir    command
+agent   /run/banger/agent.pid  -          /usr/local/sbin/banger-agent --pidfile /run/banger/agent.pid
+sshd    /run/sshd.pid          /run/sshd  /usr/sbin/sshd
+";
+
+const AGENT_UNIT: &str = "[Unit]
+Description=banger guest agent
+DefaultDependencies=no
+
+[Service]
+Type=forking
+PIDFile=/run/banger/agent.pid
+ExecStart=/usr/local/sbin/banger-agent adopt /run/banger/agent.pid -- /usr/local/sbin/banger-agent --pidfile /run/banger/agent.pid
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// VMs get their ssh host keys from the host; this makes them in a VM
+/// that was given none, so sshd never starts without keys.
+const SSH_KEYS_UNIT: &str = "[Unit]
+Description=make ssh host keys when the vm was given none
+DefaultDependencies=no
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Debian's `ssh.service`, replaced whole: no ordering after the network
+/// (banger-init set it up), no `sshd -t` before every start, and the
+/// sshd that banger-init started adopted by its pid file.
+const SSH_UNIT: &str = "[Unit]
+Description=OpenBSD Secure Shell server (started early by banger-init)
+Documentation=man:sshd(8) man:sshd_config(5)
+DefaultDependencies=no
+After=banger-ssh-keys.service
+Conflicts=shutdown.target
+Before=shutdown.target
+ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
+
+[Service]
+EnvironmentFile=-/etc/default/ssh
+Type=forking
+PIDFile=/run/sshd.pid
+ExecStart=/usr/local/sbin/banger-agent adopt /run/sshd.pid -- /usr/sbin/sshd $SSHD_OPTS
+ExecReload=/usr/sbin/sshd -t
+ExecReload=/bin/kill -HUP $MAINPID
+KillMode=process
+Restart=on-failure
+RestartPreventExitStatus=255
+RuntimeDirectory=sshd
+RuntimeDirectoryMode=0755
+RuntimeDirectoryPreserve=yes
+
+[Install]
+WantedBy=multi-user.target
+Alias=sshd.service
+";
+
+const JOURNALD_CONF: &str = "# banger: the journal stays in memory; `vm logs` keeps the console
+[Journal]
+Storage=volatile
+";
+
+fn write(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, text)
+}
+
+fn link(target: &str, at: &Path) -> std::io::Result<()> {
+    if let Some(parent) = at.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::symlink_metadata(at) {
+        Ok(_) => std::fs::remove_file(at)?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    std::os::unix::fs::symlink(target, at)
+}
+
+/// Sets up a Debian systemd tree the lean way (the agent binary is put
+/// at `AGENT_PATH` by the caller).
+pub fn apply(tree: &Path) -> std::io::Result<()> {
+    let etc = tree.join("etc");
+    write(&etc.join("banger/early"), EARLY_LIST)?;
+    let units = etc.join("systemd/system");
+    for (name, text) in [
+        ("banger-agent.service", AGENT_UNIT),
+        ("banger-ssh-keys.service", SSH_KEYS_UNIT),
+        ("ssh.service", SSH_UNIT),
+    ] {
+        write(&units.join(name), text)?;
+        link(
+            &format!("/etc/systemd/system/{name}"),
+            &units.join("multi-user.target.wants").join(name),
+        )?;
+    }
+    link(
+        "/etc/systemd/system/ssh.service",
+        &units.join("sshd.service"),
+    )?;
+    for unit in MASKED {
+        link("/dev/null", &units.join(unit.name))?;
+        for wants in [
+            "multi-user.target.wants",
+            "timers.target.wants",
+            "sysinit.target.wants",
+        ] {
+            let _ = std::fs::remove_file(units.join(wants).join(unit.name));
+        }
+    }
+    let generators = etc.join("systemd/system-generators");
+    for generator in MASKED_GENERATORS {
+        link("/dev/null", &generators.join(generator.name))?;
+    }
+    write(
+        &etc.join("systemd/journald.conf.d/banger.conf"),
+        JOURNALD_CONF,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_written_enabled_and_the_masked_ones_point_at_dev_null() {
+        let tree = tempfile::tempdir().unwrap();
+        let units = tree.path().join("etc/systemd/system");
+        // What Debian's own packages enabled.
+        std::fs::create_dir_all(units.join("timers.target.wants")).unwrap();
+        std::os::unix::fs::symlink(
+            "/lib/systemd/system/apt-daily.timer",
+            units.join("timers.target.wants/apt-daily.timer"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "/lib/systemd/system/ssh.service",
+            units.join("sshd.service"),
+        )
+        .unwrap();
+        apply(tree.path()).unwrap();
+        apply(tree.path()).unwrap(); // twice: the same tree
+
+        for name in [
+            "banger-agent.service",
+            "ssh.service",
+            "banger-ssh-keys.service",
+        ] {
+            assert_eq!(
+                std::fs::read_link(units.join("multi-user.target.wants").join(name)).unwrap(),
+                Path::new("/etc/systemd/system").join(name)
+            );
+        }
+        assert_eq!(
+            std::fs::read_link(units.join("sshd.service")).unwrap(),
+            Path::new("/etc/systemd/system/ssh.service")
+        );
+        for unit in MASKED {
+            assert_eq!(
+                std::fs::read_link(units.join(unit.name)).unwrap(),
+                Path::new("/dev/null"),
+                "{}",
+                unit.name
+            );
+        }
+        assert!(!units.join("timers.target.wants/apt-daily.timer").exists());
+        for generator in MASKED_GENERATORS {
+            let at = tree
+                .path()
+                .join("etc/systemd/system-generators")
+                .join(generator.name);
+            assert_eq!(std::fs::read_link(at).unwrap(), Path::new("/dev/null"));
+        }
+        let early = std::fs::read_to_string(tree.path().join("etc/banger/early")).unwrap();
+        assert!(early.contains("/usr/sbin/sshd"));
+    }
+
+    #[test]
+    fn the_early_services_are_the_ones_the_units_adopt() {
+        let ssh = SSH_UNIT
+            .lines()
+            .find(|l| l.starts_with("PIDFile="))
+            .unwrap();
+        let agent = AGENT_UNIT
+            .lines()
+            .find(|l| l.starts_with("PIDFile="))
+            .unwrap();
+        for pid_file in [ssh, agent].map(|l| l.trim_start_matches("PIDFile=")) {
+            assert!(
+                EARLY_LIST
+                    .lines()
+                    .any(|l| l.split_whitespace().nth(1) == Some(pid_file)),
+                "{pid_file} is not in the early list"
+            );
+        }
+        for unit in [SSH_UNIT, AGENT_UNIT] {
+            assert!(unit.contains("DefaultDependencies=no"));
+            assert!(!unit.contains("After=local-fs.target"));
+            assert!(!unit.contains("After=network"));
+            assert!(!unit.contains("ExecStartPre"));
+        }
+    }
+
+    #[test]
+    fn every_masked_unit_says_why() {
+        for m in MASKED.iter().chain(MASKED_GENERATORS) {
+            assert!(!m.why.is_empty() && !m.why.ends_with('.'), "{}", m.name);
+        }
+    }
+}
