@@ -98,7 +98,10 @@ async fn handle(
                 "protocol version {version} is not spoken here: this agent speaks {PROTOCOL_VERSION}"
             ),
         }),
-        Op::Hello { .. } => reply(hello(&ctx)),
+        Op::Hello { .. } => {
+            wait_booted(&ctx).await;
+            reply(hello(&ctx))
+        }
         Op::Exec {
             argv,
             env,
@@ -133,6 +136,23 @@ async fn handle(
         }
     }
 }
+
+/// How long a hello waits for banger-init to finish the boot.
+const BOOTING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// banger-init starts the agent before it has mounted the work disk and
+/// set the network, with `booting` beside the boot timings until it has:
+/// the agent says hello (the host's sign that the VM is ready) only after.
+async fn wait_booted(ctx: &AgentContext) {
+    let marker = ctx.boot_times.with_file_name(BOOTING_MARKER);
+    let deadline = tokio::time::Instant::now() + BOOTING_WAIT;
+    while marker.exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// The file banger-init keeps beside the boot timings while it boots.
+pub const BOOTING_MARKER: &str = "booting";
 
 fn hello(ctx: &AgentContext) -> ReplyBody {
     let uptime_ms = std::fs::read_to_string("/proc/uptime")

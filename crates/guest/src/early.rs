@@ -89,15 +89,20 @@ pub fn parse(list: &str, text: &str) -> Result<Vec<EarlyService>, EarlyError> {
 /// executes the image's init anyway.
 pub const READY_WAIT: Duration = Duration::from_secs(3);
 
+/// A service started early, until it is known to be up.
+#[derive(Debug)]
+pub struct Launched {
+    service: EarlyService,
+    launcher: Child,
+}
+
 /// Starts every service of the list under the current root, each in a
-/// process group of its own with a clean environment, and waits (at most
-/// `wait`) until each has written its pid file or its launcher failed:
-/// sshd writes its pid file once it listens, so the image's init, whose
-/// start competes for the CPU, comes after. The services stay children
-/// of PID 1 (the image's init once banger-init has executed it). Returns
-/// the names started; a service that cannot be started is reported on
-/// the console and skipped (its unit starts it the ordinary way later).
-pub fn start_all(list: &Path, wait: Duration) -> Vec<String> {
+/// process group of its own with a clean environment, without waiting.
+/// The services stay children of PID 1 (the image's init once
+/// banger-init has executed it). A service that cannot be started is
+/// reported on the console and skipped (its unit starts it the ordinary
+/// way later).
+pub fn start_all(list: &Path) -> Vec<Launched> {
     let text = match std::fs::read_to_string(list) {
         Ok(text) => text,
         Err(_) => return Vec::new(),
@@ -112,20 +117,32 @@ pub fn start_all(list: &Path, wait: Duration) -> Vec<String> {
     let mut launched = Vec::new();
     for service in services {
         match start(&service) {
-            Ok(child) => launched.push((service, child)),
+            Ok(launcher) => launched.push(Launched { service, launcher }),
             Err(err) => eprintln!("banger-init: cannot start {} early: {err}", service.name),
         }
     }
+    launched
+}
+
+/// Waits (at most `wait` in all) until each service has written its pid
+/// file or its launcher failed: sshd writes its pid file once it
+/// listens, so the image's init, whose start competes for the CPU, comes
+/// after. Returns the names of the services that are up.
+pub fn wait_ready(launched: Vec<Launched>, wait: Duration) -> Vec<String> {
     let deadline = Instant::now() + wait;
     let mut started = Vec::new();
-    for (service, mut child) in launched {
+    for Launched {
+        service,
+        mut launcher,
+    } in launched
+    {
         loop {
             if service.pid_file.exists() {
                 started.push(service.name);
                 break;
             }
             // A launcher that failed leaves no pid file to wait for.
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = launcher.try_wait() {
                 if !status.success() {
                     eprintln!("banger-init: {} exited early: {status}", service.name);
                     break;
@@ -252,7 +269,10 @@ mod tests {
         )
         .unwrap();
         let t = Instant::now();
-        assert_eq!(start_all(&list, Duration::from_secs(20)), ["svc"]);
+        assert_eq!(
+            wait_ready(start_all(&list), Duration::from_secs(20)),
+            ["svc"]
+        );
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 
@@ -314,7 +334,7 @@ mod tests {
         .unwrap();
         let t = Instant::now();
         assert_eq!(
-            start_all(&list, Duration::from_secs(2)),
+            wait_ready(start_all(&list), Duration::from_secs(2)),
             Vec::<String>::new()
         );
         assert!(

@@ -52,6 +52,8 @@ pub enum InitError {
 }
 
 const MODULE_LIST: &str = "/etc/banger/modules";
+/// Where the boot timings and the booting marker live in the new root.
+const BOOT_DIR: &str = "/run/banger";
 const DEVICE_WAIT: Duration = Duration::from_secs(10);
 
 /// Milliseconds since the kernel started.
@@ -106,8 +108,9 @@ pub fn module_wanted(path: &str, agent: AgentTransport) -> bool {
     agent == AgentTransport::Vsock || !(name.starts_with("vsock") || name.starts_with("vmw_vsock"))
 }
 
-/// Loads every module the list names that `wanted` keeps; an already
-/// loaded one is fine.
+/// Loads every module the list names that `wanted` keeps, a group (lines
+/// up to a blank line) at a time, the modules of a group concurrently;
+/// an already loaded one is fine.
 pub fn load_modules(list: &Path, wanted: impl Fn(&str) -> bool) -> Result<usize, InitError> {
     let text = match std::fs::read_to_string(list) {
         Ok(text) => text,
@@ -120,29 +123,49 @@ pub fn load_modules(list: &Path, wanted: impl Fn(&str) -> bool) -> Result<usize,
             })
         }
     };
+    // Groups are separated by blank lines; a group loads concurrently.
+    let mut groups: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in text.lines().map(str::trim) {
+        match groups.last_mut() {
+            Some(group) if line.is_empty() && !group.is_empty() => groups.push(Vec::new()),
+            Some(group) if !line.is_empty() && wanted(line) => group.push(line),
+            _ => {}
+        }
+    }
     let mut loaded = 0;
-    for path in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && wanted(l))
-    {
-        let file = File::open(path).map_err(|source| InitError::Io {
-            action: "open",
-            path: path.into(),
-            source,
-        })?;
-        match finit_module(&file, &CString::default(), ModuleInitFlags::empty()) {
-            Ok(()) => loaded += 1,
-            Err(nix::Error::EEXIST) => {}
-            Err(source) => {
-                return Err(InitError::Module {
-                    path: path.into(),
-                    source,
-                })
-            }
+    for group in groups {
+        let results: Vec<Result<bool, InitError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = group
+                .iter()
+                .map(|path| scope.spawn(move || load_module(path)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(Ok(false)))
+                .collect()
+        });
+        for result in results {
+            loaded += usize::from(result?);
         }
     }
     Ok(loaded)
+}
+
+/// Loads one module file; `false` when it was loaded already.
+fn load_module(path: &str) -> Result<bool, InitError> {
+    let file = File::open(path).map_err(|source| InitError::Io {
+        action: "open",
+        path: path.into(),
+        source,
+    })?;
+    match finit_module(&file, &CString::default(), ModuleInitFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(nix::Error::EEXIST) => Ok(false),
+        Err(source) => Err(InitError::Module {
+            path: path.into(),
+            source,
+        }),
+    }
 }
 
 fn wait_for(device: &str) -> Result<(), InitError> {
@@ -222,12 +245,40 @@ fn prepare() -> Result<String, InitError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755"),
     )?;
-    if let Some(work) = &cfg.work {
-        wait_for(work)?;
-        mount_fs(work, "/newroot/root", "ext4", MsFlags::empty(), None)?;
-    }
     if let Some(name) = &cfg.hostname {
         let _ = nix::unistd::sethostname(name);
+    }
+    for dir in ["/dev", "/proc", "/sys"] {
+        move_mount(dir, &format!("/newroot{dir}"))?;
+    }
+    for path in ["/init", "/lib", "/etc"] {
+        let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
+    }
+    std::env::set_current_dir("/newroot").map_err(|source| InitError::Io {
+        action: "enter",
+        path: "/newroot".into(),
+        source,
+    })?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(InitError::Switch)?;
+    nix::unistd::chroot(".").map_err(InitError::Switch)?;
+    std::env::set_current_dir("/").map_err(|source| InitError::Io {
+        action: "enter",
+        path: "/".into(),
+        source,
+    })?;
+
+    // The image's early services start now, in the new root, while the
+    // work disk and the network are set up; the agent holds its hello
+    // until the marker is gone.
+    let booting = Path::new(BOOT_DIR).join(crate::agent::BOOTING_MARKER);
+    let _ = std::fs::create_dir_all(BOOT_DIR);
+    let _ = std::fs::write(&booting, b"");
+    let early = crate::early::start_all(Path::new(crate::early::EARLY_LIST));
+
+    if let Some(work) = &cfg.work {
+        wait_for(work)?;
+        mount_fs(work, "/root", "ext4", MsFlags::empty(), None)?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -245,35 +296,12 @@ fn prepare() -> Result<String, InitError> {
     ))?;
     drop(runtime);
     times.mounted_ms = boottime_ms();
-
-    for dir in ["/dev", "/proc", "/sys"] {
-        move_mount(dir, &format!("/newroot{dir}"))?;
-    }
-    for path in ["/init", "/lib", "/etc"] {
-        let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
-    }
     times.switch_root_ms = boottime_ms();
-    let _ = std::fs::create_dir_all("/newroot/run/banger");
     if let Ok(json) = serde_json::to_vec(&times) {
-        let _ = std::fs::write("/newroot/run/banger/boot-times.json", json);
+        let _ = std::fs::write(Path::new(BOOT_DIR).join("boot-times.json"), json);
     }
-    std::env::set_current_dir("/newroot").map_err(|source| InitError::Io {
-        action: "enter",
-        path: "/newroot".into(),
-        source,
-    })?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(InitError::Switch)?;
-    nix::unistd::chroot(".").map_err(InitError::Switch)?;
-    std::env::set_current_dir("/").map_err(|source| InitError::Io {
-        action: "enter",
-        path: "/".into(),
-        source,
-    })?;
-    crate::early::start_all(
-        Path::new(crate::early::EARLY_LIST),
-        crate::early::READY_WAIT,
-    );
+    let _ = std::fs::remove_file(&booting);
+    crate::early::wait_ready(early, crate::early::READY_WAIT);
     Ok(cfg.init)
 }
 

@@ -134,7 +134,7 @@ async fn serve_serial() -> Result<()> {
     let sys = Path::new("/sys/class/virtio-ports");
     loop {
         let Some(port) = find_serial_port(sys, SERIAL_PORT_NAME) else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         let file = tokio::fs::OpenOptions::new()

@@ -133,8 +133,8 @@ pub async fn build(
         let spec = initramfs::InitramfsSpec {
             init,
             version: spec_version,
+            modules: modules::groups(&modules_dir, &files)?,
             modules_dir,
-            modules: files,
         };
         Ok::<_, BuildError>(initramfs::write(&spec, &out)?)
     })

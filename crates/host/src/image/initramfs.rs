@@ -2,7 +2,9 @@
 //! `/init` (the guest binary), the kernel modules the guest needs before
 //! its root is mounted under `/lib/modules/<version>/`, and
 //! `/etc/banger/modules`, the list of those files in load order that the
-//! guest init reads.
+//! guest init reads: groups separated by a blank line, each loaded
+//! concurrently (a reader that skips blank lines still gets a valid
+//! order).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -33,8 +35,9 @@ pub struct InitramfsSpec {
     pub version: String,
     /// The `lib/modules/<version>` directory the modules come from.
     pub modules_dir: PathBuf,
-    /// Module files relative to `modules_dir`, in load order.
-    pub modules: Vec<PathBuf>,
+    /// Module files relative to `modules_dir`, in groups that load at
+    /// the same time, in load order (`modules::groups`).
+    pub modules: Vec<Vec<PathBuf>>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, InitramfsError> {
@@ -103,8 +106,10 @@ pub fn write(spec: &InitramfsSpec, out: &Path) -> Result<Vec<String>, InitramfsE
     };
     let init = read(&spec.init)?;
     let mut modules = Vec::new();
-    for relative in &spec.modules {
-        modules.push(module_bytes(&spec.modules_dir, relative)?);
+    for (group, files) in spec.modules.iter().enumerate() {
+        for relative in files {
+            modules.push((group, module_bytes(&spec.modules_dir, relative)?));
+        }
     }
     let file = File::create(out).map_err(write_err)?;
     let mut gz = GzEncoder::new(BufWriter::new(file), Compression::fast());
@@ -129,7 +134,13 @@ pub fn write(spec: &InitramfsSpec, out: &Path) -> Result<Vec<String>, InitramfsE
     entry(&mut gz, "init", 0o100755, &mut ino, &init).map_err(write_err)?;
     let mut list = String::new();
     let mut names = Vec::new();
-    for (file, bytes) in &modules {
+    let mut last_group = 0;
+    for (group, (file, bytes)) in &modules {
+        // A blank line starts the next group.
+        if *group != last_group {
+            list.push('\n');
+            last_group = *group;
+        }
         let path = format!("{module_dir}/{file}");
         entry(&mut gz, &path, 0o100644, &mut ino, bytes).map_err(write_err)?;
         list.push('/');
@@ -198,7 +209,10 @@ mod tests {
             init,
             version: "6.1.0-test".into(),
             modules_dir,
-            modules: vec!["kernel/a/one.ko".into(), "kernel/a/two.ko.zst".into()],
+            modules: vec![
+                vec!["kernel/a/one.ko".into()],
+                vec!["kernel/a/two.ko.zst".into()],
+            ],
         };
         let out = dir.path().join("initrd");
         assert_eq!(write(&spec, &out).unwrap(), ["one", "two"]);
@@ -213,7 +227,7 @@ mod tests {
         assert_eq!(get("lib/modules/6.1.0-test/two.ko").unwrap(), b"module two");
         assert_eq!(
             String::from_utf8(get(MODULE_LIST).unwrap()).unwrap(),
-            "/lib/modules/6.1.0-test/one.ko\n/lib/modules/6.1.0-test/two.ko\n"
+            "/lib/modules/6.1.0-test/one.ko\n\n/lib/modules/6.1.0-test/two.ko\n"
         );
         assert!(get("dev").is_some() && get("proc").is_some());
     }

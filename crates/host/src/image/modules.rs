@@ -125,6 +125,36 @@ fn visit(
     Ok(())
 }
 
+/// The modules of `order` (as `resolve` gives them) in groups that can
+/// load at the same time: a module's group comes after the groups of all
+/// it depends on. banger-init loads each group concurrently, which
+/// overlaps the waits inside the kernel's module loading.
+pub fn groups(dir: &Path, order: &[PathBuf]) -> Result<Vec<Vec<PathBuf>>, ModulesError> {
+    let deps = read_deps(dir)?;
+    let mut depth: HashMap<String, usize> = HashMap::new();
+    let mut groups: Vec<Vec<PathBuf>> = Vec::new();
+    for path in order {
+        let name = module_name(&path.display().to_string());
+        let level = deps
+            .get(&name)
+            .map(|(_, needs)| {
+                needs
+                    .iter()
+                    .filter_map(|need| depth.get(&module_name(need)))
+                    .map(|d| d + 1)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        depth.insert(name, level);
+        if groups.len() <= level {
+            groups.resize(level + 1, Vec::new());
+        }
+        groups[level].push(path.clone());
+    }
+    Ok(groups)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +189,23 @@ mod tests {
                 "virtio_ring",
                 "virtio_net",
                 "virtio_rng"
+            ]
+        );
+        let groups: Vec<Vec<String>> = groups(dir.path(), &order)
+            .unwrap()
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|p| module_name(&p.display().to_string()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                vec!["failover", "virtio_ring"],
+                vec!["net_failover", "virtio_rng"],
+                vec!["virtio_net"]
             ]
         );
         assert!(matches!(
