@@ -10,7 +10,7 @@
 //! ```text
 //! # name  pid file               run dir    command
 //! agent   /run/banger/agent.pid  -          /usr/local/sbin/banger-agent --pidfile /run/banger/agent.pid
-//! sshd    /run/sshd.pid          /run/sshd  /usr/sbin/sshd
+//! sshd    /run/sshd.pid          /run/sshd  /usr/sbin/sshd -D
 //! ```
 //!
 //! An image without the file starts nothing early (images built before
@@ -208,18 +208,78 @@ pub fn running(pid_file: &Path) -> bool {
     }
 }
 
-/// `banger-agent adopt PIDFILE -- CMD...`: the `ExecStart=` of a unit
-/// whose service banger-init may have started early. When `PIDFILE`
-/// names a live process this returns and systemd takes that process over
-/// through the unit's `PIDFile=`; otherwise it executes `CMD`.
-pub fn adopt(pid_file: &Path, argv: &[String]) -> std::io::Error {
+/// How long `adopt` waits for a service it started to write its pid file.
+pub const ADOPT_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error("adopt needs a command after --")]
+    NoCommand,
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} exited ({status}) before it wrote {pid_file}")]
+    Exited {
+        program: String,
+        status: std::process::ExitStatus,
+        pid_file: String,
+    },
+    #[error("{program} wrote no pid file at {pid_file} within {wait:?}")]
+    NoPidFile {
+        program: String,
+        pid_file: String,
+        wait: Duration,
+    },
+}
+
+/// `banger-agent adopt PIDFILE -- CMD...`: the `ExecStart=` of a
+/// `Type=forking` unit whose service banger-init may have started early.
+/// When `PIDFILE` names a live process this returns at once and systemd
+/// takes that process over through the unit's `PIDFile=`. Otherwise it
+/// starts `CMD` (a daemon that stays in the foreground, like `sshd -D`,
+/// or one that forks) and returns once `PIDFILE` names a live process,
+/// which is what `Type=forking` expects of its `ExecStart=`.
+pub fn adopt(pid_file: &Path, argv: &[String], wait: Duration) -> Result<(), AdoptError> {
     if running(pid_file) {
-        std::process::exit(0);
+        return Ok(());
     }
-    let Some((program, args)) = argv.split_first() else {
-        return std::io::Error::other("adopt needs a command after --");
-    };
-    Command::new(program).args(args).exec()
+    let (program, args) = argv.split_first().ok_or(AdoptError::NoCommand)?;
+    // A pid file left by a process that is gone says nothing.
+    let _ = std::fs::remove_file(pid_file);
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| AdoptError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let deadline = Instant::now() + wait;
+    loop {
+        if running(pid_file) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            if !status.success() {
+                return Err(AdoptError::Exited {
+                    program: program.clone(),
+                    status,
+                    pid_file: pid_file.display().to_string(),
+                });
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(AdoptError::NoPidFile {
+                program: program.clone(),
+                pid_file: pid_file.display().to_string(),
+                wait,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +334,55 @@ mod tests {
             ["svc"]
         );
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn adopt_keeps_a_live_service_and_starts_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("svc.pid");
+        let marker = dir.path().join("started");
+        let script = dir.path().join("svc.sh");
+        // A foreground daemon that writes its pid file, like `sshd -D`.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntouch {}\nsleep 0.2\necho $$ > {}\nexec sleep 30\n",
+                marker.display(),
+                pid.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let argv = vec![script.display().to_string()];
+        // A stale pid file does not count.
+        std::fs::write(&pid, "999999999\n").unwrap();
+        adopt(&pid, &argv, Duration::from_secs(20)).unwrap();
+        assert!(marker.exists() && running(&pid));
+        let first = std::fs::read_to_string(&pid).unwrap();
+        std::fs::remove_file(&marker).unwrap();
+        adopt(&pid, &argv, Duration::from_secs(20)).unwrap();
+        assert!(
+            !marker.exists(),
+            "a live service is adopted, not started again"
+        );
+        assert_eq!(std::fs::read_to_string(&pid).unwrap(), first);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(first.trim().parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+
+        let err = adopt(
+            &dir.path().join("none.pid"),
+            &["/bin/false".into()],
+            Duration::from_secs(20),
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("/bin/false exited"), "{err}");
+        assert!(matches!(
+            adopt(&dir.path().join("none.pid"), &[], Duration::from_secs(1)),
+            Err(AdoptError::NoCommand)
+        ));
     }
 
     #[test]

@@ -65,8 +65,8 @@ fn agent_command(args: &[String]) -> Result<()> {
                 Some("--") => &args[3..],
                 _ => anyhow::bail!("usage: banger-agent adopt PIDFILE -- COMMAND..."),
             };
-            Err(banger_guest::early::adopt(Path::new(file), command))
-                .with_context(|| format!("cannot run {}", command.join(" ")))
+            banger_guest::early::adopt(Path::new(file), command, banger_guest::early::ADOPT_WAIT)
+                .map_err(anyhow::Error::from)
         }
         Some(other) => anyhow::bail!(
             "unknown argument {other}: use banger-agent [--pidfile FILE | adopt PIDFILE -- COMMAND...]"

@@ -108,7 +108,7 @@ pub const AGENT_PATH: &str = "usr/local/sbin/banger-agent";
 pub const EARLY_LIST: &str = "# banger-init starts these right after switching root; their units adopt them
 # name  pid file               run dir    command
 agent   /run/banger/agent.pid  -          /usr/local/sbin/banger-agent --pidfile /run/banger/agent.pid
-sshd    /run/sshd.pid          /run/sshd  /usr/sbin/sshd
+sshd    /run/sshd.pid          /run/sshd  /usr/sbin/sshd -D
 ";
 
 const AGENT_UNIT: &str = "[Unit]
@@ -158,7 +158,7 @@ ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
 EnvironmentFile=-/etc/default/ssh
 Type=forking
 PIDFile=/run/sshd.pid
-ExecStart=/usr/local/sbin/banger-agent adopt /run/sshd.pid -- /usr/sbin/sshd $SSHD_OPTS
+ExecStart=/usr/local/sbin/banger-agent adopt /run/sshd.pid -- /usr/sbin/sshd -D $SSHD_OPTS
 ExecReload=/usr/sbin/sshd -t
 ExecReload=/bin/kill -HUP $MAINPID
 KillMode=process
