@@ -1,6 +1,9 @@
 //! Real VMs under QEMU (TCG on hosts without usable KVM), driven through
 //! a real bangerd process and its API, checked from inside the guest
-//! through the agent: create boots to a ready agent; the work disk and
+//! through the agent: create boots to a ready agent and sshd; the lean
+//! guest ends its boot with systemd running and nothing failed, the
+//! agent and sshd adopted by their units, and a unit the user installs
+//! runs at the next boot; the work disk and
 //! the overlay keep their files across a restart, and one VM's overlay
 //! is not another's; the daemon is killed with SIGKILL while VMs run and
 //! re-adopts them; a VM that cannot boot ends failed with QEMU's words;
@@ -160,6 +163,42 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     let (code, _, err) = sh(&socket, "a", "echo oops >&2; exit 3").await;
     assert_eq!((code, err.as_str()), (3, "oops\n"));
 
+    // The lean guest: systemd is PID 1 and finishes its boot with nothing
+    // failed; the agent and sshd, started by banger-init before it, are
+    // its services now; udev is masked and sshd restarts like any unit.
+    let (_, state, why) = sh(&socket, "a", "systemctl is-system-running --wait").await;
+    let (_, failed, _) = sh(&socket, "a", "systemctl --failed --no-legend --plain").await;
+    assert!(
+        ["running", "degraded"].contains(&state.trim()),
+        "system state {state:?} ({why}), failed units: {failed}"
+    );
+    let (_, init, _) = sh(&socket, "a", "cat /proc/1/comm").await;
+    assert_eq!(init.trim(), "systemd");
+    let (code, adopted, err) = sh(
+        &socket,
+        "a",
+        "systemctl is-active banger-agent ssh && test \"$(systemctl show -p MainPID --value ssh)\" = \"$(cat /run/sshd.pid)\" && systemctl is-enabled systemd-udevd.service getty.target 2>&1",
+    )
+    .await;
+    assert_eq!(code, 1, "is-enabled of masked units: {adopted} {err}");
+    assert_eq!(adopted, "active\nactive\nmasked\nmasked\n", "{err}");
+    let (code, _, err) = sh(
+        &socket,
+        "a",
+        "systemctl restart ssh && systemctl is-active ssh && systemctl reload ssh",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+
+    // A unit the user installs runs at boot.
+    let (code, _, err) = sh(
+        &socket,
+        "a",
+        "printf '[Unit]\\nDescription=user oneshot\\n[Service]\\nType=oneshot\\nExecStart=/bin/sh -c \"cat /proc/sys/kernel/random/boot_id > /var/tmp/oneshot\"\\n[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/oneshot.service && systemctl enable oneshot.service",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+
     // Files in /root (work disk) and outside it (overlay) survive a restart.
     let (code, _, _) = sh(
         &socket,
@@ -172,6 +211,13 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     assert_eq!(status, 200, "{restarted}");
     let (_, files, _) = sh(&socket, "a", "cat /root/kept /etc/marker").await;
     assert_eq!(files, "kept\nmine\n");
+    let (code, boot, err) = sh(
+        &socket,
+        "a",
+        "systemctl is-system-running --wait >/dev/null; test \"$(cat /var/tmp/oneshot)\" = \"$(cat /proc/sys/kernel/random/boot_id)\" && echo this-boot",
+    )
+    .await;
+    assert_eq!((code, boot.as_str()), (0, "this-boot\n"), "{err}");
 
     // Another VM of the same image does not see a's overlay.
     let (status, b) = support::call(&socket, "POST", "/v1/vms", Some(r#"{"name":"b"}"#)).await;

@@ -107,7 +107,10 @@ async fn handle(
             env,
             cwd,
             stdin,
-        } => exec(id, argv, env, cwd, stdin, &tx, &running).await,
+        } => {
+            wait_init_settled().await;
+            exec(id, argv, env, cwd, stdin, &tx, &running).await
+        }
         Op::Signal { target, signal } => {
             let pid = running.lock().unwrap_or_else(|e| e.into_inner()).get(&target).copied();
             match (pid, nix::sys::signal::Signal::try_from(signal)) {
@@ -148,6 +151,46 @@ async fn wait_booted(ctx: &AgentContext) {
     let deadline = tokio::time::Instant::now() + BOOTING_WAIT;
     while marker.exists() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// How long a command waits for the image's init to take over.
+const INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether PID 1 is past the early window: banger-init (its `/init` is
+/// deleted from the initramfs) has executed the image's init, and
+/// systemd, if that is it, listens on `/run/systemd/private`, where
+/// `systemctl` reaches it (it has loaded its units by then).
+pub fn init_settled(pid1_exe: &str, systemd_running: bool) -> bool {
+    if pid1_exe.starts_with("/init") {
+        return false;
+    }
+    let name = pid1_exe
+        .trim_end_matches(" (deleted)")
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    name != "systemd" || systemd_running
+}
+
+/// The agent answers before the image's init runs (see `wait_booted`);
+/// commands wait (at most `INIT_WAIT`) until it has taken over, so that
+/// `systemctl` and friends work in the first command of a fresh VM.
+async fn wait_init_settled() {
+    static SETTLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::Ordering;
+    let deadline = tokio::time::Instant::now() + INIT_WAIT;
+    while !SETTLED.load(Ordering::Relaxed) {
+        let exe = std::fs::read_link("/proc/1/exe")
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if init_settled(&exe, Path::new("/run/systemd/private").exists())
+            || tokio::time::Instant::now() > deadline
+        {
+            SETTLED.store(true, Ordering::Relaxed);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
@@ -281,13 +324,23 @@ async fn pump<R: AsyncRead + Unpin>(
     }
 }
 
-/// Powers the guest off or reboots it: through systemd when it runs,
-/// directly otherwise.
+/// Powers the guest off or reboots it: through systemd when it runs (a
+/// systemd still loading its units does not answer `systemctl` yet: asked
+/// again, for up to `INIT_WAIT`), directly otherwise.
 pub fn power_off(reboot: bool) {
     if Path::new("/run/systemd/system").exists() {
         let verb = if reboot { "reboot" } else { "poweroff" };
-        let _ = std::process::Command::new("systemctl").arg(verb).status();
-        return;
+        let deadline = std::time::Instant::now() + INIT_WAIT;
+        while std::time::Instant::now() < deadline {
+            let asked = std::process::Command::new("systemctl")
+                .arg(verb)
+                .stderr(Stdio::null())
+                .status();
+            if asked.is_ok_and(|status| status.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
     nix::unistd::sync();
     let mode = if reboot {
@@ -299,3 +352,18 @@ pub fn power_off(reboot: bool) {
 }
 
 use std::path::Path;
+
+#[cfg(test)]
+mod tests {
+    use super::init_settled;
+
+    #[test]
+    fn init_settles_once_the_image_init_runs_and_systemd_is_up() {
+        assert!(!init_settled("/init (deleted)", false), "banger-init");
+        assert!(!init_settled("/init", true), "banger-init");
+        assert!(!init_settled("/usr/lib/systemd/systemd", false));
+        assert!(init_settled("/usr/lib/systemd/systemd", true));
+        assert!(init_settled("/usr/bin/tini", false), "another init");
+        assert!(init_settled("", false), "unreadable: do not wait");
+    }
+}

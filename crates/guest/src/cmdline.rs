@@ -11,6 +11,7 @@
 //! | `banger.hostname` | the hostname | none |
 //! | `banger.agent` | `vsock` or `serial` | `serial` |
 //! | `banger.init` | the image's init | `/sbin/init` |
+//! | `banger.early` | `off`: start none of the image's early services | `on` |
 
 use std::net::Ipv4Addr;
 
@@ -40,6 +41,8 @@ pub struct BootConfig {
     pub hostname: Option<String>,
     pub agent: AgentTransport,
     pub init: String,
+    /// Whether the image's early services (`early`) are started.
+    pub early: bool,
 }
 
 impl BootConfig {
@@ -54,6 +57,7 @@ impl BootConfig {
             hostname: None,
             agent: AgentTransport::Serial,
             init: "/sbin/init".into(),
+            early: true,
         };
         for word in cmdline.split_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -99,6 +103,13 @@ impl BootConfig {
                     }
                 }
                 "banger.init" => cfg.init = value.to_string(),
+                "banger.early" => {
+                    cfg.early = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(bad("banger.early", "expected on or off")),
+                    }
+                }
                 _ => {}
             }
         }
@@ -124,6 +135,8 @@ mod tests {
         assert_eq!(cfg.hostname.as_deref(), Some("web"));
         assert_eq!(cfg.agent, AgentTransport::Vsock);
         assert_eq!(cfg.init, "/sbin/init");
+        assert!(cfg.early);
+        assert!(!BootConfig::parse("banger.early=off").unwrap().early);
     }
 
     #[test]
@@ -133,6 +146,7 @@ mod tests {
             "banger.ip=1.2.3.4/40",
             "banger.gw=x",
             "banger.agent=tcp",
+            "banger.early=no",
         ] {
             assert!(BootConfig::parse(line).is_err(), "{line}");
         }

@@ -274,7 +274,11 @@ fn prepare() -> Result<String, InitError> {
     let booting = Path::new(BOOT_DIR).join(crate::agent::BOOTING_MARKER);
     let _ = std::fs::create_dir_all(BOOT_DIR);
     let _ = std::fs::write(&booting, b"");
-    let early = crate::early::start_all(Path::new(crate::early::EARLY_LIST));
+    let early = if cfg.early {
+        crate::early::start_all(Path::new(crate::early::EARLY_LIST))
+    } else {
+        Vec::new()
+    };
 
     if let Some(work) = &cfg.work {
         wait_for(work)?;
