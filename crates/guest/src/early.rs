@@ -286,6 +286,16 @@ pub fn adopt(pid_file: &Path, argv: &[String], wait: Duration) -> Result<(), Ado
 mod tests {
     use super::*;
 
+    /// An executable shell script `svc.sh` in `dir` with `body` after the
+    /// `#!/bin/sh` line.
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("svc.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        path
+    }
+
     #[test]
     fn the_list_is_read_with_comments_and_run_dirs() {
         let text = "# name pid dir command\n\nagent /run/banger/agent.pid - /usr/local/sbin/banger-agent --pidfile /run/banger/agent.pid\nsshd /run/sshd.pid /run/sshd /usr/sbin/sshd # privsep dir\n";
@@ -311,14 +321,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pid = dir.path().join("svc.pid");
         let list = dir.path().join("early");
-        let script = dir.path().join("svc.sh");
-        std::fs::write(
-            &script,
-            format!("#!/bin/sh\nsleep 0.2\necho $$ > {}\n", pid.display()),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        let script = script(
+            dir.path(),
+            &format!("sleep 0.2\necho $$ > {}\n", pid.display()),
+        );
         std::fs::write(
             &list,
             format!(
@@ -341,19 +347,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pid = dir.path().join("svc.pid");
         let marker = dir.path().join("started");
-        let script = dir.path().join("svc.sh");
         // A foreground daemon that writes its pid file, like `sshd -D`.
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\ntouch {}\nsleep 0.2\necho $$ > {}\nexec sleep 30\n",
+        let script = script(
+            dir.path(),
+            &format!(
+                "touch {}\nsleep 0.2\necho $$ > {}\nexec sleep 30\n",
                 marker.display(),
                 pid.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        );
         let argv = vec![script.display().to_string()];
         // A stale pid file does not count.
         std::fs::write(&pid, "999999999\n").unwrap();
@@ -420,17 +422,13 @@ mod tests {
         let out = dir.path().join("out");
         let run_dir = dir.path().join("run/sshd");
         let list = dir.path().join("early");
-        let script = dir.path().join("svc.sh");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\necho \"$PATH $HOME $(ps -o pgid= -p $$ | tr -d ' ') $$\" > {}.tmp\nmv {0}.tmp {0}\n",
+        let script = script(
+            dir.path(),
+            &format!(
+                "echo \"$PATH $HOME $(ps -o pgid= -p $$ | tr -d ' ') $$\" > {}.tmp\nmv {0}.tmp {0}\n",
                 out.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        );
         std::fs::write(
             &list,
             format!(
