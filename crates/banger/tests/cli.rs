@@ -223,6 +223,8 @@ fn register_base(root: &Path) {
     let mut kernel = b"\x7fELF\x02\x01\x01".to_vec();
     kernel.resize(4096, 0);
     std::fs::write(files.join("vmlinux"), kernel).unwrap();
+    // An initramfs of its own: register takes the files as they are.
+    std::fs::write(files.join("initrd"), b"stand-in initramfs").unwrap();
     let status = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d", "tree", "rootfs.ext4", "16M"])
         .current_dir(&files)
@@ -244,6 +246,8 @@ fn register_base(root: &Path) {
         "base",
         "--kernel",
         "vmlinux",
+        "--initrd",
+        "initrd",
         "--rootfs",
         "rootfs.ext4",
     ]);

@@ -13,12 +13,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -34,49 +32,6 @@ impl Drop for Cleanup {
             .arg(self.0.display().to_string())
             .status();
     }
-}
-
-fn spawn_daemon(ns: &support::NetNs, root: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(root.join("bangerd.log"))
-        .unwrap();
-    ns.command(env!("CARGO_BIN_EXE_bangerd"))
-        .arg("--root")
-        .arg(root)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_for_socket(socket: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::UnixStream::connect(socket).await.is_err() {
-        assert!(Instant::now() < deadline, "bangerd did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Runs `sh -c script` in the VM: (exit code, stdout, stderr).
-async fn sh(socket: &Path, vm: &str, script: &str) -> (i64, String, String) {
-    let body = json!({ "argv": ["sh", "-c", script] }).to_string();
-    let lines = support::call_stream(socket, &format!("/v1/vms/{vm}/exec"), &body).await;
-    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
-    for line in &lines {
-        match line["type"].as_str().unwrap() {
-            "stdout" => out.extend(B64.decode(line["data"].as_str().unwrap()).unwrap()),
-            "stderr" => err.extend(B64.decode(line["data"].as_str().unwrap()).unwrap()),
-            "exit" => code = line["code"].as_i64(),
-            other => panic!("exec {script:?} on {vm}: {other}: {line}"),
-        }
-    }
-    (
-        code.unwrap_or_else(|| panic!("no exit for {script:?}: {lines:?}")),
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
 }
 
 fn qemu_pid(id: &str) -> Option<u32> {
@@ -114,8 +69,8 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     .unwrap();
     support::build_default_image(root.path(), &guest).await;
     let socket = root.path().join("run/banger/bangerd.sock");
-    let mut daemon = spawn_daemon(&ns, root.path());
-    wait_for_socket(&socket).await;
+    let mut daemon = support::spawn_daemon(&ns, root.path());
+    support::wait_for_socket(&socket).await;
 
     // Create: boots, agent ready.
     let (status, a) = support::call(&socket, "POST", "/v1/vms", Some(r#"{"name":"a"}"#)).await;
@@ -146,7 +101,7 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     );
     let a_id = a["id"].as_str().unwrap().to_string();
 
-    let (code, cmdline, _) = sh(&socket, "a", "cat /proc/cmdline").await;
+    let (code, cmdline, _) = support::sh(&socket, "a", "cat /proc/cmdline").await;
     assert_eq!(code, 0);
     for key in [
         "banger.root=/dev/vda",
@@ -156,25 +111,25 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     ] {
         assert!(cmdline.contains(key), "{cmdline}");
     }
-    let (_, df, _) = sh(&socket, "a", "df -P /root | tail -1").await;
+    let (_, df, _) = support::sh(&socket, "a", "df -P /root | tail -1").await;
     assert!(df.starts_with("/dev/vdc "), "{df}");
-    let (_, hostname, _) = sh(&socket, "a", "hostname").await;
+    let (_, hostname, _) = support::sh(&socket, "a", "hostname").await;
     assert_eq!(hostname.trim(), "a");
-    let (code, _, err) = sh(&socket, "a", "echo oops >&2; exit 3").await;
+    let (code, _, err) = support::sh(&socket, "a", "echo oops >&2; exit 3").await;
     assert_eq!((code, err.as_str()), (3, "oops\n"));
 
     // The lean guest: systemd is PID 1 and finishes its boot with nothing
     // failed; the agent and sshd, started by banger-init before it, are
     // its services now; udev is masked and sshd restarts like any unit.
-    let (_, state, why) = sh(&socket, "a", "systemctl is-system-running --wait").await;
-    let (_, failed, _) = sh(&socket, "a", "systemctl --failed --no-legend --plain").await;
+    let (_, state, why) = support::sh(&socket, "a", "systemctl is-system-running --wait").await;
+    let (_, failed, _) = support::sh(&socket, "a", "systemctl --failed --no-legend --plain").await;
     assert!(
         ["running", "degraded"].contains(&state.trim()),
         "system state {state:?} ({why}), failed units: {failed}"
     );
-    let (_, init, _) = sh(&socket, "a", "cat /proc/1/comm").await;
+    let (_, init, _) = support::sh(&socket, "a", "cat /proc/1/comm").await;
     assert_eq!(init.trim(), "systemd");
-    let (code, adopted, err) = sh(
+    let (code, adopted, err) = support::sh(
         &socket,
         "a",
         "systemctl is-active banger-agent ssh && test \"$(systemctl show -p MainPID --value ssh)\" = \"$(cat /run/sshd.pid)\" && systemctl is-enabled systemd-udevd.service getty.target 2>&1",
@@ -182,7 +137,7 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     .await;
     assert_eq!(code, 1, "is-enabled of masked units: {adopted} {err}");
     assert_eq!(adopted, "active\nactive\nmasked\nmasked\n", "{err}");
-    let (code, _, err) = sh(
+    let (code, _, err) = support::sh(
         &socket,
         "a",
         "systemctl restart ssh && systemctl is-active ssh && systemctl reload ssh",
@@ -191,7 +146,7 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     assert_eq!(code, 0, "{err}");
 
     // A unit the user installs runs at boot.
-    let (code, _, err) = sh(
+    let (code, _, err) = support::sh(
         &socket,
         "a",
         "printf '[Unit]\\nDescription=user oneshot\\n[Service]\\nType=oneshot\\nExecStart=/bin/sh -c \"cat /proc/sys/kernel/random/boot_id > /var/tmp/oneshot\"\\n[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/oneshot.service && systemctl enable oneshot.service",
@@ -200,7 +155,7 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     assert_eq!(code, 0, "{err}");
 
     // Files in /root (work disk) and outside it (overlay) survive a restart.
-    let (code, _, _) = sh(
+    let (code, _, _) = support::sh(
         &socket,
         "a",
         "echo kept > /root/kept && echo mine > /etc/marker && sync",
@@ -209,9 +164,9 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     assert_eq!(code, 0);
     let (status, restarted) = support::call(&socket, "POST", "/v1/vms/a/restart", None).await;
     assert_eq!(status, 200, "{restarted}");
-    let (_, files, _) = sh(&socket, "a", "cat /root/kept /etc/marker").await;
+    let (_, files, _) = support::sh(&socket, "a", "cat /root/kept /etc/marker").await;
     assert_eq!(files, "kept\nmine\n");
-    let (code, boot, err) = sh(
+    let (code, boot, err) = support::sh(
         &socket,
         "a",
         "systemctl is-system-running --wait >/dev/null; test \"$(cat /var/tmp/oneshot)\" = \"$(cat /proc/sys/kernel/random/boot_id)\" && echo this-boot",
@@ -223,7 +178,7 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     let (status, b) = support::call(&socket, "POST", "/v1/vms", Some(r#"{"name":"b"}"#)).await;
     assert_eq!(status, 201, "{b}");
     let b_id = b["id"].as_str().unwrap().to_string();
-    let (code, _, _) = sh(&socket, "b", "test -e /etc/marker").await;
+    let (code, _, _) = support::sh(&socket, "b", "test -e /etc/marker").await;
     assert_eq!(code, 1, "b must not see a's /etc/marker");
 
     // The daemon dies hard; the VMs do not; a new daemon adopts them.
@@ -233,11 +188,11 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
         qemu_pid(&a_id).is_some() && qemu_pid(&b_id).is_some(),
         "vms outlive the daemon"
     );
-    daemon = spawn_daemon(&ns, root.path());
-    wait_for_socket(&socket).await;
+    daemon = support::spawn_daemon(&ns, root.path());
+    support::wait_for_socket(&socket).await;
     let (_, a) = support::call(&socket, "GET", "/v1/vms/a", None).await;
     assert_eq!(a["state"], "running", "{a}");
-    let (_, hostname, _) = sh(&socket, "a", "hostname").await;
+    let (_, hostname, _) = support::sh(&socket, "a", "hostname").await;
     assert_eq!(hostname.trim(), "a");
     let (status, stopped) = support::call(&socket, "POST", "/v1/vms/a/stop", None).await;
     assert_eq!(
@@ -261,8 +216,8 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    daemon = spawn_daemon(&ns, root.path());
-    wait_for_socket(&socket).await;
+    daemon = support::spawn_daemon(&ns, root.path());
+    support::wait_for_socket(&socket).await;
     let (_, b) = support::call(&socket, "GET", "/v1/vms/b", None).await;
     assert_eq!(b["state"], "stopped", "{b}");
     let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
@@ -293,8 +248,8 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     let _ = daemon.wait();
     creating.abort();
     let _ = creating.await;
-    daemon = spawn_daemon(&ns, root.path());
-    wait_for_socket(&socket).await;
+    daemon = support::spawn_daemon(&ns, root.path());
+    support::wait_for_socket(&socket).await;
     let (_, d) = support::call(&socket, "GET", "/v1/vms/d", None).await;
     assert_eq!(
         (d["state"].as_str(), d["last_error"].as_str()),

@@ -43,6 +43,15 @@ fn fake_vmlinux(dir: &Path) -> PathBuf {
     path
 }
 
+/// An initramfs of the test's own: with one, register takes the files as
+/// they are (without, it makes the rootfs bootable, which these stand-in
+/// root filesystems are not).
+fn own_initrd(dir: &Path) -> PathBuf {
+    let path = dir.join("initrd");
+    std::fs::write(&path, b"stand-in initramfs").unwrap();
+    path
+}
+
 async fn register(daemon: &TestDaemon, dir: &Path, name: &str) -> Value {
     let rootfs = ext4_with(
         dir,
@@ -55,6 +64,7 @@ async fn register(daemon: &TestDaemon, dir: &Path, name: &str) -> Value {
     let body = json!({
         "name": name,
         "kernel": fake_vmlinux(dir),
+        "initrd": own_initrd(dir),
         "rootfs": rootfs,
     })
     .to_string();
@@ -93,7 +103,10 @@ async fn register_makes_a_work_seed_and_a_manifest() {
         .iter()
         .map(|a| a["role"].as_str().unwrap())
         .collect();
-    assert_eq!(roles, ["kernel", "vmlinux", "rootfs", "work_seed"]);
+    assert_eq!(
+        roles,
+        ["kernel", "vmlinux", "initrd", "rootfs", "work_seed"]
+    );
     assert!(
         image["vmlinux_path"].is_string(),
         "an ELF kernel is its own vmlinux"
@@ -134,6 +147,11 @@ async fn register_refuses_bad_files_and_changes_nothing() {
         (
             json!({"name": "Bad", "kernel": kernel, "rootfs": rootfs}),
             "invalid name",
+        ),
+        // Without an initrd of its own the rootfs must be bootable.
+        (
+            json!({"name": "x", "kernel": kernel, "rootfs": rootfs}),
+            "the rootfs has neither /bin/sh nor /sbin/init",
         ),
     ];
     for (body, expected) in cases {
@@ -261,8 +279,9 @@ async fn progress_streams_end_with_the_image_and_rm_refuses_images_in_use() {
     let daemon = TestDaemon::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = ext4_with(tmp.path(), "rootfs", &[("root/.profile", "x")]);
-    let body = json!({ "name": "streamed", "kernel": fake_vmlinux(tmp.path()), "rootfs": rootfs })
-        .to_string();
+    let body = json!({ "name": "streamed", "kernel": fake_vmlinux(tmp.path()),
+                       "initrd": own_initrd(tmp.path()), "rootfs": rootfs })
+    .to_string();
     let lines = support::call_stream(&daemon.socket(), "/v1/images/register", &body).await;
     let stages: Vec<&str> = lines
         .iter()
@@ -399,7 +418,8 @@ async fn register_can_leave_out_the_work_seed() {
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = ext4_with(tmp.path(), "rootfs", &[("root/.profile", "x")]);
     let kernel = fake_vmlinux(tmp.path());
-    let body = json!({ "name": "bare", "kernel": kernel, "rootfs": rootfs, "no_work_seed": true })
+    let initrd = own_initrd(tmp.path());
+    let body = json!({ "name": "bare", "kernel": kernel, "initrd": initrd, "rootfs": rootfs, "no_work_seed": true })
         .to_string();
     let (status, image) = daemon
         .call("POST", "/v1/images/register", Some(&body))
@@ -407,7 +427,7 @@ async fn register_can_leave_out_the_work_seed() {
     assert_eq!(status, 201, "{image}");
     assert!(image.get("work_seed_path").is_none(), "{image}");
     let both = json!({
-        "name": "both", "kernel": kernel, "rootfs": rootfs,
+        "name": "both", "kernel": kernel, "initrd": initrd, "rootfs": rootfs,
         "work_seed": rootfs, "no_work_seed": true
     })
     .to_string();

@@ -4,16 +4,19 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use banger_core::image::Image;
 use banger_core::store::Store;
 use banger_store::SqliteStore;
 use bangerd::config::{Config, Overrides};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
 pub struct TestDaemon {
@@ -290,4 +293,50 @@ pub fn guest_binary() -> Option<PathBuf> {
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
     eprintln!("not run: {why}");
     None
+}
+
+/// A real bangerd process under `root`, inside the namespace; its log in
+/// `root/bangerd.log`.
+pub fn spawn_daemon(ns: &NetNs, root: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("bangerd.log"))
+        .unwrap();
+    ns.command(env!("CARGO_BIN_EXE_bangerd"))
+        .arg("--root")
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (at most 30 s) until the daemon's socket answers.
+pub async fn wait_for_socket(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::UnixStream::connect(socket).await.is_err() {
+        assert!(Instant::now() < deadline, "bangerd did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `sh -c script` in the VM: (exit code, stdout, stderr).
+pub async fn sh(socket: &Path, vm: &str, script: &str) -> (i64, String, String) {
+    let body = json!({ "argv": ["sh", "-c", script] }).to_string();
+    let lines = call_stream(socket, &format!("/v1/vms/{vm}/exec"), &body).await;
+    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+    for line in &lines {
+        match line["type"].as_str().unwrap() {
+            "stdout" => out.extend(B64.decode(line["data"].as_str().unwrap()).unwrap()),
+            "stderr" => err.extend(B64.decode(line["data"].as_str().unwrap()).unwrap()),
+            "exit" => code = line["code"].as_i64(),
+            other => panic!("exec {script:?} on {vm}: {other}: {line}"),
+        }
+    }
+    (
+        code.unwrap_or_else(|| panic!("no exit for {script:?}: {lines:?}")),
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
 }

@@ -60,6 +60,8 @@ pub enum BuildError {
     Ext4(#[from] ext4::Ext4Error),
     #[error("worker failed: {0}")]
     Join(String),
+    #[error("cannot put the agent into the tree: {0}")]
+    Inject(String),
 }
 
 /// Packages every image has.
@@ -260,13 +262,8 @@ fn find_kernel(tree: &Path) -> Result<(PathBuf, String), BuildError> {
 /// Puts the agent into the tree and sets its systemd up the lean way
 /// (`lean`: early agent and sshd, masked units).
 fn install_agent(tree: &Path, guest_binary: &Path) -> Result<(), BuildError> {
-    use std::os::unix::fs::PermissionsExt;
-    let agent = tree.join(AGENT_PATH);
-    std::fs::create_dir_all(agent.parent().unwrap_or(tree)).map_err(io_err("create", &agent))?;
-    std::fs::copy(guest_binary, &agent).map_err(io_err("copy", guest_binary))?;
-    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))
-        .map_err(io_err("chmod", &agent))?;
-    super::lean::apply(tree).map_err(io_err("set up systemd in", tree))
+    super::userland::ops::apply_to_dir(tree, &super::lean::ops(guest_binary))
+        .map_err(|e| BuildError::Inject(e.to_string()))
 }
 
 /// What must not be shared by every VM of the image, and what only

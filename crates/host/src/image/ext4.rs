@@ -90,6 +90,45 @@ async fn run(tool: &'static str, command: &mut Command) -> Result<String, Ext4Er
     Ok(stderr)
 }
 
+/// Grows the ext4 image at `image` by `extra` bytes (`e2fsck -fy`, which
+/// `resize2fs` wants first and which exits 1 when it fixed something,
+/// then `resize2fs`); the file stays sparse.
+pub async fn grow(image: &Path, extra: u64) -> Result<(), Ext4Error> {
+    let size = std::fs::metadata(image)
+        .map_err(|source| Ext4Error::Io {
+            action: "read",
+            path: image.display().to_string(),
+            source,
+        })?
+        .len();
+    let out = Command::new("e2fsck")
+        .arg("-fy")
+        .arg(image)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| Ext4Error::Tool {
+            tool: "e2fsck",
+            detail: format!("cannot run it: {e}"),
+        })?;
+    if !matches!(out.status.code(), Some(0 | 1)) {
+        return Err(Ext4Error::Tool {
+            tool: "e2fsck",
+            detail: format!("{} on {}", out.status, image.display()),
+        });
+    }
+    let want = (size + extra).div_ceil(MIB) * MIB;
+    run(
+        "resize2fs",
+        Command::new("resize2fs")
+            .arg(image)
+            .arg(format!("{}K", want / 1024)),
+    )
+    .await
+    .map(drop)
+}
+
 /// Makes `out`, an ext4 image holding the tree under `dir` (owners and
 /// modes kept). `size` defaults to `size_for` the tree; the file is sparse.
 pub async fn make_from_dir(

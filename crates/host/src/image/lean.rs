@@ -14,9 +14,13 @@
 //! - The journal stays in memory (no flush to disk at boot).
 //!
 //! Users undo any of it in a VM with `systemctl unmask UNIT`, or for an
-//! image by removing the link (`/etc/systemd/system/UNIT`).
+//! image by removing the link (`/etc/systemd/system/UNIT`). All of it is
+//! one list of changes (`ops`), carried out on a built tree or inside a
+//! registered ext4 image alike.
 
 use std::path::Path;
+
+use super::userland::ops::{Contents, TreeOp};
 
 /// A unit or generator turned off, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,66 +182,64 @@ const JOURNALD_CONF: &str = "# banger: the journal stays in memory; `vm logs` ke
 Storage=volatile
 ";
 
-fn write(path: &Path, text: &str) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(path, text)
-}
-
-fn link(target: &str, at: &Path) -> std::io::Result<()> {
-    if let Some(parent) = at.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    match std::fs::symlink_metadata(at) {
-        Ok(_) => std::fs::remove_file(at)?,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err),
-    }
-    std::os::unix::fs::symlink(target, at)
-}
-
-/// Sets up a Debian systemd tree the lean way (the agent binary is put
-/// at `AGENT_PATH` by the caller).
-pub fn apply(tree: &Path) -> std::io::Result<()> {
-    let etc = tree.join("etc");
-    write(&etc.join("banger/early"), EARLY_LIST)?;
-    let units = etc.join("systemd/system");
-    for (name, text) in [
+/// The changes that put the agent (the guest binary at `guest_binary`)
+/// into a Debian systemd userland and set it up the lean way.
+pub fn ops(guest_binary: &Path) -> Vec<TreeOp> {
+    let text = |path: &str, contents: &str, mode: u32| TreeOp::Write {
+        path: path.into(),
+        contents: Contents::Text(contents.into()),
+        mode,
+    };
+    let link = |path: String, target: &str| TreeOp::Link {
+        path,
+        target: target.into(),
+    };
+    let mut ops = vec![
+        TreeOp::Write {
+            path: format!("/{AGENT_PATH}"),
+            contents: Contents::HostFile(guest_binary.to_path_buf()),
+            mode: 0o755,
+        },
+        text("/etc/banger/early", EARLY_LIST, 0o644),
+    ];
+    for (name, unit) in [
         ("banger-agent.service", AGENT_UNIT),
         ("banger-ssh-keys.service", SSH_KEYS_UNIT),
         ("ssh.service", SSH_UNIT),
     ] {
-        write(&units.join(name), text)?;
-        link(
-            &format!("/etc/systemd/system/{name}"),
-            &units.join("multi-user.target.wants").join(name),
-        )?;
+        ops.push(text(&format!("{UNITS}/{name}"), unit, 0o644));
+        ops.push(link(
+            format!("{UNITS}/multi-user.target.wants/{name}"),
+            &format!("{UNITS}/{name}"),
+        ));
     }
-    link(
-        "/etc/systemd/system/ssh.service",
-        &units.join("sshd.service"),
-    )?;
+    ops.push(link(
+        format!("{UNITS}/sshd.service"),
+        &format!("{UNITS}/ssh.service"),
+    ));
     for unit in MASKED {
-        link("/dev/null", &units.join(unit.name))?;
-        for wants in [
-            "multi-user.target.wants",
-            "timers.target.wants",
-            "sysinit.target.wants",
-        ] {
-            let _ = std::fs::remove_file(units.join(wants).join(unit.name));
+        ops.push(link(format!("{UNITS}/{}", unit.name), "/dev/null"));
+        for wants in ["multi-user", "timers", "sysinit"] {
+            ops.push(TreeOp::Remove {
+                path: format!("{UNITS}/{wants}.target.wants/{}", unit.name),
+            });
         }
     }
-    let generators = etc.join("systemd/system-generators");
     for generator in MASKED_GENERATORS {
-        link("/dev/null", &generators.join(generator.name))?;
+        ops.push(link(
+            format!("/etc/systemd/system-generators/{}", generator.name),
+            "/dev/null",
+        ));
     }
-    write(
-        &etc.join("systemd/journald.conf.d/banger.conf"),
+    ops.push(text(
+        "/etc/systemd/journald.conf.d/banger.conf",
         JOURNALD_CONF,
-    )?;
-    Ok(())
+        0o644,
+    ));
+    ops
 }
+
+const UNITS: &str = "/etc/systemd/system";
 
 #[cfg(test)]
 mod tests {
@@ -259,8 +261,16 @@ mod tests {
             units.join("sshd.service"),
         )
         .unwrap();
-        apply(tree.path()).unwrap();
-        apply(tree.path()).unwrap(); // twice: the same tree
+        let guest = tree.path().join("guest");
+        std::fs::write(&guest, b"\x7fELF").unwrap();
+        let ops = ops(&guest);
+        super::super::userland::ops::apply_to_dir(tree.path(), &ops).unwrap();
+        // twice: the same tree
+        super::super::userland::ops::apply_to_dir(tree.path(), &ops).unwrap();
+        assert_eq!(
+            std::fs::read(tree.path().join(AGENT_PATH)).unwrap(),
+            b"\x7fELF"
+        );
 
         for name in [
             "banger-agent.service",

@@ -13,6 +13,7 @@ use banger_core::progress::Progress;
 use banger_proto::image::{ArtifactRole, Manifest, Origin, MANIFEST_FORMAT};
 use tokio::process::Command;
 
+use super::userland::{self, probe::RootfsFacts};
 use super::{build, bundle, digest, download, ext4, kernel};
 use crate::tools::find_tool;
 
@@ -138,10 +139,27 @@ fn check_register(files: &RegisterFiles) -> Result<(), MakeError> {
         existing_file(initrd, "initrd")?;
     }
     check_ext4(&files.rootfs, "rootfs")?;
+    if files.initrd.is_none() {
+        bootable_release(files)?;
+    }
     if let Some(seed) = &files.work_seed {
         check_ext4(seed, "work seed")?;
     }
     Ok(())
+}
+
+/// The kernel release a registered rootfs without an initrd boots with
+/// (banger makes the initramfs from that release's modules in the
+/// rootfs), or the refusal of a rootfs that would not boot.
+fn bootable_release(files: &RegisterFiles) -> Result<String, MakeError> {
+    let release = kernel::version(&files.kernel).ok().flatten();
+    let facts = RootfsFacts::probe_ext4(&files.rootfs).map_err(failed)?;
+    facts.bootable(release.as_deref()).map_err(|refusal| {
+        MakeError::invalid(
+            format!("rootfs {}: {}", files.rootfs.display(), refusal.message),
+            Some(&refusal.hint),
+        )
+    })
 }
 
 /// Copies a file keeping holes (rootfs and seed images are sparse).
@@ -313,6 +331,24 @@ impl HostImageMaker {
                     tracing::warn!(error = %err, "registered kernel has no extractable vmlinux");
                 }
             }
+        }
+        if files.initrd.is_none() {
+            // banger's initramfs for the kernel, from the rootfs's modules,
+            // and the agent with the lean units in the image's own copy.
+            progress.stage("bootable");
+            let release = bootable_release(files)?;
+            let scratch = staging.join(".userland");
+            userland::make_bootable(
+                &target(ArtifactRole::Rootfs),
+                &release,
+                &self.guest_binary,
+                &target(ArtifactRole::Initrd),
+                &scratch,
+            )
+            .await
+            .map_err(failed)?;
+            let _ = std::fs::remove_dir_all(&scratch);
+            kernel_version = Some(release);
         }
         if files.work_seed.is_none() && !files.no_work_seed {
             progress.stage("work_seed");

@@ -1,6 +1,7 @@
 //! Making and checking image artifacts on the host: kernels (format,
 //! vmlinux extraction), ext4 images, the initramfs, the Debian build
-//! pipeline, digests, bundles and downloads. The image flows in
+//! pipeline, a userland made bootable (`userland`, `lean`), digests,
+//! bundles and downloads. The image flows in
 //! `banger_core::images` call these through the `ImageMaker` trait.
 
 pub mod build;
@@ -13,3 +14,4 @@ pub mod kernel;
 pub mod lean;
 pub mod maker;
 pub mod modules;
+pub mod userland;
