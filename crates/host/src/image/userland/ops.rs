@@ -299,7 +299,10 @@ mod tests {
         for path in ["relative/x", "/etc/../x", "/etc/a b", "/etc//x"] {
             let op = TreeOp::Remove { path: path.into() };
             assert!(
-                matches!(debugfs_script(&[op.clone()]), Err(OpsError::BadPath { .. })),
+                matches!(
+                    debugfs_script(std::slice::from_ref(&op)),
+                    Err(OpsError::BadPath { .. })
+                ),
                 "{path}"
             );
             let tree = tempfile::tempdir().unwrap();
