@@ -64,11 +64,16 @@ pub enum ImageCommand {
     Register {
         /// Name of the new image.
         name: String,
-        /// A bzImage or ELF vmlinux.
+        /// A bzImage or ELF vmlinux, its modules in the rootfs [default: the
+        /// rootfs's own /boot/vmlinuz-*, else the default image's kernel].
+        #[arg(long, conflicts_with = "kernel_from")]
+        kernel: Option<PathBuf>,
+        /// Boot with the kernel (and its modules) of this image.
         #[arg(long)]
-        kernel: PathBuf,
-        /// An initramfs.
-        #[arg(long)]
+        kernel_from: Option<String>,
+        /// An initramfs of your own (needs --kernel); without one banger
+        /// makes the rootfs bootable.
+        #[arg(long, requires = "kernel")]
         initrd: Option<PathBuf>,
         /// An ext4 root filesystem image.
         #[arg(long)]
@@ -202,6 +207,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
         ImageCommand::Register {
             name,
             kernel,
+            kernel_from,
             initrd,
             rootfs,
             work_seed,
@@ -211,7 +217,8 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             let text = |p: &Path| absolute(p).map(|p| p.display().to_string());
             let request = ImageRegisterRequest {
                 name,
-                kernel: text(&kernel)?,
+                kernel: kernel.as_deref().map(text).transpose()?,
+                kernel_from,
                 initrd: initrd.as_deref().map(text).transpose()?,
                 rootfs: text(&rootfs)?,
                 work_seed: work_seed.as_deref().map(text).transpose()?,

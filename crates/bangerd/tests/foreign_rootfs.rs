@@ -5,7 +5,10 @@
 //! agent into the image's copy of the rootfs (the user's file is left
 //! as it was); a VM of it boots to the agent and sshd, with systemd as
 //! PID 1 and setuid bits kept. A rootfs whose modules do not match the
-//! kernel is refused at register time with a hint.
+//! kernel is refused at register time with a hint; without a kernel the
+//! rootfs's own (`/boot`) is taken, and `kernel_from` borrows another
+//! image's. A busybox userland without an init system or sshd boots with
+//! banger's small init as PID 1, which reaps orphans.
 
 mod support;
 
@@ -54,6 +57,31 @@ fn debian_tree(dir: &Path) -> Option<PathBuf> {
         return None;
     }
     Some(tree)
+}
+
+/// A busybox userland (Debian's busybox-static): the binary, its applets
+/// as links, /etc/passwd; no init system, no sshd.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let tree = dir.join("busybox-tree");
+    for d in ["bin", "etc", "dev", "proc", "sys", "run", "tmp", "root"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox"))
+        .expect("busybox-static is installed (apt-get install busybox-static)");
+    for applet in ["sh", "cat", "grep", "kill", "sleep", "mount", "ls", "id"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    let image = dir.join("busybox.ext4");
+    assert!(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .arg("64M")
+        .status()
+        .unwrap()
+        .success());
+    image
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -128,6 +156,27 @@ async fn a_debian_tree_registered_with_its_kernel_boots() {
         "the user's rootfs is left as it was"
     );
 
+    // Without a kernel the rootfs's own is used; --kernel-from borrows
+    // another image's kernel and modules.
+    let body = json!({"name": "own", "rootfs": rootfs}).to_string();
+    let (status, own) = support::call(&socket, "POST", "/v1/images/register", Some(&body)).await;
+    assert_eq!(status, 201, "{own}");
+    let from = own["manifest"]["origin"]["from"].as_str().unwrap();
+    assert!(from.contains("its own kernel 6."), "{from}");
+    assert_eq!(
+        own["manifest"]["kernel_version"],
+        image["manifest"]["kernel_version"]
+    );
+    let body = json!({"name": "borrowed", "kernel_from": "foreign", "rootfs": rootfs}).to_string();
+    let (status, borrowed) =
+        support::call(&socket, "POST", "/v1/images/register", Some(&body)).await;
+    assert_eq!(status, 201, "{borrowed}");
+    let from = borrowed["manifest"]["origin"]["from"].as_str().unwrap();
+    assert!(from.contains("the kernel of image foreign"), "{from}");
+    let body = json!({"name": "x", "kernel_from": "nope", "rootfs": rootfs}).to_string();
+    let (status, err) = support::call(&socket, "POST", "/v1/images/register", Some(&body)).await;
+    assert_eq!(status, 400, "{err}");
+
     let (status, vm) = support::call(
         &socket,
         "POST",
@@ -150,6 +199,37 @@ async fn a_debian_tree_registered_with_its_kernel_boots() {
 
     let (status, _) = support::call(&socket, "DELETE", "/v1/vms/deb?force=true", None).await;
     assert_eq!(status, 200);
+
+    // A userland without an init system (busybox, no sshd) boots with
+    // banger's small init and the kernel of another image.
+    let small = busybox_rootfs(root.path());
+    let body = json!({"name": "small", "kernel_from": "foreign", "rootfs": small}).to_string();
+    let (status, image) = support::call(&socket, "POST", "/v1/images/register", Some(&body)).await;
+    assert_eq!(status, 201, "{image}");
+    let (status, vm) = support::call(
+        &socket,
+        "POST",
+        "/v1/vms",
+        Some(r#"{"name":"tiny","image":"small"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{vm}");
+    let (code, out, err) = support::sh(
+        &socket,
+        "tiny",
+        "cat /proc/1/comm; (sleep 0.2 &); sleep 1; \
+         grep -l '^State:.*Z' /proc/[0-9]*/status; mount | grep -c -e ' /dev/pts ' -e ' /tmp ' -e ' /dev/shm '",
+    )
+    .await;
+    assert_eq!(code, 0, "{out} {err}");
+    // PID 1 is banger's small init; orphans are reaped (no zombie).
+    assert_eq!(out, "banger-init\n3\n", "{err}");
+    let (status, stopped) = support::call(&socket, "POST", "/v1/vms/tiny/stop", None).await;
+    assert_eq!(
+        (status, stopped["state"].as_str()),
+        (200, Some("stopped")),
+        "{stopped}"
+    );
     let _ = daemon.kill();
     let _ = daemon.wait();
 }

@@ -127,6 +127,12 @@ async fn register_refuses_bad_files_and_changes_nothing() {
     let not_kernel = tmp.path().join("random");
     std::fs::write(&not_kernel, b"hello, not a kernel").unwrap();
     let rootfs = ext4_with(tmp.path(), "ok", &[("root/.profile", "x")]);
+    // A userland with a shell and systemd but no kernel and no modules.
+    let userland = ext4_with(
+        tmp.path(),
+        "userland",
+        &[("bin/sh", "#!"), ("lib/systemd/systemd", "\x7fELF")],
+    );
     let cases = [
         (
             json!({"name": "x", "kernel": kernel, "rootfs": not_ext4}),
@@ -152,6 +158,24 @@ async fn register_refuses_bad_files_and_changes_nothing() {
         (
             json!({"name": "x", "kernel": kernel, "rootfs": rootfs}),
             "the rootfs has neither /bin/sh nor /sbin/init",
+        ),
+        (
+            json!({"name": "x", "kernel": kernel, "rootfs": userland}),
+            "has no kernel modules",
+        ),
+        // No kernel of its own: the default image's (here the seeded
+        // stand-in, whose kernel does not say its release) would be taken.
+        (
+            json!({"name": "x", "rootfs": userland}),
+            "the kernel of image base does not say its release",
+        ),
+        (
+            json!({"name": "x", "initrd": kernel, "rootfs": userland}),
+            "an initrd of your own needs its kernel",
+        ),
+        (
+            json!({"name": "x", "kernel": kernel, "kernel_from": "base", "rootfs": userland}),
+            "either a kernel or kernel_from",
         ),
     ];
     for (body, expected) in cases {

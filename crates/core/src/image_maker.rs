@@ -11,10 +11,35 @@ use banger_proto::image::Manifest;
 use crate::catalog::{BuildRecipe, BundleSource};
 use crate::progress::Progress;
 
+/// Which kernel a registered rootfs boots with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// A kernel file given by the user (its modules in the rootfs).
+    File(PathBuf),
+    /// The rootfs's own (`/boot/vmlinuz-*` with its modules), else the
+    /// kernel of `fallback` (the default image, when it is on this host).
+    Rootfs { fallback: Option<ImageKernel> },
+    /// The kernel of another image (`--kernel-from`), its modules from
+    /// that image's rootfs.
+    Image(ImageKernel),
+}
+
+/// An image's kernel, as register needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageKernel {
+    pub image: String,
+    pub kernel: PathBuf,
+    pub vmlinux: Option<PathBuf>,
+    /// The image's rootfs, which holds the kernel's modules.
+    pub rootfs: PathBuf,
+    /// The kernel release, when the image's manifest records it.
+    pub release: Option<String>,
+}
+
 /// Files given to `image register`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterFiles {
-    pub kernel: PathBuf,
+    pub kernel: KernelChoice,
     pub initrd: Option<PathBuf>,
     pub rootfs: PathBuf,
     pub work_seed: Option<PathBuf>,

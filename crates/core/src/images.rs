@@ -16,7 +16,7 @@ use crate::catalog::{BundleSource, Catalog, Recipe};
 use crate::clock::Clock;
 use crate::image::Image;
 use crate::image_dirs::{ImageDirs, ImageDirsError};
-use crate::image_maker::{ImageMaker, ImageRequest, MakeError};
+use crate::image_maker::{ImageKernel, ImageMaker, ImageRequest, MakeError};
 use crate::locks::VmLocks;
 use crate::names::{validate_name, NameError};
 use crate::operation::Operation;
@@ -138,6 +138,22 @@ impl Images {
     ) -> Result<Image, ImageError> {
         self.make(Some(name), ImageRequest::Register(files), progress)
             .await
+    }
+
+    /// The kernel of image `id_or_name` for a register that boots with
+    /// it: paths, and the release its manifest records.
+    pub fn kernel_of(&self, id_or_name: &str) -> Result<ImageKernel, ImageError> {
+        let image = self.find(id_or_name)?;
+        Ok(ImageKernel {
+            image: image.name.clone(),
+            kernel: image.kernel_path.clone(),
+            vmlinux: image.vmlinux_path.clone(),
+            rootfs: image.rootfs_path.clone(),
+            release: image
+                .manifest
+                .as_ref()
+                .and_then(|m| m.kernel_version.clone()),
+        })
     }
 
     /// Pulls a catalog image or a bundle. `name` overrides the catalog

@@ -52,6 +52,9 @@ pub enum InitError {
 }
 
 const MODULE_LIST: &str = "/etc/banger/modules";
+/// Where an image without an init system names the init to execute
+/// (banger's small one), in the new root.
+const IMAGE_INIT: &str = "/etc/banger/init";
 /// Where the boot timings and the booting marker live in the new root.
 const BOOT_DIR: &str = "/run/banger";
 const DEVICE_WAIT: Duration = Duration::from_secs(10);
@@ -306,6 +309,14 @@ fn prepare() -> Result<String, InitError> {
     }
     let _ = std::fs::remove_file(&booting);
     crate::early::wait_ready(early, crate::early::READY_WAIT);
+    // A userland without an init system names banger's small one.
+    if let Some(init) = std::fs::read_to_string(IMAGE_INIT)
+        .ok()
+        .map(|text| text.trim().to_string())
+        .filter(|init| init.starts_with('/'))
+    {
+        return Ok(init);
+    }
     Ok(cfg.init)
 }
 

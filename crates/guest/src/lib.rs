@@ -4,6 +4,8 @@
 //!   initramfs lists, mounts the image's rootfs read-only under an overlay
 //!   whose upper layer is the VM's system disk, mounts the work disk on
 //!   `/root`, configures `eth0`, and switches root to the image's init.
+//! - `minit`: banger's small init, PID 1 of a userland without an init
+//!   system (mounts, reaping, power-off).
 //! - `early`: the services banger-init starts right after switching root
 //!   (the agent, sshd), which their systemd units adopt by pid file.
 //! - `agent` (`banger-agent`): started by banger-init (or its systemd
@@ -16,4 +18,5 @@ pub mod channel;
 pub mod cmdline;
 pub mod early;
 pub mod init;
+pub mod minit;
 pub mod netconfig;

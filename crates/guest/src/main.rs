@@ -1,5 +1,7 @@
-//! `banger-guest`: `init` when it is PID 1 or called `init`,
-//! `banger-agent` when called so; `banger-guest init|agent` otherwise.
+//! `banger-guest`: `minit` (banger's small init of a userland without
+//! one) when called `banger-init`, `init` (of the initramfs) when it is
+//! PID 1 or called `init`, `banger-agent` when called so;
+//! `banger-guest init|agent` otherwise.
 //!
 //! `banger-agent` alone serves in the foreground; `--pidfile FILE` forks
 //! it into the background with its pid in `FILE` (how banger-init starts
@@ -24,7 +26,9 @@ fn main() -> ExitCode {
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let role = if std::process::id() == 1 || name == "init" {
+    let role = if name == "banger-init" {
+        "minit"
+    } else if std::process::id() == 1 || name == "init" {
         "init"
     } else if name == "banger-agent" {
         "agent"
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     };
     match role {
         "init" => banger_guest::init::run(),
+        "minit" => banger_guest::minit::run(),
         "agent" => match agent_command(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -218,6 +218,16 @@ impl Capability for SshCapability {
         self.keys
             .record_host(&ctx.vm.name, &addr, Some(&key_of(&public)))
             .map_err(err)?;
+        // An image without sshd (a small userland) is ready with its agent.
+        let rootfs = ctx.image.rootfs_path.clone();
+        let has_sshd = tokio::task::spawn_blocking(move || {
+            crate::image::userland::probe::has_file(&rootfs, SSHD).unwrap_or(true)
+        })
+        .await
+        .unwrap_or(true);
+        if !has_sshd {
+            return Ok(());
+        }
         wait_banner(
             SocketAddr::new(ctx.vm.guest_ip.into(), 22),
             self.ready_timeout,
@@ -239,6 +249,9 @@ impl Capability for SshCapability {
             .record_host(&ctx.vm.name, &ctx.vm.guest_ip.to_string(), None);
     }
 }
+
+/// Where an image's sshd is; an image without it is not waited for.
+const SSHD: &str = "/usr/sbin/sshd";
 
 /// Waits until `addr` answers with an SSH banner.
 pub async fn wait_banner(addr: SocketAddr, timeout: Duration) -> Result<(), String> {

@@ -65,8 +65,16 @@ pub struct ImagePullRequest {
 #[serde(deny_unknown_fields)]
 pub struct ImageRegisterRequest {
     pub name: String,
-    /// A bzImage or an ELF vmlinux.
-    pub kernel: String,
+    /// A bzImage or an ELF vmlinux, its modules in the rootfs. Absent: the
+    /// rootfs's own kernel (`/boot/vmlinuz-*` with its modules), else
+    /// `kernel_from`'s, else the default image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// An image whose kernel (and modules) the new image boots with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_from: Option<String>,
+    /// An initramfs of the user's own (needs `kernel`); without one,
+    /// banger makes the rootfs bootable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd: Option<String>,
     /// An ext4 image.

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use banger_core::catalog::{BuildRecipe, Recipe};
-use banger_core::image_maker::{ImageRequest, RegisterFiles};
+use banger_core::image_maker::{ImageRequest, KernelChoice, RegisterFiles};
 use banger_core::images::{ImageError, PullSource};
 use banger_core::ServiceError;
 use banger_proto::error::{ApiError, ErrorCode};
@@ -159,8 +159,41 @@ pub async fn register_image(
     headers: HeaderMap,
     ApiJson(request): ApiJson<ImageRegisterRequest>,
 ) -> Result<Response, HttpError> {
+    let kernel = match (&request.kernel, &request.kernel_from) {
+        (Some(_), Some(_)) => {
+            return Err(HttpError::new(
+                ErrorCode::InvalidInput,
+                "give either a kernel or kernel_from, not both",
+                Some("kernel names a file, kernel_from an image: keep one"),
+            ))
+        }
+        (Some(kernel), None) => KernelChoice::File(absolute(kernel, "kernel")?),
+        (None, Some(image)) => {
+            KernelChoice::Image(state.images.kernel_of(image).map_err(|err| {
+                HttpError::new(
+                    ErrorCode::InvalidInput,
+                    format!("kernel_from: {err}"),
+                    Some("name an image on this host (banger image ls)"),
+                )
+            })?)
+        }
+        // The rootfs's own, else the default image's when it is here.
+        (None, None) => KernelChoice::Rootfs {
+            fallback: state
+                .images
+                .kernel_of(&state.banger.settings().defaults.image)
+                .ok(),
+        },
+    };
+    if request.initrd.is_some() && request.kernel.is_none() {
+        return Err(HttpError::new(
+            ErrorCode::InvalidInput,
+            "an initrd of your own needs its kernel",
+            Some("give kernel with initrd, or leave both out and banger makes the rootfs bootable"),
+        ));
+    }
     let files = RegisterFiles {
-        kernel: absolute(&request.kernel, "kernel")?,
+        kernel,
         initrd: request
             .initrd
             .as_deref()

@@ -172,7 +172,7 @@ async fn bad_input_changes_nothing() {
         .unwrap_err();
     assert!(matches!(err, ImageError::Name(_)), "{err}");
     let files = RegisterFiles {
-        kernel: "/k".into(),
+        kernel: crate::image_maker::KernelChoice::File("/k".into()),
         initrd: None,
         rootfs: "bad-rootfs".into(),
         work_seed: None,

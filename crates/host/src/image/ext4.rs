@@ -90,6 +90,24 @@ async fn run(tool: &'static str, command: &mut Command) -> Result<String, Ext4Er
     Ok(stderr)
 }
 
+/// Copies the file `inside` (like `/boot/vmlinuz-6.1.0-9-amd64`) out of
+/// the image to `out`.
+pub async fn dump_file(image: &Path, inside: &str, out: &Path) -> Result<(), Ext4Error> {
+    let request = format!("dump {inside} {}", out.display());
+    let stderr = run(
+        "debugfs",
+        Command::new("debugfs").arg("-R").arg(&request).arg(image),
+    )
+    .await?;
+    if !out.is_file() {
+        return Err(Ext4Error::Tool {
+            tool: "debugfs",
+            detail: format!("{request} made nothing: {}", stderr.trim()),
+        });
+    }
+    Ok(())
+}
+
 /// Grows the ext4 image at `image` by `extra` bytes (`e2fsck -fy`, which
 /// `resize2fs` wants first and which exits 1 when it fixed something,
 /// then `resize2fs`); the file stays sparse.

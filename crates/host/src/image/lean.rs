@@ -115,6 +115,42 @@ agent   /run/banger/agent.pid  -          /usr/local/sbin/banger-agent --pidfile
 sshd    /run/sshd.pid          /run/sshd  /usr/sbin/sshd -D
 ";
 
+/// Where banger's small init lives in a userland without an init system.
+pub const SMALL_INIT: &str = "/usr/local/sbin/banger-init";
+
+/// The changes that put the agent and banger's small init (PID 1:
+/// `banger_guest::minit`) into a userland without an init system; sshd,
+/// when the userland has one, starts with the agent.
+pub fn small_init_ops(guest_binary: &Path, sshd: bool) -> Vec<TreeOp> {
+    let early: String = EARLY_LIST
+        .lines()
+        .filter(|line| sshd || !line.starts_with("sshd"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    vec![
+        TreeOp::Write {
+            path: format!("/{AGENT_PATH}"),
+            contents: Contents::HostFile(guest_binary.to_path_buf()),
+            mode: 0o755,
+        },
+        // Its name makes the guest binary the small init.
+        TreeOp::Link {
+            path: SMALL_INIT.into(),
+            target: "banger-agent".into(),
+        },
+        TreeOp::Write {
+            path: "/etc/banger/init".into(),
+            contents: Contents::Text(format!("{SMALL_INIT}\n")),
+            mode: 0o644,
+        },
+        TreeOp::Write {
+            path: "/etc/banger/early".into(),
+            contents: Contents::Text(early),
+            mode: 0o644,
+        },
+    ]
+}
+
 const AGENT_UNIT: &str = "[Unit]
 Description=banger guest agent
 DefaultDependencies=no
@@ -330,6 +366,29 @@ mod tests {
             assert!(!unit.contains("After=network"));
             assert!(!unit.contains("ExecStartPre"));
         }
+    }
+
+    #[test]
+    fn a_userland_without_an_init_gets_the_small_one_and_sshd_only_when_it_has_it() {
+        let guest = Path::new("/g");
+        let early = |ops: &[TreeOp]| {
+            ops.iter()
+                .find_map(|op| match op {
+                    TreeOp::Write {
+                        path,
+                        contents: Contents::Text(text),
+                        ..
+                    } if path == "/etc/banger/early" => Some(text.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert!(!early(&small_init_ops(guest, false)).contains("sshd"));
+        assert!(early(&small_init_ops(guest, true)).contains("/usr/sbin/sshd -D"));
+        assert!(small_init_ops(guest, false).contains(&TreeOp::Link {
+            path: SMALL_INIT.into(),
+            target: "banger-agent".into()
+        }));
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use banger_core::catalog::{BuildRecipe, BundleSource};
-use banger_core::image_maker::{ImageMaker, ImageRequest, MakeError, RegisterFiles};
+use banger_core::image_maker::{
+    ImageKernel, ImageMaker, ImageRequest, KernelChoice, MakeError, RegisterFiles,
+};
 use banger_core::progress::Progress;
 use banger_proto::image::{ArtifactRole, Manifest, Origin, MANIFEST_FORMAT};
 use tokio::process::Command;
@@ -128,38 +130,117 @@ fn check_ext4(path: &Path, what: &str) -> Result<(), MakeError> {
 }
 
 fn check_register(files: &RegisterFiles) -> Result<(), MakeError> {
-    existing_file(&files.kernel, "kernel")?;
-    kernel::detect(&files.kernel).map_err(|err| {
-        MakeError::invalid(
-            format!("kernel {}: {err}", files.kernel.display()),
-            Some("give a bzImage (vmlinuz) or an uncompressed ELF vmlinux"),
-        )
-    })?;
+    if let KernelChoice::File(kernel) = &files.kernel {
+        existing_file(kernel, "kernel")?;
+        kernel::detect(kernel).map_err(|err| {
+            MakeError::invalid(
+                format!("kernel {}: {err}", kernel.display()),
+                Some("give a bzImage (vmlinuz) or an uncompressed ELF vmlinux"),
+            )
+        })?;
+    }
     if let Some(initrd) = &files.initrd {
         existing_file(initrd, "initrd")?;
     }
     check_ext4(&files.rootfs, "rootfs")?;
-    if files.initrd.is_none() {
-        bootable_release(files)?;
-    }
     if let Some(seed) = &files.work_seed {
         check_ext4(seed, "work seed")?;
+    }
+    if files.initrd.is_none() {
+        boot_kernel(files)?;
     }
     Ok(())
 }
 
-/// The kernel release a registered rootfs without an initrd boots with
-/// (banger makes the initramfs from that release's modules in the
-/// rootfs), or the refusal of a rootfs that would not boot.
-fn bootable_release(files: &RegisterFiles) -> Result<String, MakeError> {
-    let release = kernel::version(&files.kernel).ok().flatten();
+/// Where a registered rootfs's kernel comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KernelFile {
+    /// A file on the host.
+    Host(PathBuf),
+    /// A file inside the rootfs (`/boot/vmlinuz-RELEASE`).
+    InRootfs(String),
+}
+
+/// What a registered rootfs without an initrd boots with: the kernel, its
+/// release, and the ext4 image that holds its modules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BootKernel {
+    init: userland::probe::InitKind,
+    sshd: bool,
+    file: KernelFile,
+    release: String,
+    modules_from: PathBuf,
+    /// Said in the image's origin.
+    from: String,
+}
+
+/// The kernel a registered rootfs without an initrd boots with, or the
+/// refusal (with a hint) of a rootfs that would not boot.
+fn boot_kernel(files: &RegisterFiles) -> Result<BootKernel, MakeError> {
     let facts = RootfsFacts::probe_ext4(&files.rootfs).map_err(failed)?;
-    facts.bootable(release.as_deref()).map_err(|refusal| {
+    let refuse = |refusal: userland::probe::Unbootable| {
         MakeError::invalid(
             format!("rootfs {}: {}", files.rootfs.display(), refusal.message),
             Some(&refusal.hint),
         )
-    })
+    };
+    let init = facts.userland().map_err(refuse)?;
+    let sshd = facts.has_sshd;
+    let of_image = |image: &ImageKernel| -> Result<BootKernel, MakeError> {
+        let release = image
+            .release
+            .clone()
+            .or_else(|| kernel::version(&image.kernel).ok().flatten())
+            .ok_or_else(|| {
+                MakeError::invalid(
+                    format!(
+                        "the kernel of image {} does not say its release",
+                        image.image
+                    ),
+                    Some("give --kernel FILE with its modules in the rootfs instead"),
+                )
+            })?;
+        Ok(BootKernel {
+            init,
+            sshd,
+            file: KernelFile::Host(image.kernel.clone()),
+            release,
+            modules_from: image.rootfs.clone(),
+            from: format!("the kernel of image {}", image.image),
+        })
+    };
+    match &files.kernel {
+        KernelChoice::File(path) => {
+            let release = kernel::version(path).ok().flatten();
+            Ok(BootKernel {
+                init,
+                sshd,
+                file: KernelFile::Host(path.clone()),
+                release: facts.modules_for(release.as_deref()).map_err(refuse)?,
+                modules_from: files.rootfs.clone(),
+                from: path.display().to_string(),
+            })
+        }
+        KernelChoice::Rootfs { fallback } => match (facts.own_kernel(), fallback) {
+            (Some(release), _) => Ok(BootKernel {
+                init,
+                sshd,
+                file: KernelFile::InRootfs(format!("/boot/vmlinuz-{release}")),
+                from: format!("its own kernel {release}"),
+                release,
+                modules_from: files.rootfs.clone(),
+            }),
+            (None, Some(image)) => of_image(image),
+            (None, None) => Err(MakeError::invalid(
+                format!(
+                    "rootfs {}: no kernel in its /boot with its modules, and no default image on this host to take one from",
+                    files.rootfs.display()
+                ),
+                Some("give --kernel FILE or --kernel-from IMAGE, or pull the default image first"),
+            )),
+        },
+        KernelChoice::Image(image) => of_image(image),
+    }
 }
 
 /// Copies a file keeping holes (rootfs and seed images are sparse).
@@ -303,7 +384,29 @@ impl HostImageMaker {
     ) -> Result<Manifest, MakeError> {
         progress.stage("copy");
         let target = |role: ArtifactRole| staging.join(role.file_name());
-        sparse_copy(&files.kernel, &target(ArtifactRole::Kernel)).await?;
+        let boot = match files.initrd {
+            Some(_) => None,
+            None => Some(boot_kernel(files)?),
+        };
+        match (&files.kernel, &boot) {
+            (_, Some(boot)) => match &boot.file {
+                KernelFile::Host(path) => sparse_copy(path, &target(ArtifactRole::Kernel)).await?,
+                KernelFile::InRootfs(inside) => {
+                    ext4::dump_file(&files.rootfs, inside, &target(ArtifactRole::Kernel))
+                        .await
+                        .map_err(failed)?
+                }
+            },
+            (KernelChoice::File(path), None) => {
+                sparse_copy(path, &target(ArtifactRole::Kernel)).await?
+            }
+            (_, None) => {
+                return Err(MakeError::invalid(
+                    "an initrd of your own needs its kernel",
+                    Some("give --kernel with --initrd"),
+                ))
+            }
+        }
         if let Some(initrd) = &files.initrd {
             sparse_copy(initrd, &target(ArtifactRole::Initrd)).await?;
         }
@@ -332,15 +435,19 @@ impl HostImageMaker {
                 }
             }
         }
-        if files.initrd.is_none() {
-            // banger's initramfs for the kernel, from the rootfs's modules,
-            // and the agent with the lean units in the image's own copy.
+        if let Some(boot) = &boot {
+            // banger's initramfs for the kernel, from its modules, and the
+            // agent with the lean units in the image's own copy.
             progress.stage("bootable");
-            let release = bootable_release(files)?;
             let scratch = staging.join(".userland");
             userland::make_bootable(
                 &target(ArtifactRole::Rootfs),
-                &release,
+                &userland::BootWith {
+                    modules_from: &boot.modules_from,
+                    release: &boot.release,
+                    init: boot.init,
+                    sshd: boot.sshd,
+                },
                 &self.guest_binary,
                 &target(ArtifactRole::Initrd),
                 &scratch,
@@ -348,7 +455,7 @@ impl HostImageMaker {
             .await
             .map_err(failed)?;
             let _ = std::fs::remove_dir_all(&scratch);
-            kernel_version = Some(release);
+            kernel_version = Some(boot.release.clone());
         }
         if files.work_seed.is_none() && !files.no_work_seed {
             progress.stage("work_seed");
@@ -364,7 +471,13 @@ impl HostImageMaker {
         let shown = |p: &Path| p.display().to_string();
         let origin = Origin {
             method: "register".into(),
-            from: format!("{} + {}", shown(&files.kernel), shown(&files.rootfs)),
+            from: match (&boot, &files.kernel) {
+                (Some(boot), _) => format!("{} + {}", shown(&files.rootfs), boot.from),
+                (None, KernelChoice::File(kernel)) => {
+                    format!("{} + {}", shown(kernel), shown(&files.rootfs))
+                }
+                (None, _) => shown(&files.rootfs),
+            },
             packages: Vec::new(),
             banger_version: env!("CARGO_PKG_VERSION").into(),
             made_at: now_rfc3339(),

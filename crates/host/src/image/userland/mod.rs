@@ -15,6 +15,7 @@ pub mod probe;
 use std::path::{Path, PathBuf};
 
 use super::{ext4, initramfs, lean, modules};
+use probe::InitKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserlandError {
@@ -35,30 +36,51 @@ pub enum UserlandError {
     Join(String),
 }
 
+/// What a userland boots with.
+#[derive(Debug, Clone, Copy)]
+pub struct BootWith<'a> {
+    /// The ext4 image holding the kernel's modules.
+    pub modules_from: &'a Path,
+    /// The kernel release.
+    pub release: &'a str,
+    pub init: InitKind,
+    /// Whether the userland has sshd (started with the agent).
+    pub sshd: bool,
+}
+
 /// Room added to a registered rootfs for the agent and its units.
 const INJECT_SLACK: u64 = 16 << 20;
 
 /// Makes the ext4 root filesystem at `rootfs` (the image's own copy, in
 /// staging) bootable with the kernel `release`: writes banger's
-/// initramfs with that kernel's modules from the rootfs to `initrd`, and
-/// puts the agent and the lean units into the rootfs. `scratch` is a
+/// initramfs with that kernel's modules (from the ext4 image
+/// `modules_from`: the rootfs itself, or the image whose kernel it
+/// borrows) to `initrd`, and puts the agent with the lean units (its own
+/// systemd) or banger's small init (`sshd`: start the userland's sshd with
+/// the agent) into it, its identity taken out. `scratch` is a
 /// directory of staging it may fill. Returns the initramfs's module
 /// names in load order.
 pub async fn make_bootable(
     rootfs: &Path,
-    release: &str,
+    with: &BootWith<'_>,
     guest_binary: &Path,
     initrd: &Path,
     scratch: &Path,
 ) -> Result<Vec<String>, UserlandError> {
+    let BootWith {
+        modules_from,
+        release,
+        init,
+        sshd,
+    } = *with;
     let modules_root = scratch.join("modules");
     ext4::extract_dir(
-        rootfs,
+        modules_from,
         &format!("/lib/modules/{release}"),
         &modules_root.join("lib/modules"),
     )
     .await?;
-    let (root, version, init, out) = (
+    let (root, version, init_binary, out) = (
         modules_root.clone(),
         release.to_string(),
         guest_binary.to_path_buf(),
@@ -69,7 +91,7 @@ pub async fn make_bootable(
         let modules_dir: PathBuf = root.join("lib/modules").join(&version);
         let files = modules::resolve(&modules_dir, modules::GUEST_MODULES)?;
         let spec = initramfs::InitramfsSpec {
-            init,
+            init: init_binary,
             version,
             modules: modules::groups(&modules_dir, &files)?,
             modules_dir,
@@ -87,7 +109,10 @@ pub async fn make_bootable(
         })?
         .len();
     ext4::grow(rootfs, guest_bytes + INJECT_SLACK).await?;
-    let mut changes = lean::ops(guest_binary);
+    let mut changes = match init {
+        InitKind::Systemd => lean::ops(guest_binary),
+        InitKind::Small => lean::small_init_ops(guest_binary, sshd),
+    };
     changes.extend(identity_ops());
     ops::apply_to_ext4(rootfs, &changes, &scratch.join("ops")).await?;
     Ok(names)

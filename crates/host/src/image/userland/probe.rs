@@ -12,10 +12,21 @@ use std::process::Command;
 pub struct RootfsFacts {
     /// The directories of `/lib/modules` (kernel releases).
     pub module_versions: Vec<String>,
+    /// The releases of the kernels in `/boot` (`vmlinuz-RELEASE`).
+    pub kernels: Vec<String>,
     pub has_shell: bool,
     pub has_init: bool,
     pub has_systemd: bool,
     pub has_sshd: bool,
+}
+
+/// The init a userland boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitKind {
+    /// Its own systemd, set up the lean way.
+    Systemd,
+    /// banger's small init (no init system in the userland).
+    Small,
 }
 
 /// Why a root filesystem cannot be made bootable, and what to do.
@@ -48,44 +59,88 @@ fn debugfs(image: &Path, request: &str) -> Result<(String, String), ProbeError> 
     ))
 }
 
+/// Whether the ext4 image at `image` holds `path` (symbolic links in
+/// its parents followed inside the image).
+pub fn has_file(image: &Path, path: &str) -> Result<bool, ProbeError> {
+    let (out, err) = debugfs(image, &format!("stat {path}"))?;
+    if out.contains("Inode:") {
+        Ok(true)
+    } else if err.contains("File not found") {
+        Ok(false)
+    } else {
+        Err(ProbeError::Debugfs {
+            path: image.display().to_string(),
+            detail: err.lines().last().unwrap_or("no answer").to_string(),
+        })
+    }
+}
+
 impl RootfsFacts {
     /// Reads the facts of the ext4 image at `image`.
     pub fn probe_ext4(image: &Path) -> Result<RootfsFacts, ProbeError> {
-        let exists = |path: &str| -> Result<bool, ProbeError> {
-            Ok(debugfs(image, &format!("stat {path}"))?
-                .0
-                .contains("Inode:"))
-        };
+        let exists = |path: &str| has_file(image, path);
+        // Fails here, once, for a file debugfs cannot open.
+        let has_shell = exists("/bin/sh")?;
         let (listing, _) = debugfs(image, "ls -p /lib/modules")?;
+        let (boot, _) = debugfs(image, "ls -p /boot")?;
         Ok(RootfsFacts {
             module_versions: parse_dir_listing(&listing),
-            has_shell: exists("/bin/sh")?,
+            kernels: parse_kernels(&boot),
+            has_shell,
             has_init: exists("/sbin/init")?,
             has_systemd: exists("/lib/systemd/systemd")?,
             has_sshd: exists("/usr/sbin/sshd")?,
         })
     }
 
-    /// The kernel release whose modules go into the initramfs, or why
-    /// there is none. `kernel_release` is the given kernel's, when its
-    /// format tells it (a bzImage does; an ELF vmlinux does not).
-    pub fn bootable(&self, kernel_release: Option<&str>) -> Result<String, Unbootable> {
-        let refuse = |message: String, hint: &str| Unbootable {
-            message,
+    /// The newest kernel of the rootfs's own `/boot` that has its modules.
+    pub fn own_kernel(&self) -> Option<String> {
+        self.kernels
+            .iter()
+            .rev()
+            .find(|release| self.module_versions.contains(release))
+            .cloned()
+    }
+
+    /// The init a userland boots with, or its refusal whatever the
+    /// kernel: no shell and no init.
+    pub fn userland(&self) -> Result<InitKind, Unbootable> {
+        let refuse = |message: &str, hint: &str| Unbootable {
+            message: message.into(),
             hint: hint.into(),
         };
         if !self.has_shell && !self.has_init {
             return Err(refuse(
-                "the rootfs has neither /bin/sh nor /sbin/init".into(),
+                "the rootfs has neither /bin/sh nor /sbin/init",
                 "give the root filesystem of a Linux userland",
             ));
         }
-        if !self.has_systemd {
-            return Err(refuse(
-                "the rootfs has no systemd (/lib/systemd/systemd)".into(),
-                "install systemd-sysv in it (images without an init system are not supported yet)",
-            ));
+        if self.has_systemd {
+            Ok(InitKind::Systemd)
+        } else if self.has_shell {
+            Ok(InitKind::Small)
+        } else {
+            Err(refuse(
+                "the rootfs has an init but no systemd and no /bin/sh",
+                "give a userland with systemd, or with /bin/sh for banger's own small init",
+            ))
         }
+    }
+
+    /// The kernel release whose modules go into the initramfs, or why
+    /// there is none. `kernel_release` is the given kernel's, when its
+    /// format tells it (a bzImage does; an ELF vmlinux does not).
+    pub fn bootable(&self, kernel_release: Option<&str>) -> Result<String, Unbootable> {
+        self.userland()?;
+        self.modules_for(kernel_release)
+    }
+
+    /// The release of the rootfs's modules that a kernel boots with.
+    pub fn modules_for(&self, kernel_release: Option<&str>) -> Result<String, Unbootable> {
+        let refuse = |message: String, hint: &str| Unbootable {
+            message,
+            hint: hint.into(),
+        };
         let found = if self.module_versions.is_empty() {
             "none".to_string()
         } else {
@@ -116,6 +171,22 @@ impl RootfsFacts {
     }
 }
 
+/// Kernel releases from a `debugfs ls -p /boot` listing: regular files
+/// named `vmlinuz-RELEASE`, sorted.
+fn parse_kernels(listing: &str) -> Vec<String> {
+    let mut releases: Vec<String> = listing
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split('/').collect();
+            (fields.len() >= 7 && fields[2].starts_with("10"))
+                .then(|| fields[5].strip_prefix("vmlinuz-").map(str::to_string))
+                .flatten()
+        })
+        .collect();
+    releases.sort();
+    releases
+}
+
 /// Directory names from `debugfs ls -p` output (`/ino/mode/uid/gid/name/size/`).
 fn parse_dir_listing(listing: &str) -> Vec<String> {
     let mut names: Vec<String> = listing
@@ -139,6 +210,7 @@ mod tests {
     fn debian() -> RootfsFacts {
         RootfsFacts {
             module_versions: vec!["6.1.0-57-cloud-amd64".into()],
+            kernels: vec!["6.1.0-57-cloud-amd64".into()],
             has_shell: true,
             has_init: true,
             has_systemd: true,
@@ -150,6 +222,23 @@ mod tests {
     fn a_listing_gives_its_directories() {
         let listing = "/882/040755/0/0/.//\n/766/040755/0/0/..//\n/883/040755/0/0/6.1.0-57-cloud-amd64//\n/884/100644/0/0/stray-file/12/\n\n";
         assert_eq!(parse_dir_listing(listing), ["6.1.0-57-cloud-amd64"]);
+        let boot = "/13/040755/0/0/.//\n/15/100644/0/0/config-6.1.0-57-cloud-amd64/123137/\n/16/100644/0/0/vmlinuz-6.1.0-57-cloud-amd64/14190528/\n/17/120777/0/0/vmlinuz-link/9/\n";
+        assert_eq!(parse_kernels(boot), ["6.1.0-57-cloud-amd64"]);
+    }
+
+    #[test]
+    fn the_own_kernel_is_the_newest_with_modules() {
+        let facts = RootfsFacts {
+            kernels: vec!["6.1.0-1".into(), "6.1.0-2".into(), "6.1.0-3".into()],
+            module_versions: vec!["6.1.0-1".into(), "6.1.0-2".into()],
+            ..debian()
+        };
+        assert_eq!(facts.own_kernel().as_deref(), Some("6.1.0-2"));
+        let none = RootfsFacts {
+            kernels: vec![],
+            ..debian()
+        };
+        assert_eq!(none.own_kernel(), None);
     }
 
     #[test]
@@ -181,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn no_shell_no_init_and_no_systemd_are_refused_with_hints() {
+    fn no_shell_and_no_init_are_refused_and_no_systemd_means_the_small_init() {
         let empty = RootfsFacts::default();
         assert_eq!(
             empty.bootable(None).unwrap_err().message,
@@ -191,8 +280,14 @@ mod tests {
             has_systemd: false,
             ..debian()
         };
-        let err = busybox.bootable(None).unwrap_err();
-        assert!(err.hint.starts_with("install systemd-sysv"), "{err:?}");
+        assert_eq!(busybox.userland().unwrap(), InitKind::Small);
+        assert_eq!(debian().userland().unwrap(), InitKind::Systemd);
+        let odd = RootfsFacts {
+            has_systemd: false,
+            has_shell: false,
+            ..debian()
+        };
+        assert!(odd.userland().unwrap_err().hint.contains("small init"));
     }
 
     #[tokio::test]
@@ -221,6 +316,7 @@ mod tests {
             facts,
             RootfsFacts {
                 module_versions: vec!["6.1.0-test".into()],
+                kernels: vec![],
                 has_shell: true,
                 has_init: false,
                 has_systemd: true,
