@@ -13,26 +13,12 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
-
-/// Kills whatever the test started under its root, even when it fails.
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("pkill")
-            .arg("-9")
-            .arg("-f")
-            .arg(self.0.display().to_string())
-            .status();
-    }
-}
 
 fn qemu_pid(id: &str) -> Option<u32> {
     let out = Command::new("pgrep")
@@ -56,7 +42,7 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(root.path().to_path_buf());
+    let _cleanup = support::Cleanup(root.path().to_path_buf());
     let etc = root.path().join("etc/banger");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(

@@ -17,19 +17,6 @@ use std::process::Command;
 
 use serde_json::json;
 
-/// Kills whatever the test started under its root, even when it fails.
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("pkill")
-            .arg("-9")
-            .arg("-f")
-            .arg(self.0.display().to_string())
-            .status();
-    }
-}
-
 /// The tree of the user: Debian minbase with systemd, the cloud
 /// kernel, sshd and iproute2; `None` with the reason when the mirror is
 /// out of reach (a failure under CI=true).
@@ -90,7 +77,7 @@ async fn a_debian_tree_registered_with_its_kernel_boots() {
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(root.path().to_path_buf());
+    let _cleanup = support::Cleanup(root.path().to_path_buf());
     let Some(tree) = debian_tree(root.path()) else {
         return;
     };

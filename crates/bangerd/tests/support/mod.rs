@@ -340,3 +340,16 @@ pub async fn sh(socket: &Path, vm: &str, script: &str) -> (i64, String, String) 
         String::from_utf8_lossy(&err).into_owned(),
     )
 }
+
+/// Kills whatever the test started under its root, even when it fails.
+pub struct Cleanup(pub PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg(self.0.display().to_string())
+            .status();
+    }
+}
