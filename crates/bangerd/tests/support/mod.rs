@@ -157,10 +157,19 @@ async fn post_stream(
     response
 }
 
+/// The longest a stream (a create, a pull, an exec in a guest) may take
+/// in a test: generous under emulation, but a hung guest fails the test
+/// instead of holding CI.
+pub const STREAM_DEADLINE: Duration = Duration::from_secs(600);
+
 /// POSTs asking for a progress stream; returns every event line.
 pub async fn call_stream(socket: &Path, path: &str, body: &str) -> Vec<Value> {
     let response = post_stream(socket, path, body).await;
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let bytes = tokio::time::timeout(STREAM_DEADLINE, response.into_body().collect())
+        .await
+        .unwrap_or_else(|_| panic!("{path} {body}: no end within {STREAM_DEADLINE:?}"))
+        .unwrap()
+        .to_bytes();
     String::from_utf8_lossy(&bytes)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
