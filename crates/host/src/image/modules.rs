@@ -125,6 +125,9 @@ fn visit(
     Ok(())
 }
 
+/// Modules that register virtio devices (not drivers of them).
+const VIRTIO_TRANSPORTS: &[&str] = &["virtio_mmio", "virtio_pci"];
+
 /// The modules of `order` (as `resolve` gives them) in groups that can
 /// load at the same time: a module's group comes after the groups of all
 /// it depends on. banger-init loads each group concurrently, which
@@ -133,19 +136,26 @@ pub fn groups(dir: &Path, order: &[PathBuf]) -> Result<Vec<Vec<PathBuf>>, Module
     let deps = read_deps(dir)?;
     let mut depth: HashMap<String, usize> = HashMap::new();
     let mut groups: Vec<Vec<PathBuf>> = Vec::new();
+    // The virtio transports register their devices before any virtio
+    // driver loads, so drivers bind in device order: `/dev/vda`, `vdb`,
+    // `vdc` follow the machine's drive order (a disk driver loading
+    // while the transport registers devices would name them at random).
+    let mut after_transports = 0;
     for path in order {
         let name = module_name(&path.display().to_string());
-        let level = deps
-            .get(&name)
-            .map(|(_, needs)| {
-                needs
-                    .iter()
-                    .filter_map(|need| depth.get(&module_name(need)))
-                    .map(|d| d + 1)
-                    .max()
-                    .unwrap_or(0)
-            })
+        let needs: &[String] = deps.get(&name).map_or(&[], |(_, needs)| needs);
+        let mut level = needs
+            .iter()
+            .filter_map(|need| depth.get(&module_name(need)))
+            .map(|d| d + 1)
+            .max()
             .unwrap_or(0);
+        let virtio_driver = needs.iter().any(|need| module_name(need) == "virtio");
+        if VIRTIO_TRANSPORTS.contains(&name.as_str()) {
+            after_transports = after_transports.max(level + 1);
+        } else if virtio_driver {
+            level = level.max(after_transports);
+        }
         depth.insert(name, level);
         if groups.len() <= level {
             groups.resize(level + 1, Vec::new());
@@ -158,6 +168,39 @@ pub fn groups(dir: &Path, order: &[PathBuf]) -> Result<Vec<Vec<PathBuf>>, Module
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtio_drivers_load_after_the_transport_so_disks_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("modules.dep"),
+            "kernel/drivers/virtio/virtio_ring.ko:\n\
+             kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/fs/overlayfs/overlay.ko:\n",
+        )
+        .unwrap();
+        let order = resolve(dir.path(), &["virtio_mmio", "virtio_blk", "overlay"]).unwrap();
+        let names: Vec<Vec<String>> = groups(dir.path(), &order)
+            .unwrap()
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|p| module_name(&p.display().to_string()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                vec!["virtio_ring", "overlay"],
+                vec!["virtio"],
+                vec!["virtio_mmio"],
+                vec!["virtio_blk"]
+            ]
+        );
+    }
 
     #[test]
     fn dependencies_load_first_and_builtins_are_skipped() {
