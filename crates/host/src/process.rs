@@ -133,17 +133,22 @@ mod tests {
         let mut live = fake_vmm(ours.path(), "live1");
         let mut orphan = fake_vmm(ours.path(), "orphan1");
         let mut other = fake_vmm(theirs.path(), "other1");
+        // Until both have executed (a child between fork and exec still
+        // shows the test's own command line).
+        let expected = [
+            (live.id(), "live1".to_string()),
+            (orphan.id(), "orphan1".to_string()),
+        ];
         let deadline = Instant::now() + Duration::from_secs(10);
-        while banger_vmms(ours.path()).len() < 2 {
-            assert!(Instant::now() < deadline, "{:?}", banger_vmms(ours.path()));
+        let found = loop {
+            let mut found = banger_vmms(ours.path());
+            found.sort_by(|a, b| a.1.cmp(&b.1));
+            if found == expected || Instant::now() > deadline {
+                break found;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut found = banger_vmms(ours.path());
-        found.sort_by(|a, b| a.1.cmp(&b.1));
-        assert_eq!(
-            found,
-            [(live.id(), "live1".into()), (orphan.id(), "orphan1".into())]
-        );
+        };
+        assert_eq!(found, expected);
         let killed = kill_orphan_vmms(ours.path(), &["live1".to_string()]);
         assert_eq!(killed, [(orphan.id(), "orphan1".to_string())]);
         assert!(
