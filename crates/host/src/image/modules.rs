@@ -169,6 +169,19 @@ pub fn groups(dir: &Path, order: &[PathBuf]) -> Result<Vec<Vec<PathBuf>>, Module
 mod tests {
     use super::*;
 
+    /// `groups` as module names.
+    fn group_names(dir: &Path, order: &[PathBuf]) -> Vec<Vec<String>> {
+        groups(dir, order)
+            .unwrap()
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|p| module_name(&p.display().to_string()))
+                    .collect()
+            })
+            .collect()
+    }
+
     #[test]
     fn virtio_drivers_load_after_the_transport_so_disks_keep_their_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -182,15 +195,7 @@ mod tests {
         )
         .unwrap();
         let order = resolve(dir.path(), &["virtio_mmio", "virtio_blk", "overlay"]).unwrap();
-        let names: Vec<Vec<String>> = groups(dir.path(), &order)
-            .unwrap()
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|p| module_name(&p.display().to_string()))
-                    .collect()
-            })
-            .collect();
+        let names: Vec<Vec<String>> = group_names(dir.path(), &order);
         assert_eq!(
             names,
             [
@@ -234,15 +239,7 @@ mod tests {
                 "virtio_rng"
             ]
         );
-        let groups: Vec<Vec<String>> = groups(dir.path(), &order)
-            .unwrap()
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|p| module_name(&p.display().to_string()))
-                    .collect()
-            })
-            .collect();
+        let groups: Vec<Vec<String>> = group_names(dir.path(), &order);
         assert_eq!(
             groups,
             [
