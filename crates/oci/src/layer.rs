@@ -70,7 +70,7 @@ pub fn apply_tar(reader: impl Read, tree: &Path, layer: &str) -> Result<LayerSta
     for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
         let mut entry = entry.map_err(|e| bad(e.to_string()))?;
         let raw = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
-        let rel = relative(&raw).map_err(|reason| unsafe_layer(reason))?;
+        let rel = relative(&raw).map_err(&unsafe_layer)?;
         let Some(name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             continue; // the root itself
         };
@@ -110,7 +110,7 @@ pub fn apply_tar(reader: impl Read, tree: &Path, layer: &str) -> Result<LayerSta
                     .link_name()
                     .map_err(|e| bad(e.to_string()))?
                     .ok_or_else(|| bad(format!("hard link {} has no target", raw.display())))?;
-                let target_rel = relative(&target).map_err(|reason| unsafe_layer(reason))?;
+                let target_rel = relative(&target).map_err(&unsafe_layer)?;
                 check_no_links(tree, target_rel.parent().unwrap_or(Path::new("")))
                     .map_err(unsafe_layer)?;
                 let source = tree.join(&target_rel);
