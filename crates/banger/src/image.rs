@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use banger_proto::image::{
     CatalogList, Image, ImageBuildRequest, ImageExportRequest, ImageList, ImagePullRequest,
-    ImageRegisterRequest,
+    ImageRegisterRequest, PruneReport,
 };
 use banger_proto::progress::ProgressEvent;
 use clap::Subcommand;
@@ -47,19 +47,32 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Pull a catalog image, or a bundle by URL or path.
+    /// Pull an OCI image from a registry, a catalog image, or a bundle.
+    ///
+    /// SOURCE is read in this order: `docker://REF` is an OCI image; an
+    /// http(s):// or file:// URL, a path starting with / ./ or ../, or a
+    /// name ending in .tar.zst is a bundle; a catalog name is that entry;
+    /// anything else is an OCI reference by Docker's rules (`alpine` is
+    /// docker.io/library/alpine:latest).
     Pull {
-        /// A catalog name, an http(s):// or file:// URL, or a bundle path.
+        /// An OCI reference, a catalog name, a bundle URL or path.
         source: String,
-        /// Name to record [default: the catalog name or the bundle's own].
+        /// Name to record [default: the catalog name, the bundle's own, or
+        /// the OCI repository's last part and tag, e.g. debian-bookworm].
         #[arg(long)]
         name: Option<String>,
         /// Expected sha256 of the bundle file.
         #[arg(long)]
         sha256: Option<String>,
+        /// OCI images without a kernel boot with this image's kernel
+        /// [default: the default image's].
+        #[arg(long)]
+        kernel_from: Option<String>,
         #[arg(long)]
         json: bool,
     },
+    /// Remove cached OCI layers that no image uses.
+    Prune,
     /// Register a kernel and rootfs from this host as an image.
     Register {
         /// Name of the new image.
@@ -190,6 +203,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             source,
             name,
             sha256,
+            kernel_from,
             json,
         } => {
             let source = if looks_like_path(&source) {
@@ -201,6 +215,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                 source,
                 name,
                 sha256,
+                kernel_from,
             };
             long_op(client, "/v1/images/pull", &request, json, "pulled").await?;
         }
@@ -235,6 +250,14 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             if !json {
                 println!("wrote {}", request.file);
             }
+        }
+        ImageCommand::Prune => {
+            let report: PruneReport = client.post("/v1/images/prune", &()).await?;
+            println!(
+                "removed {} cached layers ({})",
+                report.blobs,
+                output::size(report.bytes)
+            );
         }
         ImageCommand::Rm { images } => {
             for image in images {
@@ -315,6 +338,33 @@ fn print_image(image: &Image) {
     ] {
         println!("{:<15} {value}", format!("{key}:"));
     }
+    if let Some(oci) = manifest.and_then(|m| m.oci.as_ref()) {
+        let words = |v: &[String]| {
+            if v.is_empty() {
+                none()
+            } else {
+                serde_json::to_string(v).unwrap_or_default()
+            }
+        };
+        println!("oci:");
+        for (key, value) in [
+            ("reference", oci.reference.clone()),
+            ("digest", oci.digest.clone()),
+            ("layers", oci.layers.len().to_string()),
+            ("entrypoint", words(&oci.config.entrypoint)),
+            ("cmd", words(&oci.config.cmd)),
+            (
+                "workdir",
+                oci.config.working_dir.clone().unwrap_or_else(none),
+            ),
+            ("user", oci.config.user.clone().unwrap_or_else(none)),
+        ] {
+            println!("  {:<13} {value}", format!("{key}:"));
+        }
+        for env in &oci.config.env {
+            println!("  env:          {env}");
+        }
+    }
     if let Some(manifest) = manifest {
         println!("artifacts:");
         for a in &manifest.artifacts {
@@ -328,8 +378,10 @@ fn print_image(image: &Image) {
     }
 }
 
+/// The daemon's rule for bundle paths (`PullSource::parse`).
 fn looks_like_path(source: &str) -> bool {
-    !source.contains("://") && (source.contains('/') || source.ends_with(".tar.zst"))
+    ["/", "./", "../"].iter().any(|p| source.starts_with(p))
+        || (!source.contains("://") && source.ends_with(".tar.zst"))
 }
 
 /// Paths go to the daemon, which may run elsewhere in the tree: make them

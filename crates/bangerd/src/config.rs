@@ -55,6 +55,9 @@ struct ConfigFile {
     debian_mirror: Option<String>,
     /// Public keys every guest accepts for root, besides the daemon's own.
     ssh_authorized_keys: Option<Vec<String>>,
+    /// OCI registries (`HOST[:PORT]`) spoken to over plain HTTP; those on
+    /// this host always are.
+    insecure_registries: Option<Vec<String>>,
     #[serde(default)]
     vm_defaults: VmDefaultsFile,
     #[serde(default)]
@@ -202,6 +205,7 @@ pub struct Config {
     pub debian_mirror: Option<String>,
     pub network: NetworkSettings,
     pub ssh_authorized_keys: Vec<String>,
+    pub insecure_registries: Vec<String>,
 }
 
 pub const DEFAULT_BRIDGE: &str = "172.29.0.1/24";
@@ -248,6 +252,7 @@ impl Config {
             debian_mirror: file.debian_mirror.clone(),
             network: network_settings(&file.network, &shown)?,
             ssh_authorized_keys: ssh_keys(file.ssh_authorized_keys.as_deref(), &shown)?,
+            insecure_registries: file.insecure_registries.clone().unwrap_or_default(),
             state_dir: file.state_dir.clone().unwrap_or(defaults.state_dir),
             run_dir,
             socket,

@@ -29,6 +29,20 @@ pub struct Running {
     pub task: JoinHandle<Result<()>>,
 }
 
+/// How OCI pulls reach registries, and their layer cache.
+fn oci_pulls(config: &Config) -> Result<banger_host::image::maker::OciPulls> {
+    let cache = banger_oci::cache::BlobCache::open(&config.state_dir.join("oci/blobs"))
+        .context("cannot open the layer cache")?;
+    Ok(banger_host::image::maker::OciPulls {
+        cache,
+        options: banger_oci::PullOptions {
+            insecure: config.insecure_registries.clone(),
+            auth_files: banger_oci::auth::default_files(),
+            limits: Default::default(),
+        },
+    })
+}
+
 /// Opens the state, binds the socket and starts serving.
 pub async fn start(config: Config) -> Result<Running> {
     for dir in [&config.state_dir, &config.run_dir] {
@@ -39,16 +53,19 @@ pub async fn start(config: Config) -> Result<Running> {
     for stale in dirs.clean_stale() {
         tracing::info!(path = %stale.display(), "removed what an interrupted image operation left");
     }
-    let images = Arc::new(Images::new(
-        store.clone(),
-        Arc::new(HostImageMaker::new(
-            config.guest_binary.clone(),
-            config.debian_mirror.clone(),
-        )),
-        dirs,
-        config.catalog.clone(),
-        Arc::new(SystemClock),
-    ));
+    let images = Arc::new(
+        Images::new(
+            store.clone(),
+            Arc::new(
+                HostImageMaker::new(config.guest_binary.clone(), config.debian_mirror.clone())
+                    .with_oci(oci_pulls(&config)?),
+            ),
+            dirs,
+            config.catalog.clone(),
+            Arc::new(SystemClock),
+        )
+        .with_default_image(&config.defaults.image),
+    );
     let vmm = selected_vmm(config.vmm, &config.state_dir);
     let mut banger = Banger::new(
         store,

@@ -229,8 +229,15 @@ async fn every_documented_route_answers_as_documented() {
             "post",
             "/v1/images/pull",
             "/v1/images/pull".into(),
-            Some(r#"{"source":"no-such-catalog-image"}"#),
+            Some(r#"{"source":"Not An Image Reference"}"#),
             400,
+        ),
+        (
+            "post",
+            "/v1/images/prune",
+            "/v1/images/prune".into(),
+            None,
+            200,
         ),
         (
             "post",

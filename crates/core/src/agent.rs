@@ -28,6 +28,32 @@ pub struct AgentReady {
     pub uptime_ms: u64,
 }
 
+/// How a command runs in the guest. Commands in a VM of an OCI image get
+/// the image's environment, working directory and user; otherwise the
+/// agent's defaults (root, `/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecContext {
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+}
+
+impl ExecContext {
+    /// The context an OCI image's config asks for.
+    pub fn from_container(config: &banger_proto::image::ContainerConfig) -> Self {
+        ExecContext {
+            env: config
+                .env
+                .iter()
+                .filter_map(|entry| entry.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cwd: config.working_dir.clone(),
+            user: config.user.clone(),
+        }
+    }
+}
+
 /// A piece of a command's output, or its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecChunk {
@@ -59,6 +85,7 @@ pub trait AgentLink: Send + Sync {
         &self,
         handle: &VmmHandle,
         argv: Vec<String>,
+        context: ExecContext,
         stdin: Option<Vec<u8>>,
         out: mpsc::UnboundedSender<ExecChunk>,
     ) -> Result<(), AgentLinkError>;

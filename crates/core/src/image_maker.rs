@@ -47,12 +47,22 @@ pub struct RegisterFiles {
     pub no_work_seed: bool,
 }
 
+/// An OCI image to pull from a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciSource {
+    /// The reference as the user wrote it.
+    pub reference: String,
+    /// The kernel it boots with: its own, else this fallback's.
+    pub kernel: KernelChoice,
+}
+
 /// What an image is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRequest {
     Build(BuildRecipe),
     Bundle(BundleSource),
     Register(RegisterFiles),
+    Oci(OciSource),
 }
 
 impl ImageRequest {
@@ -60,7 +70,7 @@ impl ImageRequest {
     pub fn source(&self) -> &'static str {
         match self {
             ImageRequest::Build(_) => "build",
-            ImageRequest::Bundle(_) => "pull",
+            ImageRequest::Bundle(_) | ImageRequest::Oci(_) => "pull",
             ImageRequest::Register(_) => "register",
         }
     }
@@ -129,4 +139,10 @@ pub trait ImageMaker: Send + Sync {
         out: &Path,
         progress: &dyn Progress,
     ) -> Result<(), MakeError>;
+
+    /// Frees cached pull data (OCI layers) that no image references;
+    /// `referenced` are the layer digests of every image on the host.
+    fn prune(&self, _referenced: &[String]) -> Result<banger_proto::image::PruneReport, MakeError> {
+        Ok(Default::default())
+    }
 }

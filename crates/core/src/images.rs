@@ -54,19 +54,42 @@ pub enum PullSource {
     Catalog(String),
     /// A bundle URL (`http(s)://`, `file://`) or a local bundle path.
     Url { url: String, sha256: Option<String> },
+    /// An OCI image reference (Docker's rules), and the image whose
+    /// kernel boots it when it has none (the default image's otherwise).
+    Oci {
+        reference: String,
+        kernel_from: Option<String>,
+    },
 }
 
 impl PullSource {
-    /// A URL or path is anything with `://` or a `/`; a bare word is a
-    /// catalog name.
-    pub fn parse(what: &str, sha256: Option<String>) -> PullSource {
-        if what.contains("://") || what.contains('/') || what.ends_with(".tar.zst") {
+    /// Which kind of source `what` is:
+    /// - `docker://REF` is an OCI reference;
+    /// - `http://`, `https://` and `file://` URLs, absolute and `./` paths
+    ///   and names ending in `.tar.zst` are bundles;
+    /// - a catalog entry's name is that entry;
+    /// - anything else is an OCI reference (`debian:bookworm`,
+    ///   `ghcr.io/org/app`, a bare `alpine` meaning docker.io/library).
+    pub fn parse(what: &str, sha256: Option<String>, catalog: &Catalog) -> PullSource {
+        let bundle = ["http://", "https://", "file://", "/", "./", "../"]
+            .iter()
+            .any(|p| what.starts_with(p))
+            || what.ends_with(".tar.zst");
+        let oci = || PullSource::Oci {
+            reference: what.to_string(),
+            kernel_from: None,
+        };
+        if what.starts_with("docker://") {
+            oci()
+        } else if bundle {
             PullSource::Url {
                 url: what.to_string(),
                 sha256,
             }
-        } else {
+        } else if catalog.find(what).is_some() {
             PullSource::Catalog(what.to_string())
+        } else {
+            oci()
         }
     }
 }
@@ -83,6 +106,8 @@ pub struct Images {
     /// One fetch per catalog name at a time, so concurrent first uses of an
     /// image wait for one pull instead of racing several.
     fetch_locks: VmLocks,
+    /// The default image: its kernel boots userlands that have none.
+    default_image: String,
 }
 
 impl Images {
@@ -101,7 +126,14 @@ impl Images {
             clock,
             publish_lock: Mutex::new(()),
             fetch_locks: VmLocks::default(),
+            default_image: crate::spec::SpecDefaults::default().image,
         }
+    }
+
+    /// Sets the default image (whose kernel boots userlands without one).
+    pub fn with_default_image(mut self, name: &str) -> Self {
+        self.default_image = name.to_string();
+        self
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -167,7 +199,7 @@ impl Images {
         let request = self.pull_request(&source)?;
         let name = match &source {
             PullSource::Catalog(entry) => Some(name.unwrap_or(entry)),
-            PullSource::Url { .. } => name,
+            PullSource::Url { .. } | PullSource::Oci { .. } => name,
         };
         self.make(name, request, progress).await
     }
@@ -181,7 +213,7 @@ impl Images {
     ) -> Result<Image, ImageError> {
         let kind = match request {
             ImageRequest::Build(_) => "image.build",
-            ImageRequest::Bundle(_) => "image.pull",
+            ImageRequest::Bundle(_) | ImageRequest::Oci(_) => "image.pull",
             ImageRequest::Register(_) => "image.register",
         };
         let mut op = Operation::begin(kind);
@@ -254,7 +286,49 @@ impl Images {
                 url: url.clone(),
                 sha256: sha256.clone(),
             })),
+            PullSource::Oci {
+                reference,
+                kernel_from,
+            } => Ok(ImageRequest::Oci(crate::image_maker::OciSource {
+                reference: reference.clone(),
+                kernel: self.kernel_fallback(kernel_from.as_deref())?,
+            })),
         }
+    }
+
+    /// The kernel a pulled or registered userland without its own boots
+    /// with: `kernel_from`'s, else the default image's when it is here.
+    pub fn kernel_fallback(
+        &self,
+        kernel_from: Option<&str>,
+    ) -> Result<crate::image_maker::KernelChoice, ImageError> {
+        use crate::image_maker::KernelChoice;
+        Ok(match kernel_from {
+            Some(image) => KernelChoice::Image(self.kernel_of(image)?),
+            None => KernelChoice::Rootfs {
+                fallback: self.kernel_of(&self.default_image).ok(),
+            },
+        })
+    }
+
+    /// Frees cached pull data no image references.
+    pub fn prune(&self) -> Result<banger_proto::image::PruneReport, ImageError> {
+        let referenced: Vec<String> = self
+            .store
+            .list_images()?
+            .into_iter()
+            .filter_map(|image| image.manifest.and_then(|m| m.oci))
+            .flat_map(|oci| oci.layers)
+            .collect();
+        let report = self.maker.prune(&referenced)?;
+        if report.blobs > 0 {
+            tracing::info!(
+                blobs = report.blobs,
+                bytes = report.bytes,
+                "pruned cached layers"
+            );
+        }
+        Ok(report)
     }
 
     fn ensure_free(&self, name: &str) -> Result<(), ImageError> {
@@ -320,6 +394,11 @@ impl Images {
         if let Some(path) = retired {
             if let Err(err) = ImageDirs::purge(&path) {
                 tracing::warn!(error = %err, "image files remain; they go at the next daemon start");
+            }
+        }
+        if image.manifest.as_ref().is_some_and(|m| m.oci.is_some()) {
+            if let Err(err) = self.prune() {
+                tracing::warn!(error = %err, "cached layers remain; image prune frees them");
             }
         }
         tracing::info!(image = %image.name, id = %image.id, "image removed");

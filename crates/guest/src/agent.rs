@@ -106,10 +106,12 @@ async fn handle(
             argv,
             env,
             cwd,
+            user,
             stdin,
         } => {
             wait_init_settled().await;
-            exec(id, argv, env, cwd, stdin, &tx, &running).await
+            let how = How { env, cwd, user };
+            exec(id, argv, how, stdin, &tx, &running).await
         }
         Op::Signal { target, signal } => {
             let pid = running.lock().unwrap_or_else(|e| e.into_inner()).get(&target).copied();
@@ -220,11 +222,17 @@ fn hello(ctx: &AgentContext) -> ReplyBody {
     }
 }
 
+/// How a command runs: environment, working directory, user.
+struct How {
+    env: std::collections::BTreeMap<String, String>,
+    cwd: Option<String>,
+    user: Option<String>,
+}
+
 async fn exec(
     id: u64,
     argv: Vec<String>,
-    env: std::collections::BTreeMap<String, String>,
-    cwd: Option<String>,
+    how: How,
     stdin: Option<String>,
     tx: &mpsc::UnboundedSender<Reply>,
     running: &Arc<Mutex<HashMap<u64, u32>>>,
@@ -246,7 +254,23 @@ async fn exec(
         }
         None => None,
     };
+    let How { mut env, cwd, user } = how;
     let mut command = tokio::process::Command::new(program);
+    if let Some(spec) = user {
+        match crate::user::resolve(&spec, Path::new("/")) {
+            Ok(run_as) => {
+                command.uid(run_as.uid).gid(run_as.gid);
+                if let Some(home) = run_as.home {
+                    env.entry("HOME".into()).or_insert(home);
+                }
+            }
+            Err(err) => {
+                return send(ReplyBody::Error {
+                    message: err.to_string(),
+                })
+            }
+        }
+    }
     command
         .args(args)
         .envs(env)

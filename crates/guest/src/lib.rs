@@ -20,3 +20,4 @@ pub mod early;
 pub mod init;
 pub mod minit;
 pub mod netconfig;
+pub mod user;

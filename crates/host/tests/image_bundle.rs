@@ -44,6 +44,7 @@ fn fake_image(dir: &Path) -> Manifest {
         format: MANIFEST_FORMAT,
         name: "fake".into(),
         kernel_version: Some("6.1.0-test".into()),
+        oci: None,
         origin: Origin {
             method: "build".into(),
             from: "debian bookworm".into(),

@@ -137,17 +137,18 @@ impl BlobCache {
         while let Some(chunk) = stream.stream.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
-                // oci-client checks the digest too: say it our way.
+                // oci-client checks the digest too: say it our way below.
                 Err(_) if done == total => break,
+                // The connection ended (or the registry went away) early.
+                Err(e) if done < total => {
+                    tracing::debug!(error = %e, done, total, "blob stream ended early");
+                    return Err(OciError::Truncated { what, done, total });
+                }
                 Err(e) => {
-                    return Err(if done < total && e.to_string().contains("decod") {
-                        OciError::Truncated { what, done, total }
-                    } else {
-                        OciError::Interrupted {
-                            what,
-                            done,
-                            reason: e.to_string(),
-                        }
+                    return Err(OciError::Interrupted {
+                        what,
+                        done,
+                        reason: e.to_string(),
                     })
                 }
             };

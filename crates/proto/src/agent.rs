@@ -38,6 +38,9 @@ pub enum Op {
         env: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cwd: Option<String>,
+        /// `NAME`, `UID`, `NAME:GROUP` or `UID:GID`; root when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
         /// Bytes for the command's stdin (base64); stdin is closed after.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stdin: Option<String>,
@@ -119,6 +122,7 @@ mod tests {
                 argv: vec!["uname".into(), "-r".into()],
                 env: BTreeMap::new(),
                 cwd: None,
+                user: None,
                 stdin: None,
             },
         };

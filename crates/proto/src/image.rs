@@ -49,15 +49,30 @@ pub struct ImageBuildRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImagePullRequest {
-    /// A catalog name, a bundle URL (`http(s)://`, `file://`) or a bundle
-    /// path on the daemon's host.
+    /// A catalog name, an OCI image reference (`debian:bookworm`,
+    /// `ghcr.io/org/app:tag`, `docker://...`, `HOST:PORT/repo@sha256:...`),
+    /// a bundle URL (`http(s)://`, `file://`) or a bundle path on the
+    /// daemon's host (absolute, or ending in `.tar.zst`).
     pub source: String,
-    /// The name to record; the catalog name or the bundle's own when absent.
+    /// The name to record; by default the catalog name, the bundle's own,
+    /// or the OCI repository's last component and tag (`debian-bookworm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Expected sha256 of the bundle file (lowercase hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// OCI images: the image whose kernel (and modules) the new image boots
+    /// with when it has no kernel of its own; the default image when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_from: Option<String>,
+}
+
+/// Body of `POST /v1/images/prune`'s answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PruneReport {
+    /// Cached OCI layers removed (no image references them).
+    pub blobs: u64,
+    pub bytes: u64,
 }
 
 /// Body of `POST /v1/images/register`: absolute paths on the daemon's host.
@@ -140,6 +155,42 @@ pub struct Manifest {
     /// How it was made.
     pub origin: Origin,
     pub artifacts: Vec<Artifact>,
+    /// Pulled from an OCI registry: what and how it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciImage>,
+}
+
+/// The OCI image an image was pulled from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OciImage {
+    /// The full reference (`docker.io/library/debian:bookworm`).
+    pub reference: String,
+    /// The digest of the linux/amd64 manifest.
+    pub digest: String,
+    /// The layers' digests, bottom first (cached by digest on the host).
+    pub layers: Vec<String>,
+    pub config: ContainerConfig,
+}
+
+/// How an OCI image's author meant its process to run. `vm exec` runs
+/// commands with its environment, working directory and user; `vm run`
+/// without a command runs its entrypoint and command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// `NAME=VALUE` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// `USER`, `UID`, `USER:GROUP` or `UID:GID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// How an image was made.

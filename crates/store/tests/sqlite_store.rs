@@ -188,6 +188,7 @@ fn an_image_manifest_and_vmlinux_round_trip() {
         format: 1,
         name: "built".into(),
         kernel_version: Some("6.1.0-28-cloud-amd64".into()),
+        oci: None,
         origin: Origin {
             method: "build".into(),
             from: "bookworm".into(),

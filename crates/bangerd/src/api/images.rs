@@ -16,7 +16,7 @@ use banger_core::ServiceError;
 use banger_proto::error::{ApiError, ErrorCode};
 use banger_proto::image::{
     CatalogEntry, CatalogList, Image, ImageBuildRequest, ImageExportRequest, ImageList,
-    ImagePullRequest, ImageRegisterRequest,
+    ImagePullRequest, ImageRegisterRequest, PruneReport,
 };
 use banger_proto::progress::ProgressEvent;
 
@@ -122,19 +122,41 @@ pub async fn pull_image(
             ));
         }
     }
-    let source = PullSource::parse(&request.source, request.sha256.map(|s| s.to_lowercase()));
+    let mut source = PullSource::parse(
+        &request.source,
+        request.sha256.map(|s| s.to_lowercase()),
+        state.images.catalog(),
+    );
+    let mut name = request.name;
+    if let PullSource::Oci {
+        reference,
+        kernel_from,
+    } = &mut source
+    {
+        let parsed = banger_oci::ImageRef::parse(reference)
+            .map_err(|err| HttpError::new(ErrorCode::InvalidInput, err.to_string(), err.hint()))?;
+        name.get_or_insert_with(|| parsed.default_name());
+        // Checked here so that a bad one is a 400 with a hint.
+        kernel_choice(&state, request.kernel_from.as_deref())?;
+        kernel_from.clone_from(&request.kernel_from);
+    } else if request.kernel_from.is_some() {
+        return Err(HttpError::new(
+            ErrorCode::InvalidInput,
+            "kernel_from is for OCI images",
+            Some("bundles and catalog images bring their own kernel: leave kernel_from out"),
+        ));
+    }
     let pull = state.images.pull_request(&source).map_err(image_error)?;
-    let checked_name = match (&request.name, &source) {
+    let checked_name = match (&name, &source) {
         (Some(name), _) => Some(name.as_str()),
         (None, PullSource::Catalog(entry)) => Some(entry.as_str()),
-        (None, PullSource::Url { .. }) => None,
+        (None, _) => None,
     };
     state
         .images
         .precheck(checked_name, &pull)
         .map_err(image_error)?;
     let images = state.images.clone();
-    let name = request.name;
     run_image_op(
         &headers,
         StatusCode::CREATED,
@@ -168,22 +190,7 @@ pub async fn register_image(
             ))
         }
         (Some(kernel), None) => KernelChoice::File(absolute(kernel, "kernel")?),
-        (None, Some(image)) => {
-            KernelChoice::Image(state.images.kernel_of(image).map_err(|err| {
-                HttpError::new(
-                    ErrorCode::InvalidInput,
-                    format!("kernel_from: {err}"),
-                    Some("name an image on this host (banger image ls)"),
-                )
-            })?)
-        }
-        // The rootfs's own, else the default image's when it is here.
-        (None, None) => KernelChoice::Rootfs {
-            fallback: state
-                .images
-                .kernel_of(&state.banger.settings().defaults.image)
-                .ok(),
-        },
+        (None, kernel_from) => kernel_choice(&state, kernel_from.as_deref())?,
     };
     if request.initrd.is_some() && request.kernel.is_none() {
         return Err(HttpError::new(
@@ -293,6 +300,26 @@ pub async fn catalog(State(state): State<AppState>) -> Result<Json<CatalogList>,
         })
         .collect();
     Ok(Json(CatalogList { entries }))
+}
+
+/// The kernel of a userland without one of its own: `kernel_from`'s (an
+/// image that must exist), else the default image's when it is here.
+fn kernel_choice(state: &AppState, kernel_from: Option<&str>) -> Result<KernelChoice, HttpError> {
+    state.images.kernel_fallback(kernel_from).map_err(|err| {
+        HttpError::new(
+            ErrorCode::InvalidInput,
+            format!("kernel_from: {err}"),
+            Some("name an image on this host (banger image ls)"),
+        )
+    })
+}
+
+#[utoipa::path(post, path = "/v1/images/prune", tag = "images",
+    responses(
+        (status = 200, description = "Cached layers no image references were removed", body = PruneReport),
+        (status = 500, description = "Host or store failure", body = ApiError)))]
+pub async fn prune_images(State(state): State<AppState>) -> Result<Json<PruneReport>, HttpError> {
+    Ok(Json(state.images.prune().map_err(image_error)?))
 }
 
 /// Paths in requests are on the daemon's host and must be absolute (the

@@ -68,6 +68,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(images::build_image))
         .routes(routes!(images::pull_image))
         .routes(routes!(images::register_image))
+        .routes(routes!(images::prune_images))
         .routes(routes!(images::export_image))
         .routes(routes!(images::catalog))
         .routes(routes!(system::health))

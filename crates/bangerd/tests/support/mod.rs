@@ -19,6 +19,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
+pub mod oci;
+
 pub struct TestDaemon {
     pub root: tempfile::TempDir,
     pub config: Config,

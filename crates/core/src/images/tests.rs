@@ -32,6 +32,7 @@ fn key(request: &ImageRequest) -> String {
         ImageRequest::Build(r) => r.suite.clone(),
         ImageRequest::Bundle(b) => b.url.clone(),
         ImageRequest::Register(f) => f.rootfs.display().to_string(),
+        ImageRequest::Oci(o) => o.reference.clone(),
     }
 }
 
@@ -81,6 +82,7 @@ impl ImageMaker for FakeMaker {
                 name.into()
             },
             kernel_version: None,
+            oci: None,
             origin: Origin {
                 method: request.source().into(),
                 from: key,
@@ -252,7 +254,11 @@ async fn pulls_of_different_names_overlap() {
     );
     let images = f.images.clone();
     let slow = tokio::spawn(async move {
-        let source = PullSource::parse("http://127.0.0.1/held-a.tar.zst", None);
+        let source = PullSource::parse(
+            "http://127.0.0.1/held-a.tar.zst",
+            None,
+            &Catalog::embedded(),
+        );
         images.pull(held(source), Some("slow"), &NoProgress).await
     });
     while f.maker.calls.load(Ordering::SeqCst) == 0 {
@@ -262,7 +268,7 @@ async fn pulls_of_different_names_overlap() {
     let fast = tokio::time::timeout(
         Duration::from_secs(10),
         f.images.pull(
-            PullSource::parse("http://127.0.0.1/b.tar.zst", None),
+            PullSource::parse("http://127.0.0.1/b.tar.zst", None, &Catalog::embedded()),
             Some("fast"),
             &NoProgress,
         ),
@@ -375,7 +381,11 @@ async fn a_bundle_without_a_name_takes_the_manifest_name() {
     let f = fixture(FakeMaker::default(), "");
     let image = f
         .images
-        .pull(PullSource::parse("/tmp/x.tar.zst", None), None, &NoProgress)
+        .pull(
+            PullSource::parse("/tmp/x.tar.zst", None, &Catalog::embedded()),
+            None,
+            &NoProgress,
+        )
         .await
         .unwrap();
     assert_eq!(image.name, "from-bundle");
@@ -421,12 +431,37 @@ async fn export_refuses_an_existing_file() {
 #[test]
 fn pull_sources_tell_urls_and_paths_from_catalog_names() {
     assert_eq!(
-        PullSource::parse("debian-bookworm", None),
+        PullSource::parse("debian-bookworm", None, &Catalog::embedded()),
         PullSource::Catalog("debian-bookworm".into())
     );
-    for what in ["https://h/x.tar.zst", "./x.tar.zst", "/srv/x", "x.tar.zst"] {
+    for what in [
+        "https://h/x.tar.zst",
+        "./x.tar.zst",
+        "/srv/x",
+        "x.tar.zst",
+        "file:///x",
+    ] {
         assert!(
-            matches!(PullSource::parse(what, None), PullSource::Url { .. }),
+            matches!(
+                PullSource::parse(what, None, &Catalog::embedded()),
+                PullSource::Url { .. }
+            ),
+            "{what}"
+        );
+    }
+    for what in [
+        "alpine",
+        "debian:bookworm",
+        "ghcr.io/org/app:v1",
+        "docker://debian-bookworm",
+        "127.0.0.1:5000/repo@sha256:00",
+    ] {
+        assert_eq!(
+            PullSource::parse(what, None, &Catalog::embedded()),
+            PullSource::Oci {
+                reference: what.into(),
+                kernel_from: None
+            },
             "{what}"
         );
     }

@@ -375,9 +375,17 @@ impl Banger {
                 })
             }
         };
+        // Commands in a VM of an OCI image run the way the image says.
+        let context = self
+            .store
+            .find_image(&vm.image_id)?
+            .and_then(|image| image.manifest)
+            .and_then(|manifest| manifest.oci)
+            .map(|oci| crate::agent::ExecContext::from_container(&oci.config))
+            .unwrap_or_default();
         runtime
             .agents
-            .exec(&handle, argv, stdin, out)
+            .exec(&handle, argv, context, stdin, out)
             .await
             .map_err(|e| ServiceError::Runtime {
                 name: vm.name.clone(),

@@ -87,6 +87,7 @@ impl AgentLink for FakeAgent {
         &self,
         _handle: &VmmHandle,
         _argv: Vec<String>,
+        _context: crate::agent::ExecContext,
         _stdin: Option<Vec<u8>>,
         _out: mpsc::UnboundedSender<ExecChunk>,
     ) -> Result<(), AgentLinkError> {

@@ -3,6 +3,7 @@
 //! Lines that do not parse or belong to no request (left over from an
 //! earlier connection to the same port) are ignored.
 
+use banger_core::agent::ExecContext;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -212,10 +213,21 @@ impl AgentClient {
 
     /// Starts a command; read its output with `Replies::next_event`.
     pub fn exec(&self, argv: Vec<String>, stdin: Option<&[u8]>) -> Result<Replies, AgentError> {
+        self.exec_as(argv, &ExecContext::default(), stdin)
+    }
+
+    /// Runs a command with an environment, working directory and user.
+    pub fn exec_as(
+        &self,
+        argv: Vec<String>,
+        context: &ExecContext,
+        stdin: Option<&[u8]>,
+    ) -> Result<Replies, AgentError> {
         self.send(Op::Exec {
             argv,
-            env: Default::default(),
-            cwd: None,
+            env: context.env.clone(),
+            cwd: context.cwd.clone(),
+            user: context.user.clone(),
             stdin: stdin.map(|b| B64.encode(b)),
         })
     }

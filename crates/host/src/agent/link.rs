@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use banger_core::agent::{AgentLink, AgentLinkError, AgentReady, ExecChunk};
+use banger_core::agent::{AgentLink, AgentLinkError, AgentReady, ExecChunk, ExecContext};
 use banger_core::vmm::VmmHandle;
 use banger_proto::agent::VSOCK_PORT;
 use tokio::net::UnixStream;
@@ -163,11 +163,14 @@ impl AgentLink for HostAgentLink {
         &self,
         handle: &VmmHandle,
         argv: Vec<String>,
+        context: ExecContext,
         stdin: Option<Vec<u8>>,
         out: mpsc::UnboundedSender<ExecChunk>,
     ) -> Result<(), AgentLinkError> {
         let client = self.client(handle).await?;
-        let mut replies = client.exec(argv, stdin.as_deref()).map_err(failed)?;
+        let mut replies = client
+            .exec_as(argv, &context, stdin.as_deref())
+            .map_err(failed)?;
         loop {
             let event = match replies.next_event().await {
                 Ok(event) => event,

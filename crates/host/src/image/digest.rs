@@ -273,6 +273,7 @@ mod tests {
             format: MANIFEST_FORMAT,
             name: "t".into(),
             kernel_version: None,
+            oci: None,
             origin: Origin {
                 method: "register".into(),
                 from: "test".into(),

@@ -1,18 +1,23 @@
 //! `HostImageMaker`: the `ImageMaker` of a real host. Build runs the
 //! Debian pipeline (`build`), pull downloads and unpacks a bundle
 //! (`download`, `bundle`), register checks and copies the given files and
-//! makes what is missing (vmlinux, work seed); every path ends with a
-//! manifest of sizes and digests (`digest`).
+//! makes what is missing (vmlinux, work seed); an OCI pull fetches the
+//! layers (`banger_oci`), makes an ext4 rootfs of them and goes the
+//! register way from there; every path ends with a manifest of sizes and
+//! digests (`digest`).
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use banger_core::catalog::{BuildRecipe, BundleSource};
 use banger_core::image_maker::{
-    ImageKernel, ImageMaker, ImageRequest, KernelChoice, MakeError, RegisterFiles,
+    ImageKernel, ImageMaker, ImageRequest, KernelChoice, MakeError, OciSource, RegisterFiles,
 };
 use banger_core::progress::Progress;
-use banger_proto::image::{ArtifactRole, Manifest, Origin, MANIFEST_FORMAT};
+use banger_oci::{ImageRef, OciError};
+use banger_proto::image::{
+    ArtifactRole, ContainerConfig, Manifest, OciImage, Origin, PruneReport, MANIFEST_FORMAT,
+};
 use tokio::process::Command;
 
 use super::userland::{self, probe::RootfsFacts};
@@ -22,6 +27,14 @@ use crate::tools::find_tool;
 pub struct HostImageMaker {
     guest_binary: PathBuf,
     mirror: Option<String>,
+    oci: Option<OciPulls>,
+}
+
+/// What OCI pulls need: the layer cache and how to reach registries.
+#[derive(Debug, Clone)]
+pub struct OciPulls {
+    pub cache: std::sync::Arc<banger_oci::cache::BlobCache>,
+    pub options: banger_oci::PullOptions,
 }
 
 impl HostImageMaker {
@@ -29,8 +42,84 @@ impl HostImageMaker {
         HostImageMaker {
             guest_binary,
             mirror,
+            oci: None,
         }
     }
+
+    /// Enables OCI pulls.
+    pub fn with_oci(mut self, oci: OciPulls) -> Self {
+        self.oci = Some(oci);
+        self
+    }
+}
+
+/// An OCI error as the image flows see it: what the user asked for is
+/// wrong (no such image, no amd64 build, a bad reference) or the work
+/// failed (the registry, the bytes, the host).
+fn oci_failed(err: OciError) -> MakeError {
+    let hint = err.hint();
+    match err {
+        OciError::BadReference { .. }
+        | OciError::NotFound { .. }
+        | OciError::NoPlatform { .. }
+        | OciError::Unsupported { .. } => MakeError::invalid(err.to_string(), hint),
+        _ => MakeError::failed(err.to_string(), hint),
+    }
+}
+
+/// Mount points banger-init and the small init need, made in a pulled
+/// tree when its image has none (container images often lack them).
+const MOUNT_POINTS: [(&str, u32); 6] = [
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("dev", 0o755),
+    ("run", 0o755),
+    ("tmp", 0o1777),
+    ("root", 0o700),
+];
+
+fn add_mount_points(tree: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (dir, mode) in MOUNT_POINTS {
+        let path = tree.join(dir);
+        if std::fs::symlink_metadata(&path).is_err() {
+            std::fs::create_dir(&path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_oci(maker: &HostImageMaker, source: &OciSource) -> Result<(), MakeError> {
+    ImageRef::parse(&source.reference).map_err(oci_failed)?;
+    if maker.oci.is_none() {
+        return Err(MakeError::failed(
+            "oci pulls are not set up in this daemon",
+            None,
+        ));
+    }
+    for (tool, package) in [("mkfs.ext4", "e2fsprogs"), ("debugfs", "e2fsprogs")] {
+        if find_tool(tool).is_none() {
+            return Err(MakeError::failed(
+                format!("{tool} not found: images cannot be pulled on this host"),
+                Some(&format!("install it: apt-get install {package}")),
+            ));
+        }
+    }
+    guest_binary_present(maker)
+}
+
+fn guest_binary_present(maker: &HostImageMaker) -> Result<(), MakeError> {
+    if !maker.guest_binary.is_file() {
+        return Err(MakeError::failed(
+            format!(
+                "the guest binary {} is missing: images cannot be made",
+                maker.guest_binary.display()
+            ),
+            Some("build it with scripts/build-guest, or set guest_binary in the config"),
+        ));
+    }
+    Ok(())
 }
 
 fn failed(err: impl std::fmt::Display) -> MakeError {
@@ -70,16 +159,7 @@ fn check_build(maker: &HostImageMaker, recipe: &BuildRecipe) -> Result<(), MakeE
             ));
         }
     }
-    if !maker.guest_binary.is_file() {
-        return Err(MakeError::failed(
-            format!(
-                "the guest binary {} is missing: images cannot be built",
-                maker.guest_binary.display()
-            ),
-            Some("build it with scripts/build-guest, or set guest_binary in the config"),
-        ));
-    }
-    Ok(())
+    guest_binary_present(maker)
 }
 
 fn check_bundle(source: &BundleSource) -> Result<(), MakeError> {
@@ -147,7 +227,7 @@ fn check_register(files: &RegisterFiles) -> Result<(), MakeError> {
         check_ext4(seed, "work seed")?;
     }
     if files.initrd.is_none() {
-        boot_kernel(files)?;
+        boot_kernel(files, &format!("rootfs {}", files.rootfs.display()))?;
     }
     Ok(())
 }
@@ -176,13 +256,11 @@ struct BootKernel {
 
 /// The kernel a registered rootfs without an initrd boots with, or the
 /// refusal (with a hint) of a rootfs that would not boot.
-fn boot_kernel(files: &RegisterFiles) -> Result<BootKernel, MakeError> {
+/// `what` names the userland in refusals (`rootfs PATH`, `image REF`).
+fn boot_kernel(files: &RegisterFiles, what: &str) -> Result<BootKernel, MakeError> {
     let facts = RootfsFacts::probe_ext4(&files.rootfs).map_err(failed)?;
     let refuse = |refusal: userland::probe::Unbootable| {
-        MakeError::invalid(
-            format!("rootfs {}: {}", files.rootfs.display(), refusal.message),
-            Some(&refusal.hint),
-        )
+        MakeError::invalid(format!("{what}: {}", refusal.message), Some(&refusal.hint))
     };
     let init = facts.userland().map_err(refuse)?;
     let sshd = facts.has_sshd;
@@ -233,10 +311,9 @@ fn boot_kernel(files: &RegisterFiles) -> Result<BootKernel, MakeError> {
             (None, Some(image)) => of_image(image),
             (None, None) => Err(MakeError::invalid(
                 format!(
-                    "rootfs {}: no kernel in its /boot with its modules, and no default image on this host to take one from",
-                    files.rootfs.display()
+                    "{what}: no kernel in its /boot with its modules, and no default image on this host to take one from"
                 ),
-                Some("give --kernel FILE or --kernel-from IMAGE, or pull the default image first"),
+                Some("give --kernel-from IMAGE (or --kernel FILE to register), or pull the default image first"),
             )),
         },
         KernelChoice::Image(image) => of_image(image),
@@ -274,6 +351,7 @@ async fn finish_manifest(
     name: &str,
     kernel_version: Option<String>,
     origin: Origin,
+    oci: Option<OciImage>,
     progress: &dyn Progress,
 ) -> Result<Manifest, MakeError> {
     progress.stage("digest");
@@ -291,6 +369,7 @@ async fn finish_manifest(
             name,
             kernel_version,
             origin,
+            oci,
             artifacts,
         };
         digest::write_manifest(&dir, &manifest).map_err(failed)?;
@@ -323,7 +402,15 @@ impl HostImageMaker {
             banger_version: env!("CARGO_PKG_VERSION").into(),
             made_at: now_rfc3339(),
         };
-        finish_manifest(staging, name, Some(output.kernel_version), origin, progress).await
+        finish_manifest(
+            staging,
+            name,
+            Some(output.kernel_version),
+            origin,
+            None,
+            progress,
+        )
+        .await
     }
 
     async fn make_pull(
@@ -375,6 +462,63 @@ impl HostImageMaker {
         Ok(manifest)
     }
 
+    async fn make_oci(
+        &self,
+        name: &str,
+        source: &OciSource,
+        staging: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Manifest, MakeError> {
+        let oci = self
+            .oci
+            .as_ref()
+            .ok_or_else(|| MakeError::failed("oci pulls are not set up in this daemon", None))?;
+        let reference = ImageRef::parse(&source.reference).map_err(oci_failed)?;
+        let tree = staging.join(".tree");
+        std::fs::create_dir(&tree).map_err(failed)?;
+        let pulled = banger_oci::pull(&reference, &oci.cache, &tree, &oci.options, progress)
+            .await
+            .map_err(oci_failed)?;
+        if pulled.downloaded > 0 {
+            progress.note(&format!("downloaded {} bytes", pulled.downloaded));
+        }
+        add_mount_points(&tree).map_err(failed)?;
+        progress.stage("rootfs");
+        let rootfs = staging.join(ArtifactRole::Rootfs.file_name());
+        ext4::make_from_dir(&tree, &rootfs, None, "banger-root")
+            .await
+            .map_err(failed)?;
+        std::fs::remove_dir_all(&tree).map_err(failed)?;
+        let files = RegisterFiles {
+            kernel: source.kernel.clone(),
+            initrd: None,
+            rootfs,
+            work_seed: None,
+            no_work_seed: false,
+        };
+        let config = pulled.config.clone();
+        let pulled_as = Pulled {
+            origin_from: format!("{}@{}", pulled.reference, pulled.digest),
+            oci: OciImage {
+                reference: pulled.reference.clone(),
+                digest: pulled.digest.clone(),
+                layers: pulled.layers.iter().map(|l| l.digest.clone()).collect(),
+                config: ContainerConfig {
+                    env: config.env.unwrap_or_default(),
+                    entrypoint: config.entrypoint.unwrap_or_default(),
+                    cmd: config.cmd.unwrap_or_default(),
+                    working_dir: config.working_dir.filter(|d| !d.is_empty()),
+                    user: config.user.filter(|u| !u.is_empty()),
+                },
+            },
+        };
+        let manifest = self
+            .make_userland(name, &files, staging, progress, Some(pulled_as))
+            .await?;
+        drop(pulled.pins);
+        Ok(manifest)
+    }
+
     async fn make_register(
         &self,
         name: &str,
@@ -382,11 +526,31 @@ impl HostImageMaker {
         staging: &Path,
         progress: &dyn Progress,
     ) -> Result<Manifest, MakeError> {
+        self.make_userland(name, files, staging, progress, None)
+            .await
+    }
+
+    /// Register's way from root filesystem to image; `pulled` says the
+    /// rootfs (already in staging) came from an OCI image.
+    async fn make_userland(
+        &self,
+        name: &str,
+        files: &RegisterFiles,
+        staging: &Path,
+        progress: &dyn Progress,
+        pulled: Option<Pulled>,
+    ) -> Result<Manifest, MakeError> {
         progress.stage("copy");
         let target = |role: ArtifactRole| staging.join(role.file_name());
         let boot = match files.initrd {
             Some(_) => None,
-            None => Some(boot_kernel(files)?),
+            None => Some(boot_kernel(
+                files,
+                &match &pulled {
+                    Some(pulled) => format!("image {}", pulled.oci.reference),
+                    None => format!("rootfs {}", files.rootfs.display()),
+                },
+            )?),
         };
         match (&files.kernel, &boot) {
             (_, Some(boot)) => match &boot.file {
@@ -410,7 +574,9 @@ impl HostImageMaker {
         if let Some(initrd) = &files.initrd {
             sparse_copy(initrd, &target(ArtifactRole::Initrd)).await?;
         }
-        sparse_copy(&files.rootfs, &target(ArtifactRole::Rootfs)).await?;
+        if files.rootfs != target(ArtifactRole::Rootfs) {
+            sparse_copy(&files.rootfs, &target(ArtifactRole::Rootfs)).await?;
+        }
         if let Some(seed) = &files.work_seed {
             sparse_copy(seed, &target(ArtifactRole::WorkSeed)).await?;
         }
@@ -469,10 +635,14 @@ impl HostImageMaker {
             let _ = std::fs::remove_dir_all(&tree);
         }
         let shown = |p: &Path| p.display().to_string();
+        let rootfs_from = match &pulled {
+            Some(pulled) => pulled.origin_from.clone(),
+            None => shown(&files.rootfs),
+        };
         let origin = Origin {
-            method: "register".into(),
+            method: if pulled.is_some() { "pull" } else { "register" }.into(),
             from: match (&boot, &files.kernel) {
-                (Some(boot), _) => format!("{} + {}", shown(&files.rootfs), boot.from),
+                (Some(boot), _) => format!("{rootfs_from} + {}", boot.from),
                 (None, KernelChoice::File(kernel)) => {
                     format!("{} + {}", shown(kernel), shown(&files.rootfs))
                 }
@@ -482,8 +652,16 @@ impl HostImageMaker {
             banger_version: env!("CARGO_PKG_VERSION").into(),
             made_at: now_rfc3339(),
         };
-        finish_manifest(staging, name, kernel_version, origin, progress).await
+        let oci = pulled.map(|p| p.oci);
+        finish_manifest(staging, name, kernel_version, origin, oci, progress).await
     }
+}
+
+/// Where a pulled rootfs came from.
+struct Pulled {
+    /// Said in the image's origin: `REFERENCE@DIGEST`.
+    origin_from: String,
+    oci: OciImage,
 }
 
 #[async_trait]
@@ -493,7 +671,20 @@ impl ImageMaker for HostImageMaker {
             ImageRequest::Build(recipe) => check_build(self, recipe),
             ImageRequest::Bundle(source) => check_bundle(source),
             ImageRequest::Register(files) => check_register(files),
+            ImageRequest::Oci(source) => check_oci(self, source),
         }
+    }
+
+    fn prune(&self, referenced: &[String]) -> Result<PruneReport, MakeError> {
+        let Some(oci) = &self.oci else {
+            return Ok(PruneReport::default());
+        };
+        let keep = referenced.iter().cloned().collect();
+        let pruned = oci.cache.prune(&keep).map_err(oci_failed)?;
+        Ok(PruneReport {
+            blobs: pruned.blobs,
+            bytes: pruned.bytes,
+        })
     }
 
     async fn make(
@@ -509,6 +700,7 @@ impl ImageMaker for HostImageMaker {
             ImageRequest::Register(files) => {
                 self.make_register(name, files, staging, progress).await
             }
+            ImageRequest::Oci(source) => self.make_oci(name, source, staging, progress).await,
         }
     }
 
