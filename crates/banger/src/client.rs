@@ -189,13 +189,35 @@ impl Client {
         Err(error_answer(status, &body, path))
     }
 
-    async fn send<B: Serialize>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
-        stream: bool,
-    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+    /// POSTs asking to turn the connection into a stream of its own
+    /// (`Upgrade: tcp`); returns it once the daemon agreed.
+    pub async fn upgrade(&self, path: &str) -> Result<hyper::upgrade::Upgraded> {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(self.connect().await?)
+            .await
+            .context("cannot talk to bangerd")?;
+        tokio::spawn(conn.with_upgrades());
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://bangerd{path}"))
+            .header("host", "bangerd")
+            .header("connection", "Upgrade")
+            .header("upgrade", "tcp")
+            .body(Full::new(Bytes::new()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("bangerd dropped the request")?;
+        let status = response.status();
+        if status != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = response.into_body().collect().await?.to_bytes();
+            return Err(error_answer(status, &bytes, path));
+        }
+        hyper::upgrade::on(response)
+            .await
+            .context("bangerd did not hand the connection over")
+    }
+
+    async fn connect(&self) -> Result<TokioIo<UnixStream>> {
         let stream_conn =
             UnixStream::connect(&self.socket)
                 .await
@@ -209,7 +231,17 @@ impl Client {
                         kind => kind.to_string().to_lowercase(),
                     },
                 })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream_conn))
+        Ok(TokioIo::new(stream_conn))
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        stream: bool,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(self.connect().await?)
             .await
             .context("cannot talk to bangerd")?;
         tokio::spawn(conn);

@@ -10,6 +10,7 @@ mod image;
 mod output;
 mod progress;
 mod ssh;
+mod terminal;
 mod verify;
 mod vm;
 

@@ -77,8 +77,15 @@ pub enum VmCommand {
     /// Run a command in a running VM; exits with the command's status.
     Exec {
         vm: String,
+        /// Keep the input open (with -t: the terminal's keystrokes).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Run on a terminal in the guest, this one in raw mode (-it):
+        /// Ctrl-C and Ctrl-\ reach the command; /bin/sh without a command.
+        #[arg(short = 't', long)]
+        tty: bool,
         /// The command and its arguments, after `--`.
-        #[arg(last = true, required = true)]
+        #[arg(last = true)]
         command: Vec<String>,
     },
     /// Remove a VM and everything it owns on the host.
@@ -258,7 +265,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
             };
             let vm = create_watched(client, &request, false).await?;
             eprintln!("{} is up at {} ({})", vm.name, vm.guest_ip, vm.dns_name);
-            let code = crate::ssh::run(client, &vm, &command).await;
+            let code = shell(client, &vm, command).await;
             if rm {
                 let _: Vm = client
                     .delete(&format!("/v1/vms/{}?force=true", path_segment(&vm.name)))
@@ -297,8 +304,23 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 )
                 .await?;
         }
-        VmCommand::Exec { vm, command } => {
-            let code = crate::exec::run(client, &vm, command).await?;
+        VmCommand::Exec {
+            vm,
+            interactive,
+            tty,
+            command,
+        } => {
+            let code = match (tty, command.is_empty()) {
+                (true, true) => crate::terminal::run(client, &vm, vec!["/bin/sh".into()]).await?,
+                (true, false) => crate::terminal::run(client, &vm, command).await?,
+                (false, true) => {
+                    anyhow::bail!("exec needs a command after --, or -it for a shell on a terminal")
+                }
+                (false, false) if interactive => {
+                    anyhow::bail!("-i needs -t: use -it for an interactive terminal")
+                }
+                (false, false) => crate::exec::run(client, &vm, command).await?,
+            };
             std::process::exit(code);
         }
         VmCommand::Rm { vms, force } => {
@@ -312,6 +334,21 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `vm run`'s shell or command: over SSH when the image has sshd, else
+/// on a terminal through the agent (an OCI image's own command when no
+/// command is given).
+async fn shell(client: &Client, vm: &Vm, command: Vec<String>) -> Result<i32> {
+    let image: banger_proto::image::Image = client
+        .get(&format!("/v1/images/{}", path_segment(&vm.image_id)))
+        .await?;
+    let sshd = image.manifest.as_ref().and_then(|m| m.sshd);
+    if sshd == Some(false) {
+        crate::terminal::run(client, &vm.name, command).await
+    } else {
+        crate::ssh::run(client, vm, &command).await
+    }
 }
 
 /// Creates a VM showing each stage as it happens (nothing with `quiet`).

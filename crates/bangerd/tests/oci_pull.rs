@@ -50,6 +50,60 @@ fn debian_tar(dir: &Path) -> Option<Vec<u8>> {
     Some(std::fs::read(&out_file).unwrap())
 }
 
+/// Runs the CLI on a real terminal (`script` gives it a PTY): once its
+/// output shows `wait_for`, types `keys`; returns the exit status and
+/// what the terminal showed.
+fn on_terminal(root: &Path, args: &[&str], wait_for: &str, keys: &[u8]) -> (i32, String) {
+    use std::io::{Read, Write};
+    let cli = Path::new(env!("CARGO_BIN_EXE_bangerd")).with_file_name("banger");
+    assert!(cli.is_file(), "the banger cli is built beside bangerd");
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut line = format!(
+        "{} --root {}",
+        quote(&cli.display().to_string()),
+        quote(&root.display().to_string())
+    );
+    for arg in args {
+        line.push(' ');
+        line.push_str(&quote(arg));
+    }
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script runs (util-linux)");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let shown = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    let deadline = std::time::Instant::now() + support::STREAM_DEADLINE;
+    while !shown().contains(wait_for) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never showed {wait_for:?}: {}",
+            shown()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(keys).unwrap();
+    stdin.flush().unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    (status.code().unwrap_or(-1), shown())
+}
+
 /// Pulls with a progress stream: the final event and the stage names.
 async fn pull(socket: &Path, body: Value) -> (Value, Vec<String>) {
     let events = support::call_stream(socket, "/v1/images/pull", &body.to_string()).await;
@@ -350,29 +404,71 @@ async fn oci_images_pull_from_a_registry_and_boot() {
         out,
         "1000\n1000\n/srv\nhi there\n/home/app\nlowernew\nhello\n4755 0\n1\n1000 1000 600\nbanger-init\n"
     );
+    // exec -it: a terminal in the guest; Ctrl-C typed here interrupts
+    // the command there, and its exit status comes back.
+    let root_path = root.path().to_path_buf();
+    let (code, shown) = tokio::task::spawn_blocking(move || {
+        on_terminal(
+            &root_path,
+            &[
+                "vm",
+                "exec",
+                "-it",
+                "bb",
+                "--",
+                "sh",
+                "-c",
+                "trap 'echo got-int; exit 42' INT; tty; echo ready; while :; do sleep 1; done",
+            ],
+            "ready",
+            b"\x03",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 42, "{shown}");
+    assert!(
+        shown.contains("/dev/pts/") && shown.contains("got-int"),
+        "{shown}"
+    );
     let (status, _) = support::call(&socket, "DELETE", "/v1/vms/bb?force=true", None).await;
     assert_eq!(status, 200);
 
-    // The Debian one boots its own kernel.
-    let (status, vm) = support::call(
-        &socket,
-        "POST",
-        "/v1/vms",
-        Some(r#"{"name":"deb","image":"deb-kernel"}"#),
-    )
-    .await;
-    assert_eq!(status, 201, "{vm}");
-    let (code, out, err) =
-        support::sh(&socket, "deb", "grep -c bookworm /etc/os-release; uname -r").await;
-    assert_eq!(code, 0, "{err}");
-    assert!(!out.starts_with("0\n"), "{out}");
+    // The Debian one boots its own kernel; it has no sshd, so `vm run`
+    // gives its terminal through the agent.
+    let root_path = root.path().to_path_buf();
+    let release = debian_img["kernel_version"].as_str().unwrap().to_string();
+    let wait_for = release.clone();
+    let (code, shown) = tokio::task::spawn_blocking(move || {
+        on_terminal(
+            &root_path,
+            &[
+                "vm",
+                "run",
+                "--image",
+                "deb-kernel",
+                "--name",
+                "deb",
+                "--rm",
+                "--",
+                "sh",
+                "-c",
+                "grep -c bookworm /etc/os-release; uname -r; read line; exit $line",
+            ],
+            &wait_for,
+            b"5\r",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 5, "{shown}");
+    assert!(shown.contains(&release), "{shown}");
+    let (_, vms) = support::call(&socket, "GET", "/v1/vms", None).await;
     assert_eq!(
-        out.lines().nth(1),
-        debian_img["kernel_version"].as_str(),
-        "{out}"
+        vms["vms"].as_array().map(Vec::len),
+        Some(0),
+        "--rm removed it: {vms}"
     );
-    let (status, _) = support::call(&socket, "DELETE", "/v1/vms/deb?force=true", None).await;
-    assert_eq!(status, 200);
 
     // Removing an image frees the layers only it used.
     let l4_digest = digest_of(&l4);

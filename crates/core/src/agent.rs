@@ -54,6 +54,13 @@ impl ExecContext {
     }
 }
 
+/// What a terminal's client sends while its command runs (`vm exec -it`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerminalInput {
+    Data(Vec<u8>),
+    Resize { rows: u16, cols: u16 },
+}
+
 /// A piece of a command's output, or its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecChunk {
@@ -89,4 +96,21 @@ pub trait AgentLink: Send + Sync {
         stdin: Option<Vec<u8>>,
         out: mpsc::UnboundedSender<ExecChunk>,
     ) -> Result<(), AgentLinkError>;
+
+    /// Runs `argv` on a new terminal of `size` (rows, columns) in the
+    /// guest: `input` carries keystrokes and window sizes (its end hangs
+    /// the terminal up), `out` gets the output, the last chunk `Exit`.
+    async fn terminal(
+        &self,
+        _handle: &VmmHandle,
+        _argv: Vec<String>,
+        _context: ExecContext,
+        _size: (u16, u16),
+        _input: mpsc::Receiver<TerminalInput>,
+        _out: mpsc::Sender<ExecChunk>,
+    ) -> Result<(), AgentLinkError> {
+        Err(AgentLinkError::Failed(
+            "this agent link has no terminals".into(),
+        ))
+    }
 }

@@ -13,6 +13,8 @@ use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::terminal::{self, TermInput, Terminals};
+
 /// What the agent does to power off; replaced in tests.
 pub type PowerOff = Arc<dyn Fn(bool) + Send + Sync>;
 
@@ -53,6 +55,7 @@ where
         }
     });
     let running: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let terminals: Terminals = Arc::default();
     let mut lines = BufReader::new(reader).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
@@ -75,7 +78,8 @@ where
             }
         };
         let (tx, running, ctx) = (tx.clone(), running.clone(), ctx.clone());
-        tokio::spawn(async move { handle(request, tx, running, ctx).await });
+        let terminals = terminals.clone();
+        tokio::spawn(async move { handle(request, tx, running, terminals, ctx).await });
     }
     drop(tx);
     let _ = writer_task.await;
@@ -86,6 +90,7 @@ async fn handle(
     request: Request,
     tx: mpsc::UnboundedSender<Reply>,
     running: Arc<Mutex<HashMap<u64, u32>>>,
+    terminals: Terminals,
     ctx: AgentContext,
 ) {
     let id = request.id;
@@ -113,6 +118,29 @@ async fn handle(
             let how = How { env, cwd, user };
             exec(id, argv, how, stdin, &tx, &running).await
         }
+        Op::Pty {
+            argv,
+            env,
+            cwd,
+            user,
+            rows,
+            cols,
+        } => {
+            wait_init_settled().await;
+            let how = How { env, cwd, user };
+            terminal::run(id, argv, how, (rows, cols), &tx, &running, &terminals).await
+        }
+        Op::Input { target, data } => match B64.decode(data) {
+            Ok(bytes) => reply(delivered(&terminals, target, TermInput::Data(bytes))),
+            Err(err) => reply(ReplyBody::Error {
+                message: format!("input is not base64: {err}"),
+            }),
+        },
+        Op::Resize { target, rows, cols } => reply(delivered(
+            &terminals,
+            target,
+            TermInput::Resize { rows, cols },
+        )),
         Op::Signal { target, signal } => {
             let pid = running.lock().unwrap_or_else(|e| e.into_inner()).get(&target).copied();
             match (pid, nix::sys::signal::Signal::try_from(signal)) {
@@ -138,6 +166,18 @@ async fn handle(
             // Give the reply a moment to leave before the guest goes.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             (ctx.power_off)(reboot);
+        }
+    }
+}
+
+/// The answer to input for a terminal: none open under that id is an
+/// error.
+fn delivered(terminals: &Terminals, target: u64, input: TermInput) -> ReplyBody {
+    if terminal::deliver(terminals, target, input) {
+        ReplyBody::Ok
+    } else {
+        ReplyBody::Error {
+            message: format!("no open terminal with id {target}"),
         }
     }
 }
@@ -223,10 +263,36 @@ fn hello(ctx: &AgentContext) -> ReplyBody {
 }
 
 /// How a command runs: environment, working directory, user.
-struct How {
-    env: std::collections::BTreeMap<String, String>,
-    cwd: Option<String>,
-    user: Option<String>,
+pub struct How {
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+}
+
+/// `How` resolved in this guest.
+pub struct Prepared {
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub run_as: Option<crate::user::RunAs>,
+}
+
+impl How {
+    /// Resolves the user (its home becomes `HOME` unless set).
+    pub fn prepare(self) -> Result<Prepared, String> {
+        let How { mut env, cwd, user } = self;
+        let run_as = match user {
+            Some(spec) => {
+                let run_as =
+                    crate::user::resolve(&spec, Path::new("/")).map_err(|e| e.to_string())?;
+                if let Some(home) = &run_as.home {
+                    env.entry("HOME".into()).or_insert_with(|| home.clone());
+                }
+                Some(run_as)
+            }
+            None => None,
+        };
+        Ok(Prepared { env, cwd, run_as })
+    }
 }
 
 async fn exec(

@@ -20,4 +20,5 @@ pub mod early;
 pub mod init;
 pub mod minit;
 pub mod netconfig;
+pub mod terminal;
 pub mod user;

@@ -45,6 +45,7 @@ fn fake_image(dir: &Path) -> Manifest {
         name: "fake".into(),
         kernel_version: Some("6.1.0-test".into()),
         oci: None,
+        sshd: None,
         origin: Origin {
             method: "build".into(),
             from: "debian bookworm".into(),

@@ -45,6 +45,30 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stdin: Option<String>,
     },
+    /// Runs `argv` on a new pseudo-terminal of `rows` x `cols` (`vm exec
+    /// -it`); its output comes as `Stdout` replies, its end as `Exit`.
+    Pty {
+        argv: Vec<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        rows: u16,
+        cols: u16,
+    },
+    /// Bytes (base64) typed into the terminal of request `target`.
+    Input {
+        target: u64,
+        data: String,
+    },
+    /// A new window size for the terminal of request `target`.
+    Resize {
+        target: u64,
+        rows: u16,
+        cols: u16,
+    },
     /// Sends `signal` to the process of exec request `target`.
     Signal {
         target: u64,

@@ -35,3 +35,25 @@ pub enum ExecEvent {
     /// The command could not run to its end.
     Error { error: ApiError },
 }
+
+/// What a client sends on `GET /v1/vms/{vm}/terminal` once the connection
+/// is upgraded (`Upgrade: tcp`, as Docker's attach): one JSON object per
+/// line, `start` first. The daemon answers with `ExecEvent` lines
+/// (`stdout` only: a terminal has one output), ending with `exit` or
+/// `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TerminalInput {
+    /// Runs `argv` (empty: the image's command, else `/bin/sh`) on a
+    /// terminal of this size.
+    Start {
+        #[serde(default)]
+        argv: Vec<String>,
+        rows: u16,
+        cols: u16,
+    },
+    /// Typed bytes, base64.
+    Stdin { data: String },
+    /// The window changed size.
+    Resize { rows: u16, cols: u16 },
+}

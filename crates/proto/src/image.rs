@@ -158,6 +158,10 @@ pub struct Manifest {
     /// Pulled from an OCI registry: what and how it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<OciImage>,
+    /// Whether the userland has sshd (`vm run` opens its shell over SSH,
+    /// else on a terminal through the agent); absent when not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sshd: Option<bool>,
 }
 
 /// The OCI image an image was pulled from.

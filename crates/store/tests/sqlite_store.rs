@@ -189,6 +189,7 @@ fn an_image_manifest_and_vmlinux_round_trip() {
         name: "built".into(),
         kernel_version: Some("6.1.0-28-cloud-amd64".into()),
         oci: None,
+        sshd: None,
         origin: Origin {
             method: "build".into(),
             from: "bookworm".into(),

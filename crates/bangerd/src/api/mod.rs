@@ -8,6 +8,7 @@ mod images;
 mod json;
 mod progress;
 mod system;
+mod terminal;
 mod trace;
 mod verify;
 mod vm_io;
@@ -62,6 +63,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(vms::stop_vm))
         .routes(routes!(vms::restart_vm))
         .routes(routes!(vm_io::exec))
+        .routes(routes!(terminal::terminal))
         .routes(routes!(vm_io::logs))
         .routes(routes!(images::list_images))
         .routes(routes!(images::show_image, images::delete_image))

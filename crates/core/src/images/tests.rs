@@ -83,6 +83,7 @@ impl ImageMaker for FakeMaker {
             },
             kernel_version: None,
             oci: None,
+            sshd: None,
             origin: Origin {
                 method: request.source().into(),
                 from: key,

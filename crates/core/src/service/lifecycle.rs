@@ -364,25 +364,8 @@ impl Banger {
         stdin: Option<Vec<u8>>,
         out: mpsc::UnboundedSender<ExecChunk>,
     ) -> Result<(), ServiceError> {
-        let runtime = self.runtime()?.clone();
-        let vm = self.find_vm(id_or_name)?;
-        let handle = match (&vm.handle, vm.state) {
-            (Some(handle), VmState::Running) => handle.clone(),
-            _ => {
-                return Err(ServiceError::NotRunning {
-                    name: vm.name.clone(),
-                    state: vm.state.as_str(),
-                })
-            }
-        };
-        // Commands in a VM of an OCI image run the way the image says.
-        let context = self
-            .store
-            .find_image(&vm.image_id)?
-            .and_then(|image| image.manifest)
-            .and_then(|manifest| manifest.oci)
-            .map(|oci| crate::agent::ExecContext::from_container(&oci.config))
-            .unwrap_or_default();
+        let (runtime, vm, handle) = self.running_vm(id_or_name)?;
+        let context = self.exec_context(&vm)?.0;
         runtime
             .agents
             .exec(&handle, argv, context, stdin, out)
@@ -391,6 +374,78 @@ impl Banger {
                 name: vm.name.clone(),
                 message: e.to_string(),
             })
+    }
+
+    /// Runs `argv` on a terminal in a running VM (`vm exec -it`); an empty
+    /// `argv` runs the image's command (an OCI image's entrypoint and
+    /// command), else `/bin/sh`.
+    pub async fn terminal(
+        &self,
+        id_or_name: &str,
+        argv: Vec<String>,
+        size: (u16, u16),
+        input: mpsc::Receiver<crate::agent::TerminalInput>,
+        out: mpsc::Sender<ExecChunk>,
+    ) -> Result<(), ServiceError> {
+        let (runtime, vm, handle) = self.running_vm(id_or_name)?;
+        let (context, command) = self.exec_context(&vm)?;
+        let argv = match (argv.is_empty(), command.is_empty()) {
+            (false, _) => argv,
+            (true, false) => command,
+            (true, true) => vec!["/bin/sh".to_string()],
+        };
+        runtime
+            .agents
+            .terminal(&handle, argv, context, size, input, out)
+            .await
+            .map_err(|e| ServiceError::Runtime {
+                name: vm.name.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The runtime, the VM and its handle, if it runs.
+    fn running_vm(
+        &self,
+        id_or_name: &str,
+    ) -> Result<(Runtime, Vm, crate::vmm::VmmHandle), ServiceError> {
+        let runtime = self.runtime()?.clone();
+        let vm = self.find_vm(id_or_name)?;
+        match (&vm.handle, vm.state) {
+            (Some(handle), VmState::Running) => {
+                let handle = handle.clone();
+                Ok((runtime, vm, handle))
+            }
+            _ => Err(ServiceError::NotRunning {
+                name: vm.name.clone(),
+                state: vm.state.as_str(),
+            }),
+        }
+    }
+
+    /// How commands run in `vm` (an OCI image's env, working directory
+    /// and user), and the image's own command (entrypoint then command).
+    fn exec_context(
+        &self,
+        vm: &Vm,
+    ) -> Result<(crate::agent::ExecContext, Vec<String>), ServiceError> {
+        let oci = self
+            .store
+            .find_image(&vm.image_id)?
+            .and_then(|image| image.manifest)
+            .and_then(|manifest| manifest.oci);
+        Ok(match oci {
+            Some(oci) => (
+                crate::agent::ExecContext::from_container(&oci.config),
+                oci.config
+                    .entrypoint
+                    .iter()
+                    .chain(&oci.config.cmd)
+                    .cloned()
+                    .collect(),
+            ),
+            None => Default::default(),
+        })
     }
 
     /// Turns NAT on or off for a VM; live when it runs.

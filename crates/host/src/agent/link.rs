@@ -10,9 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use banger_core::agent::{AgentLink, AgentLinkError, AgentReady, ExecChunk, ExecContext};
+use banger_core::agent::{
+    AgentLink, AgentLinkError, AgentReady, ExecChunk, ExecContext, TerminalInput,
+};
 use banger_core::vmm::VmmHandle;
 use banger_proto::agent::VSOCK_PORT;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -195,6 +199,73 @@ impl AgentLink for HostAgentLink {
                     signal: 9,
                 });
                 return Ok(());
+            }
+        }
+    }
+
+    async fn terminal(
+        &self,
+        handle: &VmmHandle,
+        argv: Vec<String>,
+        context: ExecContext,
+        (rows, cols): (u16, u16),
+        mut input: mpsc::Receiver<TerminalInput>,
+        out: mpsc::Sender<ExecChunk>,
+    ) -> Result<(), AgentLinkError> {
+        use banger_proto::agent::Op;
+        let client = self.client(handle).await?;
+        let mut replies = client
+            .send(Op::Pty {
+                argv,
+                env: context.env,
+                cwd: context.cwd,
+                user: context.user,
+                rows,
+                cols,
+            })
+            .map_err(failed)?;
+        let target = replies.id();
+        let mut hung_up = false;
+        loop {
+            tokio::select! {
+                event = replies.next_event() => {
+                    let chunk = match event {
+                        Ok(ExecEvent::Stdout(b)) | Ok(ExecEvent::Stderr(b)) => ExecChunk::Stdout(b),
+                        Ok(ExecEvent::Exit { code, signal }) => {
+                            let _ = out.send(ExecChunk::Exit { code, signal }).await;
+                            return Ok(());
+                        }
+                        Err(AgentError::Closed) => {
+                            self.forget(handle);
+                            return Err(failed("the guest agent went away"));
+                        }
+                        Err(err) => return Err(failed(err)),
+                    };
+                    if out.send(chunk).await.is_err() {
+                        // Nobody reads any more: end the command.
+                        let _ = client.send(Op::Signal { target, signal: 9 });
+                        return Ok(());
+                    }
+                }
+                typed = input.recv(), if !hung_up => {
+                    // Answers to input are not waited for: the terminal's
+                    // output is the answer.
+                    let sent = match typed {
+                        Some(TerminalInput::Data(bytes)) => client.send(Op::Input {
+                            target,
+                            data: B64.encode(bytes),
+                        }),
+                        Some(TerminalInput::Resize { rows, cols }) => {
+                            client.send(Op::Resize { target, rows, cols })
+                        }
+                        None => {
+                            // The client went away: hang the terminal up.
+                            hung_up = true;
+                            client.send(Op::Signal { target, signal: 1 })
+                        }
+                    };
+                    sent.map_err(failed)?;
+                }
             }
         }
     }

@@ -274,6 +274,7 @@ mod tests {
             name: "t".into(),
             kernel_version: None,
             oci: None,
+            sshd: None,
             origin: Origin {
                 method: "register".into(),
                 from: "test".into(),

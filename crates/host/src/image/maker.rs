@@ -351,7 +351,7 @@ async fn finish_manifest(
     name: &str,
     kernel_version: Option<String>,
     origin: Origin,
-    oci: Option<OciImage>,
+    (oci, sshd): (Option<OciImage>, Option<bool>),
     progress: &dyn Progress,
 ) -> Result<Manifest, MakeError> {
     progress.stage("digest");
@@ -370,6 +370,7 @@ async fn finish_manifest(
             kernel_version,
             origin,
             oci,
+            sshd,
             artifacts,
         };
         digest::write_manifest(&dir, &manifest).map_err(failed)?;
@@ -407,7 +408,7 @@ impl HostImageMaker {
             name,
             Some(output.kernel_version),
             origin,
-            None,
+            (None, Some(true)),
             progress,
         )
         .await
@@ -653,7 +654,8 @@ impl HostImageMaker {
             made_at: now_rfc3339(),
         };
         let oci = pulled.map(|p| p.oci);
-        finish_manifest(staging, name, kernel_version, origin, oci, progress).await
+        let sshd = boot.as_ref().map(|b| b.sshd);
+        finish_manifest(staging, name, kernel_version, origin, (oci, sshd), progress).await
     }
 }
 
