@@ -234,6 +234,13 @@ async fn every_documented_route_answers_as_documented() {
         ),
         (
             "post",
+            "/v1/vms/{vm}/terminal",
+            "/v1/vms/web/terminal".into(),
+            None,
+            400,
+        ),
+        (
+            "post",
             "/v1/images/prune",
             "/v1/images/prune".into(),
             None,

@@ -177,3 +177,112 @@ async fn unknown_ops_bad_lines_and_wrong_versions_get_error_replies() {
         "protocol version 99 is not spoken here: this agent speaks 1"
     );
 }
+
+#[tokio::test]
+async fn a_terminal_takes_keystrokes_and_sizes_and_gives_the_exit_status() {
+    use banger_proto::agent::Op;
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let mut replies = client
+        .send(Op::Pty {
+            argv: argv(&[
+                "sh",
+                "-c",
+                "tty; stty size; read x; echo got:$x; stty size; exit 3",
+            ]),
+            env: Default::default(),
+            cwd: None,
+            user: None,
+            rows: 30,
+            cols: 100,
+        })
+        .unwrap();
+    let target = replies.id();
+    let mut shown = String::new();
+    let mut typed = false;
+    let code = loop {
+        match tokio::time::timeout(WAIT, replies.next_event())
+            .await
+            .expect("the terminal answers")
+            .unwrap()
+        {
+            ExecEvent::Stdout(bytes) => shown.push_str(&String::from_utf8_lossy(&bytes)),
+            ExecEvent::Stderr(_) => panic!("a terminal has one output"),
+            ExecEvent::Exit { code, .. } => break code,
+        }
+        if !typed && shown.contains("30 100") {
+            typed = true;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            client
+                .send(Op::Resize {
+                    target,
+                    rows: 40,
+                    cols: 120,
+                })
+                .unwrap();
+            client
+                .send(Op::Input {
+                    target,
+                    data: b64.encode("hi\r"),
+                })
+                .unwrap();
+        }
+    };
+    assert_eq!(code, Some(3), "{shown}");
+    assert!(shown.contains("/dev/pts/"), "{shown}");
+    // The terminal echoes the keystrokes and turns \r into \n, as a local one.
+    assert!(
+        shown.contains("got:hi") && shown.contains("40 120"),
+        "{shown}"
+    );
+    // Input for a terminal that is gone is refused.
+    let mut late = client
+        .send(Op::Input {
+            target,
+            data: String::new(),
+        })
+        .unwrap();
+    assert!(matches!(
+        late.next_event().await,
+        Err(AgentError::Refused(_))
+    ));
+}
+
+#[tokio::test]
+async fn exec_runs_as_the_user_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let context = banger_core::agent::ExecContext {
+        env: [("GREETING".to_string(), "hi".to_string())].into(),
+        cwd: Some("/tmp".into()),
+        user: Some("nobody".into()),
+    };
+    let mut replies = client
+        .exec_as(
+            argv(&["sh", "-c", "id -u; pwd; echo $GREETING"]),
+            &context,
+            None,
+        )
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        match replies.next_event().await.unwrap() {
+            ExecEvent::Stdout(b) => out.extend(b),
+            ExecEvent::Stderr(_) => {}
+            ExecEvent::Exit { code, .. } => {
+                assert_eq!(code, Some(0));
+                break;
+            }
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&out), "65534\n/tmp\nhi\n");
+    let bad = banger_core::agent::ExecContext {
+        user: Some("no-such-user".into()),
+        ..Default::default()
+    };
+    let mut replies = client.exec_as(argv(&["true"]), &bad, None).unwrap();
+    assert!(
+        matches!(replies.next_event().await, Err(AgentError::Refused(m)) if m.contains("no user"))
+    );
+}
