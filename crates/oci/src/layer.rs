@@ -127,10 +127,11 @@ pub fn apply_tar(reader: impl Read, tree: &Path, layer: &str) -> Result<LayerSta
             }
             EntryType::Regular
             | EntryType::Continuous
+            | EntryType::GNUSparse
             | EntryType::Directory
             | EntryType::Symlink
             | EntryType::Fifo => {
-                if kind.is_file() || kind == EntryType::Continuous {
+                if kind.is_file() || kind.is_gnu_sparse() || kind == EntryType::Continuous {
                     stats.file_bytes += entry.size();
                 }
                 entry

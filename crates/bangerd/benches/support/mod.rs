@@ -29,3 +29,29 @@ pub async fn call(socket: &Path, method: &str, path: &str, body: &str) -> (u16, 
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
 }
+
+/// A POST asking for a progress stream: the status and every event.
+#[allow(dead_code)]
+pub async fn call_ndjson(socket: &Path, path: &str, body: &str) -> (u16, Vec<Value>) {
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("http://bangerd{path}"))
+        .header("host", "bangerd")
+        .header("content-type", "application/json")
+        .header("accept", "application/x-ndjson")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let events = String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    (status, events)
+}

@@ -205,3 +205,29 @@ fn compressed_layers_are_read() {
     let err = apply(&zst, Compression::Gzip, &tree, "zst").unwrap_err();
     assert!(err.to_string().contains("layer zst"), "{err}");
 }
+
+#[test]
+fn sparse_files_are_files() {
+    use std::io::{Seek, Write};
+    let dir_ = tempfile::tempdir().unwrap();
+    let sparse = dir_.path().join("sparse");
+    let mut f = std::fs::File::create(&sparse).unwrap();
+    f.set_len(8 << 20).unwrap();
+    f.seek(std::io::SeekFrom::Start(4 << 20)).unwrap();
+    f.write_all(b"middle").unwrap();
+    drop(f);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.sparse(true);
+    builder.append_path_with_name(&sparse, "var/disk").unwrap();
+    let bytes = builder.into_inner().unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let first = archive.entries().unwrap().next().unwrap().unwrap();
+    assert!(first.header().entry_type().is_gnu_sparse());
+    drop(first);
+    let tree = dir_.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    apply_tar(&bytes[..], &tree, "sparse").unwrap();
+    let got = std::fs::read(tree.join("var/disk")).unwrap();
+    assert_eq!(got.len(), 8 << 20);
+    assert_eq!(&got[4 << 20..(4 << 20) + 6], b"middle");
+}
