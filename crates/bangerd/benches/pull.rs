@@ -422,4 +422,5 @@ async fn main() {
     let _ = daemon.shutdown.send(true);
     let _ = daemon.task.await;
     let _ = registry.kill();
+    let _ = registry.wait();
 }
