@@ -377,15 +377,20 @@ async fn exec(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
+    send(exit_reply(status, program))
+}
+
+/// The last reply of a command: how it ended.
+pub fn exit_reply(status: std::io::Result<std::process::ExitStatus>, program: &str) -> ReplyBody {
     use std::os::unix::process::ExitStatusExt;
     match status {
-        Ok(status) => send(ReplyBody::Exit {
+        Ok(status) => ReplyBody::Exit {
             code: status.code(),
             signal: status.signal(),
-        }),
-        Err(err) => send(ReplyBody::Error {
+        },
+        Err(err) => ReplyBody::Error {
             message: format!("lost {program}: {err}"),
-        }),
+        },
     }
 }
 

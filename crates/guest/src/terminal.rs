@@ -140,12 +140,5 @@ pub async fn run(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Ok(status) => send(ReplyBody::Exit {
-            code: status.code(),
-            signal: status.signal(),
-        }),
-        Err(err) => fail(format!("lost {program}: {err}")),
-    }
+    send(crate::agent::exit_reply(status, program));
 }
