@@ -48,6 +48,8 @@ pub async fn start(config: Config) -> Result<Running> {
     for dir in [&config.state_dir, &config.run_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // Before anything in the state is touched: a second daemon stops here.
+    let state_lock = crate::state_lock::lock(&config.state_dir)?;
     let store = Arc::new(SqliteStore::open(&config.database())?);
     let dirs = ImageDirs::new(config.state_dir.join("images"));
     for stale in dirs.clean_stale() {
@@ -121,6 +123,8 @@ pub async fn start(config: Config) -> Result<Running> {
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "bangerd serving");
     let socket = config.socket.clone();
     let task = tokio::spawn(async move {
+        // Held while the daemon serves.
+        let _state_lock = state_lock;
         let served = axum::serve(listener, app(state))
             .with_graceful_shutdown(async move {
                 let _ = stopped.wait_for(|stop| *stop).await;

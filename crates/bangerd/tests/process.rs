@@ -50,11 +50,25 @@ async fn serves_refuses_a_twin_and_stops_on_sigterm() {
     .await;
     assert_eq!(status, 201);
 
-    let twin = spawn(root.path()).wait_with_output().unwrap();
+    // A pull of the live daemon's in its slow step: the twin must not
+    // clean it up as stale.
+    let staging = root.path().join("var/lib/banger/images/.staging/pull-live");
+    std::fs::create_dir_all(&staging).unwrap();
+    let twin = Command::new(env!("CARGO_BIN_EXE_bangerd"))
+        .arg("--root")
+        .arg(root.path())
+        .output()
+        .unwrap();
     assert!(
         !twin.status.success(),
-        "a second daemon on the same socket must refuse to start"
+        "a second daemon on the same state must refuse to start"
     );
+    let said = String::from_utf8_lossy(&twin.stderr);
+    assert!(
+        said.contains(&format!("another bangerd (pid {})", daemon.id())),
+        "{said}"
+    );
+    assert!(staging.is_dir(), "the live daemon's staging is left alone");
 
     kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
     let status = daemon.wait().unwrap();

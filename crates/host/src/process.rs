@@ -57,7 +57,7 @@ pub async fn wait_gone(pid: u32, start_ticks: u64, limit: Duration) -> bool {
 /// path under `run_dir` on their command line (another daemon's VMs are
 /// not ours).
 pub fn banger_vmms(run_dir: &Path) -> Vec<(u32, String)> {
-    let ours = run_dir.display().to_string();
+    let ours = format!("{}/", run_dir.display().to_string().trim_end_matches('/'));
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -76,7 +76,7 @@ pub fn banger_vmms(run_dir: &Path) -> Vec<(u32, String)> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if !args.iter().any(|a| a.contains(&ours)) {
+        if !args.iter().any(|a| names_dir(a, &ours)) {
             continue;
         }
         for pair in args.windows(2) {
@@ -91,6 +91,15 @@ pub fn banger_vmms(run_dir: &Path) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// Whether a command-line argument names a path under `dir` (ending in
+/// `/`): the path starts the argument or follows `=`, `:` or `,` (as in
+/// `path=...`, `unix:...`), so `/run/banger/` does not match inside
+/// another daemon's `/tmp/x/run/banger/`.
+pub fn names_dir(arg: &str, dir: &str) -> bool {
+    arg.match_indices(dir)
+        .any(|(at, _)| at == 0 || matches!(arg.as_bytes()[at - 1], b'=' | b':' | b',' | b' '))
 }
 
 /// Kills (the process groups of) this banger's VMMs whose VM is not in
@@ -112,6 +121,16 @@ pub fn kill_orphan_vmms(run_dir: &Path, live: &[String]) -> Vec<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_dir_matches_only_itself() {
+        let ours = "/run/banger/";
+        assert!(names_dir("unix:/run/banger/vms/a/qmp.sock,server=on", ours));
+        assert!(names_dir("path=/run/banger/vms/a/agent.sock", ours));
+        assert!(names_dir("/run/banger/vms/a/fc.sock", ours));
+        assert!(!names_dir("unix:/tmp/x/run/banger/vms/a/qmp.sock", ours));
+        assert!(!names_dir("path=/run/banger2/vms/a", ours));
+    }
 
     /// A process that looks like a VMM of banger's: `-name banger-ID` and a
     /// socket path under `run_dir` on its command line.
