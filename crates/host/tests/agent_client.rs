@@ -286,3 +286,50 @@ async fn exec_runs_as_the_user_asked_for() {
         matches!(replies.next_event().await, Err(AgentError::Refused(m)) if m.contains("no user"))
     );
 }
+
+#[tokio::test]
+async fn a_guest_flooding_without_newlines_is_skipped_not_held() {
+    use banger_host::agent::client::{next_line, MAX_REPLY_LINE};
+    // The reader: a line too long is skipped whole, the next one is read.
+    let text = b"short\nxxxxxxxxxxxxxxxxxxxx\nafter\nunfinished";
+    let mut reader = tokio::io::BufReader::with_capacity(4, &text[..]);
+    let mut line = Vec::new();
+    let mut got = Vec::new();
+    while let Some(whole) = next_line(&mut reader, &mut line, 8).await.unwrap() {
+        got.push((whole, String::from_utf8_lossy(&line).into_owned()));
+        assert!(line.len() <= 8);
+    }
+    assert_eq!(
+        got,
+        [
+            (true, "short".to_string()),
+            (false, String::new()),
+            (true, "after".to_string())
+        ]
+    );
+
+    // A hostile guest: megabytes without a newline, then a real reply.
+    let (host, guest) = tokio::io::duplex(64 * 1024);
+    let (guest_r, mut guest_w) = tokio::io::split(guest);
+    let (host_r, host_w) = tokio::io::split(host);
+    let client = AgentClient::new(host_r, host_w);
+    tokio::spawn(async move {
+        let mut requests = BufReader::new(guest_r).lines();
+        let request = requests.next_line().await.unwrap().unwrap();
+        let id = serde_json::from_str::<serde_json::Value>(&request).unwrap()["id"]
+            .as_u64()
+            .unwrap();
+        let flood = vec![b'x'; 3 * MAX_REPLY_LINE];
+        guest_w.write_all(&flood).await.unwrap();
+        guest_w.write_all(b"\n").await.unwrap();
+        let reply = format!(
+            r#"{{"id":{id},"type":"hello","version":1,"agent_version":"x","hostname":"h","uptime_ms":1}}"#
+        );
+        guest_w.write_all(reply.as_bytes()).await.unwrap();
+        guest_w.write_all(b"\n").await.unwrap();
+        // Keep the stream open.
+        tokio::time::sleep(WAIT).await;
+    });
+    let hello = client.hello(WAIT).await.unwrap();
+    assert_eq!(hello.hostname, "h");
+}

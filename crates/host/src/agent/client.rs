@@ -1,7 +1,11 @@
 //! `AgentClient`: requests with ids over one stream, replies routed back
 //! by id, so many requests share the stream (a serial port is only one).
 //! Lines that do not parse or belong to no request (left over from an
-//! earlier connection to the same port) are ignored.
+//! earlier connection to the same port) are ignored. The guest is not
+//! trusted: a reply line is read up to `MAX_REPLY_LINE` bytes (a longer
+//! one is skipped whole, never held), and each request's replies wait in a
+//! channel of `REPLY_DEPTH`: a reader that falls behind holds the stream
+//! up (the guest's writes wait) rather than growing the daemon.
 
 use banger_core::agent::ExecContext;
 use std::collections::HashMap;
@@ -12,7 +16,7 @@ use std::time::Duration;
 use banger_proto::agent::{BootTimes, Op, Reply, ReplyBody, Request, PROTOCOL_VERSION};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -57,7 +61,46 @@ pub struct ExecOutput {
     pub signal: Option<i32>,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ReplyBody>>>>;
+/// Longest reply line read from a guest.
+pub const MAX_REPLY_LINE: usize = 1 << 20;
+/// Replies of one request waiting to be read.
+const REPLY_DEPTH: usize = 64;
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<ReplyBody>>>>;
+
+/// Reads the next line of at most `max` bytes (without its newline) into
+/// `line`: `Some(true)` for a line, `Some(false)` for one that was longer
+/// and was skipped, `None` at the end of the stream. Never holds more
+/// than `max` bytes.
+pub async fn next_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let mut too_long = false;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let (part, end) = match buf.iter().position(|b| *b == b'\n') {
+            Some(at) => (&buf[..at], Some(at + 1)),
+            None => (buf, None),
+        };
+        if !too_long && line.len() + part.len() <= max {
+            line.extend_from_slice(part);
+        } else {
+            too_long = true;
+            line.clear();
+        }
+        let used = end.unwrap_or(buf.len());
+        reader.consume(used);
+        if end.is_some() {
+            return Ok(Some(!too_long));
+        }
+    }
+}
 
 pub struct AgentClient {
     writer: mpsc::UnboundedSender<Vec<u8>>,
@@ -77,7 +120,7 @@ impl Drop for AgentClient {
 /// The replies of one request.
 pub struct Replies {
     id: u64,
-    rx: mpsc::UnboundedReceiver<ReplyBody>,
+    rx: mpsc::Receiver<ReplyBody>,
     pending: Pending,
 }
 
@@ -135,9 +178,14 @@ impl AgentClient {
         });
         let routes = pending.clone();
         let read_task = tokio::spawn(async move {
-            let mut lines = BufReader::new(reader).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(reply) = serde_json::from_str::<Reply>(&line) else {
+            let mut reader = BufReader::new(reader);
+            let mut line = Vec::new();
+            while let Ok(Some(whole)) = next_line(&mut reader, &mut line, MAX_REPLY_LINE).await {
+                if !whole {
+                    tracing::warn!(max = MAX_REPLY_LINE, "skipped an over-long line from a guest agent");
+                    continue;
+                }
+                let Ok(reply) = serde_json::from_slice::<Reply>(&line) else {
                     continue;
                 };
                 let route = routes
@@ -146,7 +194,7 @@ impl AgentClient {
                     .get(&reply.id)
                     .cloned();
                 if let Some(route) = route {
-                    let _ = route.send(reply.body);
+                    let _ = route.send(reply.body).await;
                 }
             }
             // The stream ended: every waiter learns it.
@@ -170,7 +218,7 @@ impl AgentClient {
     /// Sends a request; its replies come through the returned handle.
     pub fn send(&self, op: Op) -> Result<Replies, AgentError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(REPLY_DEPTH);
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
