@@ -132,6 +132,26 @@ fn create_exec_logs_stop_start_rm() {
         stdout.starts_with("created web (") && stdout.contains("running"),
         "{stdout}"
     );
+    // A VM's disks (its system disk holds its SSH host key) and console
+    // are root's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let vms = root.path().join("var/lib/banger/vms");
+    let vm_dir = std::fs::read_dir(&vms)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for file in ["system.cow", "root.ext4", "serial.log"] {
+        let mode = std::fs::metadata(vm_dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{file} is {mode:o}");
+    }
+    let known_hosts = root.path().join("var/lib/banger/ssh/known_hosts");
+    let mode = std::fs::metadata(known_hosts).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644, "ssh run by any user reads known_hosts");
 
     let out = banger(
         root.path(),

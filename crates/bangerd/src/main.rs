@@ -36,6 +36,10 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Disks (a guest's host key is on its system disk), consoles and the
+    // database are root's alone; the socket and known_hosts are opened
+    // up explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let args = Args::parse();
     if args.print_openapi {
         print!("{}", bangerd::api::openapi_json());

@@ -48,6 +48,13 @@ pub async fn start(config: Config) -> Result<Running> {
     for dir in [&config.state_dir, &config.run_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // The daemon runs with umask 077 (`main`): what it and its VMMs make
+    // is its own. The state directory only lets others through to
+    // banger's known_hosts (`ssh/`, 0711; the file 0644).
+    for dir in [config.state_dir.clone(), config.state_dir.join("ssh")] {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    }
     // Before anything in the state is touched: a second daemon stops here.
     let state_lock = crate::state_lock::lock(&config.state_dir)?;
     let store = Arc::new(SqliteStore::open(&config.database())?);

@@ -70,6 +70,15 @@ async fn serves_refuses_a_twin_and_stops_on_sigterm() {
     );
     assert!(staging.is_dir(), "the live daemon's staging is left alone");
 
+    // What the daemon makes is root's alone; only the way to known_hosts
+    // is open.
+    let state = root.path().join("var/lib/banger");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o711);
+    assert_eq!(mode(&state.join("ssh")), 0o711);
+    assert_eq!(mode(&state.join("ssh/id_ed25519")) & 0o077, 0);
+    assert_eq!(mode(&state.join("banger.db")) & 0o077, 0);
+
     kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
     let status = daemon.wait().unwrap();
     assert!(status.success(), "bangerd exited with {status}");

@@ -126,7 +126,12 @@ impl SshKeys {
             text.push('\n');
         }
         let tmp = self.dir.join(".known_hosts.tmp");
+        // Readable by everyone: ssh run by any user checks host keys
+        // against it (public keys only).
         std::fs::write(&tmp, text)
+            .and_then(|()| {
+                std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            })
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|source| SshError::Io {
                 action: "write",

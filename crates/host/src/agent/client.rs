@@ -182,7 +182,10 @@ impl AgentClient {
             let mut line = Vec::new();
             while let Ok(Some(whole)) = next_line(&mut reader, &mut line, MAX_REPLY_LINE).await {
                 if !whole {
-                    tracing::warn!(max = MAX_REPLY_LINE, "skipped an over-long line from a guest agent");
+                    tracing::warn!(
+                        max = MAX_REPLY_LINE,
+                        "skipped an over-long line from a guest agent"
+                    );
                     continue;
                 }
                 let Ok(reply) = serde_json::from_slice::<Reply>(&line) else {
