@@ -185,7 +185,14 @@ async fn oci_images_pull_from_a_registry_and_boot() {
         ]),
         Z::Zstd,
     );
-    let l3 = layout.layer(&tar(&[file("srv/hello", b"hello\n")]), Z::Tar);
+    // opt/ and opt/tool/ have no entries of their own: made 0755.
+    let l3 = layout.layer(
+        &tar(&[
+            file("srv/hello", b"hello\n"),
+            file("opt/tool/run", b"tool\n"),
+        ]),
+        Z::Tar,
+    );
     let run = json!({
         "Env": ["PATH=/bin", "GREETING=hi there"],
         "WorkingDir": "/srv",
@@ -375,13 +382,14 @@ async fn oci_images_pull_from_a_registry_and_boot() {
          test -e /etc/app/gone && echo gone-is-there; cat /etc/app/kept; \
          ls /srv/data; cat /srv/hello; \
          stat -c '%a %u' /usr-bin-su; stat -c '%i' /usr-bin-su /srv/su-link | sort -u | wc -l; \
-         stat -c '%u %g %a' /home/app/notes; cat /proc/1/comm",
+         stat -c '%u %g %a' /home/app/notes; cat /opt/tool/run; stat -c %a / /opt; \
+         cat /proc/1/comm",
     )
     .await;
     assert_eq!(code, 0, "{out} {err}");
     assert_eq!(
         out,
-        "1000\n1000\n/srv\nhi there\n/home/app\nlowernew\nhello\n4755 0\n1\n1000 1000 600\nbanger-init\n"
+        "1000\n1000\n/srv\nhi there\n/home/app\nlowernew\nhello\n4755 0\n1\n1000 1000 600\ntool\n755\n755\nbanger-init\n"
     );
     // exec -it: a terminal in the guest; Ctrl-C typed here interrupts
     // the command there, and its exit status comes back.

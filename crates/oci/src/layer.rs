@@ -184,7 +184,12 @@ fn ensure_parents(tree: &Path, parent: &Path, made: &mut HashSet<PathBuf>) -> Re
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => return Err(format!("/{} is not a directory", at.display())),
             Err(_) => {
+                // 0755 whatever the umask, as tar and container runtimes do.
+                use std::os::unix::fs::PermissionsExt;
                 std::fs::create_dir(&full)
+                    .and_then(|()| {
+                        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o755))
+                    })
                     .map_err(|e| format!("cannot make /{}: {e}", at.display()))?;
                 made.insert(at.clone());
             }

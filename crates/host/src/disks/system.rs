@@ -30,15 +30,29 @@ fn err(message: impl std::fmt::Display) -> CapabilityError {
     }
 }
 
+/// Makes `dir` and its missing parents 0755 whatever the umask: an
+/// upper-layer directory's mode is what the guest sees for the merged one
+/// (`upper` itself is the guest's `/`).
+fn make_dirs(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        make_dirs(parent)?;
+    }
+    std::fs::create_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
 /// Writes the upper-layer tree (`upper/<files>`, `work/`) under `tree`.
 pub fn write_tree(tree: &std::path::Path, config: &GuestConfig) -> std::io::Result<()> {
     std::fs::create_dir_all(tree.join("work"))?;
     let upper = tree.join("upper");
-    std::fs::create_dir_all(&upper)?;
+    make_dirs(&upper)?;
     for file in &config.files {
         let target = upper.join(file.path.trim_start_matches('/'));
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+            make_dirs(parent)?;
         }
         std::fs::write(&target, &file.contents)?;
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode))?;

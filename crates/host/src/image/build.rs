@@ -99,6 +99,10 @@ pub async fn build(
 
     progress.stage("debootstrap");
     debootstrap(recipe, &tree, progress).await?;
+    // The tree's own mode becomes the guest's `/` (mkfs.ext4 -d), whatever
+    // umask the daemon runs with.
+    std::fs::set_permissions(&tree, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(io_err("chmod", &tree))?;
 
     progress.stage("kernel");
     let (bzimage, version) = find_kernel(&tree)?;

@@ -477,6 +477,10 @@ impl HostImageMaker {
         let reference = ImageRef::parse(&source.reference).map_err(oci_failed)?;
         let tree = staging.join(".tree");
         std::fs::create_dir(&tree).map_err(failed)?;
+        // The guest's `/` (mkfs.ext4 -d takes the tree's own mode), whatever
+        // umask the daemon runs with.
+        std::fs::set_permissions(&tree, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(failed)?;
         let pulled = banger_oci::pull(&reference, &oci.cache, &tree, &oci.options, progress)
             .await
             .map_err(oci_failed)?;
