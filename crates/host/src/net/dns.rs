@@ -4,6 +4,15 @@
 //! upstream servers unchanged. UDP, on the bridge address (for guests) and
 //! on a loopback address (for the host). Messages are parsed and built
 //! with hickory-proto; the loop itself is a tokio UDP socket.
+//!
+//! Guests are not trusted: banger's own names are answered inline (no
+//! task, no socket), and at most `MAX_FORWARDS` forwarded queries are in
+//! flight (each holds a socket for up to the upstream timeout); queries
+//! beyond that are dropped, as a busy resolver does, so a flooding guest
+//! costs bounded memory and descriptors and other guests' names still
+//! resolve. A forwarded query's socket is connected to its upstream (the
+//! kernel drops datagrams from anyone else) and only a response with the
+//! query's id and question is taken.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -20,6 +29,16 @@ pub const ZONE: &str = "vm";
 /// TTL of banger's answers: short, VMs come and go.
 const TTL: u32 = 5;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Forwarded queries in flight at once.
+pub const MAX_FORWARDS: usize = 64;
+
+/// What to do with one query.
+enum Handling {
+    /// Answered here (None: garbage, dropped).
+    Local(Option<Vec<u8>>),
+    /// For the upstream servers.
+    Forward(Message),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -75,19 +94,41 @@ impl DnsServer {
             .await
             .map_err(|source| DnsError::Bind { addr, source })?;
         let server = self.clone();
+        let forwards = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS));
         Ok(tokio::spawn(async move {
             let socket = Arc::new(socket);
             let mut buffer = vec![0u8; 4096];
+            let mut dropped: u64 = 0;
             loop {
                 let Ok((n, peer)) = socket.recv_from(&mut buffer).await else {
                     continue;
                 };
-                let query = buffer[..n].to_vec();
+                let query = &buffer[..n];
+                let request = match server.handle(query) {
+                    Handling::Local(Some(answer)) => {
+                        let _ = socket.send_to(&answer, peer).await;
+                        continue;
+                    }
+                    Handling::Local(None) => continue,
+                    Handling::Forward(request) => request,
+                };
+                let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                    dropped += 1;
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(
+                            dropped,
+                            "dns: too many forwarded queries in flight, dropping"
+                        );
+                    }
+                    continue;
+                };
+                let query = query.to_vec();
                 let (server, socket) = (server.clone(), socket.clone());
                 tokio::spawn(async move {
-                    if let Some(answer) = server.answer(&query).await {
+                    if let Some(answer) = server.forward(&request, &query).await {
                         let _ = socket.send_to(&answer, peer).await;
                     }
+                    drop(permit);
                 });
             }
         }))
@@ -95,11 +136,31 @@ impl DnsServer {
 
     /// The reply to one query message (None for garbage, which is dropped).
     pub async fn answer(&self, query: &[u8]) -> Option<Vec<u8>> {
-        let request = Message::from_vec(query).ok()?;
-        if request.message_type() != MessageType::Query || request.op_code() != OpCode::Query {
-            return reply(&request, ResponseCode::NotImp, vec![]);
+        match self.handle(query) {
+            Handling::Local(answer) => answer,
+            Handling::Forward(request) => self.forward(&request, query).await,
         }
-        let question = request.queries().first()?.clone();
+    }
+
+    /// Answers banger's own names here; the rest is for the upstreams.
+    fn handle(&self, query: &[u8]) -> Handling {
+        let Ok(request) = Message::from_vec(query) else {
+            return Handling::Local(None);
+        };
+        Handling::Local(match self.local(&request) {
+            Ok(answer) => answer,
+            Err(()) => return Handling::Forward(request),
+        })
+    }
+
+    /// The answer to a query about banger's names; `Err` for other names.
+    fn local(&self, request: &Message) -> Result<Option<Vec<u8>>, ()> {
+        if request.message_type() != MessageType::Query || request.op_code() != OpCode::Query {
+            return Ok(reply(request, ResponseCode::NotImp, vec![]));
+        }
+        let Some(question) = request.queries().first().cloned() else {
+            return Ok(None);
+        };
         let name = question.name().to_lowercase();
         if let Some(vm) = vm_name(&name) {
             let found = self
@@ -108,35 +169,37 @@ impl DnsServer {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&vm)
                 .copied();
-            return match (found, question.query_type()) {
-                (None, _) => reply(&request, ResponseCode::NXDomain, vec![]),
+            return Ok(match (found, question.query_type()) {
+                (None, _) => reply(request, ResponseCode::NXDomain, vec![]),
                 (Some(ip), RecordType::A | RecordType::ANY) => reply(
-                    &request,
+                    request,
                     ResponseCode::NoError,
                     vec![Record::from_rdata(name.clone(), TTL, RData::A(A(ip)))],
                 ),
                 // The name exists, but has no record of that type.
-                (Some(_), _) => reply(&request, ResponseCode::NoError, vec![]),
-            };
+                (Some(_), _) => reply(request, ResponseCode::NoError, vec![]),
+            });
         }
         if question.query_type() == RecordType::PTR {
             if let Some(ip) = reverse_ip(&name) {
                 let records = self.records.read().unwrap_or_else(|e| e.into_inner());
                 if let Some((vm, _)) = records.iter().find(|(_, a)| **a == ip) {
-                    let target = Name::from_ascii(format!("{vm}.{ZONE}.")).ok()?;
-                    return reply(
-                        &request,
+                    let Ok(target) = Name::from_ascii(format!("{vm}.{ZONE}.")) else {
+                        return Ok(None);
+                    };
+                    return Ok(reply(
+                        request,
                         ResponseCode::NoError,
                         vec![Record::from_rdata(
                             name.clone(),
                             TTL,
                             RData::PTR(PTR(target)),
                         )],
-                    );
+                    ));
                 }
             }
         }
-        self.forward(&request, query).await
+        Err(())
     }
 
     async fn forward(&self, request: &Message, query: &[u8]) -> Option<Vec<u8>> {
@@ -149,17 +212,32 @@ impl DnsServer {
             let Ok(socket) = UdpSocket::bind(bind).await else {
                 continue;
             };
-            if socket.send_to(query, upstream).await.is_err() {
+            // Connected: the kernel drops datagrams from anyone else.
+            if socket.connect(upstream).await.is_err() || socket.send(query).await.is_err() {
                 continue;
             }
+            let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
             let mut buffer = vec![0u8; 4096];
-            if let Ok(Ok((n, _))) =
-                tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv_from(&mut buffer)).await
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.recv(&mut buffer)).await
             {
-                return Some(buffer[..n].to_vec());
+                if answers(request, &buffer[..n]) {
+                    return Some(buffer[..n].to_vec());
+                }
             }
         }
         reply(request, ResponseCode::ServFail, vec![])
+    }
+}
+
+/// Whether `bytes` is a response to `request`: its id and its question.
+fn answers(request: &Message, bytes: &[u8]) -> bool {
+    match Message::from_vec(bytes) {
+        Ok(response) => {
+            response.message_type() == MessageType::Response
+                && response.id() == request.id()
+                && response.queries() == request.queries()
+        }
+        Err(_) => false,
     }
 }
 
@@ -275,12 +353,35 @@ mod tests {
     /// A stand-in upstream resolver on loopback: answers every A query
     /// with 192.0.2.7, keeping the query's id.
     async fn stub_upstream() -> SocketAddr {
+        stub_upstream_forging(false).await
+    }
+
+    /// As `stub_upstream`; with `forge`, each answer is preceded by one
+    /// with another id and 198.51.100.66 (what a spoofer races to send).
+    async fn stub_upstream_forging(forge: bool) -> SocketAddr {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             while let Ok((len, from)) = socket.recv_from(&mut buf).await {
                 let query = Message::from_vec(&buf[..len]).unwrap();
+                if forge {
+                    let mut forged = Message::new();
+                    forged
+                        .set_id(query.id().wrapping_add(1))
+                        .set_message_type(MessageType::Response)
+                        .set_op_code(OpCode::Query);
+                    forged.add_queries(query.queries().to_vec());
+                    forged.add_answer(Record::from_rdata(
+                        query.queries()[0].name().clone(),
+                        60,
+                        RData::A(A("198.51.100.66".parse().unwrap())),
+                    ));
+                    socket
+                        .send_to(&forged.to_vec().unwrap(), from)
+                        .await
+                        .unwrap();
+                }
                 let mut reply = Message::new();
                 reply
                     .set_id(query.id())
@@ -329,6 +430,73 @@ mod tests {
         assert_eq!(
             upstream_from_resolv_conf(text, &skip),
             vec!["10.0.0.2:53".parse().unwrap()]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_reply_with_another_id_is_not_taken() {
+        let server = DnsServer::new(vec![stub_upstream_forging(true).await]);
+        let out = ask(&server, "example.com.", RecordType::A).await;
+        assert_eq!(out.answers().len(), 1);
+        assert_eq!(
+            out.answers()[0].data(),
+            Some(&RData::A(A("192.0.2.7".parse().unwrap())))
+        );
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_flood_of_forwards_stays_bounded_and_vm_names_still_resolve() {
+        // An upstream that never answers: every forward waits its timeout.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = DnsServer::new(vec![silent.local_addr().unwrap()]);
+        server.set("web", Ipv4Addr::new(172, 29, 0, 2));
+        let addr: SocketAddr = {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap()
+        };
+        let _task = server.listen(addr).await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(addr).await.unwrap();
+        let before = open_fds();
+        let mut most = before;
+        for i in 0..2000u16 {
+            let mut q = Message::from_vec(&query("example.com.", RecordType::A)).unwrap();
+            q.set_id(i);
+            client.send(&q.to_vec().unwrap()).await.unwrap();
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                most = most.max(open_fds());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        most = most.max(open_fds());
+        // 64 forwards in flight, and room for what other tests open.
+        assert!(
+            most <= before + 120,
+            "{most} descriptors open, {before} before the flood"
+        );
+        // banger's own names are answered while the forwards wait.
+        let mut q = Message::from_vec(&query("web.vm.", RecordType::A)).unwrap();
+        q.set_id(9999);
+        client.send(&q.to_vec().unwrap()).await.unwrap();
+        let mut buf = [0u8; 512];
+        let answer = loop {
+            let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf))
+                .await
+                .expect("web.vm is answered during the flood")
+                .unwrap();
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            if m.id() == 9999 {
+                break m;
+            }
+        };
+        assert_eq!(
+            answer.answers()[0].data(),
+            Some(&RData::A(A(Ipv4Addr::new(172, 29, 0, 2))))
         );
     }
 }
