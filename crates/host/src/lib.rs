@@ -8,6 +8,7 @@ pub mod disks;
 pub mod doctor;
 pub mod firecracker;
 pub mod image;
+pub mod log_tail;
 pub mod net;
 pub mod process;
 pub mod qemu;

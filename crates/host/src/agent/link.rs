@@ -96,7 +96,7 @@ impl HostAgentLink {
 
 /// The last lines of the guest console, for errors.
 pub(crate) fn serial_tail(path: &Path) -> String {
-    let lines = crate::qemu::driver::tail(path, SERIAL_TAIL_LINES);
+    let lines = crate::log_tail::tail(path, SERIAL_TAIL_LINES);
     if lines.is_empty() {
         "the guest console is empty".into()
     } else {

@@ -205,7 +205,7 @@ impl FirecrackerDriver {
                 self.kill_and_clean(&handle).await;
                 Err(VmmError::Boot {
                     message,
-                    log: tail(&cfg.log_path, LOG_TAIL_LINES),
+                    log: crate::log_tail::tail(&cfg.log_path, LOG_TAIL_LINES),
                 })
             }
         }
@@ -265,17 +265,6 @@ fn is_elf(path: &Path) -> bool {
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok()
         && magic == *b"\x7fELF"
-}
-
-/// The last `n` lines of a log file.
-fn tail(path: &Path, n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect();
-    lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
 #[async_trait]

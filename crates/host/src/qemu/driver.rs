@@ -95,17 +95,6 @@ fn remove_sockets(handle: &VmmHandle) {
     }
 }
 
-/// The last `n` non-empty lines of a file.
-pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect();
-    lines[lines.len().saturating_sub(n)..].to_vec()
-}
-
 #[async_trait]
 impl Vmm for QemuDriver {
     fn kind(&self) -> &'static str {
@@ -160,7 +149,7 @@ impl Vmm for QemuDriver {
                 self.kill_and_clean(&handle).await;
                 Err(VmmError::Boot {
                     message,
-                    log: tail(&log_path, LOG_TAIL_LINES),
+                    log: crate::log_tail::tail(&log_path, LOG_TAIL_LINES),
                 })
             }
         }
