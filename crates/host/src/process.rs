@@ -136,7 +136,9 @@ mod tests {
     /// socket path under `run_dir` on its command line.
     fn fake_vmm(run_dir: &Path, id: &str) -> std::process::Child {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new("python3")
+        // Debian's python3 itself: a wrapper such as a pyenv shim forks
+        // subshells that carry the same command line.
+        std::process::Command::new("/usr/bin/python3")
             .args(["-c", "import time; time.sleep(60)", "-name"])
             .arg(format!("banger-{id}"))
             .arg(run_dir.join("vms").join(id).join("qmp.sock"))
