@@ -180,12 +180,9 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     assert_eq!(a["state"], "running", "{a}");
     let (_, hostname, _) = support::sh(&socket, "a", "hostname").await;
     assert_eq!(hostname.trim(), "a");
-    let (status, stopped) = support::call(&socket, "POST", "/v1/vms/a/stop", None).await;
-    assert_eq!(
-        (status, stopped["state"].as_str()),
-        (200, Some("stopped")),
-        "{stopped}"
-    );
+    // A stop whose client goes away mid-way runs to its end anyway.
+    support::abandon_call(&socket, "POST", "/v1/vms/a/stop").await;
+    support::wait_state(&socket, "a", "stopped").await;
     assert_eq!(qemu_pid(&a_id), None);
 
     // A VM whose VMM died while the daemon was down is marked stopped on

@@ -80,7 +80,8 @@ pub async fn delete_vm(
     Path(vm): Path<String>,
     Query(query): Query<DeleteQuery>,
 ) -> Result<Json<Vm>, HttpError> {
-    let vm = state.banger.delete_vm(&vm, query.force).await?;
+    let banger = state.banger.clone();
+    let vm = to_completion(async move { banger.delete_vm(&vm, query.force).await }).await?;
     Ok(Json(convert::vm(&vm)))
 }
 
@@ -96,7 +97,9 @@ pub async fn start_vm(
     State(state): State<AppState>,
     Path(vm): Path<String>,
 ) -> Result<Json<Vm>, HttpError> {
-    Ok(Json(convert::vm(&state.banger.start_vm(&vm).await?)))
+    let banger = state.banger.clone();
+    let vm = to_completion(async move { banger.start_vm(&vm).await }).await?;
+    Ok(Json(convert::vm(&vm)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -120,9 +123,9 @@ pub async fn stop_vm(
     Path(vm): Path<String>,
     Query(query): Query<StopQuery>,
 ) -> Result<Json<Vm>, HttpError> {
-    Ok(Json(convert::vm(
-        &state.banger.stop_vm(&vm, query.force).await?,
-    )))
+    let banger = state.banger.clone();
+    let vm = to_completion(async move { banger.stop_vm(&vm, query.force).await }).await?;
+    Ok(Json(convert::vm(&vm)))
 }
 
 #[utoipa::path(post, path = "/v1/vms/{vm}/restart", tag = "vms",
@@ -136,7 +139,9 @@ pub async fn restart_vm(
     State(state): State<AppState>,
     Path(vm): Path<String>,
 ) -> Result<Json<Vm>, HttpError> {
-    Ok(Json(convert::vm(&state.banger.restart_vm(&vm).await?)))
+    let banger = state.banger.clone();
+    let vm = to_completion(async move { banger.restart_vm(&vm).await }).await?;
+    Ok(Json(convert::vm(&vm)))
 }
 
 #[utoipa::path(patch, path = "/v1/vms/{vm}", tag = "vms", request_body = VmUpdateRequest,
@@ -153,7 +158,25 @@ pub async fn update_vm(
 ) -> Result<Json<Vm>, HttpError> {
     let mut found = state.banger.find_vm(&vm)?;
     if let Some(nat) = request.nat {
-        found = state.banger.set_nat(&found.id, nat).await?;
+        let banger = state.banger.clone();
+        let id = found.id.clone();
+        found = to_completion(async move { banger.set_nat(&id, nat).await }).await?;
     }
     Ok(Json(convert::vm(&found)))
+}
+
+/// Runs a lifecycle step on a task of its own and waits for it: a client
+/// that goes away (Ctrl-C, a dropped connection) drops this wait, never
+/// the step, so no VM is left half-started or half-stopped.
+async fn to_completion<T: Send + 'static>(
+    step: impl std::future::Future<Output = Result<T, banger_core::ServiceError>> + Send + 'static,
+) -> Result<T, HttpError> {
+    match tokio::spawn(step).await {
+        Ok(result) => result.map_err(HttpError::from),
+        Err(join) => Err(HttpError::new(
+            banger_proto::error::ErrorCode::Internal,
+            format!("the step failed: {join}"),
+            None,
+        )),
+    }
 }

@@ -108,6 +108,33 @@ pub fn seed_image(db: &Path, name: &str) {
         .unwrap();
 }
 
+/// Sends a request and goes away before the answer (what Ctrl-C in the
+/// CLI does to a lifecycle call).
+pub async fn abandon_call(socket: &Path, method: &str, path: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = UnixStream::connect(socket).await.unwrap();
+    let head = format!("{method} {path} HTTP/1.1\r\nhost: bangerd\r\ncontent-length: 0\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+}
+
+/// Polls a VM until its state is `state` (at most `STREAM_DEADLINE`).
+pub async fn wait_state(socket: &Path, vm: &str, state: &str) -> Value {
+    let deadline = Instant::now() + STREAM_DEADLINE;
+    loop {
+        let (_, found) = call(socket, "GET", &format!("/v1/vms/{vm}"), None).await;
+        if found["state"] == state {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{vm} never became {state}: {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// One request; returns the status and the JSON body (`Null` when empty).
 pub async fn call(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
     let stream = UnixStream::connect(socket).await.unwrap();
