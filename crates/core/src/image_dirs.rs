@@ -81,8 +81,14 @@ impl ImageDirs {
             };
             for entry in entries.flatten() {
                 let path = entry.path();
-                if std::fs::remove_dir_all(&path).is_ok() {
-                    removed.push(path);
+                match crate::tree_removal::remove_tree(&path) {
+                    Ok(left) if left.is_empty() => removed.push(path),
+                    Ok(left) => {
+                        tracing::warn!(dir = %path.display(), mounts = ?left, "stale staging holds mount points: left in place")
+                    }
+                    Err(err) => {
+                        tracing::warn!(dir = %path.display(), error = %err, "cannot remove stale staging")
+                    }
                 }
             }
         }
@@ -112,10 +118,15 @@ impl ImageDirs {
 
     /// Deletes a retired image's files.
     pub fn purge(path: &Path) -> Result<(), ImageDirsError> {
-        std::fs::remove_dir_all(path).map_err(|source| ImageDirsError::Remove {
-            path: path.display().to_string(),
-            source,
-        })
+        let left =
+            crate::tree_removal::remove_tree(path).map_err(|source| ImageDirsError::Remove {
+                path: path.display().to_string(),
+                source,
+            })?;
+        if !left.is_empty() {
+            tracing::warn!(dir = %path.display(), mounts = ?left, "mount points left in place");
+        }
+        Ok(())
     }
 }
 
@@ -147,9 +158,14 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.published {
-            if let Err(err) = std::fs::remove_dir_all(&self.dir) {
-                if err.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(dir = %self.dir.display(), error = %err, "cannot remove staging directory");
+            // Never through a mount point a killed tool left behind.
+            match crate::tree_removal::remove_tree(&self.dir) {
+                Ok(left) if left.is_empty() => {}
+                Ok(left) => {
+                    tracing::warn!(dir = %self.dir.display(), mounts = ?left, "staging holds mount points: left for the next daemon start")
+                }
+                Err(err) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %err, "cannot remove staging directory")
                 }
             }
         }

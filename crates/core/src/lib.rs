@@ -23,6 +23,7 @@ pub mod service;
 pub mod size;
 pub mod spec;
 pub mod store;
+pub mod tree_removal;
 pub mod vm;
 pub mod vmm;
 

@@ -197,15 +197,17 @@ async fn debootstrap(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
+        // Not SIGKILL on drop: mmdebstrap must get to unmount what it
+        // mounted in the tree (`StopBuild`).
+        .kill_on_drop(false)
         .process_group(0)
         .spawn()
         .map_err(|source| BuildError::Spawn {
             tool: "mmdebstrap",
             source,
         })?;
-    // If this future is dropped, kill the whole group (apt and dpkg too).
-    let group = child.id().map(|pid| KillGroup(pid as i32));
+    // If this future is dropped, stop the build (apt and dpkg too).
+    let group = child.id().map(|pid| StopBuild(pid as i32));
     let mut tail: Vec<String> = Vec::new();
     if let Some(stderr) = child.stderr.take() {
         let mut lines = BufReader::new(stderr).lines();
@@ -233,17 +235,32 @@ async fn debootstrap(
     Ok(())
 }
 
-/// Kills a process group when dropped (0 = disarmed).
-struct KillGroup(i32);
+/// Stops a cancelled mmdebstrap when dropped (0 = disarmed): SIGTERM
+/// first, on which it ends its children and unmounts the `proc`, `sys`
+/// and `/dev` binds it made in the tree; its whole process group is
+/// killed only if it is still there `STOP_GRACE` later. (Staging removal
+/// never enters a mount point meanwhile: `banger_core::tree_removal`.)
+struct StopBuild(i32);
 
-impl Drop for KillGroup {
+/// How long a cancelled mmdebstrap has to clean up.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Drop for StopBuild {
     fn drop(&mut self) {
-        if self.0 > 0 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(self.0),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        use nix::sys::signal::{kill, killpg, Signal};
+        use nix::unistd::Pid;
+        if self.0 <= 0 {
+            return;
         }
+        let pid = Pid::from_raw(self.0);
+        let _ = kill(pid, Signal::SIGTERM);
+        std::thread::spawn(move || {
+            std::thread::sleep(STOP_GRACE);
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "mmdebstrap" {
+                let _ = killpg(pid, Signal::SIGKILL);
+            }
+        });
     }
 }
 
