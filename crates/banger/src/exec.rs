@@ -12,8 +12,17 @@ use base64::Engine;
 use crate::client::{Client, ClientError};
 use crate::vm::path_segment;
 
-pub async fn run(client: &Client, vm: &str, argv: Vec<String>) -> Result<i32> {
-    let request = ExecRequest { argv, stdin: None };
+pub async fn run(
+    client: &Client,
+    vm: &str,
+    argv: Vec<String>,
+    user: Option<String>,
+) -> Result<i32> {
+    let request = ExecRequest {
+        argv,
+        stdin: None,
+        user,
+    };
     let mut status: Option<i32> = None;
     let mut failure: Option<anyhow::Error> = None;
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());

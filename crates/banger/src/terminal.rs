@@ -41,7 +41,12 @@ fn line(input: &TerminalInput) -> Vec<u8> {
 
 /// Runs `argv` (empty: the image's command, else /bin/sh) on a terminal
 /// in `vm`; returns its exit status.
-pub async fn run(client: &Client, vm: &str, argv: Vec<String>) -> Result<i32> {
+pub async fn run(
+    client: &Client,
+    vm: &str,
+    argv: Vec<String>,
+    user: Option<String>,
+) -> Result<i32> {
     if !std::io::stdin().is_terminal() {
         bail!("the input is not a terminal: -it needs one (leave out -it to run without)");
     }
@@ -51,7 +56,12 @@ pub async fn run(client: &Client, vm: &str, argv: Vec<String>) -> Result<i32> {
         .await?;
     let (reader, mut writer) = tokio::io::split(TokioIo::new(stream));
     writer
-        .write_all(&line(&TerminalInput::Start { argv, rows, cols }))
+        .write_all(&line(&TerminalInput::Start {
+            argv,
+            rows,
+            cols,
+            user,
+        }))
         .await?;
     let raw = RawMode::enable()?;
     let (typed_tx, mut typed) = tokio::sync::mpsc::channel::<TerminalInput>(64);

@@ -80,6 +80,10 @@ pub enum VmCommand {
         /// Keep the input open (with -t: the terminal's keystrokes).
         #[arg(short = 'i', long)]
         interactive: bool,
+        /// Run as this user (NAME, UID, NAME:GROUP or UID:GID) instead of
+        /// the image's.
+        #[arg(short = 'u', long)]
+        user: Option<String>,
         /// Run on a terminal in the guest, this one in raw mode (-it):
         /// Ctrl-C and Ctrl-\ reach the command; /bin/sh without a command.
         #[arg(short = 't', long)]
@@ -308,18 +312,21 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
             vm,
             interactive,
             tty,
+            user,
             command,
         } => {
             let code = match (tty, command.is_empty()) {
-                (true, true) => crate::terminal::run(client, &vm, vec!["/bin/sh".into()]).await?,
-                (true, false) => crate::terminal::run(client, &vm, command).await?,
+                (true, true) => {
+                    crate::terminal::run(client, &vm, vec!["/bin/sh".into()], user).await?
+                }
+                (true, false) => crate::terminal::run(client, &vm, command, user).await?,
                 (false, true) => {
                     anyhow::bail!("exec needs a command after --, or -it for a shell on a terminal")
                 }
                 (false, false) if interactive => {
                     anyhow::bail!("-i needs -t: use -it for an interactive terminal")
                 }
-                (false, false) => crate::exec::run(client, &vm, command).await?,
+                (false, false) => crate::exec::run(client, &vm, command, user).await?,
             };
             std::process::exit(code);
         }
@@ -345,7 +352,7 @@ async fn shell(client: &Client, vm: &Vm, command: Vec<String>) -> Result<i32> {
         .await?;
     let sshd = image.manifest.as_ref().and_then(|m| m.sshd);
     if sshd == Some(false) {
-        crate::terminal::run(client, &vm.name, command).await
+        crate::terminal::run(client, &vm.name, command, None).await
     } else {
         crate::ssh::run(client, vm, &command).await
     }

@@ -58,6 +58,9 @@ struct ConfigFile {
     /// OCI registries (`HOST[:PORT]`) spoken to over plain HTTP; those on
     /// this host always are.
     insecure_registries: Option<Vec<String>>,
+    /// The most a VM's console log (`serial.log`) may hold; past it the
+    /// oldest half goes.
+    console_log_max: Option<String>,
     #[serde(default)]
     vm_defaults: VmDefaultsFile,
     #[serde(default)]
@@ -206,6 +209,7 @@ pub struct Config {
     pub network: NetworkSettings,
     pub ssh_authorized_keys: Vec<String>,
     pub insecure_registries: Vec<String>,
+    pub console_log_max: u64,
 }
 
 pub const DEFAULT_BRIDGE: &str = "172.29.0.1/24";
@@ -253,6 +257,13 @@ impl Config {
             network: network_settings(&file.network, &shown)?,
             ssh_authorized_keys: ssh_keys(file.ssh_authorized_keys.as_deref(), &shown)?,
             insecure_registries: file.insecure_registries.clone().unwrap_or_default(),
+            console_log_max: match &file.console_log_max {
+                Some(text) => parse_size(text).map_err(|source| ConfigError::Size {
+                    path: shown.to_string(),
+                    source,
+                })?,
+                None => banger_host::console::DEFAULT_MAX,
+            },
             state_dir: file.state_dir.clone().unwrap_or(defaults.state_dir),
             run_dir,
             socket,

@@ -116,6 +116,11 @@ pub async fn start(config: Config) -> Result<Running> {
     }
     let listener = bind(&config.socket, &config.socket_group).await?;
     let (shutdown, mut stopped) = watch::channel(false);
+    tokio::spawn(cap_consoles(
+        banger.clone(),
+        config.console_log_max,
+        shutdown.subscribe(),
+    ));
     let state = AppState {
         ssh,
         network,
@@ -142,6 +147,39 @@ pub async fn start(config: Config) -> Result<Running> {
         served.context("api server failed")
     });
     Ok(Running { shutdown, task })
+}
+
+/// How often the consoles of running VMs are measured.
+const CONSOLE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps every running VM's console log under `max` (the guest can write
+/// to it without end): the oldest half goes when it is past the cap.
+async fn cap_consoles(banger: Arc<Banger>, max: u64, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CONSOLE_CHECK) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let Ok(vms) = banger.list_vms() else {
+            continue;
+        };
+        for vm in vms
+            .iter()
+            .filter(|vm| vm.state == banger_core::vm::VmState::Running)
+        {
+            let log = banger.serial_log(vm);
+            match tokio::task::spawn_blocking(move || banger_host::console::trim(&log, max)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(cut)) => {
+                    tracing::info!(vm = %vm.name, cut, "console log past its cap: oldest part dropped")
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(vm = %vm.name, error = %err, "cannot trim the console log")
+                }
+                Err(_) => {}
+            }
+        }
+    }
 }
 
 /// The VMM new VMs get. When the configured choice cannot be met the

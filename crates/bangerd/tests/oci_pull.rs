@@ -266,7 +266,7 @@ async fn oci_images_pull_from_a_registry_and_boot() {
     std::fs::write(
         etc.join("config.toml"),
         format!(
-            "guest_binary = \"{}\"\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n",
+            "guest_binary = \"{}\"\nconsole_log_max = \"256K\"\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n",
             guest.display()
         ),
     )
@@ -391,6 +391,40 @@ async fn oci_images_pull_from_a_registry_and_boot() {
         out,
         "1000\n1000\n/srv\nhi there\n/home/app\nlowernew\nhello\n4755 0\n1\n1000 1000 600\ntool\n755\n755\nbanger-init\n"
     );
+    // A guest writing its console without end: the log keeps under its
+    // cap (256K in this config) and the VM goes on working.
+    let (_, bb) = support::call(&socket, "GET", "/v1/vms/bb", None).await;
+    let serial = state
+        .join("vms")
+        .join(bb["id"].as_str().unwrap())
+        .join("serial.log");
+    let body = json!({
+        "argv": ["sh", "-c", "dd if=/dev/zero bs=64k count=16 2>/dev/null > /dev/console"],
+        "user": "root",
+    });
+    let (code, _, err) = support::exec(&socket, "bb", &body).await;
+    assert_eq!(code, 0, "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::metadata(&serial).unwrap().len() > 256 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the console log stays past its cap"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The flood did arrive (1 MiB of zeros went in; the newest stayed).
+    let zeros = std::fs::read(&serial)
+        .unwrap()
+        .iter()
+        .filter(|b| **b == 0)
+        .count();
+    assert!(
+        zeros >= 64 * 1024,
+        "only {zeros} of the flood's bytes in the log"
+    );
+    let (code, out, _) = support::sh(&socket, "bb", "echo still").await;
+    assert_eq!((code, out.as_str()), (0, "still\n"));
+
     // exec -it: a terminal in the guest; Ctrl-C typed here interrupts
     // the command there, and its exit status comes back.
     let root_path = root.path().to_path_buf();

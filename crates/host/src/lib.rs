@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod agent;
+pub mod console;
 pub mod disks;
 pub mod doctor;
 pub mod firecracker;

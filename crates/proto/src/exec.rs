@@ -16,6 +16,10 @@ pub struct ExecRequest {
     /// Bytes for the command's stdin, base64; stdin is closed after them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// Run as this user (`NAME`, `UID`, `NAME:GROUP`, `UID:GID`) instead
+    /// of the image's (an OCI image's `User`, else root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -51,6 +55,9 @@ pub enum TerminalInput {
         argv: Vec<String>,
         rows: u16,
         cols: u16,
+        /// Run as this user instead of the image's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// Typed bytes, base64.
     Stdin { data: String },

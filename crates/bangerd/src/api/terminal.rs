@@ -122,8 +122,13 @@ async fn serve(
             ),
         ),
     };
-    let (argv, size) = match next_line(&mut reader).await {
-        Some(TerminalInput::Start { argv, rows, cols }) => (argv, (rows.max(1), cols.max(1))),
+    let (argv, user, size) = match next_line(&mut reader).await {
+        Some(TerminalInput::Start {
+            argv,
+            rows,
+            cols,
+            user,
+        }) => (argv, user, (rows.max(1), cols.max(1))),
         _ => {
             send(
                 &mut writer,
@@ -135,8 +140,11 @@ async fn serve(
     };
     let (typed_tx, typed_rx) = mpsc::channel::<Typed>(DEPTH);
     let (out_tx, mut out_rx) = mpsc::channel::<ExecChunk>(DEPTH);
-    let running =
-        tokio::spawn(async move { banger.terminal(&vm, argv, size, typed_rx, out_tx).await });
+    let running = tokio::spawn(async move {
+        banger
+            .terminal(&vm, (argv, user), size, typed_rx, out_tx)
+            .await
+    });
     // Keystrokes from the client go in while output goes out; the input
     // side ends (hanging the terminal up) when the client closes.
     let input = tokio::spawn(async move {

@@ -87,7 +87,9 @@ pub async fn exec(
                 }
             }
         });
-        let ran = banger.exec(&found.id, request.argv, stdin, chunks_tx).await;
+        let ran = banger
+            .exec(&found.id, request.argv, (stdin, request.user), chunks_tx)
+            .await;
         let _ = pump.await;
         if let Err(err) = ran {
             let _ = lines_tx.send(ExecEvent::Error {

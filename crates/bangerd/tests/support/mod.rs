@@ -361,8 +361,13 @@ pub async fn wait_for_socket(socket: &Path) {
 
 /// Runs `sh -c script` in the VM: (exit code, stdout, stderr).
 pub async fn sh(socket: &Path, vm: &str, script: &str) -> (i64, String, String) {
-    let body = json!({ "argv": ["sh", "-c", script] }).to_string();
-    let lines = call_stream(socket, &format!("/v1/vms/{vm}/exec"), &body).await;
+    exec(socket, vm, &json!({ "argv": ["sh", "-c", script] })).await
+}
+
+/// Runs an exec request body in the VM: (exit code, stdout, stderr).
+pub async fn exec(socket: &Path, vm: &str, body: &Value) -> (i64, String, String) {
+    let script = body["argv"].to_string();
+    let lines = call_stream(socket, &format!("/v1/vms/{vm}/exec"), &body.to_string()).await;
     let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
     for line in &lines {
         match line["type"].as_str().unwrap() {

@@ -130,6 +130,7 @@ pub fn busybox_base() -> Vec<Entry> {
     ];
     for applet in [
         "sh", "cat", "ls", "id", "stat", "sleep", "grep", "pwd", "test", "env", "mount", "uname",
+        "dd",
     ] {
         entries.push(symlink(&format!("bin/{applet}"), "busybox"));
     }

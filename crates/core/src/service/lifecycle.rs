@@ -357,15 +357,20 @@ impl Banger {
     }
 
     /// Runs a command in a running VM, streaming its output to `out`.
+    /// Runs `argv` in a running VM, as `user` when given (else the
+    /// image's user).
     pub async fn exec(
         &self,
         id_or_name: &str,
         argv: Vec<String>,
-        stdin: Option<Vec<u8>>,
+        (stdin, user): (Option<Vec<u8>>, Option<String>),
         out: mpsc::UnboundedSender<ExecChunk>,
     ) -> Result<(), ServiceError> {
         let (runtime, vm, handle) = self.running_vm(id_or_name)?;
-        let context = self.exec_context(&vm)?.0;
+        let mut context = self.exec_context(&vm)?.0;
+        if user.is_some() {
+            context.user = user;
+        }
         runtime
             .agents
             .exec(&handle, argv, context, stdin, out)
@@ -382,13 +387,16 @@ impl Banger {
     pub async fn terminal(
         &self,
         id_or_name: &str,
-        argv: Vec<String>,
+        (argv, user): (Vec<String>, Option<String>),
         size: (u16, u16),
         input: mpsc::Receiver<crate::agent::TerminalInput>,
         out: mpsc::Sender<ExecChunk>,
     ) -> Result<(), ServiceError> {
         let (runtime, vm, handle) = self.running_vm(id_or_name)?;
-        let (context, command) = self.exec_context(&vm)?;
+        let (mut context, command) = self.exec_context(&vm)?;
+        if user.is_some() {
+            context.user = user;
+        }
         let argv = match (argv.is_empty(), command.is_empty()) {
             (false, _) => argv,
             (true, false) => command,

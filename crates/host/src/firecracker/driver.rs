@@ -149,7 +149,14 @@ impl FirecrackerDriver {
                 .open(path)
                 .map_err(spawn_err)?;
         }
-        let serial = File::create(spec.vm_dir.join("serial.log")).map_err(spawn_err)?;
+        // Emptied for this boot, then appended to, so the daemon can trim
+        // its front while Firecracker writes (`crate::console`).
+        let serial = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.vm_dir.join("serial.log"))
+            .and_then(|file| file.set_len(0).map(|()| file))
+            .map_err(spawn_err)?;
         let stderr = OpenOptions::new()
             .append(true)
             .open(&cfg.log_path)

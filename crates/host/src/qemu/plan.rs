@@ -116,7 +116,7 @@ pub fn qemu_args(spec: &MachineSpec, cfg: &QemuConfig) -> Result<Vec<String>, Pl
     let serial = spec.vm_dir.join("serial.log");
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", path(&serial)),
+        &format!("file,id=console,path={},append=on", path(&serial)),
         "-serial",
         "chardev:console",
     ]);
@@ -245,7 +245,7 @@ mod tests {
             "-nodefaults -no-user-config -nographic -no-reboot",
             "-kernel /img/vmlinux -initrd /img/initrd",
             "-append console=ttyS0 reboot=t panic=-1 cryptomgr.notests tsc_early_khz=2600000 banger.agent=serial banger.root=/dev/vda banger.ip=172.29.0.2/24",
-            "-chardev file,id=console,path=/vms/0123/serial.log -serial chardev:console",
+            "-chardev file,id=console,path=/vms/0123/serial.log,append=on -serial chardev:console",
             "-drive id=rootfs,file=/img/rootfs.ext4,format=raw,if=none,cache=none,aio=threads,discard=unmap,read-only=on -device virtio-blk-device,drive=rootfs",
             "-drive id=work,file=/vms/a,,b/root.ext4,format=raw,if=none,cache=none,aio=threads,discard=unmap -device virtio-blk-device,drive=work",
             "-netdev tap,id=net0,ifname=tap-pool-0,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=06:00:ac:1d:00:02",
