@@ -103,7 +103,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let banger = Arc::new(banger);
     let reconciled = banger.reconcile().await?;
     if reconciled != banger_core::service::Reconciled::default() {
-        tracing::info!(adopted = ?reconciled.adopted, stopped = ?reconciled.stopped, failed = ?reconciled.failed, "vms reconciled");
+        tracing::info!(adopted = ?reconciled.adopted, stopped = ?reconciled.stopped, failed = ?reconciled.failed, unhandled = ?reconciled.unhandled, "vms reconciled");
     }
     let live: Vec<String> = banger
         .list_vms()?

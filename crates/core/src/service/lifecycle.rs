@@ -28,6 +28,16 @@ pub struct Reconciled {
     pub stopped: Vec<String>,
     /// VMs the daemon was booting when it stopped: marked failed.
     pub failed: Vec<String>,
+    /// VMs that could not be handled (`NAME: why`); the others were.
+    pub unhandled: Vec<String>,
+}
+
+/// What reconcile did with one VM.
+enum Reconcile {
+    Skipped,
+    Adopted,
+    Stopped,
+    Failed,
 }
 
 /// Why a VM caught mid-boot by a daemon restart is `failed`.
@@ -491,49 +501,63 @@ impl Banger {
         let Some(runtime) = self.runtime.clone() else {
             return Ok(report);
         };
+        // Each VM alone: one that cannot be handled does not keep the
+        // others from being adopted or stopped.
         for vm in self.store.list_vms()? {
-            if !vm.state.is_active() && vm.handle.is_none() {
-                continue;
-            }
-            let _lock = self.vm_locks.lock(&vm.id).await;
-            let mut vm = self.find_vm(&vm.id)?;
-            let alive = match &vm.handle {
-                Some(handle) => runtime.vmm.status(handle).await,
-                None => VmmStatus::Exited,
-            };
-            if alive == VmmStatus::Running && vm.state == VmState::Running {
-                if let Ok(image) = self.image_of(&vm) {
-                    let ctx = self.context(&vm, &image);
-                    for cap in &runtime.capabilities {
-                        if let Err(err) = cap.readopt(&ctx).await {
-                            tracing::warn!(vm = %vm.name, error = %err, "re-adopting");
-                        }
-                    }
+            let name = vm.name.clone();
+            match self.reconcile_one(&runtime, vm).await {
+                Ok(Reconcile::Skipped) => {}
+                Ok(Reconcile::Adopted) => report.adopted.push(name),
+                Ok(Reconcile::Stopped) => report.stopped.push(name),
+                Ok(Reconcile::Failed) => report.failed.push(name),
+                Err(err) => {
+                    tracing::warn!(vm = %name, error = %err, "cannot reconcile this vm; the others go on");
+                    report.unhandled.push(format!("{name}: {err}"));
                 }
-                report.adopted.push(vm.name.clone());
-                continue;
             }
-            tracing::info!(vm = %vm.name, status = ?alive, state = vm.state.as_str(), "vm not running after restart: stopping it");
-            if vm.state == VmState::Starting {
-                // Half-booted: ended like a failed boot, with the reason.
-                let ctx = self
-                    .image_of(&vm)
-                    .map(|image| self.context(&vm, &image))
-                    .ok();
-                self.fail_boot(
-                    &mut vm,
-                    ctx.as_ref(),
-                    &runtime,
-                    &runtime.capabilities,
-                    BOOT_INTERRUPTED,
-                )
-                .await?;
-                report.failed.push(vm.name.clone());
-                continue;
-            }
-            self.halt(&mut vm, false).await?;
-            report.stopped.push(vm.name.clone());
         }
         Ok(report)
+    }
+
+    async fn reconcile_one(&self, runtime: &Runtime, vm: Vm) -> Result<Reconcile, ServiceError> {
+        if !vm.state.is_active() && vm.handle.is_none() {
+            return Ok(Reconcile::Skipped);
+        }
+        let _lock = self.vm_locks.lock(&vm.id).await;
+        let mut vm = self.find_vm(&vm.id)?;
+        let alive = match &vm.handle {
+            Some(handle) => runtime.vmm.status(handle).await,
+            None => VmmStatus::Exited,
+        };
+        if alive == VmmStatus::Running && vm.state == VmState::Running {
+            if let Ok(image) = self.image_of(&vm) {
+                let ctx = self.context(&vm, &image);
+                for cap in &runtime.capabilities {
+                    if let Err(err) = cap.readopt(&ctx).await {
+                        tracing::warn!(vm = %vm.name, error = %err, "re-adopting");
+                    }
+                }
+            }
+            return Ok(Reconcile::Adopted);
+        }
+        tracing::info!(vm = %vm.name, status = ?alive, state = vm.state.as_str(), "vm not running after restart: stopping it");
+        if vm.state == VmState::Starting {
+            // Half-booted: ended like a failed boot, with the reason.
+            let ctx = self
+                .image_of(&vm)
+                .map(|image| self.context(&vm, &image))
+                .ok();
+            self.fail_boot(
+                &mut vm,
+                ctx.as_ref(),
+                runtime,
+                &runtime.capabilities,
+                BOOT_INTERRUPTED,
+            )
+            .await?;
+            return Ok(Reconcile::Failed);
+        }
+        self.halt(&mut vm, false).await?;
+        Ok(Reconcile::Stopped)
     }
 }

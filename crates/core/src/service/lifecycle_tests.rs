@@ -449,3 +449,23 @@ async fn reconcile_adopts_the_living_stops_the_dead_and_fails_the_half_booted() 
         events(&log)
     );
 }
+
+#[tokio::test]
+async fn reconcile_handles_each_vm_alone() {
+    let log = Log::default();
+    let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let b = booting_with(vec![FakeCap::new("net", &log)], &log, alive.clone());
+    for name in ["broken", "gone"] {
+        b.create_vm(named(name)).await.unwrap();
+    }
+    // "broken" names an image that is not there: it cannot be halted.
+    let mut broken = b.find_vm("broken").unwrap();
+    broken.image_id = "no-such-image".into();
+    b.store.update_vm(&broken).unwrap();
+    alive.store(false, std::sync::atomic::Ordering::SeqCst);
+    let report = b.reconcile().await.unwrap();
+    assert_eq!(report.stopped, ["gone"], "{report:?}");
+    assert_eq!(report.unhandled.len(), 1, "{report:?}");
+    assert!(report.unhandled[0].starts_with("broken: "), "{report:?}");
+    assert_eq!(b.find_vm("gone").unwrap().state, VmState::Stopped);
+}
