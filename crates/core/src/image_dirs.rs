@@ -130,6 +130,17 @@ impl ImageDirs {
     }
 }
 
+/// `fsync`s every file in `dir` (image directories are flat) and `dir`.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// A staging directory owned by one operation; removed on drop unless
 /// published.
 #[derive(Debug)]
@@ -143,13 +154,22 @@ impl Staging {
         &self.dir
     }
 
-    /// Renames the staging directory to `to` (which must not exist).
+    /// Renames the staging directory to `to` (which must not exist), its
+    /// files on disk first (`fsync`) and the rename after, so a crash
+    /// never leaves a published image with half its bytes.
     pub fn publish(mut self, to: &Path) -> Result<(), ImageDirsError> {
-        std::fs::rename(&self.dir, to).map_err(|source| ImageDirsError::Publish {
+        let failed = |source| ImageDirsError::Publish {
             from: self.dir.display().to_string(),
             to: to.display().to_string(),
             source,
-        })?;
+        };
+        sync_dir(&self.dir).map_err(failed)?;
+        std::fs::rename(&self.dir, to).map_err(failed)?;
+        if let Some(parent) = to.parent() {
+            std::fs::File::open(parent)
+                .and_then(|dir| dir.sync_all())
+                .map_err(failed)?;
+        }
         self.published = true;
         Ok(())
     }

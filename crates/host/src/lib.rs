@@ -7,6 +7,7 @@ pub mod agent;
 pub mod console;
 pub mod disks;
 pub mod doctor;
+pub mod durable;
 pub mod firecracker;
 pub mod image;
 pub mod log_tail;

@@ -80,7 +80,7 @@ impl Capability for SystemDisk {
         config: &GuestConfig,
     ) -> Result<(), CapabilityError> {
         let disk = path(ctx);
-        if disk.exists() {
+        if crate::durable::present(&disk) {
             return Ok(());
         }
         std::fs::create_dir_all(&ctx.vm_dir).map_err(err)?;
@@ -97,7 +97,7 @@ impl Capability for SystemDisk {
         .await;
         let _ = std::fs::remove_dir_all(&tree);
         made.map_err(err)?;
-        std::fs::rename(&partial, &disk).map_err(err)?;
+        crate::durable::publish(&partial, &disk).map_err(err)?;
         Ok(())
     }
 

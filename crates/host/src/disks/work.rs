@@ -42,7 +42,7 @@ impl Capability for WorkDisk {
         _config: &GuestConfig,
     ) -> Result<(), CapabilityError> {
         let disk = disk_path(ctx);
-        if disk.exists() {
+        if crate::durable::present(&disk) {
             return Ok(());
         }
         let err = |e: &dyn std::fmt::Display| CapabilityError {
@@ -58,7 +58,7 @@ impl Capability for WorkDisk {
                 .map_err(|e| err(&e))?,
             None => make_fresh(&partial, size).await.map_err(|e| err(&e))?,
         }
-        std::fs::rename(&partial, &disk).map_err(|e| err(&e))?;
+        crate::durable::publish(&partial, &disk).map_err(|e| err(&e))?;
         Ok(())
     }
 
