@@ -224,7 +224,7 @@ fn register_base(root: &Path) {
     kernel.resize(4096, 0);
     std::fs::write(files.join("vmlinux"), kernel).unwrap();
     // An initramfs of its own: register takes the files as they are.
-    std::fs::write(files.join("initrd"), b"stand-in initramfs").unwrap();
+    std::fs::write(files.join("initrd"), b"070701 stand-in initramfs").unwrap();
     let status = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d", "tree", "rootfs.ext4", "16M"])
         .current_dir(&files)

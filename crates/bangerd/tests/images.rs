@@ -48,7 +48,7 @@ fn fake_vmlinux(dir: &Path) -> PathBuf {
 /// root filesystems are not).
 fn own_initrd(dir: &Path) -> PathBuf {
     let path = dir.join("initrd");
-    std::fs::write(&path, b"stand-in initramfs").unwrap();
+    std::fs::write(&path, b"070701 stand-in initramfs").unwrap();
     path
 }
 
@@ -176,6 +176,12 @@ async fn register_refuses_bad_files_and_changes_nothing() {
         (
             json!({"name": "x", "kernel": kernel, "kernel_from": "base", "rootfs": userland}),
             "either a kernel or kernel_from",
+        ),
+        // Any other file as an initrd (a root-only one, say) would be
+        // copied into the image and handed out by an export.
+        (
+            json!({"name": "x", "kernel": kernel, "initrd": userland, "rootfs": userland}),
+            "is not an initramfs",
         ),
     ];
     for (body, expected) in cases {

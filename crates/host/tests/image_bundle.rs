@@ -613,3 +613,22 @@ async fn export_refuses_a_damaged_image_and_leaves_nothing() {
     assert_eq!(err.to_string(), "kernel: 5 bytes, the manifest says 4096");
     assert_eq!(listing(root.path()), ["image"]);
 }
+
+#[tokio::test]
+async fn export_never_writes_through_a_planted_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    fake_image(&image);
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"root's file").unwrap();
+    let out = dir.path().join("out.tar.zst");
+    std::os::unix::fs::symlink(&victim, dir.path().join("out.tar.zst.partial")).unwrap();
+    let err = bundle::export(&image, &out, &NoProgress).await.unwrap_err();
+    assert!(err.to_string().contains("cannot create"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+    assert!(!out.exists());
+    // The planted link is gone (not followed), so an export now works.
+    bundle::export(&image, &out, &NoProgress).await.unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+}

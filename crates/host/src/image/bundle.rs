@@ -212,6 +212,7 @@ pub async fn export(
         let result = write_bundle(&dir, &manifest, &partial, job)
             .and_then(|()| std::fs::rename(&partial, &out).map_err(io_err("rename", &out)));
         if result.is_err() {
+            // Removes a link planted there too; never follows it.
             let _ = std::fs::remove_file(&partial);
         }
         result
@@ -231,7 +232,13 @@ fn write_bundle(dir: &Path, manifest: &Manifest, out: &Path, job: Job) -> Result
             io_err("write", out)(e)
         }
     };
-    let file = File::create(out).map_err(io_err("create", out))?;
+    // A new file, never an existing one: a link planted at `out` is not
+    // followed (the daemon writes as root).
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(io_err("create", out))?;
     let mut encoder = zstd::Encoder::new(file, ZSTD_LEVEL).map_err(write_err)?;
     encoder.include_checksum(true).map_err(write_err)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8) as u32);

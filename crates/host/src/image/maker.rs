@@ -194,6 +194,30 @@ fn existing_file(path: &Path, what: &str) -> Result<(), MakeError> {
     }
 }
 
+/// Whether the file starts as an initramfs does: a cpio archive, plain or
+/// compressed. (Any other file would be copied into the image, and an
+/// export would hand it out.)
+fn looks_like_initramfs(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 6];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    if read.is_err() {
+        return false;
+    }
+    const MAGICS: [&[u8]; 9] = [
+        b"070701",
+        b"070702",
+        b"070707",
+        b"\x1f\x8b",
+        b"\x28\xb5\x2f\xfd",
+        b"\xfd7zXZ",
+        b"\x02\x21\x4c\x18",
+        b"BZh",
+        b"\x5d\x00\x00",
+    ];
+    MAGICS.iter().any(|magic| head.starts_with(magic))
+}
+
 fn check_ext4(path: &Path, what: &str) -> Result<(), MakeError> {
     existing_file(path, what)?;
     match ext4::is_ext4(path) {
@@ -221,6 +245,14 @@ fn check_register(files: &RegisterFiles) -> Result<(), MakeError> {
     }
     if let Some(initrd) = &files.initrd {
         existing_file(initrd, "initrd")?;
+        if !looks_like_initramfs(initrd) {
+            return Err(MakeError::invalid(
+                format!("initrd {} is not an initramfs", initrd.display()),
+                Some(
+                    "give a cpio archive (plain, or gzip, zstd, xz, lz4, bzip2 or lzma compressed)",
+                ),
+            ));
+        }
     }
     check_ext4(&files.rootfs, "rootfs")?;
     if let Some(seed) = &files.work_seed {
@@ -726,6 +758,31 @@ impl ImageMaker for HostImageMaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_initrd_must_look_like_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        assert!(looks_like_initramfs(&file("cpio", b"070701000000")));
+        assert!(looks_like_initramfs(&file(
+            "gz",
+            b"\x1f\x8b\x08\x00\x00\x00"
+        )));
+        assert!(looks_like_initramfs(&file(
+            "zst",
+            b"\x28\xb5\x2f\xfd\x00\x00"
+        )));
+        assert!(!looks_like_initramfs(&file(
+            "shadow",
+            b"root:$y$j9T$...:19000:0:99999:7:::\n"
+        )));
+        assert!(!looks_like_initramfs(&file("short", b"07")));
+        assert!(!looks_like_initramfs(&dir.path().join("missing")));
+    }
 
     #[test]
     fn package_names_are_checked() {
