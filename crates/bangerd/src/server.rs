@@ -128,6 +128,7 @@ pub async fn start(config: Config) -> Result<Running> {
         images,
         guest_binary: config.guest_binary.clone(),
         state_dir: config.state_dir.clone(),
+        run_dir: config.run_dir.clone(),
         vmm: config.vmm,
         started: Instant::now(),
         shutdown: shutdown.clone(),

@@ -254,6 +254,27 @@ async fn export_then_pull_from_a_path_and_over_http() {
         .await;
     assert_eq!(status, 400, "an existing file is not overwritten: {err}");
 
+    // banger's own state is not a place to write to or read from, even
+    // through a link.
+    let state = daemon.config.state_dir.clone();
+    let link = tmp.path().join("state-link");
+    std::os::unix::fs::symlink(&state, &link).unwrap();
+    for file in [state.join("x.tar.zst"), link.join("banger.db")] {
+        let body = json!({ "file": file }).to_string();
+        let (status, err) = daemon
+            .call("POST", "/v1/images/orig/export", Some(&body))
+            .await;
+        assert_eq!(status, 400, "{file:?}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains("inside banger's own"), "{message}");
+    }
+    let rootfs = original["rootfs_path"].as_str().unwrap();
+    let body = json!({ "name": "stolen", "kernel_from": "orig", "rootfs": rootfs }).to_string();
+    let (status, err) = daemon
+        .call("POST", "/v1/images/register", Some(&body))
+        .await;
+    assert_eq!(status, 400, "{err}");
+
     // From a path, under a new name: the same artifacts.
     let body = json!({ "source": bundle, "name": "copy" }).to_string();
     let (status, copy) = daemon.call("POST", "/v1/images/pull", Some(&body)).await;

@@ -189,7 +189,7 @@ pub async fn register_image(
                 Some("kernel names a file, kernel_from an image: keep one"),
             ))
         }
-        (Some(kernel), None) => KernelChoice::File(absolute(kernel, "kernel")?),
+        (Some(kernel), None) => KernelChoice::File(host_path(&state, kernel, "kernel")?),
         (None, kernel_from) => kernel_choice(&state, kernel_from.as_deref())?,
     };
     if request.initrd.is_some() && request.kernel.is_none() {
@@ -204,13 +204,13 @@ pub async fn register_image(
         initrd: request
             .initrd
             .as_deref()
-            .map(|p| absolute(p, "initrd"))
+            .map(|p| host_path(&state, p, "initrd"))
             .transpose()?,
-        rootfs: absolute(&request.rootfs, "rootfs")?,
+        rootfs: host_path(&state, &request.rootfs, "rootfs")?,
         work_seed: request
             .work_seed
             .as_deref()
-            .map(|p| absolute(p, "work seed"))
+            .map(|p| host_path(&state, p, "work seed"))
             .transpose()?,
         no_work_seed: request.no_work_seed,
     };
@@ -252,7 +252,7 @@ pub async fn export_image(
     Path(image): Path<String>,
     ApiJson(request): ApiJson<ImageExportRequest>,
 ) -> Result<Response, HttpError> {
-    let file = absolute(&request.file, "bundle file")?;
+    let file = host_path(&state, &request.file, "bundle file")?;
     state.images.find(&image).map_err(image_error)?;
     if file.exists() {
         return Err(image_error(ImageError::ExportTarget(
@@ -320,6 +320,34 @@ fn kernel_choice(state: &AppState, kernel_from: Option<&str>) -> Result<KernelCh
         (status = 500, description = "Host or store failure", body = ApiError)))]
 pub async fn prune_images(State(state): State<AppState>) -> Result<Json<PruneReport>, HttpError> {
     Ok(Json(state.images.prune().map_err(image_error)?))
+}
+
+/// A path a request names on the daemon's host: absolute (the CLI makes
+/// it so) and outside banger's own state and runtime directories, which
+/// the daemon (root) must not be steered into reading or writing.
+fn host_path(state: &AppState, path: &str, what: &str) -> Result<PathBuf, HttpError> {
+    let path = absolute(path, what)?;
+    // The file itself when it exists, else its directory: links resolved.
+    let resolved = std::fs::canonicalize(&path).or_else(|_| {
+        let parent = path.parent().unwrap_or(std::path::Path::new("/"));
+        std::fs::canonicalize(parent).map(|dir| dir.join(path.file_name().unwrap_or_default()))
+    });
+    let resolved = resolved.unwrap_or_else(|_| path.clone());
+    for own in [&state.state_dir, &state.run_dir] {
+        let own = std::fs::canonicalize(own).unwrap_or_else(|_| own.clone());
+        if resolved.starts_with(&own) {
+            return Err(HttpError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "{what} path {} is inside banger's own {}",
+                    path.display(),
+                    own.display()
+                ),
+                Some("give a path of your own; to boot with an image's kernel use kernel_from"),
+            ));
+        }
+    }
+    Ok(path)
 }
 
 /// Paths in requests are on the daemon's host and must be absolute (the

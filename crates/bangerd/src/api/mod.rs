@@ -32,6 +32,7 @@ pub struct AppState {
     pub ssh: Arc<banger_host::ssh::SshKeys>,
     pub images: Arc<banger_core::images::Images>,
     pub state_dir: std::path::PathBuf,
+    pub run_dir: std::path::PathBuf,
     pub vmm: banger_host::vmm_select::VmmPreference,
     pub guest_binary: std::path::PathBuf,
     pub started: Instant,
