@@ -250,9 +250,17 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     kernel.resize(4096, 0);
     std::fs::write(fake.join("vmlinux"), kernel).unwrap();
     let (_, image) = support::call(&socket, "GET", "/v1/images/debian-bookworm", None).await;
+    // A copy: paths inside banger's state are not taken from requests.
+    let rootfs = fake.join("rootfs.ext4");
+    assert!(std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(image["rootfs_path"].as_str().unwrap())
+        .arg(&rootfs)
+        .status()
+        .unwrap()
+        .success());
     let body =
-        json!({"name": "broken", "kernel": fake.join("vmlinux"), "rootfs": image["rootfs_path"]})
-            .to_string();
+        json!({"name": "broken", "kernel": fake.join("vmlinux"), "rootfs": rootfs}).to_string();
     let (status, _) = support::call(&socket, "POST", "/v1/images/register", Some(&body)).await;
     assert_eq!(status, 201);
     let (status, err) = support::call(
