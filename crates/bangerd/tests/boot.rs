@@ -181,7 +181,7 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     let (_, hostname, _) = support::sh(&socket, "a", "hostname").await;
     assert_eq!(hostname.trim(), "a");
     // A stop whose client goes away mid-way runs to its end anyway.
-    support::abandon_call(&socket, "POST", "/v1/vms/a/stop").await;
+    support::abandon_call(&socket, "POST", "/v1/vms/a/stop", "a").await;
     support::wait_state(&socket, "a", "stopped").await;
     assert_eq!(qemu_pid(&a_id), None);
 

@@ -110,12 +110,20 @@ pub fn seed_image(db: &Path, name: &str) {
 
 /// Sends a request and goes away before the answer (what Ctrl-C in the
 /// CLI does to a lifecycle call).
-pub async fn abandon_call(socket: &Path, method: &str, path: &str) {
+pub async fn abandon_call(socket: &Path, method: &str, path: &str, vm: &str) {
     use tokio::io::AsyncWriteExt;
     let mut stream = UnixStream::connect(socket).await.unwrap();
     let head = format!("{method} {path} HTTP/1.1\r\nhost: bangerd\r\ncontent-length: 0\r\n\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Goes away once the step has begun (the VM left `running`).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, found) = call(socket, "GET", &format!("/v1/vms/{vm}"), None).await;
+        if found["state"] != "running" || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(stream);
 }
 

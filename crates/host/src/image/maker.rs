@@ -98,15 +98,25 @@ fn check_oci(maker: &HostImageMaker, source: &OciSource) -> Result<(), MakeError
             None,
         ));
     }
-    for (tool, package) in [("mkfs.ext4", "e2fsprogs"), ("debugfs", "e2fsprogs")] {
+    require_tools(
+        &[("mkfs.ext4", "e2fsprogs"), ("debugfs", "e2fsprogs")],
+        "pulled",
+    )?;
+    guest_binary_present(maker)
+}
+
+/// Each `(tool, Debian package)` must be on this host for images to be
+/// `made` (built, pulled).
+fn require_tools(tools: &[(&str, &str)], made: &str) -> Result<(), MakeError> {
+    for (tool, package) in tools {
         if find_tool(tool).is_none() {
             return Err(MakeError::failed(
-                format!("{tool} not found: images cannot be pulled on this host"),
+                format!("{tool} not found: images cannot be {made} on this host"),
                 Some(&format!("install it: apt-get install {package}")),
             ));
         }
     }
-    guest_binary_present(maker)
+    Ok(())
 }
 
 fn guest_binary_present(maker: &HostImageMaker) -> Result<(), MakeError> {
@@ -147,18 +157,14 @@ fn check_build(maker: &HostImageMaker, recipe: &BuildRecipe) -> Result<(), MakeE
             Some("package names are lowercase letters, digits and + . -"),
         ));
     }
-    for (tool, package) in [
-        ("mmdebstrap", "mmdebstrap"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("debugfs", "e2fsprogs"),
-    ] {
-        if find_tool(tool).is_none() {
-            return Err(MakeError::failed(
-                format!("{tool} not found: images cannot be built on this host"),
-                Some(&format!("install it: apt-get install {package}")),
-            ));
-        }
-    }
+    require_tools(
+        &[
+            ("mmdebstrap", "mmdebstrap"),
+            ("mkfs.ext4", "e2fsprogs"),
+            ("debugfs", "e2fsprogs"),
+        ],
+        "built",
+    )?;
     guest_binary_present(maker)
 }
 
