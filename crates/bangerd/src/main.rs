@@ -40,6 +40,8 @@ async fn main() -> Result<()> {
     // database are root's alone; the socket and known_hosts are opened
     // up explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // A thread acting for a caller has the caller's user and group only.
+    banger_host::caller::drop_supplementary_groups()?;
     let args = Args::parse();
     if args.print_openapi {
         print!("{}", bangerd::api::openapi_json());

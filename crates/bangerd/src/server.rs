@@ -138,11 +138,14 @@ pub async fn start(config: Config) -> Result<Running> {
     let task = tokio::spawn(async move {
         // Held while the daemon serves.
         let _state_lock = state_lock;
-        let served = axum::serve(listener, app(state))
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            })
-            .await;
+        let served = axum::serve(
+            listener,
+            app(state).into_make_service_with_connect_info::<crate::api::Peer>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
+        .await;
         let _ = std::fs::remove_file(&socket);
         tracing::info!("bangerd stopped");
         served.context("api server failed")
@@ -215,6 +218,9 @@ async fn bind(socket: &Path, group: &str) -> Result<UnixListener> {
     }
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent)?;
+        // Group members must reach the socket: they may pass through its
+        // directory (not list it; what else is there is root's, 0700).
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
     }
     let listener =
         UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;

@@ -488,3 +488,156 @@ async fn register_can_leave_out_the_work_seed() {
     assert_eq!(status, 400);
     daemon.stop().await;
 }
+
+/// A member of the socket's group who is not root, running the CLI: the
+/// daemon opens every file it names with the member's rights, so what the
+/// member cannot read or write on the host it cannot reach through banger.
+#[tokio::test]
+async fn a_group_member_reaches_only_its_own_files() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::Uid::effective().is_root() {
+        let why = "the member test needs root (it runs the cli as another user)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // The socket's group is one that exists everywhere; the member has it
+    // as its primary group, as `newgrp banger` would.
+    let group = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    let (uid, gid) = (64_321u32, group.gid.as_raw());
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc/banger");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("config.toml"),
+        "socket_group = \"nogroup\"\n[network]\nenabled = false\n",
+    )
+    .unwrap();
+    mode(root.path(), 0o711);
+    let daemon = TestDaemon::start_bare(root).await;
+    let tmp = tempfile::tempdir().unwrap();
+    mode(tmp.path(), 0o711);
+    register(&daemon, tmp.path(), "orig").await;
+
+    // The member: a home of its own, the cli where it can run it.
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let cli = tmp.path().join("banger");
+    std::fs::copy(
+        Path::new(env!("CARGO_BIN_EXE_bangerd")).with_file_name("banger"),
+        &cli,
+    )
+    .unwrap();
+    mode(&cli, 0o755);
+    let member = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(&cli);
+        cmd.args(args)
+            .env("HOME", &home)
+            .env("BANGER_SOCKET", daemon.socket())
+            .env("NO_COLOR", "1")
+            .uid(uid)
+            .gid(gid);
+        async move {
+            // The daemon runs on this test's runtime: wait without blocking it.
+            let out = cmd.output().await.unwrap();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        }
+    };
+    let image_count = || {
+        let store = banger_store::SqliteStore::open(&daemon.config.database()).unwrap();
+        banger_core::store::Store::list_images(&store)
+            .unwrap()
+            .len()
+    };
+
+    // It reaches the daemon at all (socket 0660 in group, directory 0711).
+    let (code, out, err) = member(&["image", "ls"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("orig"), "{out}");
+
+    // Its own files: registered, and exported to a file that is its own.
+    let kernel = fake_vmlinux(&home);
+    let initrd = own_initrd(&home);
+    let rootfs = ext4_with(&home, "mine", &[("etc/os-release", "ID=mine\n")]);
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    for file in std::fs::read_dir(&home).unwrap() {
+        std::os::unix::fs::lchown(file.unwrap().path(), Some(uid), Some(gid)).unwrap();
+    }
+    mode(&home, 0o700);
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (k, i, r) = (path(&kernel), path(&initrd), path(&rootfs));
+    let (code, out, err) = member(&[
+        "image", "register", "mine", "--kernel", &k, "--initrd", &i, "--rootfs", &r,
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let bundle = home.join("mine.tar.zst");
+    let (code, out, err) = member(&["image", "export", "mine", &path(&bundle)]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let meta = std::fs::metadata(&bundle).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+    let images = image_count();
+
+    // A root-only file is refused as a missing one is: nothing tells it
+    // exists, nothing is read, nothing is recorded.
+    let closed = tmp.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    mode(&closed, 0o700);
+    let shadow = closed.join("shadow");
+    std::fs::write(&shadow, b"root:$y$secret\n").unwrap();
+    let mut refusals = Vec::new();
+    for initrd in [path(&shadow), path(&closed.join("missing"))] {
+        let (code, out, err) = member(&[
+            "image", "register", "stolen", "--kernel", &k, "--initrd", &initrd, "--rootfs", &r,
+        ])
+        .await;
+        assert_eq!(code, Some(2), "{out}{err}");
+        assert!(err.contains("permission denied"), "{err}");
+        refusals.push(err.replace(&initrd, "PATH"));
+    }
+    assert_eq!(refusals[0], refusals[1]);
+    let (code, _, err) = member(&["image", "pull", &path(&shadow), "--name", "stolen"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+
+    // No export where it may not write, none into banger's state.
+    let roots = tmp.path().join("roots");
+    std::fs::create_dir(&roots).unwrap();
+    mode(&roots, 0o755);
+    let (code, _, err) =
+        member(&["image", "export", "orig", &path(&roots.join("x.tar.zst"))]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert_eq!(std::fs::read_dir(&roots).unwrap().count(), 0);
+    let inside = daemon.config.state_dir.join("x.tar.zst");
+    let (code, _, err) = member(&["image", "export", "orig", &path(&inside)]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!inside.exists());
+
+    // A link planted where the partial bundle goes is not written through,
+    // even in a directory everyone may write to.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    mode(&shared, 0o1777);
+    let victim = shared.join("victim");
+    std::fs::write(&victim, b"root's file").unwrap();
+    std::os::unix::fs::symlink(&victim, shared.join("out.tar.zst.partial")).unwrap();
+    let (code, _, err) = member(&[
+        "image",
+        "export",
+        "orig",
+        &path(&shared.join("out.tar.zst")),
+    ])
+    .await;
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+    assert!(!shared.join("out.tar.zst").exists());
+
+    assert_eq!(image_count(), images);
+    assert!(staging_is_empty(&daemon));
+    daemon.stop().await;
+}

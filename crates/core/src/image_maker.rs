@@ -45,6 +45,21 @@ pub struct RegisterFiles {
     pub work_seed: Option<PathBuf>,
     /// Make no work seed when none is given: VMs' `/root` starts empty.
     pub no_work_seed: bool,
+    /// How files held open for a caller (`/proc/PID/fd/N`) are named in
+    /// messages and records: the paths the caller gave.
+    pub shown: Vec<(PathBuf, PathBuf)>,
+}
+
+impl RegisterFiles {
+    /// `path` as the user named it.
+    pub fn show(&self, path: &Path) -> String {
+        self.shown
+            .iter()
+            .find(|(held, _)| held == path)
+            .map_or(path, |(_, given)| given)
+            .display()
+            .to_string()
+    }
 }
 
 /// An OCI image to pull from a registry.
@@ -132,11 +147,14 @@ pub trait ImageMaker: Send + Sync {
         progress: &dyn Progress,
     ) -> Result<Manifest, MakeError>;
 
-    /// Writes a bundle of the image in `image_dir` to `out`.
+    /// Writes a bundle of the image in `image_dir` into `out`, a new file
+    /// (`shown` names it in errors); its bytes are on disk when this
+    /// returns. Whoever made the file publishes or removes it.
     async fn export(
         &self,
         image_dir: &Path,
-        out: &Path,
+        out: std::fs::File,
+        shown: &Path,
         progress: &dyn Progress,
     ) -> Result<(), MakeError>;
 

@@ -405,19 +405,18 @@ impl Images {
         Ok(image)
     }
 
-    /// Writes a bundle of an image to `out` (which must not exist).
+    /// Writes a bundle of an image into `out`, a new file (see
+    /// `ImageMaker::export`).
     pub async fn export(
         &self,
         id_or_name: &str,
-        out: &Path,
+        out: std::fs::File,
+        shown: &Path,
         progress: &dyn Progress,
     ) -> Result<Image, ImageError> {
         let image = self.find(id_or_name)?;
-        if out.exists() {
-            return Err(ImageError::ExportTarget(out.display().to_string()));
-        }
         let dir: PathBuf = self.dirs.image_dir(&image.id);
-        self.maker.export(&dir, out, progress).await?;
+        self.maker.export(&dir, out, shown, progress).await?;
         Ok(image)
     }
 

@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod agent;
+pub mod caller;
 pub mod console;
 pub mod disks;
 pub mod doctor;

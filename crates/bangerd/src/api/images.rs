@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use banger_core::catalog::{BuildRecipe, Recipe};
-use banger_core::image_maker::{ImageRequest, KernelChoice, RegisterFiles};
+use banger_core::image_maker::{ImageRequest, KernelChoice, MakeError, RegisterFiles};
 use banger_core::images::{ImageError, PullSource};
 use banger_core::ServiceError;
 use banger_proto::error::{ApiError, ErrorCode};
@@ -20,6 +20,7 @@ use banger_proto::image::{
 };
 use banger_proto::progress::ProgressEvent;
 
+use super::caller::{refused, ApiCaller, Held};
 use super::convert;
 use super::error::HttpError;
 use super::json::ApiJson;
@@ -110,6 +111,7 @@ pub async fn build_image(
         (status = 500, description = "The download or its checks failed", body = ApiError)))]
 pub async fn pull_image(
     State(state): State<AppState>,
+    ApiCaller(caller): ApiCaller,
     headers: HeaderMap,
     ApiJson(request): ApiJson<ImagePullRequest>,
 ) -> Result<Response, HttpError> {
@@ -128,6 +130,15 @@ pub async fn pull_image(
         state.images.catalog(),
     );
     let mut name = request.name;
+    // A bundle on the host is read with the caller's rights.
+    let mut held = Held::default();
+    if let PullSource::Url { url, .. } = &mut source {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            let path = url.strip_prefix("file://").unwrap_or(url);
+            let path = host_path(&state, path, "bundle")?;
+            *url = held.open(caller, path)?.display().to_string();
+        }
+    }
     if let PullSource::Oci {
         reference,
         kernel_from,
@@ -161,7 +172,11 @@ pub async fn pull_image(
         &headers,
         StatusCode::CREATED,
         Box::new(move |progress| {
-            Box::pin(async move { images.pull(source, name.as_deref(), &*progress).await })
+            Box::pin(async move {
+                let pulled = images.pull(source, name.as_deref(), &*progress).await;
+                drop(held);
+                pulled
+            })
         }),
     )
     .await
@@ -178,9 +193,13 @@ pub async fn pull_image(
         (status = 500, description = "Copying or checking failed", body = ApiError)))]
 pub async fn register_image(
     State(state): State<AppState>,
+    ApiCaller(caller): ApiCaller,
     headers: HeaderMap,
     ApiJson(request): ApiJson<ImageRegisterRequest>,
 ) -> Result<Response, HttpError> {
+    // Every file is opened with the caller's rights and read through
+    // the open handle, never again through the caller's path.
+    let mut held = Held::default();
     let kernel = match (&request.kernel, &request.kernel_from) {
         (Some(_), Some(_)) => {
             return Err(HttpError::new(
@@ -189,7 +208,9 @@ pub async fn register_image(
                 Some("kernel names a file, kernel_from an image: keep one"),
             ))
         }
-        (Some(kernel), None) => KernelChoice::File(host_path(&state, kernel, "kernel")?),
+        (Some(kernel), None) => {
+            KernelChoice::File(held.open(caller, host_path(&state, kernel, "kernel")?)?)
+        }
         (None, kernel_from) => kernel_choice(&state, kernel_from.as_deref())?,
     };
     if request.initrd.is_some() && request.kernel.is_none() {
@@ -199,20 +220,20 @@ pub async fn register_image(
             Some("give kernel with initrd, or leave both out and banger makes the rootfs bootable"),
         ));
     }
+    let mut open = |path: Option<&str>, what: &str| -> Result<Option<PathBuf>, HttpError> {
+        path.map(|p| held.open(caller, host_path(&state, p, what)?))
+            .transpose()
+    };
+    let initrd = open(request.initrd.as_deref(), "initrd")?;
+    let rootfs = open(Some(&request.rootfs), "rootfs")?.unwrap_or_default();
+    let work_seed = open(request.work_seed.as_deref(), "work seed")?;
     let files = RegisterFiles {
         kernel,
-        initrd: request
-            .initrd
-            .as_deref()
-            .map(|p| host_path(&state, p, "initrd"))
-            .transpose()?,
-        rootfs: host_path(&state, &request.rootfs, "rootfs")?,
-        work_seed: request
-            .work_seed
-            .as_deref()
-            .map(|p| host_path(&state, p, "work seed"))
-            .transpose()?,
+        initrd,
+        rootfs,
+        work_seed,
         no_work_seed: request.no_work_seed,
+        shown: held.shown(),
     };
     if files.no_work_seed && files.work_seed.is_some() {
         return Err(HttpError::new(
@@ -231,7 +252,11 @@ pub async fn register_image(
         &headers,
         StatusCode::CREATED,
         Box::new(move |progress| {
-            Box::pin(async move { images.register(&name, files, &*progress).await })
+            Box::pin(async move {
+                let registered = images.register(&name, files, &*progress).await;
+                drop(held);
+                registered
+            })
         }),
     )
     .await
@@ -248,23 +273,35 @@ pub async fn register_image(
         (status = 500, description = "Writing failed", body = ApiError)))]
 pub async fn export_image(
     State(state): State<AppState>,
+    ApiCaller(caller): ApiCaller,
     headers: HeaderMap,
     Path(image): Path<String>,
     ApiJson(request): ApiJson<ImageExportRequest>,
 ) -> Result<Response, HttpError> {
     let file = host_path(&state, &request.file, "bundle file")?;
     state.images.find(&image).map_err(image_error)?;
-    if file.exists() {
+    if file.symlink_metadata().is_ok() {
         return Err(image_error(ImageError::ExportTarget(
             file.display().to_string(),
         )));
     }
+    // The caller's new file, made with its rights; published whole or
+    // removed (also when the client goes away).
+    let out = caller.create_new(&file).map_err(refused)?;
     let images = state.images.clone();
     run_image_op(
         &headers,
         StatusCode::OK,
         Box::new(move |progress| {
-            Box::pin(async move { images.export(&image, &file, &*progress).await })
+            Box::pin(async move {
+                let written = out.file().map_err(|err| {
+                    MakeError::failed(format!("cannot write {}: {err}", file.display()), None)
+                })?;
+                let image = images.export(&image, written, &file, &*progress).await?;
+                out.publish()
+                    .map_err(|err| MakeError::failed(err.to_string(), Some(err.hint())))?;
+                Ok(image)
+            })
         }),
     )
     .await

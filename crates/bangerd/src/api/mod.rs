@@ -2,6 +2,8 @@
 //! document from the handler annotations, so the two cannot drift. The
 //! committed copy lives in `api/openapi.json` at the repository root.
 
+mod caller;
+pub use caller::Peer;
 mod convert;
 pub mod error;
 mod images;

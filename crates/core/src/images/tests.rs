@@ -98,8 +98,14 @@ impl ImageMaker for FakeMaker {
         })
     }
 
-    async fn export(&self, _: &Path, out: &Path, _: &dyn Progress) -> Result<(), MakeError> {
-        std::fs::write(out, b"bundle").unwrap();
+    async fn export(
+        &self,
+        _: &Path,
+        mut out: std::fs::File,
+        _: &Path,
+        _: &dyn Progress,
+    ) -> Result<(), MakeError> {
+        std::io::Write::write_all(&mut out, b"bundle").unwrap();
         Ok(())
     }
 }
@@ -180,6 +186,7 @@ async fn bad_input_changes_nothing() {
         rootfs: "bad-rootfs".into(),
         work_seed: None,
         no_work_seed: false,
+        shown: Vec::new(),
     };
     let err = f
         .images
@@ -417,16 +424,25 @@ async fn delete_refuses_an_image_in_use_and_names_the_vms() {
 }
 
 #[tokio::test]
-async fn export_refuses_an_existing_file() {
+async fn export_writes_into_the_given_file_and_knows_only_recorded_images() {
     let f = fixture(FakeMaker::default(), "");
     f.images
         .build("dev", recipe("bookworm"), &NoProgress)
         .await
         .unwrap();
     let out = f.root.join("out.tar.zst");
-    f.images.export("dev", &out, &NoProgress).await.unwrap();
-    let err = f.images.export("dev", &out, &NoProgress).await.unwrap_err();
-    assert!(matches!(err, ImageError::ExportTarget(_)));
+    let file = || std::fs::File::create(&out).unwrap();
+    f.images
+        .export("dev", file(), &out, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), b"bundle");
+    let err = f
+        .images
+        .export("nope", file(), &out, &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::NotFound(_)), "{err}");
 }
 
 #[test]

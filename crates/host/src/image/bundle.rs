@@ -187,40 +187,34 @@ fn one_line(err: &dyn std::fmt::Display) -> String {
     out
 }
 
-/// `out` with `.partial` appended.
-fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".partial");
-    PathBuf::from(name)
-}
-
 /// Writes a bundle of the image in `image_dir` (its `manifest.json` and
-/// the artifacts it lists) to `out`, through `out.partial` and a rename.
+/// the artifacts it lists) into `out`, a new file its caller publishes
+/// (`caller::NewFile`) once this succeeded; `shown` names it in errors.
 /// Every artifact is checked against the manifest while it streams, so a
-/// damaged image is never exported; on any failure nothing is left.
+/// damaged image is never exported. The bytes are on disk when it returns.
 pub async fn export(
     image_dir: &Path,
-    out: &Path,
+    out: File,
+    shown: &Path,
     progress: &dyn Progress,
 ) -> Result<(), BundleError> {
     let manifest = digest::read_manifest(image_dir)?;
     digest::check_manifest(&manifest)?;
     let total: u64 = manifest.artifacts.iter().map(|a| a.bytes).sum();
-    let (dir, out) = (image_dir.to_path_buf(), out.to_path_buf());
+    let (dir, shown) = (image_dir.to_path_buf(), shown.to_path_buf());
     run_blocking(progress, Some(total), move |job| {
-        let partial = partial_path(&out);
-        let result = write_bundle(&dir, &manifest, &partial, job)
-            .and_then(|()| std::fs::rename(&partial, &out).map_err(io_err("rename", &out)));
-        if result.is_err() {
-            // Removes a link planted there too; never follows it.
-            let _ = std::fs::remove_file(&partial);
-        }
-        result
+        write_bundle(&dir, &manifest, out, &shown, job)
     })
     .await
 }
 
-fn write_bundle(dir: &Path, manifest: &Manifest, out: &Path, job: Job) -> Result<(), BundleError> {
+fn write_bundle(
+    dir: &Path,
+    manifest: &Manifest,
+    file: File,
+    out: &Path,
+    job: Job,
+) -> Result<(), BundleError> {
     let Job {
         cancelled,
         mut report,
@@ -232,13 +226,6 @@ fn write_bundle(dir: &Path, manifest: &Manifest, out: &Path, job: Job) -> Result
             io_err("write", out)(e)
         }
     };
-    // A new file, never an existing one: a link planted at `out` is not
-    // followed (the daemon writes as root).
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(out)
-        .map_err(io_err("create", out))?;
     let mut encoder = zstd::Encoder::new(file, ZSTD_LEVEL).map_err(write_err)?;
     encoder.include_checksum(true).map_err(write_err)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8) as u32);

@@ -189,12 +189,12 @@ fn check_bundle(source: &BundleSource) -> Result<(), MakeError> {
     Ok(())
 }
 
-fn existing_file(path: &Path, what: &str) -> Result<(), MakeError> {
+fn existing_file(path: &Path, name: &str, what: &str) -> Result<(), MakeError> {
     if path.is_file() {
         Ok(())
     } else {
         Err(MakeError::invalid(
-            format!("{what} {}: no such file", path.display()),
+            format!("{what} {name}: no such file"),
             Some("give the path of an existing file on the daemon's host"),
         ))
     }
@@ -224,16 +224,16 @@ fn looks_like_initramfs(path: &Path) -> bool {
     MAGICS.iter().any(|magic| head.starts_with(magic))
 }
 
-fn check_ext4(path: &Path, what: &str) -> Result<(), MakeError> {
-    existing_file(path, what)?;
+fn check_ext4(path: &Path, name: &str, what: &str) -> Result<(), MakeError> {
+    existing_file(path, name, what)?;
     match ext4::is_ext4(path) {
         Ok(true) => Ok(()),
         Ok(false) => Err(MakeError::invalid(
-            format!("{what} {} is not an ext4 image", path.display()),
+            format!("{what} {name} is not an ext4 image"),
             Some("make one from a directory with mkfs.ext4 -d DIR FILE SIZE"),
         )),
         Err(err) => Err(MakeError::invalid(
-            format!("cannot read {what} {}: {err}", path.display()),
+            format!("cannot read {what} {name}: {err}"),
             None,
         )),
     }
@@ -241,31 +241,31 @@ fn check_ext4(path: &Path, what: &str) -> Result<(), MakeError> {
 
 fn check_register(files: &RegisterFiles) -> Result<(), MakeError> {
     if let KernelChoice::File(kernel) = &files.kernel {
-        existing_file(kernel, "kernel")?;
+        existing_file(kernel, &files.show(kernel), "kernel")?;
         kernel::detect(kernel).map_err(|err| {
             MakeError::invalid(
-                format!("kernel {}: {err}", kernel.display()),
+                format!("kernel {}: {err}", files.show(kernel)),
                 Some("give a bzImage (vmlinuz) or an uncompressed ELF vmlinux"),
             )
         })?;
     }
     if let Some(initrd) = &files.initrd {
-        existing_file(initrd, "initrd")?;
+        existing_file(initrd, &files.show(initrd), "initrd")?;
         if !looks_like_initramfs(initrd) {
             return Err(MakeError::invalid(
-                format!("initrd {} is not an initramfs", initrd.display()),
+                format!("initrd {} is not an initramfs", files.show(initrd)),
                 Some(
                     "give a cpio archive (plain, or gzip, zstd, xz, lz4, bzip2 or lzma compressed)",
                 ),
             ));
         }
     }
-    check_ext4(&files.rootfs, "rootfs")?;
+    check_ext4(&files.rootfs, &files.show(&files.rootfs), "rootfs")?;
     if let Some(seed) = &files.work_seed {
-        check_ext4(seed, "work seed")?;
+        check_ext4(seed, &files.show(seed), "work seed")?;
     }
     if files.initrd.is_none() {
-        boot_kernel(files, &format!("rootfs {}", files.rootfs.display()))?;
+        boot_kernel(files, &format!("rootfs {}", files.show(&files.rootfs)))?;
     }
     Ok(())
 }
@@ -334,7 +334,7 @@ fn boot_kernel(files: &RegisterFiles, what: &str) -> Result<BootKernel, MakeErro
                 file: KernelFile::Host(path.clone()),
                 release: facts.modules_for(release.as_deref()).map_err(refuse)?,
                 modules_from: files.rootfs.clone(),
-                from: path.display().to_string(),
+                from: files.show(path),
             })
         }
         KernelChoice::Rootfs { fallback } => match (facts.own_kernel(), fallback) {
@@ -538,6 +538,7 @@ impl HostImageMaker {
             rootfs,
             work_seed: None,
             no_work_seed: false,
+            shown: Vec::new(),
         };
         let config = pulled.config.clone();
         let pulled_as = Pulled {
@@ -591,7 +592,7 @@ impl HostImageMaker {
                 files,
                 &match &pulled {
                     Some(pulled) => format!("image {}", pulled.oci.reference),
-                    None => format!("rootfs {}", files.rootfs.display()),
+                    None => format!("rootfs {}", files.show(&files.rootfs)),
                 },
             )?),
         };
@@ -677,7 +678,7 @@ impl HostImageMaker {
                 .map_err(failed)?;
             let _ = std::fs::remove_dir_all(&tree);
         }
-        let shown = |p: &Path| p.display().to_string();
+        let shown = |p: &Path| files.show(p);
         let rootfs_from = match &pulled {
             Some(pulled) => pulled.origin_from.clone(),
             None => shown(&files.rootfs),
@@ -751,11 +752,12 @@ impl ImageMaker for HostImageMaker {
     async fn export(
         &self,
         image_dir: &Path,
-        out: &Path,
+        out: std::fs::File,
+        shown: &Path,
         progress: &dyn Progress,
     ) -> Result<(), MakeError> {
         progress.stage("export");
-        bundle::export(image_dir, out, progress)
+        bundle::export(image_dir, out, shown, progress)
             .await
             .map_err(failed)
     }
