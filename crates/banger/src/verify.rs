@@ -20,6 +20,9 @@ pub async fn run(client: &Client, json: bool) -> Result<()> {
                 .collect();
             output::table(&["KIND", "OBJECT", "WHY"], &rows);
         }
+        for w in &report.warnings {
+            eprintln!("warning: {}: {}", w.name, w.detail);
+        }
         println!(
             "{} leaked object(s); {} idle pool device(s){}",
             report.leaks.len(),

@@ -166,6 +166,7 @@ async fn main() {
         tsc_khz: tsc_khz(),
         agent: AgentTransport::Serial,
         tcg_tb_size_mib: 64,
+        uid_base: Some(bangerd::config::DEFAULT_VMM_UID_BASE),
     };
 
     let mut stages: BTreeMap<String, Vec<f64>> = BTreeMap::new();

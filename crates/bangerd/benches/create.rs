@@ -222,6 +222,7 @@ async fn floor(image: &Value, dir: &Path, run: usize) -> f64 {
         tsc_khz: tsc_khz(),
         agent: AgentTransport::Serial,
         tcg_tb_size_mib: 64,
+        uid_base: Some(bangerd::config::DEFAULT_VMM_UID_BASE),
     };
     let args = qemu_args(&spec, &qemu).unwrap();
     let t = Instant::now();

@@ -61,6 +61,9 @@ struct ConfigFile {
     /// The most a VM's console log (`serial.log`) may hold; past it the
     /// oldest half goes.
     console_log_max: Option<String>,
+    /// Where the user ids VMMs run as start (`vm_uid`); 0 runs them as
+    /// root.
+    vmm_uid_base: Option<u32>,
     #[serde(default)]
     vm_defaults: VmDefaultsFile,
     #[serde(default)]
@@ -81,6 +84,9 @@ struct NetworkFile {
     /// Servers other names are forwarded to; /etc/resolv.conf's by default.
     upstream_dns: Option<Vec<String>>,
     nft_table: Option<String>,
+    /// Link-local addresses or prefixes (`169.254.169.254/32`) guests may
+    /// reach; all of 169.254.0.0/16 is closed to them otherwise.
+    link_local_allow: Option<Vec<String>>,
 }
 
 /// The network as configured.
@@ -94,6 +100,7 @@ pub struct NetworkSettings {
     /// None: read /etc/resolv.conf at start.
     pub upstream: Option<Vec<std::net::SocketAddr>>,
     pub nft_table: String,
+    pub link_local_allow: Vec<ipnet::Ipv4Net>,
 }
 
 pub const DEFAULT_HOST_DNS: &str = "127.29.0.1:53";
@@ -172,6 +179,29 @@ fn network_settings(file: &NetworkFile, shown: &str) -> Result<NetworkSettings, 
         host_dns,
         upstream,
         nft_table: table,
+        link_local_allow: file
+            .link_local_allow
+            .iter()
+            .flatten()
+            .map(|text| {
+                let net = text
+                    .parse::<ipnet::Ipv4Net>()
+                    .or_else(|_| text.parse::<std::net::Ipv4Addr>().map(ipnet::Ipv4Net::from))
+                    .map_err(|_| {
+                        bad(format!(
+                            "link_local_allow {text:?} is not an address or prefix"
+                        ))
+                    })?;
+                let link_local: ipnet::Ipv4Net = banger_host::net::nft::LINK_LOCAL.parse().unwrap();
+                if link_local.contains(&net) {
+                    Ok(net.trunc())
+                } else {
+                    Err(bad(format!(
+                        "link_local_allow {text:?} is not inside {link_local}"
+                    )))
+                }
+            })
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -210,6 +240,35 @@ pub struct Config {
     pub ssh_authorized_keys: Vec<String>,
     pub insecure_registries: Vec<String>,
     pub console_log_max: u64,
+    /// `None`: VMMs run as root.
+    pub vmm_uid_base: Option<u32>,
+}
+
+/// The first user id a VM's QEMU may run as: 0x70000000, above the
+/// ranges systemd hands to containers and below 2^31, which some tools
+/// mishandle. No account needs to exist for these ids.
+pub const DEFAULT_VMM_UID_BASE: u32 = 0x7000_0000;
+
+fn vmm_uid_base(
+    value: Option<u32>,
+    bridge: &BridgeNet,
+    shown: &str,
+) -> Result<Option<u32>, ConfigError> {
+    let bad = |message: String| ConfigError::Parse {
+        path: shown.to_string(),
+        message,
+    };
+    match value.unwrap_or(DEFAULT_VMM_UID_BASE) {
+        0 => Ok(None),
+        base if !(65_536..=u32::MAX - 0x1_0000).contains(&base) => Err(bad(format!(
+            "vmm_uid_base {base} must leave room for 65536 ids above 65535 (0 runs vmms as root)"
+        ))),
+        _ if bridge.prefix_len() < 16 => Err(bad(format!(
+            "vmm_uid_base needs a bridge prefix of /16 or longer (the low 16 bits of an address name its vm), not /{}",
+            bridge.prefix_len()
+        ))),
+        base => Ok(Some(base)),
+    }
 }
 
 pub const DEFAULT_BRIDGE: &str = "172.29.0.1/24";
@@ -268,6 +327,7 @@ impl Config {
             run_dir,
             socket,
             socket_group: file.socket_group.clone().unwrap_or_else(|| "banger".into()),
+            vmm_uid_base: vmm_uid_base(file.vmm_uid_base, &bridge, &shown)?,
             bridge,
             defaults: spec_defaults(&file, &shown)?,
             config_path,
@@ -388,6 +448,16 @@ mod tests {
         assert_eq!(cfg.socket, Path::new("/tmp/r/run/banger/bangerd.sock"));
         assert_eq!(cfg.database(), Path::new("/tmp/r/var/lib/banger/banger.db"));
         assert_eq!(cfg.bridge.to_string(), DEFAULT_BRIDGE);
+        assert_eq!(cfg.vmm_uid_base, Some(DEFAULT_VMM_UID_BASE));
+    }
+
+    #[test]
+    fn vmm_uid_base_zero_means_root() {
+        assert_eq!(load_with("vmm_uid_base = 0").unwrap().vmm_uid_base, None);
+        let cfg = load_with("vmm_uid_base = 100000\nbridge_address = \"10.0.0.1/8\"");
+        assert!(cfg.unwrap_err().to_string().contains("/16 or longer"));
+        let cfg = load_with("vmm_uid_base = 0\nbridge_address = \"10.0.0.1/8\"").unwrap();
+        assert_eq!(cfg.vmm_uid_base, None);
     }
 
     #[test]
@@ -423,6 +493,12 @@ mod tests {
             "ssh_authorized_keys = [\"not a key\"]",
             "[network]\nhost_dns = \"nope\"",
             "[network]\nnft_table = \"x y\"",
+            "vmm_uid_base = 1000",
+            "[network]\nlink_local_allow = [\"10.0.0.1\"]",
+            "[network]\nlink_local_allow = [\"nope\"]",
+            "vmm_uid_base = 4294967290",
+            "vmm_uid_base = -1",
+            "bridge_address = \"10.0.0.1/8\"",
         ] {
             let err = load_with(text).unwrap_err().to_string();
             assert!(

@@ -61,6 +61,7 @@ pub async fn network(config: &Config) -> anyhow::Result<Option<Arc<Network>>> {
         host_dns: settings.host_dns,
         upstream,
         uplink: settings.uplink.clone(),
+        link_local_allow: settings.link_local_allow.clone(),
     })
     .await
     .context("cannot bring up the vm network (set [network] enabled = false in the config to run without)")?;
@@ -72,6 +73,7 @@ pub fn build(
     kind: &str,
     network: Option<Arc<Network>>,
     ssh: Option<Arc<SshKeys>>,
+    vmm_uid_base: Option<u32>,
 ) -> Option<Runtime> {
     let accel = KvmFacts::probe(&KvmPaths::default()).accel();
     let vmm: Arc<dyn Vmm> = match kind {
@@ -96,6 +98,7 @@ pub fn build(
                 // No vhost-vsock needed: the serial port works everywhere.
                 agent: AgentTransport::Serial,
                 tcg_tb_size_mib: TCG_TB_SIZE_MIB,
+                uid_base: vmm_uid_base,
             }))
         }
     };

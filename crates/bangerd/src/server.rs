@@ -97,7 +97,12 @@ pub async fn start(config: Config) -> Result<Running> {
         .await
         .context("cannot prepare the daemon's ssh key")?,
     );
-    if let Some(runtime) = crate::runtime::build(&vmm, network.clone(), Some(ssh.clone())) {
+    if let Some(runtime) = crate::runtime::build(
+        &vmm,
+        network.clone(),
+        Some(ssh.clone()),
+        config.vmm_uid_base,
+    ) {
         banger = banger.with_runtime(runtime);
     }
     let banger = Arc::new(banger);
@@ -127,6 +132,7 @@ pub async fn start(config: Config) -> Result<Running> {
         banger,
         images,
         guest_binary: config.guest_binary.clone(),
+        vmm_uid_base: config.vmm_uid_base,
         state_dir: config.state_dir.clone(),
         run_dir: config.run_dir.clone(),
         vmm: config.vmm,

@@ -167,6 +167,26 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     let (code, _, _) = support::sh(&socket, "b", "test -e /etc/marker").await;
     assert_eq!(code, 1, "b must not see a's /etc/marker");
 
+    // Each VM's QEMU runs as a user of its own, not root, sandboxed.
+    let identity = |id: &str| {
+        let pid = qemu_pid(id).expect("qemu runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().to_string()
+        };
+        (field("Uid:"), field("Seccomp:"), field("NoNewPrivs:"))
+    };
+    let (a_uid, a_seccomp, a_nnp) = identity(&a_id);
+    let (b_uid, ..) = identity(&b_id);
+    assert!(
+        a_uid != "0" && b_uid != "0" && a_uid != b_uid,
+        "{a_uid} {b_uid}"
+    );
+    assert_eq!((a_seccomp.as_str(), a_nnp.as_str()), ("2", "1"));
+    let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
+    assert_eq!(report["warnings"], json!([]), "{report}");
+
     // The daemon dies hard; the VMs do not; a new daemon adopts them.
     kill(Pid::from_raw(daemon.id() as i32), Signal::SIGKILL).unwrap();
     let _ = daemon.wait();

@@ -4,8 +4,10 @@
 //! another VM as NAME.vm and reaches it; with NAT it reaches the outside,
 //! without NAT it cannot, and turning NAT on applies live; a guest cannot
 //! reach other host services on the bridge address; the host resolves
-//! NAME.vm on its loopback DNS address; after removal `verify` is clean
-//! and the pool devices are back.
+//! NAME.vm on its loopback DNS address; no guest reaches link-local
+//! metadata; a guest speaking with another's address gets nothing out
+//! and poisons no ARP cache; after removal `verify` is clean and the pool
+//! devices are back.
 
 mod support;
 
@@ -45,6 +47,8 @@ async fn assert_nothing_left(socket: &std::path::Path, host: &NetNs) {
     assert!(!links.contains("bg-"), "{links}");
     let tables = host.run(&["nft", "list", "table", "inet", "banger"]);
     assert!(!tables.contains("masquerade"), "{tables}");
+    let pins = host.run(&["nft", "list", "table", "bridge", "banger"]);
+    assert!(!pins.contains("bg-"), "{pins}");
 }
 
 async fn sh(socket: &Path, vm: &str, script: &str) -> (i64, String) {
@@ -102,10 +106,29 @@ async fn guests_resolve_each_other_and_nat_decides_who_gets_out() {
     host.run(&["ip", "route", "add", "default", "via", "10.77.0.2"]);
     outside.run(&["ip", "addr", "add", "10.77.0.2/24", "dev", "out0"]);
     outside.run(&["ip", "link", "set", "out0", "up"]);
+    // Where clouds serve instance metadata, behind the uplink as there.
+    outside.run(&["ip", "addr", "add", "169.254.169.254/32", "dev", "out0"]);
+    // Counts what reaches the outside on port 8081 (nothing listens).
+    outside.run(&["nft", "add", "table", "inet", "count"]);
+    outside.run(&[
+        "nft",
+        "add chain inet count in { type filter hook input priority 0; }",
+    ]);
+    outside.run(&["nft", "add rule inet count in tcp dport 8081 counter"]);
+    let reached_8081 = || {
+        let listing = outside.run(&["nft", "list", "chain", "inet", "count", "in"]);
+        let packets = listing.split("packets ").nth(1).unwrap();
+        packets
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
     let root = tempfile::tempdir().unwrap();
     let server = outside
         .command("python3")
-        .args(["-m", "http.server", "8080", "--bind", "10.77.0.2"])
+        .args(["-m", "http.server", "8080", "--bind", "0.0.0.0"])
         .current_dir(root.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -199,6 +222,43 @@ async fn guests_resolve_each_other_and_nat_decides_who_gets_out() {
         !tables.contains(&format!("ip saddr {b_ip} masquerade")),
         "{tables}"
     );
+
+    // No guest reaches link-local metadata, not even one with NAT.
+    let (code, _) = sh(&socket, "a", &http_get("169.254.169.254", 8080)).await;
+    assert_ne!(code, 0, "169.254.169.254 is closed to guests");
+
+    // b (no NAT) speaking as a (NAT) gets nothing out and does not teach
+    // the host that a's address is at b's MAC.
+    let spoof = format!(
+        "ip addr add {a_ip}/32 dev eth0 && perl -MIO::Socket::INET -e 'IO::Socket::INET->new(PeerAddr => \"10.77.0.2\", PeerPort => 8081, LocalAddr => \"{a_ip}\", Proto => \"tcp\", Timeout => 3)'; ip addr del {a_ip}/32 dev eth0"
+    );
+    let (code, out) = sh(&socket, "b", &spoof).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(reached_8081(), 0, "a spoofed packet got out");
+    let b_mac = format!(
+        "06:00:{}",
+        b_ip.split('.')
+            .map(|o| format!("{:02x}", o.parse::<u8>().unwrap()))
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    let neigh = host.run(&["ip", "neigh", "show", &a_ip]);
+    assert!(!neigh.contains(&b_mac), "arp poisoned: {neigh}");
+    // The same connection from a itself gets there (the counter works).
+    let honest = "perl -MIO::Socket::INET -e 'IO::Socket::INET->new(PeerAddr => \"10.77.0.2\", PeerPort => 8081, Proto => \"tcp\", Timeout => 3)'";
+    assert_eq!(sh(&socket, "a", honest).await.0, 0);
+    assert!(
+        reached_8081() > 0,
+        "a's own connection must reach the outside"
+    );
+    assert_eq!(
+        sh(&socket, "b", reach.replace("b.vm", "a.vm").as_str())
+            .await
+            .0,
+        0
+    );
+    let bridge_table = host.run(&["nft", "list", "table", "bridge", "banger"]);
+    assert!(bridge_table.contains(&b_mac), "{bridge_table}");
 
     // Guests reach the DNS server on the bridge address but no other host
     // service there.

@@ -94,7 +94,7 @@ pub trait AgentLink: Send + Sync {
         argv: Vec<String>,
         context: ExecContext,
         stdin: Option<Vec<u8>>,
-        out: mpsc::UnboundedSender<ExecChunk>,
+        out: mpsc::Sender<ExecChunk>,
     ) -> Result<(), AgentLinkError>;
 
     /// Runs `argv` on a new terminal of `size` (rows, columns) in the

@@ -244,6 +244,11 @@ impl Banger {
     }
 
     /// Lets this `Banger` boot VMs.
+    /// The kind of the VMM VMs start with (`qemu`, `firecracker`), if any.
+    pub fn vmm_kind(&self) -> Option<&'static str> {
+        self.runtime.as_ref().map(|r| r.vmm.kind())
+    }
+
     pub fn with_runtime(mut self, runtime: Runtime) -> Self {
         self.runtime = Some(runtime);
         self

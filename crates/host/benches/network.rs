@@ -68,6 +68,7 @@ async fn bench(runs: usize) {
         host_dns: Some("127.0.0.1:53".parse().unwrap()),
         upstream: vec![],
         uplink: None,
+        link_local_allow: vec![],
     })
     .await
     .unwrap();

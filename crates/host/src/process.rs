@@ -21,6 +21,14 @@ pub fn stat(pid: u32) -> Option<(char, u64)> {
     Some((state, start_ticks))
 }
 
+/// The effective user id `pid` runs as (`/proc/PID/status`).
+pub fn euid(pid: u32) -> Option<u32> {
+    let text =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// Start time of `pid` in clock ticks since boot.
 pub fn start_ticks(pid: u32) -> Option<u64> {
     stat(pid).map(|(_, ticks)| ticks)

@@ -100,6 +100,7 @@ fn config() -> NetConfig {
         host_dns: Some("127.0.0.1:53".parse().unwrap()),
         upstream: vec![],
         uplink: None,
+        link_local_allow: vec![],
     }
 }
 

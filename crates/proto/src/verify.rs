@@ -17,4 +17,8 @@ pub struct VerifyReport {
     pub leaks: Vec<Leak>,
     /// Idle pool devices: capacity, not leaks.
     pub capacity: Vec<String>,
+    /// What is not a leak but weakens the host: `root_vmm` (a VM's VMM
+    /// runs as root).
+    #[serde(default)]
+    pub warnings: Vec<Leak>,
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub run_dir: std::path::PathBuf,
     pub vmm: banger_host::vmm_select::VmmPreference,
     pub guest_binary: std::path::PathBuf,
+    /// Where VMM user ids start; `None`: VMMs run as root.
+    pub vmm_uid_base: Option<u32>,
     pub started: Instant,
     /// Set to true to begin a graceful shutdown.
     pub shutdown: watch::Sender<bool>,

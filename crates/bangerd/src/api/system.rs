@@ -45,6 +45,10 @@ pub async fn doctor(State(state): State<AppState>) -> Result<Json<DoctorReport>,
     let found = state.images.find(default).ok();
     let in_catalog = state.images.catalog().find(default).is_some();
     checks.push(default_image_check(default, found.as_ref(), in_catalog));
+    checks.push(vmm_identity_check(
+        state.banger.vmm_kind(),
+        state.vmm_uid_base,
+    ));
     checks.extend(network_checks(&state).await);
     Ok(Json(DoctorReport {
         checks: checks.into_iter().map(convert::check).collect(),
@@ -68,6 +72,29 @@ pub async fn shutdown(
 
 /// The network's checks: its uplink, and other firewalls whose forward
 /// chains drop by policy (docker, ufw, firewalld), which silently break NAT.
+/// Whether VMMs run as root: QEMU drops to a user per VM unless the
+/// config says otherwise; Firecracker runs as root until the jailer does.
+fn vmm_identity_check(kind: Option<&str>, uid_base: Option<u32>) -> banger_core::doctor::Check {
+    use banger_core::doctor::Check;
+    match (kind, uid_base) {
+        (Some("qemu"), Some(base)) => Check::pass(
+            "vmm user",
+            format!("each vm's qemu runs as its own user (from uid {base}) under a seccomp sandbox"),
+        ),
+        (Some("qemu"), None) => Check::warn(
+            "vmm user",
+            "qemu runs as root (vmm_uid_base = 0)",
+            "remove vmm_uid_base from the config so each vm's qemu runs as its own user",
+        ),
+        (Some(kind), _) => Check::warn(
+            "vmm user",
+            format!("{kind} runs as root"),
+            "a vmm escape would be root on the host; use vmm = \"qemu\" for vms that run as their own user",
+        ),
+        (None, _) => Check::pass("vmm user", "no vmm: no vm runs"),
+    }
+}
+
 async fn network_checks(state: &AppState) -> Vec<banger_core::doctor::Check> {
     use banger_core::doctor::Check;
     let Some(net) = &state.network else {

@@ -1,6 +1,7 @@
 //! `/v1/verify`: finds banger-owned host objects (VMM processes, VM
 //! links, nft rules, DNS records, sockets, files) that no live VM owns.
-//! Idle pool devices are listed as capacity.
+//! Idle pool devices are listed as capacity; VMMs running as root as
+//! warnings.
 
 use std::collections::HashSet;
 use std::os::unix::fs::FileTypeExt;
@@ -28,9 +29,18 @@ pub async fn verify(State(state): State<AppState>) -> Result<Json<VerifyReport>,
     let live: Vec<&banger_core::vm::Vm> = vms.iter().filter(|v| v.handle.is_some()).collect();
     let live_ids: Vec<String> = live.iter().map(|v| v.id.clone()).collect();
     let mut leaks = Vec::new();
+    let mut warnings = Vec::new();
 
     for (pid, id) in banger_host::process::banger_vmms(&state.banger.settings().run_dir) {
-        if !live_ids.contains(&id) {
+        if live_ids.contains(&id) {
+            if banger_host::process::euid(pid) == Some(0) {
+                warnings.push(leak(
+                    "root_vmm",
+                    format!("pid {pid}"),
+                    format!("the vmm of vm {id} runs as root"),
+                ));
+            }
+        } else {
             leaks.push(leak(
                 "process",
                 format!("pid {pid}"),
@@ -124,5 +134,9 @@ pub async fn verify(State(state): State<AppState>) -> Result<Json<VerifyReport>,
             }
         }
     }
-    Ok(Json(VerifyReport { leaks, capacity }))
+    Ok(Json(VerifyReport {
+        leaks,
+        capacity,
+        warnings,
+    }))
 }

@@ -18,13 +18,17 @@ use base64::Engine;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use utoipa::IntoParams;
 
 use super::error::HttpError;
 use super::json::ApiJson;
 use super::AppState;
+
+/// Output chunks held for a client that reads slower than the guest
+/// writes (each at most an agent line: 64 KiB of output).
+const EXEC_DEPTH: usize = 16;
 
 #[utoipa::path(post, path = "/v1/vms/{vm}/exec", tag = "vms", request_body = ExecRequest,
     params(("vm" = String, Path, description = "VM name or id")),
@@ -66,8 +70,9 @@ pub async fn exec(
         }
         .into());
     }
-    let (chunks_tx, mut chunks) = mpsc::unbounded_channel::<ExecChunk>();
-    let (lines_tx, lines) = mpsc::unbounded_channel::<ExecEvent>();
+    // Bounded both ways: output waits for the client to read it.
+    let (chunks_tx, mut chunks) = mpsc::channel::<ExecChunk>(EXEC_DEPTH);
+    let (lines_tx, lines) = mpsc::channel::<ExecEvent>(EXEC_DEPTH);
     let banger = state.banger.clone();
     tokio::spawn(async move {
         let forward = lines_tx.clone();
@@ -82,7 +87,7 @@ pub async fn exec(
                     },
                     ExecChunk::Exit { code, signal } => ExecEvent::Exit { code, signal },
                 };
-                if forward.send(event).is_err() {
+                if forward.send(event).await.is_err() {
                     return;
                 }
             }
@@ -92,12 +97,14 @@ pub async fn exec(
             .await;
         let _ = pump.await;
         if let Err(err) = ran {
-            let _ = lines_tx.send(ExecEvent::Error {
-                error: HttpError::from(err).0,
-            });
+            let _ = lines_tx
+                .send(ExecEvent::Error {
+                    error: HttpError::from(err).0,
+                })
+                .await;
         }
     });
-    let body = UnboundedReceiverStream::new(lines).map(|event| {
+    let body = ReceiverStream::new(lines).map(|event| {
         let mut line = serde_json::to_vec(&event).unwrap_or_default();
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(line)

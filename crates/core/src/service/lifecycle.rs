@@ -374,7 +374,7 @@ impl Banger {
         id_or_name: &str,
         argv: Vec<String>,
         (stdin, user): (Option<Vec<u8>>, Option<String>),
-        out: mpsc::UnboundedSender<ExecChunk>,
+        out: mpsc::Sender<ExecChunk>,
     ) -> Result<(), ServiceError> {
         let (runtime, vm, handle) = self.running_vm(id_or_name)?;
         let mut context = self.exec_context(&vm)?.0;

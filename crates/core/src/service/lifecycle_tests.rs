@@ -89,7 +89,7 @@ impl AgentLink for FakeAgent {
         _argv: Vec<String>,
         _context: crate::agent::ExecContext,
         _stdin: Option<Vec<u8>>,
-        _out: mpsc::UnboundedSender<ExecChunk>,
+        _out: mpsc::Sender<ExecChunk>,
     ) -> Result<(), AgentLinkError> {
         Ok(())
     }

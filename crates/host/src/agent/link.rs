@@ -169,7 +169,7 @@ impl AgentLink for HostAgentLink {
         argv: Vec<String>,
         context: ExecContext,
         stdin: Option<Vec<u8>>,
-        out: mpsc::UnboundedSender<ExecChunk>,
+        out: mpsc::Sender<ExecChunk>,
     ) -> Result<(), AgentLinkError> {
         let client = self.client(handle).await?;
         let mut replies = client
@@ -188,11 +188,13 @@ impl AgentLink for HostAgentLink {
                 ExecEvent::Stdout(b) => ExecChunk::Stdout(b),
                 ExecEvent::Stderr(b) => ExecChunk::Stderr(b),
                 ExecEvent::Exit { code, signal } => {
-                    let _ = out.send(ExecChunk::Exit { code, signal });
+                    let _ = out.send(ExecChunk::Exit { code, signal }).await;
                     return Ok(());
                 }
             };
-            if out.send(chunk).is_err() {
+            // Bounded: a reader slower than the guest's output holds the
+            // guest back, it does not grow the daemon.
+            if out.send(chunk).await.is_err() {
                 // Nobody listens any more: stop the command.
                 let _ = client.send(banger_proto::agent::Op::Signal {
                     target: replies.id(),

@@ -39,14 +39,8 @@ fn a_member_reads_only_what_it_may_and_cannot_tell_what_exists() {
     let open = |path: &Path| MEMBER.open_read(path).unwrap_err().to_string();
     let there = open(&shadow);
     let missing = open(&secret.path().join("nothing"));
-    assert!(
-        there.ends_with(": permission denied"),
-        "{there}"
-    );
-    assert!(
-        missing.ends_with(": permission denied"),
-        "{missing}"
-    );
+    assert!(there.ends_with(": permission denied"), "{there}");
+    assert!(missing.ends_with(": permission denied"), "{missing}");
 
     // Readable to all once outside the closed directory, but 0600 root's.
     let open_dir = dir(0o755);

@@ -1,6 +1,7 @@
 //! The network capability: a VM gets its TAP device from the pool, its
 //! address and gateway on the kernel command line, the bridge address as
 //! its DNS server, a `NAME.vm` record while it runs, and NAT when asked.
+//! The device is pinned to the VM's MAC and address before the VMM starts.
 //! Everything is undone on stop (the device goes back to the pool).
 
 use std::sync::Arc;
@@ -69,7 +70,8 @@ impl Capability for NetworkCapability {
         _config: &GuestConfig,
     ) -> Result<(), CapabilityError> {
         self.net.take_tap(&ctx.vm.id).await.map_err(err)?;
-        Ok(())
+        // Pinned before the VMM starts: its first frame is already checked.
+        self.net.pin(&ctx.vm.id, ctx.vm.guest_ip).await.map_err(err)
     }
 
     fn machine_config(&self, ctx: &VmContext, spec: &mut MachineSpec) {
@@ -88,6 +90,10 @@ impl Capability for NetworkCapability {
     }
 
     async fn readopt(&self, ctx: &VmContext) -> Result<(), CapabilityError> {
+        self.net
+            .pin(&ctx.vm.id, ctx.vm.guest_ip)
+            .await
+            .map_err(err)?;
         self.post_start(ctx).await
     }
 
@@ -100,6 +106,9 @@ impl Capability for NetworkCapability {
 
     async fn cleanup(&self, ctx: &VmContext) {
         self.net.dns().remove(&ctx.vm.name);
+        if let Err(e) = self.net.unpin(&ctx.vm.id).await {
+            tracing::warn!(vm = %ctx.vm.name, error = %e, "cannot remove the device's pin");
+        }
         if let Err(e) = self.net.set_nat(ctx.vm.guest_ip, false).await {
             tracing::warn!(vm = %ctx.vm.name, error = %e, "cannot remove nat rules");
         }

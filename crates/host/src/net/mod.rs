@@ -12,13 +12,13 @@ pub mod dns;
 pub mod link;
 pub mod nft;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use dns::DnsServer;
 use link::{LinkError, Links};
-use nft::NftPlan;
+use nft::{NftPlan, Pin};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -78,6 +78,8 @@ pub struct NetConfig {
     pub upstream: Vec<SocketAddr>,
     /// The uplink for NAT; detected from the default route when absent.
     pub uplink: Option<String>,
+    /// Link-local addresses (`169.254.0.0/16`) guests may reach anyway.
+    pub link_local_allow: Vec<ipnet::Ipv4Net>,
 }
 
 impl NetConfig {
@@ -95,6 +97,8 @@ pub struct Network {
     bridge_index: u32,
     idle: Mutex<Vec<String>>,
     nat: Mutex<BTreeSet<Ipv4Addr>>,
+    /// Running VMs' devices, pinned to their MAC and address.
+    pins: Mutex<BTreeMap<String, Pin>>,
     nft_lock: tokio::sync::Mutex<()>,
     pool_lock: tokio::sync::Mutex<()>,
     uplink: Option<String>,
@@ -154,6 +158,7 @@ impl Network {
             bridge_index,
             idle: Mutex::new(idle),
             nat: Mutex::default(),
+            pins: Mutex::default(),
             nft_lock: tokio::sync::Mutex::new(()),
             pool_lock: tokio::sync::Mutex::new(()),
             uplink,
@@ -205,7 +210,50 @@ impl Network {
             gateway: self.cfg.gateway,
             uplink: self.uplink.clone(),
             nat: self.nat(),
+            pins: self
+                .pins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect(),
+            link_local_allow: self.cfg.link_local_allow.clone(),
         }
+    }
+
+    /// Lets VM `id`'s device carry frames from `ip` and its MAC only
+    /// (nothing else passes a port: see `nft`).
+    pub async fn pin(&self, id: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+        let ifname = self.cfg.vm_tap(id);
+        let pin = Pin {
+            ifname: ifname.clone(),
+            mac: mac_for(ip),
+            ip,
+        };
+        let changed = self
+            .pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ifname, pin.clone())
+            != Some(pin);
+        if changed {
+            self.apply_nft().await?;
+        }
+        Ok(())
+    }
+
+    /// Drops VM `id`'s pin: its device passes nothing.
+    pub async fn unpin(&self, id: &str) -> Result<(), NetError> {
+        let removed = self
+            .pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.cfg.vm_tap(id))
+            .is_some();
+        if removed {
+            self.apply_nft().await?;
+        }
+        Ok(())
     }
 
     async fn apply_nft(&self) -> Result<(), NetError> {
@@ -375,6 +423,7 @@ mod tests {
             host_dns: None,
             upstream: vec![],
             uplink: None,
+            link_local_allow: vec![],
         };
         assert_eq!(cfg.vm_tap("0123456789abcdef"), "bg-0123456789ab");
         assert_eq!(mac_for("172.29.0.5".parse().unwrap()), "06:00:ac:1d:00:05");

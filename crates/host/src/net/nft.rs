@@ -9,7 +9,16 @@
 //!   host (so a service listening on all addresses stays private);
 //! - forward: guest to guest is allowed (a LAN); a guest with NAT may go
 //!   out of the uplink and get the replies; other guests may not leave;
+//! - forward: no guest reaches link-local addresses (169.254.0.0/16, where
+//!   clouds serve instance metadata and credentials) unless the config
+//!   allows the address;
 //! - postrouting: masquerade the NAT guests out of the uplink.
+//!
+//! And a `bridge` table of the same name, where frames cross the bridge:
+//! each VM's device is pinned to the VM's MAC and address (ethernet
+//! source, ARP sender and IPv4 source must all be the VM's); any other
+//! frame from a port is dropped, so a guest cannot speak as another
+//! guest, poison ARP, or get out through another guest's NAT.
 
 use std::net::Ipv4Addr;
 use std::process::Stdio;
@@ -35,7 +44,23 @@ pub struct NftPlan {
     pub uplink: Option<String>,
     /// Guests with NAT on, sorted.
     pub nat: Vec<Ipv4Addr>,
+    /// Each running VM's device with the MAC and address it may use.
+    pub pins: Vec<Pin>,
+    /// Link-local addresses guests may reach anyway.
+    pub link_local_allow: Vec<ipnet::Ipv4Net>,
 }
+
+/// A bridge port and who may speak through it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pin {
+    pub ifname: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Where clouds put instance metadata (and more): never reached by a
+/// guest unless allowed.
+pub const LINK_LOCAL: &str = "169.254.0.0/16";
 
 /// The nft script that replaces banger's table with the plan.
 pub fn ruleset(plan: &NftPlan) -> String {
@@ -74,6 +99,21 @@ pub fn ruleset(plan: &NftPlan) -> String {
     out.push_str(&format!(
         "    iifname \"{bridge}\" oifname \"{bridge}\" accept\n"
     ));
+    if plan.link_local_allow.is_empty() {
+        out.push_str(&format!(
+            "    iifname \"{bridge}\" ip daddr {LINK_LOCAL} drop\n"
+        ));
+    } else {
+        let allowed: Vec<String> = plan
+            .link_local_allow
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        out.push_str(&format!(
+            "    iifname \"{bridge}\" ip daddr {LINK_LOCAL} ip daddr != {{ {} }} drop\n",
+            allowed.join(", ")
+        ));
+    }
     if let Some(uplink) = &plan.uplink {
         for ip in &nat_ips {
             out.push_str(&format!(
@@ -98,12 +138,38 @@ pub fn ruleset(plan: &NftPlan) -> String {
         out.push_str("  }\n");
     }
     out.push_str("}\n");
+    out.push_str(&pins(table, &plan.pins));
     out
 }
 
-/// The script that removes banger's table (nothing else).
+/// The bridge table: frames from a port pass only with its VM's MAC and
+/// address; everything else from any port (an idle device, a spoofer,
+/// IPv6, which banger does not give guests) is dropped.
+fn pins(table: &str, pins: &[Pin]) -> String {
+    let mut pins = pins.to_vec();
+    pins.sort();
+    let mut out = format!("table bridge {table} {{}}\ndelete table bridge {table}\n");
+    out.push_str(&format!("table bridge {table} {{\n"));
+    out.push_str(
+        "  chain prerouting {\n    type filter hook prerouting priority filter; policy accept;\n",
+    );
+    for Pin { ifname, mac, ip } in &pins {
+        out.push_str(&format!(
+            "    iifname \"{ifname}\" ether saddr {mac} arp htype 1 arp ptype ip arp saddr ether {mac} arp saddr ip {ip} accept\n"
+        ));
+        out.push_str(&format!(
+            "    iifname \"{ifname}\" ether saddr {mac} ip saddr {ip} accept\n"
+        ));
+    }
+    out.push_str("    drop\n  }\n}\n");
+    out
+}
+
+/// The script that removes banger's tables (nothing else).
 pub fn teardown(table: &str) -> String {
-    format!("table inet {table} {{}}\ndelete table inet {table}\n")
+    format!(
+        "table inet {table} {{}}\ndelete table inet {table}\ntable bridge {table} {{}}\ndelete table bridge {table}\n"
+    )
 }
 
 /// Runs an nft script as one transaction.
@@ -207,6 +273,12 @@ mod tests {
             gateway: "172.29.0.1".parse().unwrap(),
             uplink: uplink.map(String::from),
             nat,
+            pins: vec![Pin {
+                ifname: "bg-0123".into(),
+                mac: "06:00:ac:1d:00:03".into(),
+                ip: "172.29.0.3".parse().unwrap(),
+            }],
+            link_local_allow: vec![],
         }
     }
 
@@ -229,6 +301,7 @@ mod tests {
              \x20 chain forward {\n\
              \x20   type filter hook forward priority filter; policy accept;\n\
              \x20   iifname \"banger0\" oifname \"banger0\" accept\n\
+             \x20   iifname \"banger0\" ip daddr 169.254.0.0/16 drop\n\
              \x20   iifname \"banger0\" oifname \"eth0\" ip saddr 172.29.0.3 accept\n\
              \x20   iifname \"eth0\" oifname \"banger0\" ip daddr 172.29.0.3 ct state established,related accept\n\
              \x20   iifname \"banger0\" drop\n\
@@ -238,13 +311,77 @@ mod tests {
              \x20   type nat hook postrouting priority srcnat; policy accept;\n\
              \x20   oifname \"eth0\" ip saddr 172.29.0.3 masquerade\n\
              \x20 }\n\
+             }\n\
+             table bridge banger {}\n\
+             delete table bridge banger\n\
+             table bridge banger {\n\
+             \x20 chain prerouting {\n\
+             \x20   type filter hook prerouting priority filter; policy accept;\n\
+             \x20   iifname \"bg-0123\" ether saddr 06:00:ac:1d:00:03 arp htype 1 arp ptype ip arp saddr ether 06:00:ac:1d:00:03 arp saddr ip 172.29.0.3 accept\n\
+             \x20   iifname \"bg-0123\" ether saddr 06:00:ac:1d:00:03 ip saddr 172.29.0.3 accept\n\
+             \x20   drop\n\
+             \x20 }\n\
              }\n"
         );
     }
 
     #[test]
+    fn allowed_link_local_addresses_are_let_through() {
+        let mut p = plan(vec![], None);
+        p.link_local_allow = vec!["169.254.169.254/32".parse().unwrap()];
+        let text = ruleset(&p);
+        assert!(
+            text.contains("ip daddr 169.254.0.0/16 ip daddr != { 169.254.169.254/32 } drop"),
+            "{text}"
+        );
+    }
+
+    /// The scripts are real nft: checked by `nft -c` where nft runs.
+    #[test]
+    fn nft_accepts_the_scripts() {
+        let Some(nft) = crate::tools::find_tool("nft") else {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "no nft");
+            eprintln!("not run: no nft");
+            return;
+        };
+        let mut p = plan(vec!["172.29.0.3".parse().unwrap()], Some("eth0"));
+        p.link_local_allow = vec!["169.254.169.254/32".parse().unwrap()];
+        for script in [ruleset(&p), teardown("banger")] {
+            let mut child = std::process::Command::new(&nft)
+                .args(["-c", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            if !out.status.success() && !nix::unistd::Uid::effective().is_root() {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "nft -c needs root"
+                );
+                eprintln!("not run: nft -c needs root");
+                return;
+            }
+            assert!(
+                out.status.success(),
+                "{}\n{script}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
     fn no_uplink_means_no_nat_rules() {
         let text = ruleset(&plan(vec!["172.29.0.3".parse().unwrap()], None));
+        // The inet table; the bridge table pins the address whatever NAT.
+        let text = text.split("table bridge").next().unwrap();
         assert!(
             !text.contains("masquerade") && !text.contains("172.29.0.3"),
             "{text}"

@@ -46,6 +46,26 @@ pub struct QemuConfig {
     /// TCG translation cache in MiB (QEMU's default costs about 100 MiB
     /// of RSS per VM at no boot-time gain).
     pub tcg_tb_size_mib: u32,
+    /// Where each VM's own user id starts (`vm_uid`); `None` leaves QEMU
+    /// running as root.
+    pub uid_base: Option<u32>,
+}
+
+/// The QEMU sandbox: no obsolete calls, no new processes, no resource
+/// control. `elevateprivileges` stays `allow` because QEMU 7.2 installs
+/// its filter before it drops to `-runas` (with `deny` its own drop is
+/// killed); after the drop the real, effective and saved ids are all the
+/// VM's and no_new_privs is set, so there is no way back to root.
+pub const SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
+
+/// The user (and group) id a VM's QEMU runs as: the base plus the low 16
+/// bits of its agent CID, which is its address, unique among the VMs of
+/// a bridge prefix of /16 or longer and the same on every boot. QEMU
+/// opens the disks, the TAP, the console log and its sockets as root,
+/// then drops to it; no file needs to be that user's.
+pub fn vm_uid(base: u32, vsock_cid: u32) -> u32 {
+    base + (vsock_cid & 0xffff)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -108,6 +128,10 @@ pub fn qemu_args(spec: &MachineSpec, cfg: &QemuConfig) -> Result<Vec<String>, Pl
         &format!("{}M", spec.memory_mib),
     ]);
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    if let Some(base) = cfg.uid_base {
+        let uid = vm_uid(base, spec.agent.vsock_cid);
+        push(&["-runas", &format!("{uid}:{uid}"), "-sandbox", SANDBOX]);
+    }
     push(&["-kernel", &path(&spec.kernel)]);
     if let Some(initrd) = &spec.initrd {
         push(&["-initrd", &path(initrd)]);
@@ -231,6 +255,7 @@ mod tests {
             tsc_khz: Some(2_600_000),
             agent: AgentTransport::Serial,
             tcg_tb_size_mib: 64,
+            uid_base: Some(1_879_048_192),
         }
     }
 
@@ -243,6 +268,8 @@ mod tests {
             "-accel tcg,thread=multi,tb-size=64 -cpu max",
             "-smp 2 -m 512M",
             "-nodefaults -no-user-config -nographic -no-reboot",
+            // 2887581698 is 172.29.0.2: its low 16 bits are 2.
+            "-runas 1879048194:1879048194 -sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny",
             "-kernel /img/vmlinux -initrd /img/initrd",
             "-append console=ttyS0 reboot=t panic=-1 cryptomgr.notests tsc_early_khz=2600000 banger.agent=serial banger.root=/dev/vda banger.ip=172.29.0.2/24",
             "-chardev file,id=console,path=/vms/0123/serial.log,append=on -serial chardev:console",
@@ -280,6 +307,26 @@ mod tests {
             "{args}"
         );
         assert!(args.contains("banger.agent=vsock"), "{args}");
+    }
+
+    #[test]
+    fn without_a_uid_base_qemu_stays_root_and_unsandboxed() {
+        let mut cfg = tcg();
+        cfg.uid_base = None;
+        let args = qemu_args(&spec(), &cfg).unwrap().join(" ");
+        assert!(
+            !args.contains("-runas") && !args.contains("-sandbox"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn vm_uids_differ_by_address() {
+        let base = 1_879_048_192;
+        let a = vm_uid(base, u32::from(std::net::Ipv4Addr::new(172, 29, 0, 2)));
+        let b = vm_uid(base, u32::from(std::net::Ipv4Addr::new(172, 29, 0, 3)));
+        let c = vm_uid(base, u32::from(std::net::Ipv4Addr::new(10, 7, 255, 254)));
+        assert_eq!((a, b, c), (base + 2, base + 3, base + 0xfffe));
     }
 
     #[test]
