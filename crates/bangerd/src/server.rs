@@ -121,6 +121,7 @@ pub async fn start(config: Config) -> Result<Running> {
     }
     let listener = bind(&config.socket, &config.socket_group).await?;
     let (shutdown, mut stopped) = watch::channel(false);
+    tokio::spawn(reap_exited_vmms(banger.clone(), shutdown.subscribe()));
     tokio::spawn(cap_consoles(
         banger.clone(),
         config.console_log_max,
@@ -164,6 +165,21 @@ const CONSOLE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Keeps every running VM's console log under `max` (the guest can write
 /// to it without end): the oldest half goes when it is past the cap.
+/// How often the daemon looks for VMMs that exited on their own.
+const REAP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Stops the records of VMs whose VMM exited (guest power-off, crash,
+/// kill), so their devices, addresses and rules are released at once.
+async fn reap_exited_vmms(banger: Arc<Banger>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REAP_CHECK) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        banger.reap_exited().await;
+    }
+}
+
 async fn cap_consoles(banger: Arc<Banger>, max: u64, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {

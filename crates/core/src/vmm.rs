@@ -105,4 +105,7 @@ pub trait Vmm: Send + Sync {
     /// Is it still there, and does it answer (also used to re-adopt a VM
     /// after a daemon restart).
     async fn status(&self, handle: &VmmHandle) -> VmmStatus;
+    /// True once the VMM process is gone; cheap (no control socket), so
+    /// the daemon can ask often.
+    fn has_exited(&self, handle: &VmmHandle) -> bool;
 }

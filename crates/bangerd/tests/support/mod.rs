@@ -145,10 +145,24 @@ pub async fn wait_state(socket: &Path, vm: &str, state: &str) -> Value {
 
 /// One request; returns the status and the JSON body (`Null` when empty).
 pub async fn call(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let stream = UnixStream::connect(socket).await.unwrap();
+    try_call(socket, method, path, body)
+        .await
+        .unwrap_or_else(|err| panic!("{method} {path}: {err}"))
+}
+
+/// One request, or why it got no answer (the daemon went away).
+pub async fn try_call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, Value), String> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let request = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).unwrap())
@@ -157,16 +171,24 @@ pub async fn call(socket: &Path, method: &str, path: &str, body: Option<&str>) -
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     let value = if bytes.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
-    (status, value)
+    Ok((status, value))
 }
 
 /// POSTs asking for a progress stream; the response once its head is in.

@@ -519,6 +519,57 @@ impl Banger {
         Ok(report)
     }
 
+    /// Stops the records of running VMs whose VMM exited on its own (the
+    /// guest powered off, the VMM crashed or was killed): their devices,
+    /// records and rules are released as by a stop. Returns their names.
+    pub async fn reap_exited(&self) -> Vec<String> {
+        let Some(runtime) = self.runtime.clone() else {
+            return Vec::new();
+        };
+        let Ok(vms) = self.store.list_vms() else {
+            return Vec::new();
+        };
+        let mut reaped = Vec::new();
+        for vm in vms {
+            let gone = vm.state == VmState::Running
+                && vm
+                    .handle
+                    .as_ref()
+                    .is_some_and(|h| runtime.vmm.has_exited(h));
+            if !gone {
+                continue;
+            }
+            let name = vm.name.clone();
+            match self.reap_one(&runtime, &vm.id).await {
+                Ok(true) => {
+                    tracing::info!(vm = %name, "its vmm exited: vm stopped");
+                    reaped.push(name);
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(vm = %name, error = %err, "cannot stop a vm whose vmm exited")
+                }
+            }
+        }
+        reaped
+    }
+
+    /// Under the VM's lock, checked again (a stop or restart in flight
+    /// owns the VM until it is done): still running on an exited VMM.
+    async fn reap_one(&self, runtime: &Runtime, id: &str) -> Result<bool, ServiceError> {
+        let _lock = self.vm_locks.lock(id).await;
+        let mut vm = self.find_vm(id)?;
+        let gone = vm.state == VmState::Running
+            && vm
+                .handle
+                .as_ref()
+                .is_some_and(|h| runtime.vmm.has_exited(h));
+        if gone {
+            self.halt(&mut vm, false).await?;
+        }
+        Ok(gone)
+    }
+
     async fn reconcile_one(&self, runtime: &Runtime, vm: Vm) -> Result<Reconcile, ServiceError> {
         if !vm.state.is_active() && vm.handle.is_none() {
             return Ok(Reconcile::Skipped);

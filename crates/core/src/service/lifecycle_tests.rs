@@ -54,6 +54,9 @@ impl Vmm for FakeVmm {
         push(&self.log, "vmm.kill");
         Ok(())
     }
+    fn has_exited(&self, _handle: &VmmHandle) -> bool {
+        !self.alive.load(std::sync::atomic::Ordering::SeqCst)
+    }
     async fn status(&self, _handle: &VmmHandle) -> VmmStatus {
         if self.alive.load(std::sync::atomic::Ordering::SeqCst) {
             VmmStatus::Running
@@ -448,6 +451,29 @@ async fn reconcile_adopts_the_living_stops_the_dead_and_fails_the_half_booted() 
         "every dead vm released what it held: {:?}",
         events(&log)
     );
+}
+
+#[tokio::test]
+async fn a_vmm_that_exits_on_its_own_is_reaped_and_its_vm_stopped() {
+    let log = Log::default();
+    let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let b = booting_with(vec![FakeCap::new("net", &log)], &log, alive.clone());
+    b.create_vm(named("web")).await.unwrap();
+    assert!(b.reap_exited().await.is_empty(), "a living vmm stays");
+    assert_eq!(b.find_vm("web").unwrap().state, VmState::Running);
+    // The guest powered off, or its VMM crashed.
+    alive.store(false, std::sync::atomic::Ordering::SeqCst);
+    log.lock().unwrap().clear();
+    assert_eq!(b.reap_exited().await, ["web"]);
+    let vm = b.find_vm("web").unwrap();
+    assert_eq!(vm.state, VmState::Stopped);
+    assert!(vm.handle.is_none());
+    assert!(
+        events(&log).contains(&"net.cleanup".to_string()),
+        "{:?}",
+        events(&log)
+    );
+    assert!(b.reap_exited().await.is_empty(), "reaped once");
 }
 
 #[tokio::test]

@@ -312,6 +312,10 @@ impl Vmm for FirecrackerDriver {
         Ok(())
     }
 
+    fn has_exited(&self, handle: &VmmHandle) -> bool {
+        !process::alive(handle.pid, handle.start_ticks)
+    }
+
     async fn status(&self, handle: &VmmHandle) -> VmmStatus {
         if !process::alive(handle.pid, handle.start_ticks) {
             return VmmStatus::Exited;

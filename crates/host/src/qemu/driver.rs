@@ -186,6 +186,10 @@ impl Vmm for QemuDriver {
         Ok(())
     }
 
+    fn has_exited(&self, handle: &VmmHandle) -> bool {
+        !process::alive(handle.pid, handle.start_ticks)
+    }
+
     async fn status(&self, handle: &VmmHandle) -> VmmStatus {
         if !process::alive(handle.pid, handle.start_ticks) {
             return VmmStatus::Exited;

@@ -1,0 +1,117 @@
+//! The checks the fuzz targets in `fuzz/` run on untrusted bytes, one
+//! function per parser that reads them: agent reply lines (from a guest),
+//! DNS queries (from guests), image bundles (from whoever made the file),
+//! OCI layers and manifests (from registries). Each must return without
+//! panicking, hold no more than its bound, and write nothing outside the
+//! place it was given. `tests/regressions.rs` replays every input the
+//! fuzzers once crashed on (`fuzz/regressions/TARGET/`) through the same
+//! functions.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use banger_core::progress::NoProgress;
+use banger_host::agent::client::next_line;
+use tokio::io::BufReader;
+
+/// One target's check.
+pub type Check = fn(&[u8]);
+
+/// Every fuzz target, by the name of its directory of regressions.
+pub const TARGETS: &[(&str, Check)] = &[
+    ("agent_reply", agent_reply),
+    ("dns_query", dns_query),
+    ("bundle", bundle),
+    ("oci_layer", oci_layer),
+    ("oci_manifest", oci_manifest),
+];
+
+/// The line bound the fuzzers use (small, so long lines are reached).
+const LINE_MAX: usize = 512;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// Agent replies: split into bounded lines, each parsed as a reply.
+pub fn agent_reply(data: &[u8]) {
+    runtime().block_on(async {
+        let mut reader = BufReader::new(Cursor::new(data));
+        let mut line = Vec::new();
+        while let Ok(Some(whole)) = next_line(&mut reader, &mut line, LINE_MAX).await {
+            assert!(line.len() <= LINE_MAX, "a line past its bound was held");
+            if whole {
+                let _ = serde_json::from_slice::<banger_proto::agent::Reply>(&line);
+            }
+        }
+    });
+}
+
+/// DNS: a query answered by the server (no upstreams, one record).
+pub fn dns_query(data: &[u8]) {
+    runtime().block_on(async {
+        let server = banger_host::net::dns::DnsServer::new(Vec::new());
+        server.set("web", std::net::Ipv4Addr::new(172, 29, 0, 2));
+        if let Some(answer) = server.answer(data).await {
+            assert!(answer.len() <= 4096, "an answer past a datagram");
+        }
+    });
+}
+
+/// A bundle file unpacked into staging: an error is fine, a panic or a
+/// file outside staging is not.
+pub fn bundle(data: &[u8]) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("in.tar.zst");
+    std::fs::write(&file, data).expect("the input written");
+    let staging = dir.path().join("staging");
+    std::fs::create_dir(&staging).expect("staging");
+    let unpacked = runtime().block_on(banger_host::image::bundle::unpack(
+        &file,
+        &staging,
+        &NoProgress,
+    ));
+    assert_only(dir.path(), &["in.tar.zst", "staging"]);
+    if unpacked.is_err() {
+        let left: Vec<_> = std::fs::read_dir(&staging).unwrap().collect();
+        assert!(left.is_empty(), "a failed unpack left {left:?}");
+    }
+}
+
+/// An uncompressed layer applied to an empty tree: nothing outside it.
+pub fn oci_layer(data: &[u8]) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).expect("the tree");
+    let _ = banger_oci::layer::apply_tar(Cursor::new(data), &tree, "fuzz");
+    assert_only(dir.path(), &["tree"]);
+}
+
+/// Manifests, indexes and configs as a registry sends them.
+pub fn oci_manifest(data: &[u8]) {
+    if let Ok(index) = serde_json::from_slice::<oci_client::manifest::OciImageIndex>(data) {
+        let _ = banger_oci::registry::pick_platform(&index);
+    }
+    let _ = serde_json::from_slice::<oci_client::manifest::OciImageManifest>(data);
+    let _ = serde_json::from_slice::<banger_oci::registry::ImageConfigFile>(data);
+}
+
+/// `dir` holds exactly `names`.
+fn assert_only(dir: &Path, names: &[&str]) {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .expect("the directory")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    found.sort();
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(found, want, "something was written outside its place");
+}
