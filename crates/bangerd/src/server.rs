@@ -119,6 +119,9 @@ pub async fn start(config: Config) -> Result<Running> {
     for (pid, vm) in banger_host::process::kill_orphan_vmms(&config.run_dir, &live) {
         tracing::warn!(pid, vm = %vm, "killed a vmm no vm record owns");
     }
+    for socket in banger_host::process::remove_stale_sockets(&config.run_dir, &live) {
+        tracing::info!(socket = %socket.display(), "removed a socket no running vm owns");
+    }
     let listener = bind(&config.socket, &config.socket_group).await?;
     let (shutdown, mut stopped) = watch::channel(false);
     tokio::spawn(reap_exited_vmms(banger.clone(), shutdown.subscribe()));

@@ -174,9 +174,12 @@ async fn kills_at_random_moments_leave_records_matching_processes() {
             .await
             .ok()
             .and_then(Result::ok)
-            .map(|r| {
-                r.map(|(status, _)| status.to_string())
-                    .unwrap_or_else(|_| "cut off".into())
+            .map(|r| match r {
+                Ok((status, body)) if status >= 400 => {
+                    format!("{status} {}", body["error"]["message"])
+                }
+                Ok((status, _)) => status.to_string(),
+                Err(_) => "cut off".into(),
             });
         if kill_daemon {
             daemon = support::spawn_daemon(&ns, root.path());

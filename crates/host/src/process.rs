@@ -126,9 +126,51 @@ pub fn kill_orphan_vmms(run_dir: &Path, live: &[String]) -> Vec<(u32, String)> {
     orphans
 }
 
+/// Removes the sockets (never other files) in `run_dir/vms/<id>/` of VMs
+/// not in `live`: a VMM killed with SIGKILL (by a crash, or as an orphan)
+/// leaves its QMP and agent sockets behind. Returns what it removed.
+pub fn remove_stale_sockets(run_dir: &Path, live: &[String]) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut removed = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(run_dir.join("vms")) else {
+        return removed;
+    };
+    for dir in dirs.flatten() {
+        if live.contains(&dir.file_name().to_string_lossy().into_owned()) {
+            continue;
+        }
+        for file in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if file.file_type().is_ok_and(|t| t.is_socket())
+                && std::fs::remove_file(file.path()).is_ok()
+            {
+                removed.push(file.path());
+            }
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_sockets_of_vms_not_live_go_and_nothing_else() {
+        let run = tempfile::tempdir().unwrap();
+        let (dead, live) = (run.path().join("vms/dead"), run.path().join("vms/live"));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::create_dir_all(&live).unwrap();
+        let _a = std::os::unix::net::UnixListener::bind(dead.join("qmp.sock")).unwrap();
+        let _b = std::os::unix::net::UnixListener::bind(live.join("qmp.sock")).unwrap();
+        std::fs::write(dead.join("notes"), b"kept").unwrap();
+        let removed = remove_stale_sockets(run.path(), &["live".into()]);
+        assert_eq!(removed, [dead.join("qmp.sock")]);
+        assert!(dead.join("notes").exists() && live.join("qmp.sock").exists());
+    }
 
     #[test]
     fn a_run_dir_matches_only_itself() {
