@@ -271,6 +271,12 @@ fn prepare() -> Result<String, InitError> {
         source,
     })?;
 
+    // A userland run by banger's small init gets its mounts now, before
+    // the agent may answer (a terminal needs /dev/pts at once).
+    if Path::new(IMAGE_INIT).exists() {
+        crate::minit::mount_all();
+    }
+
     // The image's early services start now, in the new root, while the
     // work disk and the network are set up; the agent holds its hello
     // until the marker is gone.

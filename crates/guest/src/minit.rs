@@ -30,7 +30,10 @@ pub const MOUNTS: &[(&str, &str, &str, &str)] = &[
     ("tmpfs", "/tmp", "tmpfs", "mode=1777"),
 ];
 
-fn mount_all() {
+/// Mounts `MOUNTS` (an existing mount is left as it is). banger-init
+/// calls it too, before the agent may answer, so a terminal asked for
+/// right after boot finds `/dev/pts`.
+pub fn mount_all() {
     for (source, target, fstype, data) in MOUNTS {
         let _ = std::fs::create_dir_all(target);
         if let Err(err) = mount(
