@@ -34,7 +34,11 @@ pub const MOUNTS: &[(&str, &str, &str, &str)] = &[
 /// calls it too, before the agent may answer, so a terminal asked for
 /// right after boot finds `/dev/pts`.
 pub fn mount_all() {
+    let mounted = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     for (source, target, fstype, data) in MOUNTS {
+        if is_mounted(&mounted, target) {
+            continue;
+        }
         let _ = std::fs::create_dir_all(target);
         if let Err(err) = mount(
             Some(*source),
@@ -48,6 +52,13 @@ pub fn mount_all() {
             }
         }
     }
+}
+
+/// Whether `/proc/self/mounts` text lists `target` as a mount point.
+fn is_mounted(mounts: &str, target: &str) -> bool {
+    mounts
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some(target))
 }
 
 /// Reaps every child that has ended; returns how many.
@@ -122,5 +133,7 @@ mod tests {
     fn the_mounts_are_the_ones_programs_expect() {
         let targets: Vec<&str> = MOUNTS.iter().map(|m| m.1).collect();
         assert_eq!(targets, ["/dev/pts", "/dev/shm", "/tmp"]);
+        let mounts = "devpts /dev/pts devpts rw 0 0\ntmpfs /tmpx tmpfs rw 0 0\n";
+        assert!(is_mounted(mounts, "/dev/pts") && !is_mounted(mounts, "/tmp"));
     }
 }
