@@ -276,3 +276,20 @@ fn error_answer(status: hyper::StatusCode, body: &[u8], path: &str) -> anyhow::E
         ),
     }
 }
+
+/// A value the API checks by its type, checked here first so that bad
+/// input is refused as the daemon would (same words, exit code 2) without
+/// a round trip.
+pub fn checked<T, V>(value: V) -> anyhow::Result<T>
+where
+    T: TryFrom<V, Error = banger_proto::rules::RuleError>,
+{
+    T::try_from(value).map_err(|err| {
+        ClientError::Api(ApiError::new(
+            banger_proto::error::ErrorCode::InvalidInput,
+            err.to_string(),
+            Some("see --help for the accepted values".into()),
+        ))
+        .into()
+    })
+}

@@ -8,10 +8,11 @@ use banger_proto::image::{
     ImageRegisterRequest, PruneReport,
 };
 use banger_proto::progress::ProgressEvent;
+use banger_proto::rules::HostPath;
 use clap::Subcommand;
 use serde::Serialize;
 
-use crate::client::Client;
+use crate::client::{checked, Client};
 use crate::output;
 use crate::progress::Progress;
 use crate::vm::path_segment;
@@ -193,9 +194,12 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             json,
         } => {
             let request = ImageBuildRequest {
-                name,
-                suite: Some(debian),
-                packages,
+                name: checked(name)?,
+                suite: Some(checked(debian)?),
+                packages: packages
+                    .into_iter()
+                    .map(checked)
+                    .collect::<anyhow::Result<_>>()?,
             };
             long_op(client, "/v1/images/build", &request, json, "built").await?;
         }
@@ -212,9 +216,9 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                 source
             };
             let request = ImagePullRequest {
-                source,
-                name,
-                sha256,
+                source: checked(source)?,
+                name: name.map(checked).transpose()?,
+                sha256: sha256.map(checked).transpose()?,
                 kernel_from,
             };
             long_op(client, "/v1/images/pull", &request, json, "pulled").await?;
@@ -229,9 +233,10 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             no_work_seed,
             json,
         } => {
-            let text = |p: &Path| absolute(p).map(|p| p.display().to_string());
+            let text =
+                |p: &Path| -> Result<HostPath> { checked(absolute(p)?.display().to_string()) };
             let request = ImageRegisterRequest {
-                name,
+                name: checked(name)?,
                 kernel: kernel.as_deref().map(text).transpose()?,
                 kernel_from,
                 initrd: initrd.as_deref().map(text).transpose()?,
@@ -243,7 +248,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
         }
         ImageCommand::Export { image, file, json } => {
             let request = ImageExportRequest {
-                file: absolute(&file)?.display().to_string(),
+                file: checked(absolute(&file)?.display().to_string())?,
             };
             let path = format!("/v1/images/{}/export", path_segment(&image));
             long_op(client, &path, &request, json, "exported").await?;

@@ -104,10 +104,9 @@ fn report(err: &anyhow::Error) -> ExitCode {
             1,
         ),
         Some(ClientError::Api(api)) => {
-            let code = if api.error.code == ErrorCode::InvalidInput {
-                2
-            } else {
-                1
+            let code = match api.error.code {
+                ErrorCode::InvalidInput | ErrorCode::Unprocessable => 2,
+                _ => 1,
             };
             (api.error.hint.clone(), code)
         }

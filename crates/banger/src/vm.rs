@@ -1,10 +1,13 @@
 //! `banger vm ...`.
 
 use anyhow::Result;
+use banger_proto::error::{ApiError, ErrorCode};
+use banger_proto::rules::DiskBytes;
+use banger_proto::units::parse_size;
 use banger_proto::vm::{Vm, VmCreateRequest, VmList, VmUpdateRequest};
 use clap::{Args, Subcommand};
 
-use crate::client::Client;
+use crate::client::{checked, Client, ClientError};
 use crate::output;
 
 #[derive(Debug, Subcommand)]
@@ -161,16 +164,29 @@ pub struct CreateArgs {
     json: bool,
 }
 
+/// A disk size as typed (`8G`) in the bytes the API takes.
+fn disk_bytes(text: Option<String>) -> Result<Option<DiskBytes>> {
+    let Some(text) = text else { return Ok(None) };
+    let bytes = parse_size(&text).map_err(|err| {
+        ClientError::Api(ApiError::new(
+            ErrorCode::InvalidInput,
+            err.to_string(),
+            Some("see --help for the accepted values".into()),
+        ))
+    })?;
+    checked(bytes).map(Some)
+}
+
 pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
     match command {
         VmCommand::Create(args) => {
             let request = VmCreateRequest {
-                name: args.name,
+                name: args.name.map(checked).transpose()?,
                 image: args.image,
-                vcpus: args.vcpus,
-                memory_mib: args.memory,
-                work_disk_size: args.disk,
-                system_disk_size: args.system_disk,
+                vcpus: args.vcpus.map(|n| checked(u64::from(n))).transpose()?,
+                memory_mib: args.memory.map(|n| checked(u64::from(n))).transpose()?,
+                work_disk_bytes: disk_bytes(args.disk)?,
+                system_disk_bytes: disk_bytes(args.system_disk)?,
                 nat: args.nat,
                 no_start: args.no_start,
                 guest_ip: args.ip,
@@ -256,12 +272,12 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
             command,
         } => {
             let request = VmCreateRequest {
-                name: create.name,
+                name: create.name.map(checked).transpose()?,
                 image: create.image,
-                vcpus: create.vcpus,
-                memory_mib: create.memory,
-                work_disk_size: create.disk,
-                system_disk_size: None,
+                vcpus: create.vcpus.map(|n| checked(u64::from(n))).transpose()?,
+                memory_mib: create.memory.map(|n| checked(u64::from(n))).transpose()?,
+                work_disk_bytes: disk_bytes(create.disk)?,
+                system_disk_bytes: None,
                 nat: create.nat,
                 no_start: false,
                 guest_ip: create.ip,

@@ -67,13 +67,17 @@ async fn bad_input_is_refused_and_changes_nothing() {
         (r#"{"name":"a1","vcpus":0,"no_start":true}"#, 400),
         (r#"{"name":"a2","vcpus":4096,"no_start":true}"#, 400),
         (r#"{"name":"a3","memory_mib":32,"no_start":true}"#, 400),
-        (
-            r#"{"name":"a4","work_disk_size":"10Q","no_start":true}"#,
-            400,
-        ),
+        (r#"{"name":"a4","work_disk_bytes":1,"no_start":true}"#, 400),
+        (r#"{"name":"","no_start":true}"#, 400),
+        (r#"[null, null]"#, 400),
+        (r#"{"name":"a6","vcpus":2.5,"no_start":true}"#, 400),
         (
             r#"{"name":"a5","image":"no-such-image","no_start":true}"#,
-            400,
+            404,
+        ),
+        (
+            r#"{"name":"a7","guest_ip":"10.0.0.5","no_start":true}"#,
+            422,
         ),
         (r#"{"name":"keep","no_start":true}"#, 409),
     ];

@@ -112,7 +112,7 @@ async fn a_debian_tree_registered_with_its_kernel_boots() {
     std::fs::write(&other, fake).unwrap();
     let body = json!({"name": "mismatch", "kernel": other, "rootfs": rootfs}).to_string();
     let (status, err) = support::call(&socket, "POST", "/v1/images/register", Some(&body)).await;
-    assert_eq!(status, 400, "{err}");
+    assert_eq!(status, 422, "{err}");
     let message = err["error"]["message"].as_str().unwrap();
     assert!(message.contains("has no modules for kernel"), "{message}");
     assert!(err["error"]["hint"].is_string(), "{err}");
@@ -145,7 +145,7 @@ async fn a_debian_tree_registered_with_its_kernel_boots() {
     assert!(from.contains("the kernel of image foreign"), "{from}");
     let body = json!({"name": "x", "kernel_from": "nope", "rootfs": rootfs}).to_string();
     let (status, err) = support::call(&socket, "POST", "/v1/images/register", Some(&body)).await;
-    assert_eq!(status, 400, "{err}");
+    assert_eq!(status, 404, "{err}");
 
     let (status, vm) = support::call(
         &socket,

@@ -137,58 +137,69 @@ async fn register_refuses_bad_files_and_changes_nothing() {
         (
             json!({"name": "x", "kernel": kernel, "rootfs": not_ext4}),
             "is not an ext4 image",
+            422,
         ),
         (
             json!({"name": "x", "kernel": not_kernel, "rootfs": rootfs}),
             "not a kernel",
+            422,
         ),
         (
             json!({"name": "x", "kernel": "/nonexistent/k", "rootfs": rootfs}),
             "no such file",
+            404,
         ),
         (
             json!({"name": "x", "kernel": "relative/k", "rootfs": rootfs}),
-            "is not absolute",
+            "a path on the daemon's host is absolute",
+            400,
         ),
         (
             json!({"name": "Bad", "kernel": kernel, "rootfs": rootfs}),
             "invalid name",
+            400,
         ),
         // Without an initrd of its own the rootfs must be bootable.
         (
             json!({"name": "x", "kernel": kernel, "rootfs": rootfs}),
             "the rootfs has neither /bin/sh nor /sbin/init",
+            422,
         ),
         (
             json!({"name": "x", "kernel": kernel, "rootfs": userland}),
             "has no kernel modules",
+            422,
         ),
         // No kernel of its own: the default image's (here the seeded
         // stand-in, whose kernel does not say its release) would be taken.
         (
             json!({"name": "x", "rootfs": userland}),
             "the kernel of image base does not say its release",
+            422,
         ),
         (
             json!({"name": "x", "initrd": kernel, "rootfs": userland}),
             "an initrd of your own needs its kernel",
+            422,
         ),
         (
             json!({"name": "x", "kernel": kernel, "kernel_from": "base", "rootfs": userland}),
             "either a kernel or kernel_from",
+            422,
         ),
         // Any other file as an initrd (a root-only one, say) would be
         // copied into the image and handed out by an export.
         (
             json!({"name": "x", "kernel": kernel, "initrd": userland, "rootfs": userland}),
             "is not an initramfs",
+            422,
         ),
     ];
-    for (body, expected) in cases {
+    for (body, expected, code) in cases {
         let (status, err) = daemon
             .call("POST", "/v1/images/register", Some(&body.to_string()))
             .await;
-        assert_eq!(status, 400, "{body}: {err}");
+        assert_eq!(status, code, "{body}: {err}");
         let message = err["error"]["message"].as_str().unwrap();
         assert!(message.contains(expected), "{message}");
         assert!(err["error"]["hint"].is_string(), "{err}");
@@ -252,7 +263,7 @@ async fn export_then_pull_from_a_path_and_over_http() {
     let (status, err) = daemon
         .call("POST", "/v1/images/orig/export", Some(&body))
         .await;
-    assert_eq!(status, 400, "an existing file is not overwritten: {err}");
+    assert_eq!(status, 409, "an existing file is not overwritten: {err}");
 
     // banger's own state is not a place to write to or read from, even
     // through a link.
@@ -264,7 +275,7 @@ async fn export_then_pull_from_a_path_and_over_http() {
         let (status, err) = daemon
             .call("POST", "/v1/images/orig/export", Some(&body))
             .await;
-        assert_eq!(status, 400, "{file:?}: {err}");
+        assert_eq!(status, 403, "{file:?}: {err}");
         let message = err["error"]["message"].as_str().unwrap();
         assert!(message.contains("inside banger's own"), "{message}");
     }
@@ -273,7 +284,7 @@ async fn export_then_pull_from_a_path_and_over_http() {
     let (status, err) = daemon
         .call("POST", "/v1/images/register", Some(&body))
         .await;
-    assert_eq!(status, 400, "{err}");
+    assert_eq!(status, 403, "{err}");
 
     // From a path, under a new name: the same artifacts.
     let body = json!({ "source": bundle, "name": "copy" }).to_string();
@@ -308,7 +319,7 @@ async fn export_then_pull_from_a_path_and_over_http() {
     let cut = serve(bytes[..bytes.len() / 2].to_vec(), bytes.len()).await;
     let body = json!({ "source": cut, "name": "cut" }).to_string();
     let (status, err) = daemon.call("POST", "/v1/images/pull", Some(&body)).await;
-    assert_eq!(status, 500, "{err}");
+    assert_eq!(status, 502, "the server's fault: {err}");
     for gone in ["wrong", "cut"] {
         let (status, _) = daemon
             .call("GET", &format!("/v1/images/{gone}"), None)
@@ -485,7 +496,7 @@ async fn register_can_leave_out_the_work_seed() {
     let (status, _) = daemon
         .call("POST", "/v1/images/register", Some(&both))
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 422);
     daemon.stop().await;
 }
 
@@ -595,13 +606,14 @@ async fn a_group_member_reaches_only_its_own_files() {
             "image", "register", "stolen", "--kernel", &k, "--initrd", &initrd, "--rootfs", &r,
         ])
         .await;
-        assert_eq!(code, Some(2), "{out}{err}");
+        // Not found (1): missing and unreadable look the same.
+        assert_eq!(code, Some(1), "{out}{err}");
         assert!(err.contains("permission denied"), "{err}");
         refusals.push(err.replace(&initrd, "PATH"));
     }
     assert_eq!(refusals[0], refusals[1]);
     let (code, _, err) = member(&["image", "pull", &path(&shadow), "--name", "stolen"]).await;
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("permission denied"), "{err}");
 
     // No export where it may not write, none into banger's state.
@@ -610,12 +622,12 @@ async fn a_group_member_reaches_only_its_own_files() {
     mode(&roots, 0o755);
     let (code, _, err) =
         member(&["image", "export", "orig", &path(&roots.join("x.tar.zst"))]).await;
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("permission denied"), "{err}");
     assert_eq!(std::fs::read_dir(&roots).unwrap().count(), 0);
     let inside = daemon.config.state_dir.join("x.tar.zst");
     let (code, _, err) = member(&["image", "export", "orig", &path(&inside)]).await;
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(1), "{err}");
     assert!(!inside.exists());
 
     // A link planted where the partial bundle goes is not written through,
@@ -633,7 +645,7 @@ async fn a_group_member_reaches_only_its_own_files() {
         &path(&shared.join("out.tar.zst")),
     ])
     .await;
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(1), "{err}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
     assert!(!shared.join("out.tar.zst").exists());
 

@@ -79,7 +79,7 @@ async fn every_documented_route_answers_as_documented() {
     let daemon = TestDaemon::start().await;
     let mut seen = BTreeSet::new();
     let create =
-        r#"{"name":"web","no_start":true,"vcpus":1,"memory_mib":256,"work_disk_size":"1G"}"#;
+        r#"{"name":"web","no_start":true,"vcpus":1,"memory_mib":256,"work_disk_bytes":1073741824}"#;
     let cases: Vec<(&str, &str, String, Option<&str>, u16)> = vec![
         ("get", "/v1/health", "/v1/health".into(), None, 200),
         ("get", "/v1/doctor", "/v1/doctor".into(), None, 200),
@@ -251,7 +251,7 @@ async fn every_documented_route_answers_as_documented() {
             "/v1/images/register",
             "/v1/images/register".into(),
             Some(r#"{"name":"reg","kernel":"/nonexistent/k","rootfs":"/nonexistent/r"}"#),
-            400,
+            404,
         ),
         (
             "post",
@@ -328,6 +328,30 @@ async fn malformed_bodies_and_unknown_routes_get_error_bodies() {
         assert_eq!(status, 400, "{body}: {value}");
         assert_documented(&doc, "post", "/v1/vms", 400, &value);
         assert_eq!(value["error"]["code"], "invalid_input");
+    }
+    // Any top-level value but an object, even one the body type would
+    // take (a struct from a sequence).
+    for body in ["[null, null]", "null", "\"web\""] {
+        let (status, value) = daemon.call("POST", "/v1/vms", Some(body)).await;
+        assert_eq!(status, 400, "{body}: {value}");
+        assert_documented(&doc, "post", "/v1/vms", 400, &value);
+    }
+    // Malformed query strings and paths: the same error body, documented.
+    for (method, route, path) in [
+        ("delete", "/v1/vms/{vm}", "/v1/vms/web?force=maybe"),
+        (
+            "post",
+            "/v1/vms/{vm}/stop",
+            "/v1/vms/web/stop?force=1&force=0",
+        ),
+        ("get", "/v1/vms/{vm}/logs", "/v1/vms/web/logs?follow=yes"),
+        ("get", "/v1/vms/{vm}", "/v1/vms/%FF%FE"),
+        ("get", "/v1/images/{image}", "/v1/images/%C3"),
+    ] {
+        let (status, value) = daemon.call(&method.to_uppercase(), path, None).await;
+        assert_eq!(status, 400, "{path}: {value}");
+        assert_eq!(value["error"]["code"], "invalid_input", "{path}");
+        assert_documented(&doc, method, route, 400, &value);
     }
     let (status, value) = daemon.call("GET", "/v1/nothing-here", None).await;
     assert_eq!(status, 404);

@@ -32,7 +32,8 @@ pub struct CapabilityError {
 }
 
 /// A capability's refusal of a request it cannot serve on this host
-/// (`--nat` without an uplink): bad input, refused before anything is made.
+/// (`--nat` without an uplink): well formed but not possible here
+/// (unprocessable), refused before anything is made.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{message}")]
 pub struct Refusal {

@@ -105,11 +105,38 @@ pub enum MakeError {
         message: String,
         hint: Option<String>,
     },
+    /// A server the work fetches from could not be reached or failed.
+    #[error("{message}")]
+    Upstream {
+        message: String,
+        hint: Option<String>,
+    },
+    /// This host cannot make images at all (a tool or the guest binary
+    /// is missing): nothing about the request could change that.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        hint: Option<String>,
+    },
 }
 
 impl MakeError {
     pub fn invalid(message: impl Into<String>, hint: Option<&str>) -> Self {
         MakeError::Invalid {
+            message: message.into(),
+            hint: hint.map(String::from),
+        }
+    }
+
+    pub fn upstream(message: impl Into<String>, hint: Option<&str>) -> Self {
+        MakeError::Upstream {
+            message: message.into(),
+            hint: hint.map(String::from),
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>, hint: Option<&str>) -> Self {
+        MakeError::Unavailable {
             message: message.into(),
             hint: hint.map(String::from),
         }
@@ -124,7 +151,10 @@ impl MakeError {
 
     pub fn hint(&self) -> Option<&str> {
         match self {
-            MakeError::Invalid { hint, .. } | MakeError::Failed { hint, .. } => hint.as_deref(),
+            MakeError::Invalid { hint, .. }
+            | MakeError::Failed { hint, .. }
+            | MakeError::Upstream { hint, .. }
+            | MakeError::Unavailable { hint, .. } => hint.as_deref(),
         }
     }
 }

@@ -71,10 +71,10 @@ impl PullSource {
     /// - anything else is an OCI reference (`debian:bookworm`,
     ///   `ghcr.io/org/app`, a bare `alpine` meaning docker.io/library).
     pub fn parse(what: &str, sha256: Option<String>, catalog: &Catalog) -> PullSource {
-        let bundle = ["http://", "https://", "file://", "/", "./", "../"]
+        // Relative paths are the client's to make absolute.
+        let bundle = ["http://", "https://", "file://", "/"]
             .iter()
-            .any(|p| what.starts_with(p))
-            || what.ends_with(".tar.zst");
+            .any(|p| what.starts_with(p));
         let oci = || PullSource::Oci {
             reference: what.to_string(),
             kernel_from: None,

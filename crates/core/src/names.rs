@@ -9,16 +9,9 @@ use rand::seq::IndexedRandom;
 pub struct NameError(pub String);
 
 /// Checks `[a-z][a-z0-9-]{0,62}`; the name becomes a DNS label (`NAME.vm`).
+/// The rule is the API's (`banger_proto::rules::Name`).
 pub fn validate_name(name: &str) -> Result<(), NameError> {
-    let mut chars = name.chars();
-    let ok = matches!(chars.next(), Some('a'..='z'))
-        && name.len() <= 63
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(NameError(name.to_string()))
-    }
+    banger_proto::rules::Name::check(name).map_err(|_| NameError(name.to_string()))
 }
 
 const ADJECTIVES: &[&str] = &[

@@ -29,11 +29,17 @@ use crate::vm::{new_id, StateError, Vm, VmState};
 /// The class of a `ServiceError`; front-ends map it to a status or exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
+    /// The request breaks the API's rules (form, type, pattern, range).
     InvalidInput,
+    /// Well formed, but not possible as asked (see `ErrorCode`).
+    Unprocessable,
+    Forbidden,
     NotFound,
     Conflict,
     Unsupported,
     Internal,
+    /// A server the daemon fetches from failed.
+    Upstream,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +104,9 @@ impl ServiceError {
     pub fn kind(&self) -> ErrorKind {
         use ServiceError::*;
         match self {
-            Spec(_) | UnknownImage(_) => ErrorKind::InvalidInput,
-            Refused(_) | AddrOutside { .. } | AddrReserved { .. } => ErrorKind::InvalidInput,
+            Spec(_) => ErrorKind::InvalidInput,
+            UnknownImage(_) => ErrorKind::NotFound,
+            Refused(_) | AddrOutside { .. } | AddrReserved { .. } => ErrorKind::Unprocessable,
             AddrTaken { .. } => ErrorKind::Conflict,
             VmNotFound(_) => ErrorKind::NotFound,
             NameTaken(_) | VmActive { .. } | State(_) => ErrorKind::Conflict,
@@ -109,12 +116,14 @@ impl ServiceError {
             NotRunning { .. } => ErrorKind::Conflict,
             Boot { .. } | Runtime { .. } => ErrorKind::Internal,
             Image(err) => match err {
-                ImageError::Name(_)
-                | ImageError::NotInCatalog(_)
-                | ImageError::ExportTarget(_)
-                | ImageError::Make(MakeError::Invalid { .. }) => ErrorKind::InvalidInput,
-                ImageError::NotFound(_) => ErrorKind::NotFound,
-                ImageError::NameTaken(_) | ImageError::InUse { .. } => ErrorKind::Conflict,
+                ImageError::Name(_) => ErrorKind::InvalidInput,
+                ImageError::Make(MakeError::Invalid { .. }) => ErrorKind::Unprocessable,
+                ImageError::Make(MakeError::Unavailable { .. }) => ErrorKind::Unsupported,
+                ImageError::Make(MakeError::Upstream { .. }) => ErrorKind::Upstream,
+                ImageError::NotFound(_) | ImageError::NotInCatalog(_) => ErrorKind::NotFound,
+                ImageError::NameTaken(_)
+                | ImageError::InUse { .. }
+                | ImageError::ExportTarget(_) => ErrorKind::Conflict,
                 ImageError::Store(StoreError::NameTaken { .. }) => ErrorKind::Conflict,
                 ImageError::Make(MakeError::Failed { .. })
                 | ImageError::Dirs(_)

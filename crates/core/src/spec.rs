@@ -2,13 +2,13 @@
 //! machine shape it becomes (`VmSpec`), and the limits that sit between.
 
 use crate::names::{validate_name, NameError};
-use crate::size::{format_size, parse_size, SizeError};
+use crate::size::{format_size, SizeError};
 
-pub const MIN_MEMORY_MIB: u32 = 64;
-pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
-pub const MAX_VCPUS: u32 = 64;
-pub const MIN_DISK_BYTES: u64 = 64 << 20;
-pub const MAX_DISK_BYTES: u64 = 16 << 40;
+// The API states the same limits (`banger_proto::rules`).
+pub use banger_proto::rules::{
+    DISK_BYTES_MAX as MAX_DISK_BYTES, DISK_BYTES_MIN as MIN_DISK_BYTES,
+    MEMORY_MIB_MAX as MAX_MEMORY_MIB, MEMORY_MIB_MIN as MIN_MEMORY_MIB, VCPUS_MAX as MAX_VCPUS,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -21,11 +21,12 @@ pub enum SpecError {
     #[error("invalid memory {0} MiB: use {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB")]
     Memory(u32),
     #[error(
-        "invalid {what} size {size}: use {} to {}",
+        "invalid {what} size {}: use {} to {}",
+        format_size(*.bytes),
         format_size(MIN_DISK_BYTES),
         format_size(MAX_DISK_BYTES)
     )]
-    DiskSize { what: &'static str, size: String },
+    DiskSize { what: &'static str, bytes: u64 },
     #[error("invalid guest address {0:?}: expected an IPv4 address like 172.29.0.10")]
     Address(String),
 }
@@ -37,8 +38,8 @@ pub struct CreateParams {
     pub image: Option<String>,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u32>,
-    pub work_disk_size: Option<String>,
-    pub system_disk_size: Option<String>,
+    pub work_disk_bytes: Option<u64>,
+    pub system_disk_bytes: Option<u64>,
     pub nat: bool,
     pub no_start: bool,
     /// A guest address of the bridge prefix; the next free one when absent.
@@ -94,8 +95,8 @@ pub struct ValidatedCreate {
 impl CreateParams {
     /// Checks every field; nothing is touched before this passes.
     pub fn validate(&self, defaults: &SpecDefaults) -> Result<ValidatedCreate, SpecError> {
-        let name = match self.name.as_deref().map(str::trim) {
-            None | Some("") => None,
+        let name = match self.name.as_deref() {
+            None => None,
             Some(name) => {
                 validate_name(name)?;
                 Some(name.to_string())
@@ -110,10 +111,10 @@ impl CreateParams {
             return Err(SpecError::Memory(memory_mib));
         }
         let work_disk_bytes =
-            disk_size("work disk", &self.work_disk_size, defaults.work_disk_bytes)?;
+            disk_size("work disk", self.work_disk_bytes, defaults.work_disk_bytes)?;
         let system_disk_bytes = disk_size(
             "system disk",
-            &self.system_disk_size,
+            self.system_disk_bytes,
             defaults.system_disk_bytes,
         )?;
         let image = match self.image.as_deref().map(str::trim) {
@@ -131,8 +132,8 @@ impl CreateParams {
                 nat: self.nat,
             },
             no_start: self.no_start,
-            guest_ip: match self.guest_ip.as_deref().map(str::trim) {
-                None | Some("") => None,
+            guest_ip: match self.guest_ip.as_deref() {
+                None => None,
                 Some(text) => Some(
                     text.parse()
                         .map_err(|_| SpecError::Address(text.to_string()))?,
@@ -142,14 +143,10 @@ impl CreateParams {
     }
 }
 
-fn disk_size(what: &'static str, text: &Option<String>, default: u64) -> Result<u64, SpecError> {
-    let Some(text) = text else { return Ok(default) };
-    let bytes = parse_size(text)?;
+fn disk_size(what: &'static str, bytes: Option<u64>, default: u64) -> Result<u64, SpecError> {
+    let bytes = bytes.unwrap_or(default);
     if !(MIN_DISK_BYTES..=MAX_DISK_BYTES).contains(&bytes) {
-        return Err(SpecError::DiskSize {
-            what,
-            size: text.clone(),
-        });
+        return Err(SpecError::DiskSize { what, bytes });
     }
     Ok(bytes)
 }
@@ -191,11 +188,15 @@ mod tests {
                 ..Default::default()
             },
             CreateParams {
-                work_disk_size: Some("10Q".into()),
+                work_disk_bytes: Some(17 << 40),
                 ..Default::default()
             },
             CreateParams {
-                system_disk_size: Some("1K".into()),
+                system_disk_bytes: Some(1024),
+                ..Default::default()
+            },
+            CreateParams {
+                name: Some(String::new()),
                 ..Default::default()
             },
         ];
@@ -207,15 +208,12 @@ mod tests {
     #[test]
     fn messages_are_one_lowercase_line() {
         let err = check(CreateParams {
-            work_disk_size: Some("10Q".into()),
+            work_disk_bytes: Some(1 << 20),
             ..Default::default()
         })
         .unwrap_err()
         .to_string();
-        assert_eq!(
-            err,
-            "invalid size \"10Q\": use a number with a unit, like 512M or 8G"
-        );
+        assert_eq!(err, "invalid work disk size 1M: use 64M to 16T");
         let err = check(CreateParams {
             memory_mib: Some(10),
             ..Default::default()

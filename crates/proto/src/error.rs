@@ -8,9 +8,18 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// The request is malformed or a value is out of range (400).
+    /// The request breaks the API description: malformed JSON, a wrong
+    /// type, a value outside its pattern or range (400).
     InvalidInput,
-    /// The named VM or image does not exist (404).
+    /// The request is well formed but cannot be carried out as asked: a
+    /// named file of the wrong kind, an address outside the bridge,
+    /// fields that exclude each other (422).
+    Unprocessable,
+    /// The caller may not do this: a path inside banger's own
+    /// directories, a file it may not write (403).
+    Forbidden,
+    /// The named VM, image or file does not exist (a file the caller may
+    /// not read is reported the same way) (404).
     NotFound,
     /// The request conflicts with current state, e.g. a name is taken (409).
     Conflict,
@@ -18,6 +27,9 @@ pub enum ErrorCode {
     Unsupported,
     /// Something failed inside the daemon or on the host (500).
     Internal,
+    /// A server banger fetches from (a registry, a bundle's host, the
+    /// Debian mirror) could not be reached or failed (502).
+    Upstream,
 }
 
 /// `{"error": {...}}`.

@@ -6,16 +6,18 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::rules::Base64;
 
 /// Body of `POST /v1/vms/{vm}/exec`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// The command and its arguments (no shell).
+    #[schema(min_items = 1)]
     pub argv: Vec<String>,
-    /// Bytes for the command's stdin, base64; stdin is closed after them.
+    /// Bytes for the command's stdin; stdin is closed after them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdin: Option<String>,
+    pub stdin: Option<Base64>,
     /// Run as this user (`NAME`, `UID`, `NAME:GROUP`, `UID:GID`) instead
     /// of the image's (an OCI image's `User`, else root).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::rules::{HostPath, Name, Package, PullSourceText, Sha256, Suite};
+
 /// An image: kernel, optional initramfs, read-only rootfs and work seed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Image {
@@ -33,34 +35,34 @@ pub struct Image {
 }
 
 /// Body of `POST /v1/images/build`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageBuildRequest {
-    pub name: String,
+    pub name: Name,
     /// Debian suite; `bookworm` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub suite: Option<String>,
+    pub suite: Option<Suite>,
     /// Debian packages beyond the base set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub packages: Vec<String>,
+    pub packages: Vec<Package>,
 }
 
 /// Body of `POST /v1/images/pull`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImagePullRequest {
     /// A catalog name, an OCI image reference (`debian:bookworm`,
     /// `ghcr.io/org/app:tag`, `docker://...`, `HOST:PORT/repo@sha256:...`),
-    /// a bundle URL (`http(s)://`, `file://`) or a bundle path on the
-    /// daemon's host (absolute, or ending in `.tar.zst`).
-    pub source: String,
+    /// a bundle URL (`http(s)://`, `file://`) or the absolute path of a
+    /// bundle on the daemon's host.
+    pub source: PullSourceText,
     /// The name to record; by default the catalog name, the bundle's own,
     /// or the OCI repository's last component and tag (`debian-bookworm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Expected sha256 of the bundle file (lowercase hex).
+    pub name: Option<Name>,
+    /// Expected sha256 of the bundle file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub sha256: Option<Sha256>,
     /// OCI images: the image whose kernel (and modules) the new image boots
     /// with when it has no kernel of its own; the default image when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,39 +78,39 @@ pub struct PruneReport {
 }
 
 /// Body of `POST /v1/images/register`: absolute paths on the daemon's host.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRegisterRequest {
-    pub name: String,
+    pub name: Name,
     /// A bzImage or an ELF vmlinux, its modules in the rootfs. Absent: the
     /// rootfs's own kernel (`/boot/vmlinuz-*` with its modules), else
     /// `kernel_from`'s, else the default image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernel: Option<String>,
+    pub kernel: Option<HostPath>,
     /// An image whose kernel (and modules) the new image boots with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_from: Option<String>,
     /// An initramfs of the user's own (needs `kernel`); without one,
     /// banger makes the rootfs bootable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initrd: Option<String>,
+    pub initrd: Option<HostPath>,
     /// An ext4 image.
-    pub rootfs: String,
+    pub rootfs: HostPath,
     /// An ext4 image for new VMs' `/root`; made from the rootfs's `/root`
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub work_seed: Option<String>,
+    pub work_seed: Option<HostPath>,
     /// Make no work seed: new VMs' `/root` starts empty.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_work_seed: bool,
 }
 
 /// Body of `POST /v1/images/{image}/export`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageExportRequest {
-    /// Absolute path of the bundle to write (`.tar.zst`); must not exist.
-    pub file: String,
+    /// The bundle to write (`.tar.zst`); must not exist.
+    pub file: HostPath,
 }
 
 /// One entry of the image catalog.

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod image;
 pub mod paths;
 pub mod progress;
+pub mod rules;
 pub mod ssh;
 pub mod system;
 pub mod units;

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::rules::{DiskBytes, MemoryMib, Name, Vcpus};
+
 /// Lifecycle state of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -32,22 +34,23 @@ impl VmState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmCreateRequest {
-    /// `[a-z][a-z0-9-]{0,62}`; generated (two words) when absent.
+    /// Generated (two words) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Name>,
     /// Image name or id; the configured default image when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vcpus: Option<u32>,
+    pub vcpus: Option<Vcpus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mib: Option<u32>,
-    /// Size of the `/root` work disk, e.g. `8G`.
+    pub memory_mib: Option<MemoryMib>,
+    /// Size of the `/root` work disk in bytes; the configured default
+    /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub work_disk_size: Option<String>,
-    /// Size of the per-VM system overlay disk, e.g. `4G`.
+    pub work_disk_bytes: Option<DiskBytes>,
+    /// Size of the per-VM system overlay disk in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_disk_size: Option<String>,
+    pub system_disk_bytes: Option<DiskBytes>,
     #[serde(default)]
     pub nat: bool,
     /// Reserve and record the VM without booting it.
@@ -56,6 +59,7 @@ pub struct VmCreateRequest {
     /// A guest address inside the bridge prefix; the next free one when
     /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Ipv4)]
     pub guest_ip: Option<String>,
     /// Remove the VM when its boot fails instead of keeping it `failed`.
     #[serde(default)]

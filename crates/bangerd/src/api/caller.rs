@@ -45,9 +45,26 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiCaller {
     }
 }
 
-/// A caller-file error as the API answers it.
+/// A caller-file error as the API answers it: a file the caller cannot
+/// open is not found (missing and unreadable look the same), one of the
+/// wrong kind unprocessable, a target that exists a conflict, a file it
+/// may not create forbidden (not found when its directory is missing).
 pub fn refused(err: CallerError) -> HttpError {
-    HttpError::new(ErrorCode::InvalidInput, err.to_string(), Some(err.hint()))
+    let code = match &err {
+        CallerError::Open { .. } => ErrorCode::NotFound,
+        CallerError::NotAFile { .. } => ErrorCode::Unprocessable,
+        CallerError::Exists { .. } => ErrorCode::Conflict,
+        CallerError::Create { source, .. } | CallerError::Publish { source, .. } => {
+            use std::io::ErrorKind as Io;
+            match source.kind() {
+                Io::NotFound => ErrorCode::NotFound,
+                Io::AlreadyExists => ErrorCode::Conflict,
+                Io::PermissionDenied | Io::ReadOnlyFilesystem => ErrorCode::Forbidden,
+                _ => ErrorCode::Unprocessable,
+            }
+        }
+    };
+    HttpError::new(code, err.to_string(), Some(err.hint()))
 }
 
 /// Files opened for one request, kept open until its work ends.

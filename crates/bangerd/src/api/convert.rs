@@ -87,12 +87,12 @@ pub fn check(check: Check) -> proto::doctor::DoctorCheck {
 
 pub fn create_params(req: proto::vm::VmCreateRequest) -> banger_core::spec::CreateParams {
     banger_core::spec::CreateParams {
-        name: req.name,
+        name: req.name.map(String::from),
         image: req.image,
-        vcpus: req.vcpus,
-        memory_mib: req.memory_mib,
-        work_disk_size: req.work_disk_size,
-        system_disk_size: req.system_disk_size,
+        vcpus: req.vcpus.map(|v| v.get()),
+        memory_mib: req.memory_mib.map(|m| m.get()),
+        work_disk_bytes: req.work_disk_bytes.map(|b| b.get()),
+        system_disk_bytes: req.system_disk_bytes.map(|b| b.get()),
         nat: req.nat,
         no_start: req.no_start,
         guest_ip: req.guest_ip,

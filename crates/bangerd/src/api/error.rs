@@ -21,20 +21,26 @@ impl HttpError {
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorCode::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Upstream => StatusCode::BAD_GATEWAY,
     }
 }
 
 fn code_of(kind: ErrorKind) -> ErrorCode {
     match kind {
         ErrorKind::InvalidInput => ErrorCode::InvalidInput,
+        ErrorKind::Unprocessable => ErrorCode::Unprocessable,
+        ErrorKind::Forbidden => ErrorCode::Forbidden,
         ErrorKind::NotFound => ErrorCode::NotFound,
         ErrorKind::Conflict => ErrorCode::Conflict,
         ErrorKind::Unsupported => ErrorCode::Unsupported,
         ErrorKind::Internal => ErrorCode::Internal,
+        ErrorKind::Upstream => ErrorCode::Upstream,
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -19,11 +19,13 @@ use banger_proto::image::{
     ImagePullRequest, ImageRegisterRequest, PruneReport,
 };
 use banger_proto::progress::ProgressEvent;
+use banger_proto::rules::HostPath;
 
 use super::caller::{refused, ApiCaller, Held};
 use super::convert;
 use super::error::HttpError;
 use super::json::ApiJson;
+use super::params::ApiPath;
 use super::progress::run_image_op;
 use super::AppState;
 
@@ -44,10 +46,11 @@ pub async fn list_images(State(state): State<AppState>) -> Result<Json<ImageList
     params(("image" = String, Path, description = "Image name or id")),
     responses(
         (status = 200, description = "The image", body = Image),
+        (status = 400, description = "The path is not valid UTF-8", body = ApiError),
         (status = 404, description = "No such image", body = ApiError)))]
 pub async fn show_image(
     State(state): State<AppState>,
-    Path(image): Path<String>,
+    ApiPath(image): ApiPath<String>,
 ) -> Result<Json<Image>, HttpError> {
     let image = state.images.find(&image).map_err(image_error)?;
     Ok(Json(convert::image(&image)))
@@ -57,12 +60,13 @@ pub async fn show_image(
     params(("image" = String, Path, description = "Image name or id")),
     responses(
         (status = 200, description = "The image was removed", body = Image),
+        (status = 400, description = "The path is not valid UTF-8", body = ApiError),
         (status = 404, description = "No such image", body = ApiError),
         (status = 409, description = "VMs still use the image", body = ApiError),
         (status = 500, description = "Host or store failure", body = ApiError)))]
 pub async fn delete_image(
     State(state): State<AppState>,
-    Path(image): Path<String>,
+    ApiPath(image): ApiPath<String>,
 ) -> Result<Json<Image>, HttpError> {
     let image = state.images.delete(&image).await.map_err(image_error)?;
     Ok(Json(convert::image(&image)))
@@ -73,19 +77,23 @@ pub async fn delete_image(
         (status = 201, description = "The image was built", body = Image),
         (status = 200, description = "Progress stream (`Accept: application/x-ndjson`)",
             body = ProgressEvent, content_type = "application/x-ndjson"),
-        (status = 400, description = "Bad input", body = ApiError),
+        (status = 400, description = "The body breaks the schema", body = ApiError),
         (status = 409, description = "The name is taken", body = ApiError),
-        (status = 500, description = "The build failed", body = ApiError)))]
+        (status = 500, description = "The build failed", body = ApiError),
+        (status = 501, description = "This host cannot make images (a tool or the guest binary is missing)", body = ApiError),
+        (status = 502, description = "The Debian mirror failed", body = ApiError)))]
 pub async fn build_image(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<ImageBuildRequest>,
 ) -> Result<Response, HttpError> {
     let recipe = BuildRecipe {
-        suite: request.suite.unwrap_or_else(|| "bookworm".into()),
-        packages: request.packages,
+        suite: request
+            .suite
+            .map_or_else(|| "bookworm".into(), |suite| suite.into_inner()),
+        packages: request.packages.into_iter().map(String::from).collect(),
     };
-    let name = request.name;
+    let name = request.name.into_inner();
     state
         .images
         .precheck(Some(&name), &ImageRequest::Build(recipe.clone()))
@@ -106,30 +114,27 @@ pub async fn build_image(
         (status = 201, description = "The image was pulled", body = Image),
         (status = 200, description = "Progress stream (`Accept: application/x-ndjson`)",
             body = ProgressEvent, content_type = "application/x-ndjson"),
-        (status = 400, description = "Bad input or an unknown catalog name", body = ApiError),
+        (status = 400, description = "The body breaks the schema", body = ApiError),
+        (status = 403, description = "The bundle path is inside banger's own directories", body = ApiError),
+        (status = 404, description = "No such bundle file (or not readable by the caller), or no such `kernel_from` image", body = ApiError),
         (status = 409, description = "The name is taken", body = ApiError),
-        (status = 500, description = "The download or its checks failed", body = ApiError)))]
+        (status = 422, description = "The source cannot be used as asked (not a bundle, a reference too long, no linux/amd64 image, `kernel_from` for a bundle)", body = ApiError),
+        (status = 500, description = "The download or its checks failed", body = ApiError),
+        (status = 501, description = "This host cannot make images (a tool or the guest binary is missing)", body = ApiError),
+        (status = 502, description = "The registry or the bundle's server could not be reached or failed", body = ApiError)))]
 pub async fn pull_image(
     State(state): State<AppState>,
     ApiCaller(caller): ApiCaller,
     headers: HeaderMap,
     ApiJson(request): ApiJson<ImagePullRequest>,
 ) -> Result<Response, HttpError> {
-    if let Some(sha) = &request.sha256 {
-        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(HttpError::new(
-                ErrorCode::InvalidInput,
-                format!("bad sha256 {sha:?}: it must be 64 hex digits"),
-                Some("copy the digest from the bundle's publisher, or leave it out"),
-            ));
-        }
-    }
+    // The source, name and sha256 are checked by their types.
     let mut source = PullSource::parse(
-        &request.source,
-        request.sha256.map(|s| s.to_lowercase()),
+        request.source.as_str(),
+        request.sha256.map(|s| s.as_str().to_lowercase()),
         state.images.catalog(),
     );
-    let mut name = request.name;
+    let mut name = request.name.map(String::from);
     // A bundle on the host is read with the caller's rights.
     let mut held = Held::default();
     if let PullSource::Url { url, .. } = &mut source {
@@ -144,15 +149,16 @@ pub async fn pull_image(
         kernel_from,
     } = &mut source
     {
+        // The pattern has refused what the parser would, but a length.
         let parsed = banger_oci::ImageRef::parse(reference)
-            .map_err(|err| HttpError::new(ErrorCode::InvalidInput, err.to_string(), err.hint()))?;
+            .map_err(|err| HttpError::new(ErrorCode::Unprocessable, err.to_string(), err.hint()))?;
         name.get_or_insert_with(|| parsed.default_name());
         // Checked here so that a bad one is a 400 with a hint.
         kernel_choice(&state, request.kernel_from.as_deref())?;
         kernel_from.clone_from(&request.kernel_from);
     } else if request.kernel_from.is_some() {
         return Err(HttpError::new(
-            ErrorCode::InvalidInput,
+            ErrorCode::Unprocessable,
             "kernel_from is for OCI images",
             Some("bundles and catalog images bring their own kernel: leave kernel_from out"),
         ));
@@ -188,9 +194,13 @@ pub async fn pull_image(
         (status = 201, description = "The image was registered", body = Image),
         (status = 200, description = "Progress stream (`Accept: application/x-ndjson`)",
             body = ProgressEvent, content_type = "application/x-ndjson"),
-        (status = 400, description = "A file is missing or of the wrong kind", body = ApiError),
+        (status = 400, description = "The body breaks the schema", body = ApiError),
+        (status = 403, description = "A path is inside banger's own directories", body = ApiError),
+        (status = 404, description = "A file is missing (or not readable by the caller), or no such `kernel_from` image", body = ApiError),
         (status = 409, description = "The name is taken", body = ApiError),
-        (status = 500, description = "Copying or checking failed", body = ApiError)))]
+        (status = 422, description = "A file is of the wrong kind, or fields exclude each other", body = ApiError),
+        (status = 500, description = "Copying or checking failed", body = ApiError),
+        (status = 501, description = "This host cannot make images (a tool or the guest binary is missing)", body = ApiError)))]
 pub async fn register_image(
     State(state): State<AppState>,
     ApiCaller(caller): ApiCaller,
@@ -203,30 +213,37 @@ pub async fn register_image(
     let kernel = match (&request.kernel, &request.kernel_from) {
         (Some(_), Some(_)) => {
             return Err(HttpError::new(
-                ErrorCode::InvalidInput,
+                ErrorCode::Unprocessable,
                 "give either a kernel or kernel_from, not both",
                 Some("kernel names a file, kernel_from an image: keep one"),
             ))
         }
         (Some(kernel), None) => {
-            KernelChoice::File(held.open(caller, host_path(&state, kernel, "kernel")?)?)
+            KernelChoice::File(held.open(caller, host_path(&state, kernel.as_str(), "kernel")?)?)
         }
         (None, kernel_from) => kernel_choice(&state, kernel_from.as_deref())?,
     };
     if request.initrd.is_some() && request.kernel.is_none() {
         return Err(HttpError::new(
-            ErrorCode::InvalidInput,
+            ErrorCode::Unprocessable,
             "an initrd of your own needs its kernel",
             Some("give kernel with initrd, or leave both out and banger makes the rootfs bootable"),
         ));
     }
-    let mut open = |path: Option<&str>, what: &str| -> Result<Option<PathBuf>, HttpError> {
-        path.map(|p| held.open(caller, host_path(&state, p, what)?))
+    if request.no_work_seed && request.work_seed.is_some() {
+        return Err(HttpError::new(
+            ErrorCode::Unprocessable,
+            "give either a work seed or no_work_seed, not both",
+            None,
+        ));
+    }
+    let mut open = |path: Option<&HostPath>, what: &str| -> Result<Option<PathBuf>, HttpError> {
+        path.map(|p| held.open(caller, host_path(&state, p.as_str(), what)?))
             .transpose()
     };
-    let initrd = open(request.initrd.as_deref(), "initrd")?;
+    let initrd = open(request.initrd.as_ref(), "initrd")?;
     let rootfs = open(Some(&request.rootfs), "rootfs")?.unwrap_or_default();
-    let work_seed = open(request.work_seed.as_deref(), "work seed")?;
+    let work_seed = open(request.work_seed.as_ref(), "work seed")?;
     let files = RegisterFiles {
         kernel,
         initrd,
@@ -235,14 +252,7 @@ pub async fn register_image(
         no_work_seed: request.no_work_seed,
         shown: held.shown(),
     };
-    if files.no_work_seed && files.work_seed.is_some() {
-        return Err(HttpError::new(
-            ErrorCode::InvalidInput,
-            "give either a work seed or no_work_seed, not both",
-            None,
-        ));
-    }
-    let name = request.name;
+    let name = request.name.into_inner();
     state
         .images
         .precheck(Some(&name), &ImageRequest::Register(files.clone()))
@@ -266,19 +276,22 @@ pub async fn register_image(
     request_body = ImageExportRequest,
     params(("image" = String, Path, description = "Image name or id")),
     responses(
-        (status = 200, description = "The bundle was written (or, with `Accept: application/x-ndjson`, a progress stream)",
-            body = Image),
-        (status = 400, description = "The target exists or is not an absolute path", body = ApiError),
-        (status = 404, description = "No such image", body = ApiError),
+        (status = 200, description = "The bundle was written; with `Accept: application/x-ndjson`, a progress stream ending with the image",
+            content((Image = "application/json"), (ProgressEvent = "application/x-ndjson"))),
+        (status = 400, description = "The body breaks the schema", body = ApiError),
+        (status = 403, description = "The caller may not create the file there, or it is inside banger's own directories", body = ApiError),
+        (status = 404, description = "No such image, or the file's directory does not exist", body = ApiError),
+        (status = 409, description = "The file exists", body = ApiError),
+        (status = 422, description = "The file cannot be made there (a name too long, not a directory)", body = ApiError),
         (status = 500, description = "Writing failed", body = ApiError)))]
 pub async fn export_image(
     State(state): State<AppState>,
     ApiCaller(caller): ApiCaller,
     headers: HeaderMap,
-    Path(image): Path<String>,
+    ApiPath(image): ApiPath<String>,
     ApiJson(request): ApiJson<ImageExportRequest>,
 ) -> Result<Response, HttpError> {
-    let file = host_path(&state, &request.file, "bundle file")?;
+    let file = host_path(&state, request.file.as_str(), "bundle file")?;
     state.images.find(&image).map_err(image_error)?;
     if file.symlink_metadata().is_ok() {
         return Err(image_error(ImageError::ExportTarget(
@@ -343,11 +356,12 @@ pub async fn catalog(State(state): State<AppState>) -> Result<Json<CatalogList>,
 /// image that must exist), else the default image's when it is here.
 fn kernel_choice(state: &AppState, kernel_from: Option<&str>) -> Result<KernelChoice, HttpError> {
     state.images.kernel_fallback(kernel_from).map_err(|err| {
-        HttpError::new(
-            ErrorCode::InvalidInput,
-            format!("kernel_from: {err}"),
-            Some("name an image on this host (banger image ls)"),
-        )
+        // The status of the image error (404 for an unknown image).
+        let message = format!("kernel_from: {err}");
+        let mut http = image_error(err);
+        http.0.error.message = message;
+        http.0.error.hint = Some("name an image on this host (banger image ls)".into());
+        http
     })
 }
 
@@ -374,7 +388,7 @@ fn host_path(state: &AppState, path: &str, what: &str) -> Result<PathBuf, HttpEr
         let own = std::fs::canonicalize(own).unwrap_or_else(|_| own.clone());
         if resolved.starts_with(&own) {
             return Err(HttpError::new(
-                ErrorCode::InvalidInput,
+                ErrorCode::Forbidden,
                 format!(
                     "{what} path {} is inside banger's own {}",
                     path.display(),
@@ -387,17 +401,16 @@ fn host_path(state: &AppState, path: &str, what: &str) -> Result<PathBuf, HttpEr
     Ok(path)
 }
 
-/// Paths in requests are on the daemon's host and must be absolute (the
-/// CLI makes them so).
+/// Paths in requests are on the daemon's host and absolute (the CLI
+/// makes them so); request paths are `HostPath`s, bundle sources are
+/// checked here.
 fn absolute(path: &str, what: &str) -> Result<PathBuf, HttpError> {
-    let path = PathBuf::from(path);
-    if path.is_absolute() {
-        Ok(path)
-    } else {
-        Err(HttpError::new(
+    HostPath::check(path).map_err(|err| {
+        HttpError::new(
             ErrorCode::InvalidInput,
-            format!("{what} path {} is not absolute", path.display()),
+            format!("{what}: {err}"),
             Some("give an absolute path on the daemon's host"),
-        ))
-    }
+        )
+    })?;
+    Ok(PathBuf::from(path))
 }

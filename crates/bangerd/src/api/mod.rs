@@ -8,6 +8,8 @@ mod convert;
 pub mod error;
 mod images;
 mod json;
+mod links;
+mod params;
 mod progress;
 mod system;
 mod terminal;
@@ -93,7 +95,9 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// The OpenAPI document as committed (pretty JSON, trailing newline).
 pub fn openapi_json() -> String {
     let (_, doc) = router();
-    let mut text = doc.to_pretty_json().unwrap_or_default();
+    let mut value = serde_json::to_value(&doc).unwrap_or_default();
+    links::add(&mut value);
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
     text.push('\n');
     text
 }

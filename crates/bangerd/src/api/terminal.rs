@@ -6,7 +6,7 @@
 //! are read with a length cap; output waits for a slow client
 //! (bounded channels), so neither side can grow the daemon.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use banger_core::agent::{ExecChunk, TerminalInput as Typed};
@@ -23,6 +23,7 @@ use tokio::io::{
 use tokio::sync::mpsc;
 
 use super::error::HttpError;
+use super::params::ApiPath;
 use super::AppState;
 
 /// Longest line a client may send (a base64 chunk of typed bytes).
@@ -30,27 +31,42 @@ const MAX_LINE: u64 = 256 * 1024;
 /// Chunks in flight each way.
 const DEPTH: usize = 64;
 
+/// The one protocol a terminal connection upgrades to.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+enum TerminalProtocol {
+    #[schema(rename = "tcp")]
+    Tcp,
+}
+
 #[utoipa::path(post, path = "/v1/vms/{vm}/terminal", tag = "vms",
     params(("vm" = String, Path, description = "VM name or id"),
-        ("Upgrade" = String, Header, description = "`tcp`: the connection becomes the terminal's")),
+        ("Connection" = String, Header, pattern = "^[Uu]pgrade$",
+            description = "`Upgrade`"),
+        ("Upgrade" = inline(TerminalProtocol), Header,
+            description = "`tcp`: the connection becomes the terminal's")),
     responses(
         (status = 101, description = "The connection now carries `TerminalInput` lines in and `ExecEvent` lines out",
             body = ExecEvent, content_type = "application/x-ndjson"),
-        (status = 400, description = "The request does not ask for an upgrade", body = ApiError),
+        (status = 400, description = "The request does not ask for an upgrade to `tcp`, or the path is not valid UTF-8", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError),
         (status = 409, description = "The VM is not running", body = ApiError),
         (status = 501, description = "This daemon cannot run VMs", body = ApiError)))]
 pub async fn terminal(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
     mut request: Request,
 ) -> Result<Response, HttpError> {
-    let upgrade = request
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !upgrade.eq_ignore_ascii_case("tcp") {
+    let value = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    // Exactly what the schema states.
+    let asks = matches!(value(header::CONNECTION), "Upgrade" | "upgrade");
+    if !asks || value(header::UPGRADE) != "tcp" {
         return Err(HttpError::new(
             ErrorCode::InvalidInput,
             "a terminal needs the connection: send Connection: Upgrade and Upgrade: tcp",

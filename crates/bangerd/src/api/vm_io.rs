@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use banger_core::agent::ExecChunk;
@@ -24,7 +24,15 @@ use utoipa::IntoParams;
 
 use super::error::HttpError;
 use super::json::ApiJson;
+use super::params::{ApiPath, ApiQuery};
 use super::AppState;
+
+/// Decodes what `rules::BASE64_PATTERN` admits: padded standard base64,
+/// whatever the unused bits of the last symbol.
+const STDIN_B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 
 /// Output chunks held for a client that reads slower than the guest
 /// writes (each at most an agent line: 64 KiB of output).
@@ -35,23 +43,32 @@ const EXEC_DEPTH: usize = 16;
     responses(
         (status = 200, description = "The command's output as it comes, one event per line",
             body = ExecEvent, content_type = "application/x-ndjson"),
-        (status = 400, description = "Bad input", body = ApiError),
+        (status = 400, description = "The body breaks the schema", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError),
         (status = 409, description = "The VM is not running", body = ApiError),
+        (status = 422, description = "The command is empty", body = ApiError),
         (status = 501, description = "This daemon cannot run VMs", body = ApiError)))]
 pub async fn exec(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
     ApiJson(request): ApiJson<ExecRequest>,
 ) -> Result<Response, HttpError> {
-    if request.argv.is_empty() || request.argv[0].is_empty() {
+    // No argv is against the schema (400); an empty command is well
+    // formed but names nothing to run.
+    let code = match request.argv.first() {
+        None => Some(ErrorCode::InvalidInput),
+        Some(command) if command.is_empty() => Some(ErrorCode::Unprocessable),
+        Some(_) => None,
+    };
+    if let Some(code) = code {
         return Err(HttpError::new(
-            ErrorCode::InvalidInput,
+            code,
             "exec needs a command",
             Some("give the command after --, like `banger vm exec web -- uname -a`"),
         ));
     }
-    let stdin = match request.stdin.as_deref().map(|s| B64.decode(s)) {
+    // The type checked the alphabet and padding, as its pattern says.
+    let stdin = match request.stdin.as_ref().map(|s| STDIN_B64.decode(s.as_str())) {
         Some(Ok(bytes)) => Some(bytes),
         Some(Err(_)) => {
             return Err(HttpError::new(
@@ -131,11 +148,12 @@ pub struct LogsQuery {
     responses(
         (status = 200, description = "The guest console of the last boot", body = String,
             content_type = "text/plain"),
+        (status = 400, description = "A parameter is malformed (`follow` takes true or false)", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError)))]
 pub async fn logs(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
-    Query(query): Query<LogsQuery>,
+    ApiPath(vm): ApiPath<String>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Response, HttpError> {
     let vm = state.banger.find_vm(&vm)?;
     let path = state.banger.serial_log(&vm);

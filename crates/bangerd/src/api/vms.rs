@@ -1,6 +1,6 @@
 //! `/v1/vms`: create, list, show, remove.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use banger_proto::error::ApiError;
@@ -11,6 +11,7 @@ use utoipa::IntoParams;
 use super::convert;
 use super::error::HttpError;
 use super::json::ApiJson;
+use super::params::{ApiPath, ApiQuery};
 use super::AppState;
 
 #[utoipa::path(get, path = "/v1/vms", tag = "vms",
@@ -27,8 +28,10 @@ pub async fn list_vms(State(state): State<AppState>) -> Result<Json<VmList>, Htt
         (status = 201, description = "The VM was created", body = Vm),
         (status = 200, description = "Progress stream (`Accept: application/x-ndjson`), ending with the VM",
             body = banger_proto::progress::ProgressEvent, content_type = "application/x-ndjson"),
-        (status = 400, description = "Bad input", body = ApiError),
-        (status = 409, description = "The name is taken or no address is free", body = ApiError),
+        (status = 400, description = "The body breaks the schema", body = ApiError),
+        (status = 404, description = "No such image", body = ApiError),
+        (status = 409, description = "The name or the address is taken, or no address is free", body = ApiError),
+        (status = 422, description = "The address is outside the bridge, or the host cannot serve a setting (nat without an uplink)", body = ApiError),
         (status = 501, description = "Booting is not available", body = ApiError),
         (status = 500, description = "Host or store failure", body = ApiError)))]
 pub async fn create_vm(
@@ -53,10 +56,11 @@ pub async fn create_vm(
     params(("vm" = String, Path, description = "VM name or id")),
     responses(
         (status = 200, description = "The VM", body = Vm),
+        (status = 400, description = "The path is not valid UTF-8", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError)))]
 pub async fn show_vm(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
 ) -> Result<Json<Vm>, HttpError> {
     Ok(Json(convert::vm(&state.banger.find_vm(&vm)?)))
 }
@@ -73,12 +77,13 @@ pub struct DeleteQuery {
     params(("vm" = String, Path, description = "VM name or id"), DeleteQuery),
     responses(
         (status = 200, description = "The VM as it was when removed", body = Vm),
+        (status = 400, description = "A parameter is malformed (`force` takes true or false)", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError),
         (status = 409, description = "The VM may still run", body = ApiError)))]
 pub async fn delete_vm(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
-    Query(query): Query<DeleteQuery>,
+    ApiPath(vm): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<Json<Vm>, HttpError> {
     let banger = state.banger.clone();
     let vm = to_completion(async move { banger.delete_vm(&vm, query.force).await }).await?;
@@ -89,13 +94,14 @@ pub async fn delete_vm(
     params(("vm" = String, Path, description = "VM name or id")),
     responses(
         (status = 200, description = "The VM runs and its agent answered", body = Vm),
+        (status = 400, description = "The path is not valid UTF-8", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError),
         (status = 409, description = "The VM is already active", body = ApiError),
         (status = 500, description = "The VM failed to start; it is now failed", body = ApiError),
         (status = 501, description = "This daemon cannot boot VMs", body = ApiError)))]
 pub async fn start_vm(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
 ) -> Result<Json<Vm>, HttpError> {
     let banger = state.banger.clone();
     let vm = to_completion(async move { banger.start_vm(&vm).await }).await?;
@@ -114,14 +120,15 @@ pub struct StopQuery {
     params(("vm" = String, Path, description = "VM name or id"), StopQuery),
     responses(
         (status = 200, description = "The VM is stopped", body = Vm),
+        (status = 400, description = "A parameter is malformed (`force` takes true or false)", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError),
         (status = 409, description = "The VM is not running", body = ApiError),
         (status = 500, description = "The VMM could not be stopped", body = ApiError),
         (status = 501, description = "This daemon cannot run VMs", body = ApiError)))]
 pub async fn stop_vm(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
-    Query(query): Query<StopQuery>,
+    ApiPath(vm): ApiPath<String>,
+    ApiQuery(query): ApiQuery<StopQuery>,
 ) -> Result<Json<Vm>, HttpError> {
     let banger = state.banger.clone();
     let vm = to_completion(async move { banger.stop_vm(&vm, query.force).await }).await?;
@@ -132,12 +139,14 @@ pub async fn stop_vm(
     params(("vm" = String, Path, description = "VM name or id")),
     responses(
         (status = 200, description = "The VM runs again", body = Vm),
+        (status = 400, description = "The path is not valid UTF-8", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError),
+        (status = 409, description = "Another lifecycle step holds the VM", body = ApiError),
         (status = 500, description = "The VM failed to start; it is now failed", body = ApiError),
         (status = 501, description = "This daemon cannot boot VMs", body = ApiError)))]
 pub async fn restart_vm(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
 ) -> Result<Json<Vm>, HttpError> {
     let banger = state.banger.clone();
     let vm = to_completion(async move { banger.restart_vm(&vm).await }).await?;
@@ -148,12 +157,13 @@ pub async fn restart_vm(
     params(("vm" = String, Path, description = "VM name or id")),
     responses(
         (status = 200, description = "The VM with the new settings (live when it runs)", body = Vm),
-        (status = 400, description = "Bad input", body = ApiError),
+        (status = 400, description = "The body breaks the schema", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError),
+        (status = 422, description = "The host cannot serve the setting (nat without an uplink)", body = ApiError),
         (status = 500, description = "The change could not be applied", body = ApiError)))]
 pub async fn update_vm(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
     ApiJson(request): ApiJson<VmUpdateRequest>,
 ) -> Result<Json<Vm>, HttpError> {
     let mut found = state.banger.find_vm(&vm)?;

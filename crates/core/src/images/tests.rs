@@ -451,13 +451,7 @@ fn pull_sources_tell_urls_and_paths_from_catalog_names() {
         PullSource::parse("debian-bookworm", None, &Catalog::embedded()),
         PullSource::Catalog("debian-bookworm".into())
     );
-    for what in [
-        "https://h/x.tar.zst",
-        "./x.tar.zst",
-        "/srv/x",
-        "x.tar.zst",
-        "file:///x",
-    ] {
+    for what in ["https://h/x.tar.zst", "/srv/x", "file:///x"] {
         assert!(
             matches!(
                 PullSource::parse(what, None, &Catalog::embedded()),

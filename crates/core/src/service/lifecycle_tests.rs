@@ -334,7 +334,7 @@ async fn a_failed_create_asked_to_remove_itself_leaves_nothing() {
 }
 
 #[tokio::test]
-async fn a_capability_refusal_is_bad_input_and_records_nothing() {
+async fn a_capability_refusal_is_unprocessable_and_records_nothing() {
     let log = Log::default();
     let mut net = FakeCap::new("net", &log);
     net.refuse_nat = true;
@@ -346,7 +346,7 @@ async fn a_capability_refusal_is_bad_input_and_records_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(err.kind(), ErrorKind::Unprocessable);
     assert_eq!(err.to_string(), "nat needs an uplink");
     assert_eq!(err.hint().as_deref(), Some("add a default route"));
     assert!(b.list_vms().unwrap().is_empty());
@@ -355,7 +355,7 @@ async fn a_capability_refusal_is_bad_input_and_records_nothing() {
     // Turning it on later is refused the same way, and stored as it was.
     b.create_vm(named("web")).await.unwrap();
     let err = b.set_nat("web", true).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(err.kind(), ErrorKind::Unprocessable);
     assert!(!b.find_vm("web").unwrap().spec.nat);
 }
 
@@ -372,9 +372,9 @@ async fn a_requested_address_must_be_a_free_guest_address_of_the_prefix() {
     assert_eq!(vm.guest_ip.to_string(), "172.29.0.77");
     assert_eq!(vm.vsock_cid, u32::from(vm.guest_ip));
     let cases = [
-        ("10.0.0.5", ErrorKind::InvalidInput, "address 10.0.0.5 is outside the bridge prefix 172.29.0.0/24"),
-        ("172.29.0.1", ErrorKind::InvalidInput, "address 172.29.0.1 is the bridge's own, or the network or broadcast address of 172.29.0.0/24"),
-        ("172.29.0.255", ErrorKind::InvalidInput, "address 172.29.0.255 is the bridge's own, or the network or broadcast address of 172.29.0.0/24"),
+        ("10.0.0.5", ErrorKind::Unprocessable, "address 10.0.0.5 is outside the bridge prefix 172.29.0.0/24"),
+        ("172.29.0.1", ErrorKind::Unprocessable, "address 172.29.0.1 is the bridge's own, or the network or broadcast address of 172.29.0.0/24"),
+        ("172.29.0.255", ErrorKind::Unprocessable, "address 172.29.0.255 is the bridge's own, or the network or broadcast address of 172.29.0.0/24"),
         ("172.29.0.77", ErrorKind::Conflict, "address 172.29.0.77 is taken by vm fixed"),
         ("172.29.0", ErrorKind::InvalidInput, "invalid guest address \"172.29.0\": expected an IPv4 address like 172.29.0.10"),
     ];
@@ -385,7 +385,13 @@ async fn a_requested_address_must_be_a_free_guest_address_of_the_prefix() {
     }
     assert_eq!(b.list_vms().unwrap().len(), 1, "nothing else was recorded");
     // Without --ip the next free address is still the lowest one.
-    let next = b.create_vm(at("next", "")).await.unwrap();
+    let next = b
+        .create_vm(CreateParams {
+            guest_ip: None,
+            ..at("next", "")
+        })
+        .await
+        .unwrap();
     assert_eq!(next.guest_ip.to_string(), "172.29.0.2");
 }
 

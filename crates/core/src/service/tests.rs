@@ -139,7 +139,7 @@ async fn bad_input_changes_nothing() {
             ..params(Some("x"))
         },
         CreateParams {
-            work_disk_size: Some("10Q".into()),
+            work_disk_bytes: Some(1),
             ..params(Some("x"))
         },
         params(Some("Bad!")),

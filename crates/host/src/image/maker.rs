@@ -63,6 +63,11 @@ fn oci_failed(err: OciError) -> MakeError {
         | OciError::NotFound { .. }
         | OciError::NoPlatform { .. }
         | OciError::Unsupported { .. } => MakeError::invalid(err.to_string(), hint),
+        OciError::Unreachable { .. }
+        | OciError::Denied { .. }
+        | OciError::Status { .. }
+        | OciError::Truncated { .. }
+        | OciError::Interrupted { .. } => MakeError::upstream(err.to_string(), hint),
         _ => MakeError::failed(err.to_string(), hint),
     }
 }
@@ -93,7 +98,7 @@ fn add_mount_points(tree: &Path) -> std::io::Result<()> {
 fn check_oci(maker: &HostImageMaker, source: &OciSource) -> Result<(), MakeError> {
     ImageRef::parse(&source.reference).map_err(oci_failed)?;
     if maker.oci.is_none() {
-        return Err(MakeError::failed(
+        return Err(MakeError::unavailable(
             "oci pulls are not set up in this daemon",
             None,
         ));
@@ -110,7 +115,7 @@ fn check_oci(maker: &HostImageMaker, source: &OciSource) -> Result<(), MakeError
 fn require_tools(tools: &[(&str, &str)], made: &str) -> Result<(), MakeError> {
     for (tool, package) in tools {
         if find_tool(tool).is_none() {
-            return Err(MakeError::failed(
+            return Err(MakeError::unavailable(
                 format!("{tool} not found: images cannot be {made} on this host"),
                 Some(&format!("install it: apt-get install {package}")),
             ));
@@ -121,7 +126,7 @@ fn require_tools(tools: &[(&str, &str)], made: &str) -> Result<(), MakeError> {
 
 fn guest_binary_present(maker: &HostImageMaker) -> Result<(), MakeError> {
     if !maker.guest_binary.is_file() {
-        return Err(MakeError::failed(
+        return Err(MakeError::unavailable(
             format!(
                 "the guest binary {} is missing: images cannot be made",
                 maker.guest_binary.display()
@@ -130,6 +135,24 @@ fn guest_binary_present(maker: &HostImageMaker) -> Result<(), MakeError> {
         ));
     }
     Ok(())
+}
+
+/// A download error: the server's fault (unreachable, an error status, a
+/// cut body) is upstream's, a bad URL the request's.
+fn download_failed(err: download::DownloadError) -> MakeError {
+    use download::DownloadError as E;
+    match err {
+        E::BadUrl { .. } | E::BadSha256(_) => MakeError::invalid(err.to_string(), None),
+        E::Connect { .. }
+        | E::Status { .. }
+        | E::Truncated { .. }
+        | E::Stalled { .. }
+        | E::Interrupted { .. } => MakeError::upstream(
+            err.to_string(),
+            Some("check the url and that this host reaches it"),
+        ),
+        other => failed(other),
+    }
 }
 
 fn failed(err: impl std::fmt::Display) -> MakeError {
@@ -487,7 +510,7 @@ impl HostImageMaker {
                 let dest = staging.join(".bundle.tar.zst");
                 download::fetch(url, &dest, source.sha256.as_deref(), progress)
                     .await
-                    .map_err(failed)?;
+                    .map_err(download_failed)?;
                 dest
             }
         };
