@@ -47,16 +47,26 @@ fn close_objects(schema: &mut Value) {
 
 /// Checks that `status` is documented for the route and `body` fits its schema.
 fn assert_documented(doc: &Value, method: &str, route: &str, status: u16, body: &Value) {
+    assert_fits(doc, method, route, status, "application/json", body);
+}
+
+/// Checks that `status` is documented for the route and `body` (a JSON
+/// answer, or one line of a stream) fits the schema of `media_type`.
+fn assert_fits(
+    doc: &Value,
+    method: &str,
+    route: &str,
+    status: u16,
+    media_type: &str,
+    body: &Value,
+) {
     let responses = &doc["paths"][route][method]["responses"];
     let response = &responses[status.to_string()];
     assert!(
         response.is_object(),
         "{method} {route} answered {status}, which is not documented"
     );
-    let Some(schema) = response["content"]
-        .get("application/json")
-        .map(|c| &c["schema"])
-    else {
+    let Some(schema) = response["content"].get(media_type).map(|c| &c["schema"]) else {
         // Text and streams: the status is documented, the body is not JSON.
         return;
     };
@@ -358,5 +368,61 @@ async fn malformed_bodies_and_unknown_routes_get_error_bodies() {
     assert_eq!(value["error"]["code"], "not_found");
     let (status, _) = daemon.call("GET", "/v1/vms", None).await;
     assert_eq!(status, 200, "the daemon still serves after bad requests");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn every_streamed_event_fits_the_documented_stream_schema() {
+    let doc = doc();
+    let daemon = TestDaemon::start().await;
+    const NDJSON: &str = "application/x-ndjson";
+    let ndjson_routes: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(route, ops)| {
+            ops.as_object()
+                .unwrap()
+                .iter()
+                .filter_map(move |(method, op)| {
+                    let streams = op["responses"]
+                        .as_object()
+                        .unwrap()
+                        .values()
+                        .any(|r| r["content"].get(NDJSON).is_some());
+                    streams.then(|| (method.clone(), route.clone()))
+                })
+        })
+        .collect();
+    assert!(
+        ndjson_routes.contains(&("post".into(), "/v1/vms".into())),
+        "{ndjson_routes:?}"
+    );
+    // A create that ends with its vm, and an export that ends in an error
+    // (the seeded image's files do not exist): both streams fit.
+    let created = support::call_stream(
+        &daemon.socket(),
+        "/v1/vms",
+        r#"{"name":"s","no_start":true}"#,
+    )
+    .await;
+    assert_eq!(created.last().unwrap()["type"], "vm", "{created:?}");
+    for event in &created {
+        assert_fits(&doc, "post", "/v1/vms", 200, NDJSON, event);
+    }
+    let out = tempfile::tempdir().unwrap();
+    let body = json!({ "file": out.path().join("b.tar.zst") }).to_string();
+    let failed = support::call_stream(&daemon.socket(), "/v1/images/base/export", &body).await;
+    assert_eq!(failed.last().unwrap()["type"], "error", "{failed:?}");
+    for event in &failed {
+        assert_fits(
+            &doc,
+            "post",
+            "/v1/images/{image}/export",
+            200,
+            NDJSON,
+            event,
+        );
+    }
     daemon.stop().await;
 }
