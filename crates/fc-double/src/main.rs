@@ -1,80 +1,182 @@
 //! `firecracker-double`: a TEST DOUBLE of the `firecracker` binary, for
 //! the driver's process-level tests on hosts where Firecracker cannot run.
-//! It takes Firecracker's `--api-sock` and `--id`, serves the API on the
+//! It takes Firecracker's `--api-sock`, `--id`, `--config-file`,
+//! `--log-path`, `--level` and `--show-level`, serves the API on the
 //! socket (every request validated against the official API description),
-//! and boots nothing. Like Firecracker, it exits when the guest is asked
-//! to stop (`SendCtrlAltDel`) or on SIGTERM, and leaves its socket behind.
+//! and boots nothing. What it copies from Firecracker v1.16.1:
+//!
+//! - its log goes to `--log-path` from the first line, else to stdout
+//!   (the guest's serial console);
+//! - the "guest" (see `DoubleGuest`, chosen by the kernel file) prints a
+//!   line to stdout once started; one that obeys Ctrl+Alt+Del makes the
+//!   process exit, a hung one does not (only a signal ends it);
+//! - with `--config-file`, requests wait while the machine boots; a boot
+//!   that fails while a request waits aborts the process ("VMM
+//!   disconnected", exit by SIGABRT) and the cause is never logged, one
+//!   that fails with none waiting logs its cause and exits 1;
+//! - it exits on SIGTERM and leaves its socket behind.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_host::firecracker::plan::CONFIG_FILE_SECTIONS;
-use banger_host::firecracker::{FcRequest, FirecrackerClient, FirecrackerDouble};
+use banger_host::firecracker::double::DoubleGuest;
+use banger_host::firecracker::plan::{CONFIG_FILE_SECTIONS, CONFIG_FILE_STARTED};
+use banger_host::firecracker::{FcRequest, FirecrackerDouble};
 use clap::Parser;
 use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
+#[command(disable_version_flag = true)]
 struct Args {
+    /// Prints the version, as `firecracker --version`.
     #[arg(long)]
-    api_sock: PathBuf,
+    version: bool,
+    #[arg(long, required_unless_present = "version")]
+    api_sock: Option<PathBuf>,
     #[arg(long)]
     id: Option<String>,
     /// Configure and start from this JSON, as `firecracker --config-file`.
     #[arg(long)]
     config_file: Option<PathBuf>,
+    #[arg(long)]
+    log_path: Option<PathBuf>,
+    #[arg(long)]
+    level: Option<String>,
+    #[arg(long)]
+    show_level: bool,
+}
+
+/// Where Firecracker's log lines go.
+struct Log {
+    /// `--level Off`.
+    off: bool,
+    file: Option<std::fs::File>,
+    id: String,
+    show_level: bool,
+}
+
+impl Log {
+    fn line(&mut self, level: &str, text: &str) {
+        if self.off {
+            return;
+        }
+        let level = if self.show_level {
+            format!(":{level}")
+        } else {
+            String::new()
+        };
+        let line = format!("[{}:main{level}] {text}\n", self.id);
+        let _ = match &mut self.file {
+            Some(file) => file.write_all(line.as_bytes()),
+            None => std::io::stdout().write_all(line.as_bytes()),
+        };
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
-    let double = match FirecrackerDouble::spawn(&args.api_sock).await {
+    if args.version {
+        println!("Firecracker v1.16.1 (firecracker-double, a test double)");
+        return;
+    }
+    let api_sock = args.api_sock.clone().unwrap_or_default();
+    let id = args.id.clone().unwrap_or("anonymous-instance".into());
+    let file = args.log_path.as_ref().map(|path| {
+        // Like Firecracker, it opens the log but does not create it.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|err| {
+                eprintln!("firecracker-double: cannot open {}: {err}", path.display());
+                std::process::exit(1);
+            })
+    });
+    let mut log = Log {
+        off: args.level.as_deref() == Some("Off"),
+        file,
+        id: id.clone(),
+        show_level: args.show_level,
+    };
+    log.line(
+        "INFO",
+        "Running Firecracker v1.16.1 (firecracker-double: a test double that boots nothing)",
+    );
+    let serve = if args.config_file.is_some() {
+        FirecrackerDouble::spawn_booting(&api_sock).await
+    } else {
+        FirecrackerDouble::spawn(&api_sock).await
+    };
+    let double = match serve {
         Ok(double) => double,
         Err(err) => {
-            eprintln!(
-                "firecracker-double: cannot serve {}: {err}",
-                args.api_sock.display()
-            );
+            log.line("ERROR", &format!("Failed to open the API socket: {err}"));
             std::process::exit(1);
         }
     };
-    println!(
-        "firecracker-double {}: a test double serving the api on {}; it boots nothing",
-        args.id.as_deref().unwrap_or("anonymous-instance"),
-        args.api_sock.display()
-    );
+    log.line("INFO", &format!("Listening on API socket ({api_sock:?}).",));
     if let Some(path) = &args.config_file {
-        if let Err(err) = apply_config_file(&args.api_sock, path).await {
-            eprintln!("firecracker-double: config file {}: {err}", path.display());
+        let built = apply_config_file(&double, path);
+        // Requests wait while the machine "boots".
+        let kernel = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|doc| {
+                doc["boot-source"]["kernel_image_path"]
+                    .as_str()
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_default();
+        tokio::time::sleep(DoubleGuest::boot_time_of_kernel(&kernel)).await;
+        if let Err(cause) = built {
+            if double.waiting() > 0 {
+                // What Firecracker does with a request in flight: the API
+                // thread loses the VMM and the process aborts unlogged.
+                eprintln!("thread 'fc_api' panicked: VMM disconnected: RecvError");
+                std::process::abort();
+            }
+            log.line(
+                "ERROR",
+                &format!("Building VMM configured from cmdline json failed: {cause}"),
+            );
             std::process::exit(1);
         }
+        double.boot_finished();
+        log.line("INFO", CONFIG_FILE_STARTED);
     }
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(err) => {
-            eprintln!("firecracker-double: no sigterm handler: {err}");
+            log.line("ERROR", &format!("no sigterm handler: {err}"));
             std::process::exit(1);
         }
     };
+    let mut console_said = false;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                if double.stopped() {
+                if !console_said && double.state() == banger_host::firecracker::InstanceState::Running {
+                    // The guest's first console line: serial output only.
+                    println!("double guest {id}: booted (nothing really runs)");
+                    console_said = true;
+                }
+                if double.stopped() && double.guest() == DoubleGuest::Obeys {
+                    log.line("INFO", "Vmm is stopping.");
                     break;
                 }
             }
         }
     }
     // Exit without removing the socket, as Firecracker does.
+    log.line("INFO", "Firecracker exiting successfully. exit_code=0");
     std::process::exit(0);
 }
 
 /// Replays a `--config-file` document as the API requests it stands for,
 /// each validated by the double like any other request, then starts.
-async fn apply_config_file(
-    api_sock: &std::path::Path,
-    path: &std::path::Path,
-) -> Result<(), String> {
+fn apply_config_file(double: &FirecrackerDouble, path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     for required in ["boot-source", "drives"] {
@@ -98,9 +200,8 @@ async fn apply_config_file(
         "/actions",
         &json!({"action_type": "InstanceStart"}),
     ));
-    let client = FirecrackerClient::new(api_sock);
-    for request in &requests {
-        client.send(request).await.map_err(|e| e.to_string())?;
+    for request in requests {
+        double.apply(request)?;
     }
     Ok(())
 }

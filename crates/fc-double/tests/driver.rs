@@ -1,6 +1,8 @@
 //! The Firecracker driver against `firecracker-double` (a test double of
 //! the firecracker binary: it serves the API and validates each request
-//! against Firecracker's API description, but boots nothing).
+//! against Firecracker's API description, but boots nothing; the guest it
+//! pretends to run is picked by the fake kernel). The VM's TAP device is
+//! real: the driver refuses one that does not exist.
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -15,17 +17,61 @@ fn double_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_firecracker-double"))
 }
 
+/// A real TAP device, removed when dropped.
+struct Tap(String);
+
+impl Tap {
+    fn new() -> Tap {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "fcd{}-{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let made = std::process::Command::new("ip")
+            .args(["tuntap", "add", "dev", &name, "mode", "tap"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !made {
+            let why = "cannot make a tap device (needs root and iproute2)";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            panic!("{why}");
+        }
+        Tap(name)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .status();
+    }
+}
+
+/// A fake kernel: an ELF header and the guest the double should play.
+fn kernel(path: &Path, guest: &str) {
+    let mut bytes = b"\x7fELF\x02\x01\x01rest-of-a-kernel\n".to_vec();
+    bytes.extend_from_slice(format!("double-guest: {guest}\n").as_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A VM spec in `dir` whose NIC is `tap` and whose guest obeys.
+fn spec_on(dir: &Path, tap: &Tap) -> MachineSpec {
+    let mut spec = spec(dir);
+    spec.nic.as_mut().unwrap().tap = tap.0.clone();
+    spec
+}
+
 fn spec(dir: &Path) -> MachineSpec {
     let images = dir.join("image");
     std::fs::create_dir_all(&images).unwrap();
-    std::fs::write(
-        images.join("vmlinux"),
-        b"\x7fELF\x02\x01\x01rest-of-a-kernel",
-    )
-    .unwrap();
+    kernel(&images.join("vmlinux"), "obeys");
     std::fs::write(images.join("initrd"), b"initramfs").unwrap();
     for disk in ["rootfs.ext4", "system.cow", "root.ext4"] {
-        std::fs::write(images.join(disk), b"disk").unwrap();
+        std::fs::write(images.join(disk), vec![0u8; 4096]).unwrap();
     }
     let drive = |id: &str, file: &str, read_only| DriveSpec {
         id: id.into(),
@@ -64,7 +110,8 @@ fn driver() -> FirecrackerDriver {
 #[tokio::test]
 async fn boots_reports_running_and_stops_leaving_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(dir.path());
+    let tap = Tap::new();
+    let spec = spec_on(dir.path(), &tap);
     let handle = driver().start(&spec).await.unwrap();
     assert_eq!(handle.kind, "firecracker");
     assert!(process::alive(handle.pid, handle.start_ticks));
@@ -80,14 +127,28 @@ async fn boots_reports_running_and_stops_leaving_nothing() {
     assert!(!process::alive(handle.pid, handle.start_ticks));
     assert!(!handle.control_socket.exists(), "api socket left behind");
     assert_eq!(driver().status(&handle).await, VmmStatus::Exited);
+    // The console holds the guest's output only; Firecracker's own lines
+    // are in its log from the first one.
     let serial = std::fs::read_to_string(spec.vm_dir.join("serial.log")).unwrap();
-    assert!(serial.contains("test double"), "{serial}");
+    assert_eq!(
+        serial,
+        "double guest 0123456789abcdef: booted (nothing really runs)\n"
+    );
+    let log = std::fs::read_to_string(spec.vm_dir.join("vmm.log")).unwrap();
+    assert!(
+        log.lines()
+            .next()
+            .unwrap()
+            .contains(":INFO] Running Firecracker"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
 async fn a_new_driver_reattaches_by_handle_and_can_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let handle = driver().start(&spec(dir.path())).await.unwrap();
+    let tap = Tap::new();
+    let handle = driver().start(&spec_on(dir.path(), &tap)).await.unwrap();
     // A daemon restart keeps only the recorded handle.
     let restarted = driver();
     assert_eq!(restarted.status(&handle).await, VmmStatus::Running);
@@ -99,7 +160,8 @@ async fn a_new_driver_reattaches_by_handle_and_can_kill() {
 #[tokio::test]
 async fn stale_sockets_from_a_killed_firecracker_do_not_block_a_start() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(dir.path());
+    let tap = Tap::new();
+    let spec = spec_on(dir.path(), &tap);
     std::fs::create_dir_all(&spec.run_dir).unwrap();
     drop(UnixListener::bind(spec.run_dir.join(API_SOCKET)).unwrap());
     drop(UnixListener::bind(&spec.agent.socket).unwrap());
@@ -110,7 +172,8 @@ async fn stale_sockets_from_a_killed_firecracker_do_not_block_a_start() {
 #[tokio::test]
 async fn bad_input_is_refused_before_anything_is_spawned() {
     let dir = tempfile::tempdir().unwrap();
-    let good = spec(dir.path());
+    let tap = Tap::new();
+    let good = spec_on(dir.path(), &tap);
 
     let missing = FirecrackerDriver::new(dir.path().join("no-firecracker"), Accel::Kvm);
     let no_kvm = FirecrackerDriver::new(
@@ -126,6 +189,11 @@ async fn bad_input_is_refused_before_anything_is_spawned() {
     too_big.vcpus = 64; // beyond Firecracker's 32
     let mut no_disk = good.clone();
     no_disk.drives[2].path = dir.path().join("gone.ext4");
+    let mut tiny_disk = good.clone();
+    std::fs::write(dir.path().join("tiny.ext4"), b"disk").unwrap();
+    tiny_disk.drives[1].path = dir.path().join("tiny.ext4");
+    let mut no_tap = good.clone();
+    no_tap.nic.as_mut().unwrap().tap = "bgt-missing0".into();
 
     let usable = driver();
     let cases: Vec<(&FirecrackerDriver, &MachineSpec, &str)> = vec![
@@ -133,6 +201,8 @@ async fn bad_input_is_refused_before_anything_is_spawned() {
         (&no_kvm, &good, "kvm is not usable: pvm"),
         (&usable, &bz, "is not an elf vmlinux"),
         (&usable, &no_disk, "gone.ext4 does not exist"),
+        (&usable, &tiny_disk, "smaller than one 512-byte sector"),
+        (&usable, &no_tap, "tap device bgt-missing0 does not exist"),
         (&usable, &too_big, "vcpu count 64"),
     ];
     for (driver, spec, needle) in cases {
@@ -149,7 +219,8 @@ async fn bad_input_is_refused_before_anything_is_spawned() {
 #[tokio::test]
 async fn a_vmm_that_dies_at_start_is_a_boot_error_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(dir.path());
+    let tap = Tap::new();
+    let spec = spec_on(dir.path(), &tap);
     // `false` stands in for a firecracker that exits at once.
     let dying = FirecrackerDriver::new(banger_host::tools::find_tool("false").unwrap(), Accel::Kvm);
     let err = dying.start(&spec).await.unwrap_err();
@@ -168,7 +239,8 @@ async fn a_vmm_that_dies_at_start_is_a_boot_error_and_leaves_nothing() {
 #[tokio::test]
 async fn config_file_mode_starts_without_configuration_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(dir.path());
+    let tap = Tap::new();
+    let spec = spec_on(dir.path(), &tap);
     let driver = driver().with_mode(StartMode::ConfigFile);
     let handle = driver.start(&spec).await.unwrap();
     assert_eq!(driver.status(&handle).await, VmmStatus::Running);
@@ -183,4 +255,136 @@ async fn config_file_mode_starts_without_configuration_requests() {
     assert_eq!(written["drives"].as_array().unwrap().len(), 3);
     driver.stop(&handle, Duration::from_secs(10)).await.unwrap();
     assert!(!handle.control_socket.exists());
+}
+
+#[tokio::test]
+async fn a_hung_guest_is_killed_after_the_grace_and_an_obeying_one_is_not_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let tap = Tap::new();
+    let spec = spec_on(dir.path(), &tap);
+    // The guest obeys Ctrl+Alt+Del: Firecracker exits long before the grace.
+    let handle = driver().start(&spec).await.unwrap();
+    let began = std::time::Instant::now();
+    driver()
+        .stop(&handle, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(!process::alive(handle.pid, handle.start_ticks));
+
+    // A hung guest ignores it: the driver waits out the grace, then kills.
+    kernel(&spec.kernel, "ignores-ctrl-alt-del");
+    let handle = driver().start(&spec).await.unwrap();
+    let grace = Duration::from_millis(1500);
+    let began = std::time::Instant::now();
+    driver().stop(&handle, grace).await.unwrap();
+    assert!(began.elapsed() >= grace, "{:?}", began.elapsed());
+    assert!(!process::alive(handle.pid, handle.start_ticks));
+    assert!(!handle.control_socket.exists(), "api socket left behind");
+}
+
+#[tokio::test]
+async fn a_failed_boot_from_a_config_file_reports_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let tap = Tap::new();
+    let spec = spec_on(dir.path(), &tap);
+    kernel(&spec.kernel, "fails-to-boot");
+    let driver = driver().with_mode(StartMode::ConfigFile);
+    let err = driver.start(&spec).await.unwrap_err();
+    assert!(matches!(err, VmmError::Boot { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("could not boot the vm") && text.contains("Cannot load kernel"),
+        "{text}"
+    );
+    assert!(
+        !spec.run_dir.join(API_SOCKET).exists(),
+        "api socket left behind"
+    );
+    // The api mode reports the same cause from InstanceStart's answer.
+    let err = self::driver().start(&spec).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Start microvm error: Cannot load kernel"),
+        "{err}"
+    );
+}
+
+/// Why config-file mode sends nothing while the machine boots: a request
+/// in flight when the boot fails takes the cause with it (the process
+/// aborts before logging it), as Firecracker v1.16.1 does.
+#[tokio::test]
+async fn the_double_loses_the_cause_when_a_request_waits_on_a_failed_boot() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let kernel_path = dir.path().join("vmlinux");
+    kernel(&kernel_path, "fails-to-boot");
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": kernel_path},
+        "drives": [],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+    });
+    let config_path = dir.path().join("vm.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let log = dir.path().join("vmm.log");
+    std::fs::write(&log, b"").unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut child = tokio::process::Command::new(double_binary())
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--config-file")
+        .arg(&config_path)
+        .arg("--log-path")
+        .arg(&log)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !sock.exists() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let client = banger_host::firecracker::FirecrackerClient::new(&sock);
+    let asked = client.describe().await;
+    assert!(asked.is_err(), "the boot failed: no answer");
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.signal(), Some(6), "aborted: {status:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains("Cannot load kernel"), "{logged}");
+}
+
+/// The real-binary check (`scripts/firecracker-check`), run against the
+/// double: every step it takes is accepted, so a refusal from a real
+/// Firecracker is the binary's answer, not the check's.
+#[tokio::test]
+async fn the_real_binary_check_passes_against_the_double() {
+    use banger_host::firecracker::check::{run, table, CheckSetup};
+    let dir = tempfile::tempdir().unwrap();
+    let tap = Tap::new();
+    let image = dir.path().join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    kernel(&image.join("vmlinux"), "obeys");
+    std::fs::write(image.join("initrd"), b"initramfs").unwrap();
+    std::fs::write(image.join("rootfs.ext4"), vec![0u8; 4096]).unwrap();
+    let steps = run(&CheckSetup {
+        firecracker: double_binary(),
+        image,
+        work: dir.path().join("work"),
+        tap: tap.0.clone(),
+        accel: Accel::Kvm,
+    })
+    .await;
+    let report = table(&steps);
+    assert!(steps.iter().all(|s| s.ok), "{report}");
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "PUT /actions InstanceStart",
+        "PUT /actions SendCtrlAltDel",
+        "exit after SendCtrlAltDel",
+        "driver (config file): stop",
+    ] {
+        assert!(names.contains(&expected), "{report}");
+    }
 }

@@ -46,8 +46,8 @@ impl Vmm for FakeVmm {
             agent_socket: spec.agent.socket.clone(),
         })
     }
-    async fn stop(&self, _handle: &VmmHandle, _grace: Duration) -> Result<(), VmmError> {
-        push(&self.log, "vmm.stop");
+    async fn stop(&self, _handle: &VmmHandle, grace: Duration) -> Result<(), VmmError> {
+        push(&self.log, format!("vmm.stop grace={}s", grace.as_secs()));
         Ok(())
     }
     async fn kill(&self, _handle: &VmmHandle) -> Result<(), VmmError> {
@@ -66,8 +66,12 @@ impl Vmm for FakeVmm {
     }
 }
 
-/// FAKE: an agent that is ready at once.
-struct FakeAgent;
+/// FAKE: an agent that is ready at once and powers off when asked
+/// (unless told to fail), recording it.
+struct FakeAgent {
+    log: Log,
+    refuse_shutdown: Arc<std::sync::atomic::AtomicBool>,
+}
 
 #[async_trait]
 impl AgentLink for FakeAgent {
@@ -84,6 +88,13 @@ impl AgentLink for FakeAgent {
         _handle: &VmmHandle,
         _timeout: Duration,
     ) -> Result<(), AgentLinkError> {
+        push(&self.log, "agent.shutdown");
+        if self
+            .refuse_shutdown
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(AgentLinkError::Failed("the guest did not answer".into()));
+        }
         Ok(())
     }
     async fn exec(
@@ -206,7 +217,10 @@ fn booting_with(
             log: log.clone(),
             alive,
         }),
-        agents: Arc::new(FakeAgent),
+        agents: Arc::new(FakeAgent {
+            log: log.clone(),
+            refuse_shutdown: refuse_shutdown(),
+        }),
         capabilities: capabilities
             .into_iter()
             .map(|c| Arc::new(c) as Arc<dyn Capability>)
@@ -500,4 +514,52 @@ async fn reconcile_handles_each_vm_alone() {
     assert_eq!(report.unhandled.len(), 1, "{report:?}");
     assert!(report.unhandled[0].starts_with("broken: "), "{report:?}");
     assert_eq!(b.find_vm("gone").unwrap().state, VmState::Stopped);
+}
+
+thread_local! {
+    /// What the next `booting` Banger's agent does on power-off.
+    static REFUSE_SHUTDOWN: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+}
+
+fn refuse_shutdown() -> Arc<std::sync::atomic::AtomicBool> {
+    REFUSE_SHUTDOWN.with(Arc::clone)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stop_asks_the_agent_first_then_gives_the_vmm_its_grace() {
+    let log = Log::default();
+    let b = booting(vec![], &log);
+    b.create_vm(named("web")).await.unwrap();
+    let since = events(&log).len();
+    b.stop_vm("web", false).await.unwrap();
+    let stop: Vec<String> = events(&log)[since..]
+        .iter()
+        .filter(|e| e.starts_with("agent.") || e.starts_with("vmm."))
+        .cloned()
+        .collect();
+    // The guest powers off through its agent; the VMM may take the grace.
+    assert_eq!(stop, ["agent.shutdown", "vmm.stop grace=30s"]);
+
+    // An agent that does not answer: the VMM's own stop, briefly.
+    b.start_vm("web").await.unwrap();
+    refuse_shutdown().store(true, std::sync::atomic::Ordering::SeqCst);
+    let since = events(&log).len();
+    b.stop_vm("web", false).await.unwrap();
+    let stop: Vec<String> = events(&log)[since..]
+        .iter()
+        .filter(|e| e.starts_with("agent.") || e.starts_with("vmm."))
+        .cloned()
+        .collect();
+    assert_eq!(stop, ["agent.shutdown", "vmm.stop grace=2s"]);
+
+    // Forced: no agent, the short grace.
+    b.start_vm("web").await.unwrap();
+    let since = events(&log).len();
+    b.stop_vm("web", true).await.unwrap();
+    let stop: Vec<String> = events(&log)[since..]
+        .iter()
+        .filter(|e| e.starts_with("agent.") || e.starts_with("vmm."))
+        .cloned()
+        .collect();
+    assert_eq!(stop, ["vmm.stop grace=2s"]);
 }

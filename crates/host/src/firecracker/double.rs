@@ -4,11 +4,17 @@
 //! unix socket, refuses what Firecracker v1.16.1 would refuse (anything
 //! its own API description, [`ApiSpec`], rejects; a second
 //! `InstanceStart`; reconfiguring a pre-boot-only resource after start;
-//! `SendCtrlAltDel` before start) with `400 {"fault_message": ...}`, keeps
-//! the instance state, and records every request. It does NOT boot a VM,
-//! run a guest, open TAP devices or vsock sockets, or write the log and
-//! metrics files; `GET`s other than `GET /` are refused. Never use it
-//! outside tests.
+//! `SendCtrlAltDel` before start; an unknown path) with
+//! `400 {"fault_message": ...}` in Firecracker's words, answers `GET /`,
+//! `GET /machine-config` and `GET /vm/config`, keeps the instance state,
+//! and records every request.
+//!
+//! The guest it pretends to run is read from the kernel it is given (see
+//! [`DoubleGuest`]): one that obeys Ctrl+Alt+Del, one that ignores it, one
+//! whose boot fails. While it "boots" from a config file every request
+//! waits, as Firecracker's do ([`FirecrackerDouble::spawn_booting`]).
+//! It does NOT boot a VM, open TAP devices or vsock sockets, or write the
+//! metrics file. Never use it outside tests.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -38,6 +44,64 @@ pub const PRE_BOOT_FAULT: &str =
 /// the double refuses after start; `PATCH` is not modelled).
 const PUT_AFTER_START: &[&str] = &["/actions", "/mmds"];
 
+/// Firecracker's prefix for everything that fails `InstanceStart`.
+pub const START_FAULT_PREFIX: &str = "Start microvm error: ";
+
+/// What the kernel a test hands the double says its guest does: a line
+/// `double-guest: obeys|ignores-ctrl-alt-del|fails-to-boot` anywhere in
+/// the (fake) kernel file; `obeys` when there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DoubleGuest {
+    /// Reboots on Ctrl+Alt+Del (with `reboot=k`), so Firecracker exits.
+    #[default]
+    Obeys,
+    /// A hung guest: Ctrl+Alt+Del is accepted and nothing happens.
+    IgnoresCtrlAltDel,
+    /// The kernel cannot be loaded: `InstanceStart` fails.
+    FailsToBoot,
+}
+
+/// The marker a fake kernel carries to pick its guest.
+pub const GUEST_MARKER: &str = "double-guest: ";
+
+impl DoubleGuest {
+    /// The guest a kernel file stands for.
+    pub fn of_kernel(path: &Path) -> DoubleGuest {
+        let text = std::fs::read(path).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let word = text
+            .lines()
+            .find_map(|line| line.split(GUEST_MARKER).nth(1))
+            .map(str::trim);
+        match word {
+            Some("ignores-ctrl-alt-del") => DoubleGuest::IgnoresCtrlAltDel,
+            Some("fails-to-boot") => DoubleGuest::FailsToBoot,
+            _ => DoubleGuest::Obeys,
+        }
+    }
+
+    /// How long booting this kernel from a config file takes: a line
+    /// `double-boot-ms: N` in the kernel file, else 300 ms.
+    pub fn boot_time_of_kernel(path: &Path) -> std::time::Duration {
+        let text = std::fs::read(path).unwrap_or_default();
+        let ms = String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|line| line.split("double-boot-ms: ").nth(1))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(300);
+        std::time::Duration::from_millis(ms)
+    }
+
+    /// Why Firecracker fails to start this guest, if it does.
+    pub fn boot_fault(self) -> Option<String> {
+        (self == DoubleGuest::FailsToBoot).then(|| {
+            format!(
+                "{START_FAULT_PREFIX}Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image"
+            )
+        })
+    }
+}
+
 /// One request the double received, with the status it answered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exchange {
@@ -58,14 +122,20 @@ pub struct FirecrackerDouble {
 struct Shared {
     spec: ApiSpec,
     state: Mutex<Vm>,
+    /// False while the machine boots from a config file: requests wait.
+    open: tokio::sync::watch::Sender<bool>,
+    /// Requests waiting for the boot to end.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
 struct Vm {
     exchanges: Vec<Exchange>,
     started: bool,
-    boot_source: bool,
     ctrl_alt_del: bool,
+    /// The configuration so far, by section (`boot-source`, ...; drives
+    /// and interfaces as lists), as `GET /vm/config` shows it.
+    config: serde_json::Map<String, Value>,
 }
 
 impl FirecrackerDouble {
@@ -75,11 +145,26 @@ impl FirecrackerDouble {
     ///
     /// [`shutdown`]: FirecrackerDouble::shutdown
     pub async fn spawn(socket_path: impl Into<PathBuf>) -> io::Result<FirecrackerDouble> {
-        let socket = socket_path.into();
+        FirecrackerDouble::serve(socket_path.into(), true).await
+    }
+
+    /// Like [`spawn`], for a machine that boots from a config file: every
+    /// request waits until [`boot_finished`] (as Firecracker's API waits
+    /// for its boot to end).
+    ///
+    /// [`spawn`]: FirecrackerDouble::spawn
+    /// [`boot_finished`]: FirecrackerDouble::boot_finished
+    pub async fn spawn_booting(socket_path: impl Into<PathBuf>) -> io::Result<FirecrackerDouble> {
+        FirecrackerDouble::serve(socket_path.into(), false).await
+    }
+
+    async fn serve(socket: PathBuf, open: bool) -> io::Result<FirecrackerDouble> {
         let listener = UnixListener::bind(&socket)?;
         let shared = Arc::new(Shared {
             spec: ApiSpec::load(),
             state: Mutex::new(Vm::default()),
+            open: tokio::sync::watch::Sender::new(open),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = Router::new()
             .fallback(handle)
@@ -120,9 +205,37 @@ impl FirecrackerDouble {
     }
 
     /// Whether an accepted `SendCtrlAltDel` asked the guest to stop (a real
-    /// Firecracker would exit once the guest reboots).
+    /// Firecracker exits once a guest that obeys reboots).
     pub fn stopped(&self) -> bool {
         self.shared.vm().ctrl_alt_del
+    }
+
+    /// The guest of the configured kernel (`Obeys` before a boot source).
+    pub fn guest(&self) -> DoubleGuest {
+        let vm = self.shared.vm();
+        vm.config
+            .get("boot-source")
+            .and_then(|b| b["kernel_image_path"].as_str())
+            .map(|path| DoubleGuest::of_kernel(Path::new(path)))
+            .unwrap_or_default()
+    }
+
+    /// Applies a request as if it came over the socket (validated,
+    /// recorded), without a connection: how a config file is replayed.
+    pub fn apply(&self, request: FcRequest) -> Result<Option<Value>, String> {
+        self.shared.exchange(request)
+    }
+
+    /// Lets waiting and later requests through (the boot ended).
+    pub fn boot_finished(&self) {
+        self.shared.open.send_replace(true);
+    }
+
+    /// How many requests wait for the boot to end.
+    pub fn waiting(&self) -> usize {
+        self.shared
+            .waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops serving, waits for the server task, and removes the socket.
@@ -154,9 +267,90 @@ impl Shared {
         // way that matters to a test double.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Checks, applies and records one request: the answer body for a
+    /// `200`, `None` for a `204`, or the fault message of a `400`.
+    fn exchange(&self, request: FcRequest) -> Result<Option<Value>, String> {
+        // Apply and record under one lock, so the record's order is the
+        // order the state changed in.
+        let mut vm = self.vm();
+        let outcome = if !known_path(&request.path) {
+            Err(format!(
+                "Invalid request method and/or path: {} {}.",
+                request.method.as_str().to_uppercase(),
+                request.path.trim_start_matches('/')
+            ))
+        } else {
+            match self.spec.check_request(&request) {
+                Err(errs) => Err(errs.join("; ")),
+                Ok(()) => vm.apply(&request),
+            }
+        };
+        vm.exchanges.push(Exchange {
+            request,
+            status: match &outcome {
+                Ok(None) => 204,
+                Ok(Some(_)) => 200,
+                Err(_) => 400,
+            },
+            fault: outcome.as_ref().err().cloned(),
+        });
+        outcome
+    }
+}
+
+/// Paths Firecracker's API serves (their first component).
+fn known_path(path: &str) -> bool {
+    const KNOWN: &[&str] = &[
+        "",
+        "actions",
+        "balloon",
+        "boot-source",
+        "cpu-config",
+        "drives",
+        "entropy",
+        "hotplug",
+        "logger",
+        "machine-config",
+        "metrics",
+        "mmds",
+        "network-interfaces",
+        "pmem",
+        "serial",
+        "snapshot",
+        "version",
+        "vm",
+        "vsock",
+    ];
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    KNOWN.contains(&first)
 }
 
 impl Vm {
+    /// Keeps a configuration request's body under its section.
+    fn record_config(&mut self, path: &str, body: Value) {
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let section = parts.next().unwrap_or_default().to_string();
+        if parts.next().is_some() {
+            // `/drives/{id}`, `/network-interfaces/{id}`: a list by id.
+            let key = if section == "drives" {
+                "drive_id"
+            } else {
+                "iface_id"
+            };
+            let list = self
+                .config
+                .entry(section)
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(items) = list {
+                items.retain(|item| item[key] != body[key]);
+                items.push(body);
+            }
+        } else {
+            self.config.insert(section, body);
+        }
+    }
+
     fn instance_state(&self) -> InstanceState {
         if self.started {
             InstanceState::Running
@@ -178,15 +372,32 @@ impl Vm {
                 };
                 Ok(Some(serde_json::to_value(info).map_err(|e| e.to_string())?))
             }
+            (Method::Get, "/machine-config") => Ok(Some(
+                self.config
+                    .get("machine-config")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false})),
+            )),
+            (Method::Get, "/vm/config") => Ok(Some(Value::Object(self.config.clone()))),
             (Method::Get, path) => Err(format!("get {path} is not implemented by the test double")),
             (Method::Put, "/actions") => {
                 let action = req.body.as_ref().and_then(|b| b["action_type"].as_str());
                 match action {
                     Some("InstanceStart") if self.started => Err(POST_BOOT_FAULT.into()),
-                    Some("InstanceStart") if !self.boot_source => {
-                        Err("Cannot start microvm without kernel configuration.".into())
-                    }
                     Some("InstanceStart") => {
+                        let kernel = self
+                            .config
+                            .get("boot-source")
+                            .and_then(|b| b["kernel_image_path"].as_str())
+                            .map(PathBuf::from);
+                        let Some(kernel) = kernel else {
+                            return Err(format!(
+                                "{START_FAULT_PREFIX}Cannot start microvm without kernel configuration."
+                            ));
+                        };
+                        if let Some(fault) = DoubleGuest::of_kernel(&kernel).boot_fault() {
+                            return Err(fault);
+                        }
                         self.started = true;
                         Ok(None)
                     }
@@ -202,9 +413,7 @@ impl Vm {
                 Err(POST_BOOT_FAULT.into())
             }
             (Method::Put, path) => {
-                if path == "/boot-source" {
-                    self.boot_source = true;
-                }
+                self.record_config(path, req.body.clone().unwrap_or(Value::Null));
                 Ok(None)
             }
         }
@@ -217,13 +426,25 @@ async fn handle(
     uri: Uri,
     body: Bytes,
 ) -> Response {
+    // While the machine boots from a config file, requests wait for it.
+    let mut open = shared.open.subscribe();
+    if !*open.borrow() {
+        shared
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = open.wait_for(|open| *open).await;
+        shared
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
     let path = uri.path().to_string();
     let method = match method {
         HttpMethod::GET => Method::Get,
         HttpMethod::PUT => Method::Put,
         other => {
             return fault(format!(
-                "method {other} is not supported by the test double"
+                "Invalid request method and/or path: {other} {}.",
+                path.trim_start_matches('/')
             ))
         }
     };
@@ -235,33 +456,11 @@ async fn handle(
             Err(e) => return fault(format!("the request body is not json: {e}")),
         }
     };
-    let request = FcRequest { method, path, body };
-    // Apply and record under one lock, so the record's order is the order
-    // the state changed in.
-    let mut vm = shared.vm();
-    let outcome = match shared.spec.check_request(&request) {
-        Err(errs) => Err(errs.join("; ")),
-        Ok(()) => vm.apply(&request),
-    };
-    let (status, fault_message, response) = match outcome {
-        Ok(None) => (
-            StatusCode::NO_CONTENT,
-            None,
-            StatusCode::NO_CONTENT.into_response(),
-        ),
-        Ok(Some(v)) => (
-            StatusCode::OK,
-            None,
-            (StatusCode::OK, Json(v)).into_response(),
-        ),
-        Err(m) => (StatusCode::BAD_REQUEST, Some(m.clone()), fault(m)),
-    };
-    vm.exchanges.push(Exchange {
-        request,
-        status: status.as_u16(),
-        fault: fault_message,
-    });
-    response
+    match shared.exchange(FcRequest { method, path, body }) {
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Some(v)) => (StatusCode::OK, Json(v)).into_response(),
+        Err(m) => fault(m),
+    }
 }
 
 fn fault(message: String) -> Response {

@@ -1,10 +1,18 @@
 //! `FirecrackerDriver`: the `Vmm` trait on a Firecracker process. Checks
 //! everything it can before spawning (binary, KVM, an ELF kernel, the
-//! files), clears sockets a previous Firecracker left, spawns
-//! `firecracker --api-sock SOCK --id VM` in its own process group (so the
-//! VM outlives a daemon restart), configures it through the API and sends
-//! `InstanceStart`. Guest serial goes to `serial.log`, Firecracker's own
-//! log to `vmm.log`, its metrics to `metrics.json`, all in the VM directory.
+//! files and the TAP device, which Firecracker would otherwise make up),
+//! clears sockets a previous Firecracker left (its vsock socket is bound
+//! at configuration and refuses a leftover), spawns
+//! `firecracker --api-sock SOCK --id VM --log-path vmm.log` in its own
+//! process group (so the VM outlives a daemon restart), configures it
+//! through the API and sends `InstanceStart`. Guest serial goes to
+//! `serial.log` (only the guest's: Firecracker logs to its file from the
+//! first line), its metrics to `metrics.json`, all in the VM directory.
+//!
+//! With `--config-file` Firecracker's API answers nothing until the boot
+//! ends, and a boot that fails while a request waits aborts it before the
+//! cause is logged: that mode sends no request until the log says the
+//! machine runs, and reports the logged cause when the process exits.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -20,7 +28,8 @@ use nix::sys::signal::Signal;
 use super::api::InstanceState;
 use super::client::{configure_and_start, remove_stale_sockets, FirecrackerClient};
 use super::plan::{
-    boot_requests, config_file, stop_request, DriveConfig, FirecrackerBootConfig, VsockConfig,
+    boot_requests, command_line, config_file, stop_request, DriveConfig, FirecrackerBootConfig,
+    VsockConfig, CONFIG_FILE_STARTED,
 };
 use crate::accel::Accel;
 use crate::process;
@@ -47,7 +56,15 @@ pub struct FirecrackerDriver {
     mode: StartMode,
     /// How long Firecracker may take to open its API socket.
     pub socket_wait: Duration,
+    /// How long a boot from a config file may take.
+    pub boot_wait: Duration,
 }
+
+/// Where the host lists its network devices.
+const NET_CLASS: &str = "/sys/class/net";
+
+/// The smallest disk Firecracker can use: one sector.
+const MIN_DISK_BYTES: u64 = 512;
 
 impl FirecrackerDriver {
     pub fn new(binary: PathBuf, accel: Accel) -> Self {
@@ -56,6 +73,7 @@ impl FirecrackerDriver {
             accel,
             mode: StartMode::Api,
             socket_wait: Duration::from_secs(5),
+            boot_wait: Duration::from_secs(30),
         }
     }
 
@@ -98,10 +116,28 @@ impl FirecrackerDriver {
         if let Some(missing) = files.into_iter().find(|p| !p.is_file()) {
             return Err(bad(format!("{} does not exist", missing.display())));
         }
+        // Firecracker takes a tiny disk with a warning only.
+        for drive in &spec.drives {
+            let bytes = drive.path.metadata().map(|m| m.len()).unwrap_or(0);
+            if bytes < MIN_DISK_BYTES {
+                return Err(bad(format!(
+                    "disk {} is {bytes} bytes: smaller than one {MIN_DISK_BYTES}-byte sector",
+                    drive.path.display()
+                )));
+            }
+        }
         let nic = spec
             .nic
             .as_ref()
             .ok_or_else(|| bad("a firecracker vm needs a network interface".into()))?;
+        // As root, Firecracker makes a TAP of a name that does not exist,
+        // connected to nothing.
+        if !Path::new(NET_CLASS).join(&nic.tap).exists() {
+            return Err(bad(format!(
+                "tap device {} does not exist: the vm would be cut off",
+                nic.tap
+            )));
+        }
         let cfg = FirecrackerBootConfig {
             vcpus: spec.vcpus,
             memory_mib: u64::from(spec.memory_mib),
@@ -162,11 +198,9 @@ impl FirecrackerDriver {
             .open(&cfg.log_path)
             .map_err(spawn_err)?;
         let mut command = tokio::process::Command::new(&self.binary);
-        command
-            .arg("--api-sock")
-            .arg(&api)
-            .arg("--id")
-            .arg(&spec.vm_id);
+        command.args(
+            command_line(cfg, &api, &spec.vm_id).map_err(|e| VmmError::Preflight(e.to_string()))?,
+        );
         if self.mode == StartMode::ConfigFile {
             let path = spec.vm_dir.join("firecracker.json");
             let json = config_file(cfg).map_err(|e| VmmError::Preflight(e.to_string()))?;
@@ -197,12 +231,17 @@ impl FirecrackerDriver {
         };
         let client = FirecrackerClient::new(&handle.control_socket);
         let booted = async {
-            self.wait_for_api(&client, &handle).await?;
             match self.mode {
-                StartMode::Api => configure_and_start(&client, cfg)
-                    .await
-                    .map_err(|e| e.to_string()),
-                StartMode::ConfigFile => self.wait_for_running(&client).await,
+                StartMode::Api => {
+                    self.wait_for_api(&client, &handle).await?;
+                    configure_and_start(&client, cfg)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                StartMode::ConfigFile => {
+                    self.wait_for_config_boot(&handle, &cfg.log_path).await?;
+                    self.confirm_running(&client).await
+                }
             }
         }
         .await;
@@ -241,21 +280,42 @@ impl FirecrackerDriver {
         }
     }
 
-    /// With `--config-file` the machine starts on its own; wait for it.
-    async fn wait_for_running(&self, client: &FirecrackerClient) -> Result<(), String> {
-        let deadline = Instant::now() + self.socket_wait;
+    /// With `--config-file` the machine starts on its own, and no request
+    /// may be in flight until it has: watch its log for the line that says
+    /// it runs, and the process for an exit whose cause the log holds.
+    async fn wait_for_config_boot(&self, handle: &VmmHandle, log: &Path) -> Result<(), String> {
+        let deadline = Instant::now() + self.boot_wait;
+        let mut watch = LogWatch::new(log);
         loop {
-            let info = client.describe().await.map_err(|e| e.to_string())?;
-            if info.state == InstanceState::Running {
+            if watch.started() {
                 return Ok(());
+            }
+            if !process::alive(handle.pid, handle.start_ticks) {
+                let cause = watch
+                    .last_error()
+                    .unwrap_or_else(|| "no cause logged".to_string());
+                return Err(format!("firecracker could not boot the vm: {cause}"));
             }
             if Instant::now() > deadline {
                 return Err(format!(
                     "firecracker did not start the machine from its config file within {:?}",
-                    self.socket_wait
+                    self.boot_wait
                 ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Once the log says the machine runs, the API answers at once.
+    async fn confirm_running(&self, client: &FirecrackerClient) -> Result<(), String> {
+        let info = client.describe().await.map_err(|e| e.to_string())?;
+        if info.state == InstanceState::Running {
+            Ok(())
+        } else {
+            Err(format!(
+                "firecracker logged a started machine, but its state is {:?}",
+                info.state
+            ))
         }
     }
 
@@ -263,6 +323,69 @@ impl FirecrackerDriver {
         process::signal(handle.pid, handle.start_ticks, Signal::SIGKILL);
         process::wait_gone(handle.pid, handle.start_ticks, Duration::from_secs(5)).await;
         let _ = remove_stale_sockets(&handle.control_socket, &handle.agent_socket);
+    }
+}
+
+/// Reads what a log file gained since the last look, at most 64 KiB a
+/// time, and remembers the lines it needs.
+struct LogWatch {
+    path: PathBuf,
+    offset: u64,
+    started: bool,
+    last_error: Option<String>,
+    partial: String,
+}
+
+impl LogWatch {
+    fn new(path: &Path) -> Self {
+        LogWatch {
+            path: path.to_path_buf(),
+            offset: 0,
+            started: false,
+            last_error: None,
+            partial: String::new(),
+        }
+    }
+
+    fn read_new(&mut self) {
+        use std::io::{Seek, SeekFrom};
+        let Ok(mut file) = File::open(&self.path) else {
+            return;
+        };
+        if file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut chunk = Vec::new();
+        let Ok(n) = file.take(64 * 1024).read_to_end(&mut chunk) else {
+            return;
+        };
+        self.offset += n as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=end).collect();
+            let line = line.trim_end();
+            if line.contains(CONFIG_FILE_STARTED) {
+                self.started = true;
+            }
+            if line.contains(":ERROR]") || line.contains("failed") || line.contains("panicked") {
+                self.last_error = Some(line.chars().take(400).collect());
+            }
+        }
+        // A line longer than the bound is not a line the driver needs.
+        if self.partial.len() > 64 * 1024 {
+            self.partial.clear();
+        }
+    }
+
+    /// Whether the log said the machine runs.
+    fn started(&mut self) -> bool {
+        self.read_new();
+        self.started
+    }
+
+    fn last_error(&mut self) -> Option<String> {
+        self.read_new();
+        self.last_error.clone()
     }
 }
 

@@ -4,10 +4,12 @@
 //! description (v1.16.1, `spec/firecracker-api.yaml`) and a validator over
 //! it (`spec`), the HTTP-over-unix-socket client (`client`), and a TEST
 //! DOUBLE of Firecracker's API for tests (`double`, feature `test-double`),
-//! the host end of hybrid vsock (`vsock`), and the driver that runs
-//! Firecracker processes behind the `Vmm` trait (`driver`).
+//! the host end of hybrid vsock (`vsock`), the driver that runs
+//! Firecracker processes behind the `Vmm` trait (`driver`), and the
+//! lifecycle check against a real binary (`check`).
 
 pub mod api;
+pub mod check;
 pub mod client;
 #[cfg(feature = "test-double")]
 pub mod double;

@@ -1,22 +1,22 @@
 //! What banger asks of Firecracker to boot, stop and inspect a VM, as
-//! data: the ordered API requests and the equivalent `--config-file`.
-//! Pure; sending them is the driver's job.
+//! data: its command line, the ordered API requests and the equivalent
+//! `--config-file`. Pure; running and sending them is the driver's job.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use thiserror::Error;
 
 use super::api::{
-    to_json, ActionType, BootSource, Drive, FcRequest, InstanceActionInfo, LogLevel, Logger,
-    MachineConfiguration, Metrics, NetworkInterface, Vsock,
+    to_json, ActionType, BootSource, Drive, FcRequest, InstanceActionInfo, MachineConfiguration,
+    Metrics, NetworkInterface, Vsock,
 };
 
 /// The single-object sections of a `--config-file` document and the API
 /// path each one stands for (`drives` and `network-interfaces` are lists,
 /// one `PUT /{section}/{id}` per item).
-pub const CONFIG_FILE_SECTIONS: [(&str, &str); 5] = [
-    ("logger", "/logger"),
+pub const CONFIG_FILE_SECTIONS: [(&str, &str); 4] = [
     ("metrics", "/metrics"),
     ("machine-config", "/machine-config"),
     ("boot-source", "/boot-source"),
@@ -79,13 +79,39 @@ pub enum PlanError {
     DuplicateDrive(String),
 }
 
+/// Firecracker's command line: its API socket, the VM id, and its log
+/// from the first line (`--log-path`; without it Firecracker logs to
+/// stdout, the guest's serial console, until `PUT /logger`). The driver
+/// adds `--config-file` in that mode.
+pub fn command_line(
+    cfg: &FirecrackerBootConfig,
+    api_socket: &Path,
+    vm_id: &str,
+) -> Result<Vec<OsString>, PlanError> {
+    Ok(vec![
+        "--api-sock".into(),
+        api_socket.into(),
+        "--id".into(),
+        vm_id.into(),
+        "--log-path".into(),
+        utf8(&cfg.log_path)?.into(),
+        "--level".into(),
+        "Info".into(),
+        "--show-level".into(),
+    ])
+}
+
+/// The line Firecracker logs once a machine configured from a config file
+/// runs (its `main.rs`); until then its API answers nothing.
+pub const CONFIG_FILE_STARTED: &str =
+    "Successfully started microvm that was configured from one single json";
+
 /// The requests that configure and start a VM, in the order they are sent:
-/// logger and metrics first (so later failures are logged), then machine,
-/// boot source, drives, network, vsock, and finally `InstanceStart`.
+/// metrics first, then machine, boot source, drives, network, vsock, and
+/// finally `InstanceStart` (the log is set on the command line).
 pub fn boot_requests(cfg: &FirecrackerBootConfig) -> Result<Vec<FcRequest>, PlanError> {
     let b = Bodies::of(cfg)?;
     let mut reqs = vec![
-        FcRequest::put("/logger", &b.logger),
         FcRequest::put("/metrics", &b.metrics),
         FcRequest::put("/machine-config", &b.machine),
         FcRequest::put("/boot-source", &b.boot),
@@ -118,7 +144,6 @@ pub fn describe_request() -> FcRequest {
 pub fn config_file(cfg: &FirecrackerBootConfig) -> Result<Value, PlanError> {
     let b = Bodies::of(cfg)?;
     Ok(json!({
-        "logger": to_json(&b.logger),
         "metrics": to_json(&b.metrics),
         "machine-config": to_json(&b.machine),
         "boot-source": to_json(&b.boot),
@@ -134,7 +159,6 @@ fn action(action_type: ActionType) -> FcRequest {
 
 /// The typed bodies, built and checked once for both output forms.
 struct Bodies {
-    logger: Logger,
     metrics: Metrics,
     machine: MachineConfiguration,
     boot: BootSource,
@@ -172,13 +196,9 @@ impl Bodies {
                 io_engine: None,
             });
         }
+        // Checked here too, so a bad one fails the plan, not the spawn.
+        utf8(&cfg.log_path)?;
         Ok(Bodies {
-            logger: Logger {
-                log_path: Some(utf8(&cfg.log_path)?),
-                level: Some(LogLevel::Info),
-                show_level: Some(true),
-                show_log_origin: None,
-            },
             metrics: Metrics {
                 metrics_path: utf8(&cfg.metrics_path)?,
             },
@@ -264,7 +284,6 @@ pub(crate) mod tests {
         assert_eq!(
             got,
             vec![
-                (put, "/logger"),
                 (put, "/metrics"),
                 (put, "/machine-config"),
                 (put, "/boot-source"),
@@ -314,6 +333,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_command_line_logs_to_the_file_from_the_first_line() {
+        let args = command_line(&sample(), Path::new("/run/x/fc.sock"), "web1").unwrap();
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "--api-sock",
+                "/run/x/fc.sock",
+                "--id",
+                "web1",
+                "--log-path",
+                "/var/lib/banger/vms/web1/firecracker.log",
+                "--level",
+                "Info",
+                "--show-level",
+            ]
+        );
+    }
+
+    #[test]
     fn stop_and_describe() {
         assert_eq!(stop_request().path, "/actions");
         assert_eq!(
@@ -348,7 +387,11 @@ pub(crate) mod tests {
             file["network-interfaces"],
             json!([body("/network-interfaces/eth0")])
         );
-        assert_eq!(file.as_object().unwrap().len(), 7);
+        assert_eq!(file.as_object().unwrap().len(), 6);
+        assert!(
+            file.get("logger").is_none(),
+            "the log is on the command line"
+        );
     }
 
     #[test]

@@ -59,7 +59,6 @@ fn config_file_matches_full_vm_configuration() {
     assert_eq!(spec.check_definition("FullVmConfiguration", &file), Ok(()));
     // And section by section, against each section's own definition.
     for (key, def) in [
-        ("logger", "Logger"),
         ("metrics", "Metrics"),
         ("machine-config", "MachineConfiguration"),
         ("boot-source", "BootSource"),

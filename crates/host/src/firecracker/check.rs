@@ -1,0 +1,325 @@
+//! The driver's lifecycle against a Firecracker binary given by path, step
+//! by step, with what the binary answered to each: how anyone on a KVM
+//! host proves the driver against the real thing (`scripts/firecracker-check`).
+//! It makes what a VM needs from a banger image (the image's ELF vmlinux
+//! and initrd, its rootfs read-only, scratch disks, a TAP device it
+//! removes again) and reports instead of stopping at the first refusal.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use banger_core::vmm::{AgentChannel, DriveSpec, MachineSpec, NicSpec, Vmm};
+
+use super::api::FcRequest;
+use super::client::{remove_stale_sockets, FirecrackerClient};
+use super::driver::{FirecrackerDriver, StartMode};
+use super::plan::{
+    boot_requests, command_line, describe_request, stop_request, DriveConfig,
+    FirecrackerBootConfig, VsockConfig,
+};
+use crate::accel::Accel;
+use crate::process;
+
+/// One step and how it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub name: String,
+    pub ok: bool,
+    /// The answer, or why it failed.
+    pub detail: String,
+    pub elapsed: Duration,
+}
+
+/// What the check is run with.
+#[derive(Debug, Clone)]
+pub struct CheckSetup {
+    pub firecracker: PathBuf,
+    /// A banger image directory (`vmlinux`, `initrd`, `rootfs.ext4`).
+    pub image: PathBuf,
+    /// Where the VM's files go (removed by the caller).
+    pub work: PathBuf,
+    /// A TAP device that exists.
+    pub tap: String,
+    pub accel: Accel,
+}
+
+/// Runs every step; never stops early.
+pub async fn run(setup: &CheckSetup) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let spec = match machine(setup) {
+        Ok(spec) => spec,
+        Err(err) => {
+            steps.push(step("prepare the vm files", Err(err), Instant::now()));
+            return steps;
+        }
+    };
+    requests_one_by_one(setup, &spec, &mut steps).await;
+    for mode in [StartMode::Api, StartMode::ConfigFile] {
+        driver_lifecycle(setup, &spec, mode, &mut steps).await;
+    }
+    steps
+}
+
+fn step(name: &str, result: Result<String, String>, began: Instant) -> Step {
+    let (ok, detail) = match result {
+        Ok(detail) => (true, detail),
+        Err(detail) => (false, detail),
+    };
+    Step {
+        name: name.to_string(),
+        ok,
+        detail,
+        elapsed: began.elapsed(),
+    }
+}
+
+/// The VM: the image's kernel, initrd and rootfs, two scratch disks.
+fn machine(setup: &CheckSetup) -> Result<MachineSpec, String> {
+    let file = |name: &str| {
+        let path = setup.image.join(name);
+        path.is_file()
+            .then_some(path.clone())
+            .ok_or_else(|| format!("{} is missing", path.display()))
+    };
+    let kernel = file("vmlinux")?;
+    let initrd = file("initrd")?;
+    let rootfs = file("rootfs.ext4")?;
+    let vm_dir = setup.work.join("vm");
+    let run_dir = setup.work.join("run");
+    std::fs::create_dir_all(&vm_dir).map_err(|e| e.to_string())?;
+    let mut drives = vec![DriveSpec {
+        id: "rootfs".into(),
+        path: rootfs,
+        read_only: true,
+    }];
+    for id in ["system", "work"] {
+        let path = vm_dir.join(format!("{id}.img"));
+        let disk = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+        disk.set_len(64 << 20).map_err(|e| e.to_string())?;
+        drives.push(DriveSpec {
+            id: id.into(),
+            path,
+            read_only: false,
+        });
+    }
+    Ok(MachineSpec {
+        vm_id: "banger-check".into(),
+        vcpus: 1,
+        memory_mib: 256,
+        kernel,
+        initrd: Some(initrd),
+        cmdline: "console=ttyS0 reboot=k panic=1 pci=off".into(),
+        drives,
+        nic: Some(NicSpec {
+            tap: setup.tap.clone(),
+            mac: "02:fc:00:00:00:09".into(),
+        }),
+        agent: AgentChannel {
+            vsock_cid: 3,
+            socket: run_dir.join("vsock.sock"),
+        },
+        vm_dir,
+        run_dir,
+    })
+}
+
+fn boot_config(spec: &MachineSpec) -> FirecrackerBootConfig {
+    FirecrackerBootConfig {
+        vcpus: spec.vcpus,
+        memory_mib: u64::from(spec.memory_mib),
+        kernel: spec.kernel.clone(),
+        initrd: spec.initrd.clone(),
+        boot_args: spec.cmdline.clone(),
+        drives: spec
+            .drives
+            .iter()
+            .map(|d| DriveConfig {
+                id: d.id.clone(),
+                path: d.path.clone(),
+                read_only: d.read_only,
+            })
+            .collect(),
+        tap: spec.nic.as_ref().map(|n| n.tap.clone()).unwrap_or_default(),
+        guest_mac: spec.nic.as_ref().map(|n| n.mac.clone()).unwrap_or_default(),
+        vsock: VsockConfig {
+            guest_cid: spec.agent.vsock_cid,
+            uds_path: spec.agent.socket.clone(),
+        },
+        log_path: spec.vm_dir.join("vmm.log"),
+        metrics_path: spec.vm_dir.join("metrics.json"),
+    }
+}
+
+/// Spawns the binary as the driver would and sends the driver's boot
+/// requests one at a time, recording each answer, then asks the guest to
+/// stop and watches whether Firecracker exits.
+async fn requests_one_by_one(setup: &CheckSetup, spec: &MachineSpec, steps: &mut Vec<Step>) {
+    let cfg = boot_config(spec);
+    let api = spec.run_dir.join("check.sock");
+    let began = Instant::now();
+    let spawned = spawn(setup, &cfg, &api);
+    let Ok(mut child) = spawned else {
+        steps.push(step(
+            "spawn firecracker",
+            spawned.map(|_| String::new()),
+            began,
+        ));
+        return;
+    };
+    let client = FirecrackerClient::new(&api);
+    let answered = wait_answering(&client).await;
+    steps.push(step("api socket answers", answered, began));
+    let requests = match boot_requests(&cfg) {
+        Ok(requests) => requests,
+        Err(err) => {
+            steps.push(step("plan the boot", Err(err.to_string()), began));
+            Vec::new()
+        }
+    };
+    for request in requests
+        .iter()
+        .chain([&describe_request(), &stop_request()])
+    {
+        let began = Instant::now();
+        let answer = send(&client, request).await;
+        steps.push(step(&name_of(request), answer, began));
+    }
+    let began = Instant::now();
+    let exited = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let result = match exited {
+        Ok(Ok(status)) => Ok(format!("firecracker exited ({status})")),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => {
+            let _ = child.kill().await;
+            Err("still running 10 s after SendCtrlAltDel: the guest ignored it (killed)".into())
+        }
+    };
+    steps.push(step("exit after SendCtrlAltDel", result, began));
+    let _ = remove_stale_sockets(&api, &spec.agent.socket);
+}
+
+fn spawn(
+    setup: &CheckSetup,
+    cfg: &FirecrackerBootConfig,
+    api: &Path,
+) -> Result<tokio::process::Child, String> {
+    std::fs::create_dir_all(api.parent().unwrap_or(Path::new("/"))).map_err(|e| e.to_string())?;
+    for path in [&cfg.log_path, &cfg.metrics_path] {
+        std::fs::File::create(path).map_err(|e| e.to_string())?;
+    }
+    let serial = std::fs::File::create(cfg.log_path.with_file_name("serial.log"))
+        .map_err(|e| e.to_string())?;
+    let args = command_line(cfg, api, "banger-check").map_err(|e| e.to_string())?;
+    tokio::process::Command::new(&setup.firecracker)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(serial)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", setup.firecracker.display()))
+}
+
+async fn wait_answering(client: &FirecrackerClient) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.describe().await {
+            Ok(info) => return Ok(format!("{} {}", info.app_name, info.vmm_version)),
+            Err(err) if Instant::now() > deadline => return Err(err.to_string()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+async fn send(client: &FirecrackerClient, request: &FcRequest) -> Result<String, String> {
+    match client.send(request).await {
+        Ok(None) => Ok("204".into()),
+        Ok(Some(body)) => Ok(format!(
+            "200 {}",
+            body.to_string().chars().take(80).collect::<String>()
+        )),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+fn name_of(request: &FcRequest) -> String {
+    let action = request
+        .body
+        .as_ref()
+        .and_then(|b| b["action_type"].as_str())
+        .map(|a| format!(" {a}"))
+        .unwrap_or_default();
+    format!(
+        "{} {}{action}",
+        request.method.as_str().to_uppercase(),
+        request.path
+    )
+}
+
+/// `FirecrackerDriver` end to end in one mode: start, status, stop (or
+/// kill when the stop fails).
+async fn driver_lifecycle(
+    setup: &CheckSetup,
+    spec: &MachineSpec,
+    mode: StartMode,
+    steps: &mut Vec<Step>,
+) {
+    let label = match mode {
+        StartMode::Api => "driver (api)",
+        StartMode::ConfigFile => "driver (config file)",
+    };
+    let driver =
+        FirecrackerDriver::new(setup.firecracker.clone(), setup.accel.clone()).with_mode(mode);
+    let began = Instant::now();
+    let handle = match driver.start(spec).await {
+        Ok(handle) => {
+            steps.push(step(
+                &format!("{label}: start"),
+                Ok(format!("pid {}", handle.pid)),
+                began,
+            ));
+            handle
+        }
+        Err(err) => {
+            steps.push(step(
+                &format!("{label}: start"),
+                Err(err.to_string()),
+                began,
+            ));
+            return;
+        }
+    };
+    let began = Instant::now();
+    let status = driver.status(&handle).await;
+    steps.push(step(
+        &format!("{label}: status"),
+        Ok(format!("{status:?}")),
+        began,
+    ));
+    let began = Instant::now();
+    let stopped = driver.stop(&handle, Duration::from_secs(10)).await;
+    let gone = !process::alive(handle.pid, handle.start_ticks);
+    let result = match stopped {
+        Ok(()) if gone => Ok("stopped, nothing left".into()),
+        Ok(()) => Err("stop returned but the process lives".into()),
+        Err(err) => Err(err.to_string()),
+    };
+    steps.push(step(&format!("{label}: stop"), result, began));
+    if !gone {
+        let _ = driver.kill(&handle).await;
+    }
+}
+
+/// The steps as a table.
+pub fn table(steps: &[Step]) -> String {
+    let mut out = String::from("| step | accepted | ms | answer |\n| --- | --- | --- | --- |\n");
+    for s in steps {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            s.name,
+            if s.ok { "yes" } else { "NO" },
+            s.elapsed.as_millis(),
+            s.detail.replace('|', "/").replace('\n', " ")
+        ));
+    }
+    out
+}
