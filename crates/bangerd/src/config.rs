@@ -278,6 +278,12 @@ impl Config {
         self.state_dir.join("banger.db")
     }
 
+    /// Where jailed Firecrackers' chroots live: on the state's filesystem,
+    /// so image and VM files reach them by hard link.
+    pub fn jail_base(&self) -> PathBuf {
+        self.state_dir.join("jail")
+    }
+
     /// Loads the config file (absent is fine) and applies the overrides.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         let defaults = DefaultPaths::under(overrides.root.as_deref());

@@ -17,6 +17,7 @@ use banger_host::agent::link::HostAgentLink;
 use banger_host::disks::system::SystemDisk;
 use banger_host::disks::work::WorkDisk;
 use banger_host::firecracker::driver::FirecrackerDriver;
+use banger_host::firecracker::jail::JailerConfig;
 use banger_host::net::capability::NetworkCapability;
 use banger_host::net::dns::upstream_from_resolv_conf;
 use banger_host::net::{NetConfig, Network};
@@ -74,6 +75,7 @@ pub fn build(
     network: Option<Arc<Network>>,
     ssh: Option<Arc<SshKeys>>,
     vmm_uid_base: Option<u32>,
+    jail_base: &std::path::Path,
 ) -> Option<Runtime> {
     let accel = KvmFacts::probe(&KvmPaths::default()).accel();
     let vmm: Arc<dyn Vmm> = match kind {
@@ -82,7 +84,22 @@ pub fn build(
                 tracing::warn!("no firecracker binary: vms cannot start");
                 return None;
             };
-            Arc::new(FirecrackerDriver::new(binary, accel))
+            let driver = FirecrackerDriver::new(binary, accel);
+            // Jailed as the VM's own user when the jailer is there and
+            // VMMs are to run as their own users.
+            match (find_tool("jailer"), vmm_uid_base) {
+                (Some(jailer), Some(uid_base)) => Arc::new(driver.with_jailer(JailerConfig {
+                    binary: jailer,
+                    chroot_base: jail_base.to_path_buf(),
+                    uid_base,
+                })),
+                _ => {
+                    tracing::warn!(
+                        "firecracker runs unjailed, as root: no jailer, or vmm_uid_base = 0"
+                    );
+                    Arc::new(driver)
+                }
+            }
         }
         _ => {
             let Some(binary) = find_tool("qemu-system-x86_64") else {

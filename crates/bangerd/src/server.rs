@@ -102,6 +102,7 @@ pub async fn start(config: Config) -> Result<Running> {
         network.clone(),
         Some(ssh.clone()),
         config.vmm_uid_base,
+        &config.jail_base(),
     ) {
         banger = banger.with_runtime(runtime);
     }
@@ -116,8 +117,12 @@ pub async fn start(config: Config) -> Result<Running> {
         .filter(|vm| vm.handle.is_some())
         .map(|vm| vm.id)
         .collect();
-    for (pid, vm) in banger_host::process::kill_orphan_vmms(&config.run_dir, &live) {
+    let jails = config.jail_base();
+    for (pid, vm) in banger_host::process::kill_orphan_vmms(&config.run_dir, &jails, &live) {
         tracing::warn!(pid, vm = %vm, "killed a vmm no vm record owns");
+    }
+    for jail in banger_host::firecracker::jail::remove_stale_jails(&jails, &live) {
+        tracing::info!(jail = %jail.display(), "removed a jail no running vm owns");
     }
     for socket in banger_host::process::remove_stale_sockets(&config.run_dir, &live) {
         tracing::info!(socket = %socket.display(), "removed a socket no running vm owns");

@@ -35,9 +35,10 @@ impl Rng {
     }
 }
 
-/// Every VMM process of this daemon: vm id -> pid.
+/// Every VMM process of this daemon: vm id -> pid (its VMMs are QEMU's,
+/// found by their run directory; there are no jails).
 fn vmms(run_dir: &Path) -> BTreeMap<String, u32> {
-    banger_host::process::banger_vmms(run_dir)
+    banger_host::process::banger_vmms(run_dir, Path::new("/nonexistent-jails"))
         .into_iter()
         .map(|(pid, id)| (id, pid))
         .collect()

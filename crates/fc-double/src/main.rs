@@ -45,6 +45,20 @@ struct Args {
     level: Option<String>,
     #[arg(long)]
     show_level: bool,
+    /// Run as if chrooted here (given by `jailer-double`): every path is
+    /// under it.
+    #[arg(long)]
+    double_root: Option<PathBuf>,
+}
+
+impl Args {
+    /// Where a path Firecracker was given is on the host.
+    fn resolve(&self, path: &Path) -> PathBuf {
+        match &self.double_root {
+            Some(root) => root.join(path.strip_prefix("/").unwrap_or(path)),
+            None => path.to_path_buf(),
+        }
+    }
 }
 
 /// Where Firecracker's log lines go.
@@ -81,18 +95,22 @@ async fn main() {
         println!("Firecracker v1.16.1 (firecracker-double, a test double)");
         return;
     }
-    let api_sock = args.api_sock.clone().unwrap_or_default();
+    let api_sock = args.resolve(&args.api_sock.clone().unwrap_or_default());
     let id = args.id.clone().unwrap_or("anonymous-instance".into());
-    let file = args.log_path.as_ref().map(|path| {
-        // Like Firecracker, it opens the log but does not create it.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .unwrap_or_else(|err| {
-                eprintln!("firecracker-double: cannot open {}: {err}", path.display());
-                std::process::exit(1);
-            })
-    });
+    let file = args
+        .log_path
+        .as_ref()
+        .map(|path| args.resolve(path))
+        .map(|path| {
+            // Like Firecracker, it opens the log but does not create it.
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|err| {
+                    eprintln!("firecracker-double: cannot open {}: {err}", path.display());
+                    std::process::exit(1);
+                })
+        });
     let mut log = Log {
         off: args.level.as_deref() == Some("Off"),
         file,
@@ -115,17 +133,20 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(root) = &args.double_root {
+        double.set_root(root.clone());
+    }
     log.line("INFO", &format!("Listening on API socket ({api_sock:?}).",));
-    if let Some(path) = &args.config_file {
-        let built = apply_config_file(&double, path);
+    if let Some(path) = args.config_file.as_ref().map(|p| args.resolve(p)) {
+        let built = apply_config_file(&double, &path);
         // Requests wait while the machine "boots".
-        let kernel = std::fs::read_to_string(path)
+        let kernel = std::fs::read_to_string(&path)
             .ok()
             .and_then(|text| serde_json::from_str::<Value>(&text).ok())
             .and_then(|doc| {
                 doc["boot-source"]["kernel_image_path"]
                     .as_str()
-                    .map(PathBuf::from)
+                    .map(|k| args.resolve(Path::new(k)))
             })
             .unwrap_or_default();
         tokio::time::sleep(DoubleGuest::boot_time_of_kernel(&kernel)).await;

@@ -60,11 +60,12 @@ pub async fn wait_gone(pid: u32, start_ticks: u64, limit: Duration) -> bool {
 }
 
 /// Running VMMs started by the banger whose runtime directory is
-/// `run_dir`: (pid, vm id), found by the name QEMU is given
-/// (`-name banger-<id>`) or Firecracker's `--id <id>`, and by a socket
-/// path under `run_dir` on their command line (another daemon's VMs are
-/// not ours).
-pub fn banger_vmms(run_dir: &Path) -> Vec<(u32, String)> {
+/// `run_dir` and whose jails are under `jails`: (pid, vm id), found by the
+/// name QEMU is given (`-name banger-<id>`) or Firecracker's `--id <id>`,
+/// and by a socket path under `run_dir` on their command line, or, for a
+/// jailed Firecracker (whose paths are the chroot's), by its jail
+/// `jails/EXEC_NAME/<id>` (another daemon's VMs are not ours).
+pub fn banger_vmms(run_dir: &Path, jails: &Path) -> Vec<(u32, String)> {
     let ours = format!("{}/", run_dir.display().to_string().trim_end_matches('/'));
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -85,6 +86,9 @@ pub fn banger_vmms(run_dir: &Path) -> Vec<(u32, String)> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         if !args.iter().any(|a| names_dir(a, &ours)) {
+            if let Some(id) = jailed_firecracker(&args, jails) {
+                found.push((pid, id));
+            }
             continue;
         }
         for pair in args.windows(2) {
@@ -101,6 +105,20 @@ pub fn banger_vmms(run_dir: &Path) -> Vec<(u32, String)> {
     found
 }
 
+/// The VM id of a Firecracker command line whose jail is under `jails`.
+fn jailed_firecracker(args: &[String], jails: &Path) -> Option<String> {
+    let exec_name = Path::new(args.first()?).file_name()?.to_str()?;
+    if !exec_name.contains("firecracker") {
+        return None;
+    }
+    let id = args
+        .windows(2)
+        .find(|pair| pair[0] == "--id")
+        .map(|pair| pair[1].clone())?;
+    let valid = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    (valid && jails.join(exec_name).join(&id).is_dir()).then_some(id)
+}
+
 /// Whether a command-line argument names a path under `dir` (ending in
 /// `/`): the path starts the argument or follows `=`, `:` or `,` (as in
 /// `path=...`, `unix:...`), so `/run/banger/` does not match inside
@@ -113,8 +131,8 @@ pub fn names_dir(arg: &str, dir: &str) -> bool {
 /// Kills (the process groups of) this banger's VMMs whose VM is not in
 /// `live`: left by a daemon that died between spawning a VMM and recording
 /// it. Returns what it killed.
-pub fn kill_orphan_vmms(run_dir: &Path, live: &[String]) -> Vec<(u32, String)> {
-    let orphans: Vec<(u32, String)> = banger_vmms(run_dir)
+pub fn kill_orphan_vmms(run_dir: &Path, jails: &Path, live: &[String]) -> Vec<(u32, String)> {
+    let orphans: Vec<(u32, String)> = banger_vmms(run_dir, jails)
         .into_iter()
         .filter(|(_, id)| !live.contains(id))
         .collect();
@@ -173,6 +191,33 @@ mod tests {
     }
 
     #[test]
+    fn a_jailed_firecracker_is_known_by_its_jail() {
+        let jails = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(jails.path().join("firecracker/0123abcd")).unwrap();
+        let args = |argv: &[&str]| argv.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let ours = args(&[
+            "/usr/bin/firecracker",
+            "--api-sock",
+            "/api.sock",
+            "--id",
+            "0123abcd",
+        ]);
+        assert_eq!(
+            jailed_firecracker(&ours, jails.path()),
+            Some("0123abcd".to_string())
+        );
+        // No jail of that id here (another daemon's), not firecracker, a
+        // path in the id.
+        for other in [
+            args(&["/usr/bin/firecracker", "--id", "ffff0000"]),
+            args(&["/usr/bin/qemu-system-x86_64", "--id", "0123abcd"]),
+            args(&["/usr/bin/firecracker", "--id", "../firecracker/0123abcd"]),
+        ] {
+            assert_eq!(jailed_firecracker(&other, jails.path()), None, "{other:?}");
+        }
+    }
+
+    #[test]
     fn a_run_dir_matches_only_itself() {
         let ours = "/run/banger/";
         assert!(names_dir("unix:/run/banger/vms/a/qmp.sock,server=on", ours));
@@ -212,7 +257,7 @@ mod tests {
         ];
         let deadline = Instant::now() + Duration::from_secs(10);
         let found = loop {
-            let mut found = banger_vmms(ours.path());
+            let mut found = banger_vmms(ours.path(), &ours.path().join("jail"));
             found.sort_by(|a, b| a.1.cmp(&b.1));
             if found == expected || Instant::now() > deadline {
                 break found;
@@ -220,7 +265,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert_eq!(found, expected);
-        let killed = kill_orphan_vmms(ours.path(), &["live1".to_string()]);
+        let killed = kill_orphan_vmms(
+            ours.path(),
+            &ours.path().join("jail"),
+            &["live1".to_string()],
+        );
         assert_eq!(killed, [(orphan.id(), "orphan1".to_string())]);
         assert!(
             orphan.wait().unwrap().code().is_none(),

@@ -73,10 +73,15 @@ pub async fn shutdown(
 /// The network's checks: its uplink, and other firewalls whose forward
 /// chains drop by policy (docker, ufw, firewalld), which silently break NAT.
 /// Whether VMMs run as root: QEMU drops to a user per VM unless the
-/// config says otherwise; Firecracker runs as root until the jailer does.
+/// config says otherwise; Firecracker does when its jailer is there.
 fn vmm_identity_check(kind: Option<&str>, uid_base: Option<u32>) -> banger_core::doctor::Check {
     use banger_core::doctor::Check;
+    let jailer = banger_host::tools::find_tool("jailer").is_some();
     match (kind, uid_base) {
+        (Some("firecracker"), Some(base)) if jailer => Check::pass(
+            "vmm user",
+            format!("each vm's firecracker runs jailed as its own user (from uid {base})"),
+        ),
         (Some("qemu"), Some(base)) => Check::pass(
             "vmm user",
             format!("each vm's qemu runs as its own user (from uid {base}) under a seccomp sandbox"),
@@ -89,7 +94,7 @@ fn vmm_identity_check(kind: Option<&str>, uid_base: Option<u32>) -> banger_core:
         (Some(kind), _) => Check::warn(
             "vmm user",
             format!("{kind} runs as root"),
-            "a vmm escape would be root on the host; use vmm = \"qemu\" for vms that run as their own user",
+            "a vmm escape would be root on the host: put firecracker's jailer in $PATH, or use vmm = \"qemu\"",
         ),
         (None, _) => Check::pass("vmm user", "no vmm: no vm runs"),
     }

@@ -31,7 +31,18 @@ pub async fn verify(State(state): State<AppState>) -> Result<Json<VerifyReport>,
     let mut leaks = Vec::new();
     let mut warnings = Vec::new();
 
-    for (pid, id) in banger_host::process::banger_vmms(&state.banger.settings().run_dir) {
+    let jail_base = state.state_dir.join("jail");
+    for (id, dir) in banger_host::firecracker::jail::jails(&jail_base) {
+        if !live_ids.contains(&id) {
+            leaks.push(leak(
+                "jail",
+                dir.display().to_string(),
+                format!("the firecracker jail of vm {id}, which is not running"),
+            ));
+        }
+    }
+    for (pid, id) in banger_host::process::banger_vmms(&state.banger.settings().run_dir, &jail_base)
+    {
         if live_ids.contains(&id) {
             if banger_host::process::euid(pid) == Some(0) {
                 warnings.push(leak(

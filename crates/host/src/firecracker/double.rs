@@ -136,6 +136,9 @@ struct Vm {
     /// The configuration so far, by section (`boot-source`, ...; drives
     /// and interfaces as lists), as `GET /vm/config` shows it.
     config: serde_json::Map<String, Value>,
+    /// Jailed: the chroot every path is under, and files are opened with
+    /// this process's (dropped) rights when configured.
+    root: Option<PathBuf>,
 }
 
 impl FirecrackerDouble {
@@ -216,8 +219,14 @@ impl FirecrackerDouble {
         vm.config
             .get("boot-source")
             .and_then(|b| b["kernel_image_path"].as_str())
-            .map(|path| DoubleGuest::of_kernel(Path::new(path)))
+            .map(|path| DoubleGuest::of_kernel(&vm.resolve(path)))
             .unwrap_or_default()
+    }
+
+    /// Runs as if chrooted in `root` (by `jailer-double`): request paths
+    /// are under it and their files must open with this process's rights.
+    pub fn set_root(&self, root: PathBuf) {
+        self.shared.vm().root = Some(root);
     }
 
     /// Applies a request as if it came over the socket (validated,
@@ -327,6 +336,48 @@ fn known_path(path: &str) -> bool {
 }
 
 impl Vm {
+    /// Where a path Firecracker was given is on the host.
+    fn resolve(&self, path: &str) -> PathBuf {
+        match &self.root {
+            Some(root) => root.join(path.trim_start_matches('/')),
+            None => PathBuf::from(path),
+        }
+    }
+
+    /// Jailed, Firecracker opens its files at configuration as its user:
+    /// one it may not open is refused there.
+    fn check_files(&self, path: &str, body: &Value) -> Result<(), String> {
+        if self.root.is_none() {
+            return Ok(());
+        }
+        let open = |file: &str, write: bool| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(self.resolve(file))
+                .map(drop)
+        };
+        if path.starts_with("/drives/") {
+            let file = body["path_on_host"].as_str().unwrap_or_default();
+            let write = !body["is_read_only"].as_bool().unwrap_or(false);
+            open(file, write).map_err(|e| {
+                format!(
+                    "Drive config error: Unable to open the block device backing file {file}: {e}"
+                )
+            })?;
+        }
+        if path == "/boot-source" {
+            for key in ["kernel_image_path", "initrd_path"] {
+                if let Some(file) = body[key].as_str() {
+                    open(file, false).map_err(|e| {
+                        format!("Boot source error: The kernel file cannot be opened: {e}")
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps a configuration request's body under its section.
     fn record_config(&mut self, path: &str, body: Value) {
         let mut parts = path.trim_start_matches('/').splitn(2, '/');
@@ -389,7 +440,7 @@ impl Vm {
                             .config
                             .get("boot-source")
                             .and_then(|b| b["kernel_image_path"].as_str())
-                            .map(PathBuf::from);
+                            .map(|path| self.resolve(path));
                         let Some(kernel) = kernel else {
                             return Err(format!(
                                 "{START_FAULT_PREFIX}Cannot start microvm without kernel configuration."
@@ -413,7 +464,9 @@ impl Vm {
                 Err(POST_BOOT_FAULT.into())
             }
             (Method::Put, path) => {
-                self.record_config(path, req.body.clone().unwrap_or(Value::Null));
+                let body = req.body.clone().unwrap_or(Value::Null);
+                self.check_files(path, &body)?;
+                self.record_config(path, body);
                 Ok(None)
             }
         }

@@ -27,6 +27,7 @@ use nix::sys::signal::Signal;
 
 use super::api::InstanceState;
 use super::client::{configure_and_start, remove_stale_sockets, FirecrackerClient};
+use super::jail::{self, Jail, JailerConfig};
 use super::plan::{
     boot_requests, command_line, config_file, stop_request, DriveConfig, FirecrackerBootConfig,
     VsockConfig, CONFIG_FILE_STARTED,
@@ -58,6 +59,8 @@ pub struct FirecrackerDriver {
     pub socket_wait: Duration,
     /// How long a boot from a config file may take.
     pub boot_wait: Duration,
+    /// Run each VM's Firecracker under the jailer.
+    jailer: Option<JailerConfig>,
 }
 
 /// Where the host lists its network devices.
@@ -74,7 +77,14 @@ impl FirecrackerDriver {
             mode: StartMode::Api,
             socket_wait: Duration::from_secs(5),
             boot_wait: Duration::from_secs(30),
+            jailer: None,
         }
+    }
+
+    /// Runs each VM's Firecracker jailed (see `jail`).
+    pub fn with_jailer(mut self, jailer: JailerConfig) -> Self {
+        self.jailer = Some(jailer);
+        self
     }
 
     pub fn with_mode(mut self, mode: StartMode) -> Self {
@@ -99,6 +109,19 @@ impl FirecrackerDriver {
                 "firecracker binary {} not found",
                 self.binary.display()
             )));
+        }
+        if let Some(jailer) = &self.jailer {
+            let runs = jailer
+                .binary
+                .metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false);
+            if !runs {
+                return Err(bad(format!(
+                    "jailer binary {} not found",
+                    jailer.binary.display()
+                )));
+            }
         }
         if let Accel::Tcg { reason } = &self.accel {
             return Err(bad(format!(
@@ -197,16 +220,66 @@ impl FirecrackerDriver {
             .append(true)
             .open(&cfg.log_path)
             .map_err(spawn_err)?;
-        let mut command = tokio::process::Command::new(&self.binary);
-        command.args(
-            command_line(cfg, &api, &spec.vm_id).map_err(|e| VmmError::Preflight(e.to_string()))?,
-        );
+        let planned = |e: super::plan::PlanError| VmmError::Preflight(e.to_string());
+        // Jailed, Firecracker sees its files and sockets inside the chroot.
+        let jail = self.jailer.as_ref().map(|jailer| {
+            let jail = Jail::new(jailer, &self.binary, &spec.vm_id, spec.agent.vsock_cid);
+            (jailer, jail)
+        });
+        let (seen, api, agent_socket, config_path) = match &jail {
+            Some((_, jail)) => {
+                let inner = jail
+                    .prepare(cfg)
+                    .map_err(|e| VmmError::Spawn(e.to_string()))?;
+                (
+                    inner,
+                    jail.host_path(jail::API_SOCKET),
+                    jail.host_path(jail::VSOCK_SOCKET),
+                    (
+                        jail.host_path(jail::CONFIG_FILE),
+                        PathBuf::from(jail::CONFIG_FILE),
+                    ),
+                )
+            }
+            None => {
+                let path = spec.vm_dir.join("firecracker.json");
+                (
+                    cfg.clone(),
+                    api,
+                    spec.agent.socket.clone(),
+                    (path.clone(), path),
+                )
+            }
+        };
+        let inner_api = match &jail {
+            Some(_) => PathBuf::from(jail::API_SOCKET),
+            None => api.clone(),
+        };
+        let mut args = command_line(&seen, &inner_api, &spec.vm_id).map_err(planned)?;
         if self.mode == StartMode::ConfigFile {
-            let path = spec.vm_dir.join("firecracker.json");
-            let json = config_file(cfg).map_err(|e| VmmError::Preflight(e.to_string()))?;
-            std::fs::write(&path, json.to_string()).map_err(spawn_err)?;
-            command.arg("--config-file").arg(path);
+            let json = config_file(&seen).map_err(planned)?;
+            std::fs::write(&config_path.0, json.to_string()).map_err(spawn_err)?;
+            args.push("--config-file".into());
+            args.push(config_path.1.into());
         }
+        let mut command = match &jail {
+            Some((jailer, jail)) => {
+                let mut command = tokio::process::Command::new(&jailer.binary);
+                command.args(jail::command_line(
+                    jailer,
+                    jail,
+                    &self.binary,
+                    &spec.vm_id,
+                    args,
+                ));
+                command
+            }
+            None => {
+                let mut command = tokio::process::Command::new(&self.binary);
+                command.args(args);
+                command
+            }
+        };
         let mut child = command
             .stdin(Stdio::null())
             .stdout(serial)
@@ -227,14 +300,14 @@ impl FirecrackerDriver {
             pid,
             start_ticks,
             control_socket: api,
-            agent_socket: spec.agent.socket.clone(),
+            agent_socket,
         };
         let client = FirecrackerClient::new(&handle.control_socket);
         let booted = async {
             match self.mode {
                 StartMode::Api => {
                     self.wait_for_api(&client, &handle).await?;
-                    configure_and_start(&client, cfg)
+                    configure_and_start(&client, &seen)
                         .await
                         .map_err(|e| e.to_string())
                 }
@@ -323,6 +396,13 @@ impl FirecrackerDriver {
         process::signal(handle.pid, handle.start_ticks, Signal::SIGKILL);
         process::wait_gone(handle.pid, handle.start_ticks, Duration::from_secs(5)).await;
         let _ = remove_stale_sockets(&handle.control_socket, &handle.agent_socket);
+        let jail = self
+            .jailer
+            .as_ref()
+            .and_then(|jailer| Jail::of_api_socket(jailer, &handle.control_socket));
+        if let Some(dir) = jail {
+            jail::remove_jail(&dir);
+        }
     }
 }
 

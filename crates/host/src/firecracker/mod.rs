@@ -5,8 +5,9 @@
 //! it (`spec`), the HTTP-over-unix-socket client (`client`), and a TEST
 //! DOUBLE of Firecracker's API for tests (`double`, feature `test-double`),
 //! the host end of hybrid vsock (`vsock`), the driver that runs
-//! Firecracker processes behind the `Vmm` trait (`driver`), and the
-//! lifecycle check against a real binary (`check`).
+//! Firecracker processes behind the `Vmm` trait (`driver`), each in a
+//! jail of its own when the jailer is there (`jail`), and the lifecycle
+//! check against a real binary (`check`).
 
 pub mod api;
 pub mod check;
@@ -14,6 +15,7 @@ pub mod client;
 #[cfg(feature = "test-double")]
 pub mod double;
 pub mod driver;
+pub mod jail;
 pub mod plan;
 pub mod spec;
 pub mod vsock;
