@@ -13,6 +13,11 @@ use banger_core::vmm::{AgentChannel, DriveSpec, MachineSpec, NicSpec, Vmm};
 use banger_host::accel::Accel;
 use banger_host::firecracker::driver::{FirecrackerDriver, StartMode};
 
+// The tests' real TAP device (the driver refuses a missing one).
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::Tap;
+
 fn double_binary() -> PathBuf {
     // Benches have no CARGO_BIN_EXE_*: the binary sits in the target
     // directory above the bench executable's `deps/`.
@@ -26,30 +31,6 @@ fn double_binary() -> PathBuf {
         .into_iter()
         .find(|p| p.exists())
         .expect("build it first: cargo build --release -p banger-fc-double")
-}
-
-/// A real TAP device for the run (the driver refuses a missing one).
-struct Tap(String);
-
-impl Tap {
-    fn new() -> Tap {
-        let name = format!("fcb{}", std::process::id() % 100_000);
-        let made = std::process::Command::new("ip")
-            .args(["tuntap", "add", "dev", &name, "mode", "tap"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(made, "cannot make a tap device (needs root and iproute2)");
-        Tap(name)
-    }
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.0])
-            .status();
-    }
 }
 
 fn spec(dir: &Path, tap: &Tap) -> MachineSpec {

@@ -4,13 +4,13 @@
 //! contains `firecracker`, numeric ids, an absolute chroot base, cgroup
 //! version 1 or 2) and the chroot it is handed
 //! (`BASE/EXEC_NAME/ID/root`, made by the driver), makes `/dev/kvm` and
-//! `/dev/net/tun` in it, gives the chroot to the VM's user, drops to that
-//! user (groups, gid, uid), and execs the exec file with the arguments
-//! after `--`.
+//! `/dev/net/tun` in it, copies the exec file into it, gives the chroot to
+//! the VM's user, drops to that user (groups, gid, uid), and execs the
+//! copy with the arguments after `--`.
 //!
-//! What it does NOT do that the jailer does: copy the exec file into the
-//! chroot, enter a mount namespace, `pivot_root`/`chroot`, or set up
-//! cgroups. The exec file (`firecracker-double`) is handed the chroot as
+//! What it does NOT do that the jailer does: enter a mount namespace,
+//! `pivot_root`/`chroot` (the copy still loads its libraries from the
+//! host), or set up cgroups. The exec file (`firecracker-double`) is handed the chroot as
 //! an open directory (`--double-root /proc/self/fd/N`, which reaches it
 //! without entering the directories above), resolves every path under
 //! it, and opens every file with the dropped user's rights, so a file the
@@ -95,6 +95,12 @@ fn main() {
     if let Err(err) = devices(&root, uid, gid) {
         fail(format!("cannot make the jail's devices: {err}"));
     }
+    // The jailer runs a copy inside the jail: the original may sit where
+    // the VM's user cannot reach it.
+    let copy = root.join(&exec_name);
+    if let Err(err) = std::fs::copy(&args.exec_file, &copy) {
+        fail(format!("cannot copy {}: {err}", args.exec_file.display()));
+    }
     if let Err(err) = chown(&root, Some(uid), Some(gid)) {
         fail(format!("cannot chown {}: {err}", root.display()));
     }
@@ -116,10 +122,11 @@ fn main() {
     if let Err(err) = dropped {
         fail(format!("cannot drop to {}:{}: {err}", args.uid, args.gid));
     }
-    let err = std::process::Command::new(&args.exec_file)
+    let inside = format!("/proc/self/fd/{jail}");
+    let err = std::process::Command::new(format!("{inside}/{exec_name}"))
         .args(&args.firecracker)
         .arg("--double-root")
-        .arg(format!("/proc/self/fd/{jail}"))
+        .arg(&inside)
         .exec();
     fail(format!("cannot exec {}: {err}", args.exec_file.display()));
 }

@@ -530,13 +530,17 @@ async fn a_stop_asks_the_agent_first_then_gives_the_vmm_its_grace() {
     let log = Log::default();
     let b = booting(vec![], &log);
     b.create_vm(named("web")).await.unwrap();
+    // What a stop asked of the agent and the VMM.
+    let stop_events = |since: usize| -> Vec<String> {
+        events(&log)[since..]
+            .iter()
+            .filter(|e| e.starts_with("agent.") || e.starts_with("vmm."))
+            .cloned()
+            .collect()
+    };
     let since = events(&log).len();
     b.stop_vm("web", false).await.unwrap();
-    let stop: Vec<String> = events(&log)[since..]
-        .iter()
-        .filter(|e| e.starts_with("agent.") || e.starts_with("vmm."))
-        .cloned()
-        .collect();
+    let stop = stop_events(since);
     // The guest powers off through its agent; the VMM may take the grace.
     assert_eq!(stop, ["agent.shutdown", "vmm.stop grace=30s"]);
 
@@ -545,21 +549,11 @@ async fn a_stop_asks_the_agent_first_then_gives_the_vmm_its_grace() {
     refuse_shutdown().store(true, std::sync::atomic::Ordering::SeqCst);
     let since = events(&log).len();
     b.stop_vm("web", false).await.unwrap();
-    let stop: Vec<String> = events(&log)[since..]
-        .iter()
-        .filter(|e| e.starts_with("agent.") || e.starts_with("vmm."))
-        .cloned()
-        .collect();
-    assert_eq!(stop, ["agent.shutdown", "vmm.stop grace=2s"]);
+    assert_eq!(stop_events(since), ["agent.shutdown", "vmm.stop grace=2s"]);
 
     // Forced: no agent, the short grace.
     b.start_vm("web").await.unwrap();
     let since = events(&log).len();
     b.stop_vm("web", true).await.unwrap();
-    let stop: Vec<String> = events(&log)[since..]
-        .iter()
-        .filter(|e| e.starts_with("agent.") || e.starts_with("vmm."))
-        .cloned()
-        .collect();
-    assert_eq!(stop, ["vmm.stop grace=2s"]);
+    assert_eq!(stop_events(since), ["vmm.stop grace=2s"]);
 }

@@ -12,10 +12,9 @@ use banger_core::vmm::{AgentChannel, DriveSpec, MachineSpec, NicSpec, Vmm};
 
 use super::api::FcRequest;
 use super::client::{remove_stale_sockets, FirecrackerClient};
-use super::driver::{FirecrackerDriver, StartMode};
+use super::driver::{boot_config, FirecrackerDriver, StartMode};
 use super::plan::{
-    boot_requests, command_line, describe_request, stop_request, DriveConfig,
-    FirecrackerBootConfig, VsockConfig,
+    boot_requests, command_line, describe_request, stop_request, FirecrackerBootConfig,
 };
 use crate::accel::Accel;
 use crate::process;
@@ -123,38 +122,14 @@ fn machine(setup: &CheckSetup) -> Result<MachineSpec, String> {
     })
 }
 
-fn boot_config(spec: &MachineSpec) -> FirecrackerBootConfig {
-    FirecrackerBootConfig {
-        vcpus: spec.vcpus,
-        memory_mib: u64::from(spec.memory_mib),
-        kernel: spec.kernel.clone(),
-        initrd: spec.initrd.clone(),
-        boot_args: spec.cmdline.clone(),
-        drives: spec
-            .drives
-            .iter()
-            .map(|d| DriveConfig {
-                id: d.id.clone(),
-                path: d.path.clone(),
-                read_only: d.read_only,
-            })
-            .collect(),
-        tap: spec.nic.as_ref().map(|n| n.tap.clone()).unwrap_or_default(),
-        guest_mac: spec.nic.as_ref().map(|n| n.mac.clone()).unwrap_or_default(),
-        vsock: VsockConfig {
-            guest_cid: spec.agent.vsock_cid,
-            uds_path: spec.agent.socket.clone(),
-        },
-        log_path: spec.vm_dir.join("vmm.log"),
-        metrics_path: spec.vm_dir.join("metrics.json"),
-    }
-}
-
 /// Spawns the binary as the driver would and sends the driver's boot
 /// requests one at a time, recording each answer, then asks the guest to
 /// stop and watches whether Firecracker exits.
 async fn requests_one_by_one(setup: &CheckSetup, spec: &MachineSpec, steps: &mut Vec<Step>) {
-    let cfg = boot_config(spec);
+    let Some(nic) = &spec.nic else {
+        return;
+    };
+    let cfg = boot_config(spec, nic);
     let api = spec.run_dir.join("check.sock");
     let began = Instant::now();
     let spawned = spawn(setup, &cfg, &api);

@@ -22,7 +22,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use banger_core::vmm::{MachineSpec, Vmm, VmmError, VmmHandle, VmmStatus};
+use banger_core::vmm::{MachineSpec, NicSpec, Vmm, VmmError, VmmHandle, VmmStatus};
 use nix::sys::signal::Signal;
 
 use super::api::InstanceState;
@@ -99,28 +99,15 @@ impl FirecrackerDriver {
     /// Everything checked before a process exists.
     fn preflight(&self, spec: &MachineSpec) -> Result<FirecrackerBootConfig, VmmError> {
         let bad = |text: String| VmmError::Preflight(text);
-        let executable = self
-            .binary
-            .metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false);
-        if !executable {
-            return Err(bad(format!(
-                "firecracker binary {} not found",
-                self.binary.display()
-            )));
-        }
-        if let Some(jailer) = &self.jailer {
-            let runs = jailer
-                .binary
+        let mut binaries = vec![("firecracker", &self.binary)];
+        binaries.extend(self.jailer.as_ref().map(|j| ("jailer", &j.binary)));
+        for (what, binary) in binaries {
+            let executable = binary
                 .metadata()
                 .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false);
-            if !runs {
-                return Err(bad(format!(
-                    "jailer binary {} not found",
-                    jailer.binary.display()
-                )));
+            if !executable {
+                return Err(bad(format!("{what} binary {} not found", binary.display())));
             }
         }
         if let Accel::Tcg { reason } = &self.accel {
@@ -161,30 +148,7 @@ impl FirecrackerDriver {
                 nic.tap
             )));
         }
-        let cfg = FirecrackerBootConfig {
-            vcpus: spec.vcpus,
-            memory_mib: u64::from(spec.memory_mib),
-            kernel: spec.kernel.clone(),
-            initrd: spec.initrd.clone(),
-            boot_args: spec.cmdline.clone(),
-            drives: spec
-                .drives
-                .iter()
-                .map(|d| DriveConfig {
-                    id: d.id.clone(),
-                    path: d.path.clone(),
-                    read_only: d.read_only,
-                })
-                .collect(),
-            tap: nic.tap.clone(),
-            guest_mac: nic.mac.clone(),
-            vsock: VsockConfig {
-                guest_cid: spec.agent.vsock_cid,
-                uds_path: spec.agent.socket.clone(),
-            },
-            log_path: spec.vm_dir.join("vmm.log"),
-            metrics_path: spec.vm_dir.join("metrics.json"),
-        };
+        let cfg = boot_config(spec, nic);
         // Plan now, so a config Firecracker would refuse fails before a spawn.
         boot_requests(&cfg).map_err(|e| bad(e.to_string()))?;
         Ok(cfg)
@@ -403,6 +367,35 @@ impl FirecrackerDriver {
         if let Some(dir) = jail {
             jail::remove_jail(&dir);
         }
+    }
+}
+
+/// The boot config of a VM: its machine spec, its NIC, and the log and
+/// metrics files in its directory.
+pub fn boot_config(spec: &MachineSpec, nic: &NicSpec) -> FirecrackerBootConfig {
+    FirecrackerBootConfig {
+        vcpus: spec.vcpus,
+        memory_mib: u64::from(spec.memory_mib),
+        kernel: spec.kernel.clone(),
+        initrd: spec.initrd.clone(),
+        boot_args: spec.cmdline.clone(),
+        drives: spec
+            .drives
+            .iter()
+            .map(|d| DriveConfig {
+                id: d.id.clone(),
+                path: d.path.clone(),
+                read_only: d.read_only,
+            })
+            .collect(),
+        tap: nic.tap.clone(),
+        guest_mac: nic.mac.clone(),
+        vsock: VsockConfig {
+            guest_cid: spec.agent.vsock_cid,
+            uds_path: spec.agent.socket.clone(),
+        },
+        log_path: spec.vm_dir.join("vmm.log"),
+        metrics_path: spec.vm_dir.join("metrics.json"),
     }
 }
 
