@@ -217,6 +217,15 @@ async fn a_failed_boot_from_a_config_file_reports_its_cause() {
         !spec.run_dir.join(API_SOCKET).exists(),
         "api socket left behind"
     );
+    // The log holds an earlier boot's success line: only this boot's count.
+    let log = spec.vm_dir.join("vmm.log");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str(
+        "[x:main:INFO] Successfully started microvm that was configured from one single json\n",
+    );
+    std::fs::write(&log, text).unwrap();
+    let err = driver.start(&spec).await.unwrap_err();
+    assert!(err.to_string().contains("could not boot the vm"), "{err}");
     // The api mode reports the same cause from InstanceStart's answer.
     let err = self::driver().start(&spec).await.unwrap_err();
     assert!(

@@ -244,6 +244,8 @@ impl FirecrackerDriver {
                 command
             }
         };
+        // The log is the VM's across boots: only what this boot adds counts.
+        let log_start = cfg.log_path.metadata().map(|m| m.len()).unwrap_or(0);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(serial)
@@ -276,7 +278,8 @@ impl FirecrackerDriver {
                         .map_err(|e| e.to_string())
                 }
                 StartMode::ConfigFile => {
-                    self.wait_for_config_boot(&handle, &cfg.log_path).await?;
+                    self.wait_for_config_boot(&handle, &cfg.log_path, log_start)
+                        .await?;
                     self.confirm_running(&client).await
                 }
             }
@@ -320,9 +323,14 @@ impl FirecrackerDriver {
     /// With `--config-file` the machine starts on its own, and no request
     /// may be in flight until it has: watch its log for the line that says
     /// it runs, and the process for an exit whose cause the log holds.
-    async fn wait_for_config_boot(&self, handle: &VmmHandle, log: &Path) -> Result<(), String> {
+    async fn wait_for_config_boot(
+        &self,
+        handle: &VmmHandle,
+        log: &Path,
+        from: u64,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + self.boot_wait;
-        let mut watch = LogWatch::new(log);
+        let mut watch = LogWatch::new(log, from);
         loop {
             if watch.started() {
                 return Ok(());
@@ -410,10 +418,11 @@ struct LogWatch {
 }
 
 impl LogWatch {
-    fn new(path: &Path) -> Self {
+    /// Watches what `path` gains past `offset`.
+    fn new(path: &Path, offset: u64) -> Self {
         LogWatch {
             path: path.to_path_buf(),
-            offset: 0,
+            offset,
             started: false,
             last_error: None,
             partial: String::new(),
