@@ -136,6 +136,7 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown.subscribe(),
     ));
     let state = AppState {
+        jail_base: config.jail_base(),
         ssh,
         network,
         banger,

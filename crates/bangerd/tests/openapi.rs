@@ -31,6 +31,22 @@ fn doc() -> Value {
     serde_json::from_str(&std::fs::read_to_string(committed_path()).unwrap()).unwrap()
 }
 
+/// Every operation of the document: (method, route, operation).
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(route, ops)| {
+            ops.as_object()
+                .unwrap()
+                .iter()
+                .filter(|(method, _)| *method != "parameters")
+                .map(move |(method, op)| (method.clone(), route.clone(), op.clone()))
+        })
+        .collect()
+}
+
 /// Every object schema refuses properties it does not list.
 fn close_objects(schema: &mut Value) {
     match schema {
@@ -304,17 +320,9 @@ async fn every_documented_route_answers_as_documented() {
         assert_documented(&doc, method, route, status, &value);
         seen.insert((method.to_string(), route.to_string()));
     }
-    let documented: BTreeSet<(String, String)> = doc["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(route, ops)| {
-            ops.as_object()
-                .unwrap()
-                .keys()
-                .map(move |m| (m.clone(), route.clone()))
-        })
-        .filter(|(m, _)| m != "parameters")
+    let documented: BTreeSet<(String, String)> = operations(&doc)
+        .into_iter()
+        .map(|(method, route, _)| (method, route))
         .collect();
     assert_eq!(
         seen, documented,
@@ -376,23 +384,16 @@ async fn every_streamed_event_fits_the_documented_stream_schema() {
     let doc = doc();
     let daemon = TestDaemon::start().await;
     const NDJSON: &str = "application/x-ndjson";
-    let ndjson_routes: Vec<(String, String)> = doc["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(route, ops)| {
-            ops.as_object()
+    let ndjson_routes: Vec<(String, String)> = operations(&doc)
+        .into_iter()
+        .filter(|(_, _, op)| {
+            op["responses"]
+                .as_object()
                 .unwrap()
-                .iter()
-                .filter_map(move |(method, op)| {
-                    let streams = op["responses"]
-                        .as_object()
-                        .unwrap()
-                        .values()
-                        .any(|r| r["content"].get(NDJSON).is_some());
-                    streams.then(|| (method.clone(), route.clone()))
-                })
+                .values()
+                .any(|r| r["content"].get(NDJSON).is_some())
         })
+        .map(|(method, route, _)| (method, route))
         .collect();
     assert!(
         ndjson_routes.contains(&("post".into(), "/v1/vms".into())),

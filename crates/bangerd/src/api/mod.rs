@@ -37,6 +37,8 @@ pub struct AppState {
     pub images: Arc<banger_core::images::Images>,
     pub state_dir: std::path::PathBuf,
     pub run_dir: std::path::PathBuf,
+    /// Where jailed Firecrackers' chroots live (`Config::jail_base`).
+    pub jail_base: std::path::PathBuf,
     pub vmm: banger_host::vmm_select::VmmPreference,
     pub guest_binary: std::path::PathBuf,
     /// Where VMM user ids start; `None`: VMMs run as root.

@@ -23,10 +23,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(value)) => Ok(ApiQuery(value)),
-            Err(rejection) => Err(HttpError::new(
-                ErrorCode::InvalidInput,
-                one_line(&rejection.body_text()),
-                Some("flags take true or false, once each"),
+            Err(rejection) => Err(bad(
+                &rejection.body_text(),
+                "flags take true or false, once each",
             )),
         }
     }
@@ -45,15 +44,19 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(ApiPath(value)),
-            Err(rejection) => Err(HttpError::new(
-                ErrorCode::InvalidInput,
-                one_line(&rejection.body_text()),
-                Some("percent-encode names in the path as UTF-8"),
+            Err(rejection) => Err(bad(
+                &rejection.body_text(),
+                "percent-encode names in the path as UTF-8",
             )),
         }
     }
 }
 
-fn one_line(text: &str) -> String {
-    lowercase_sentences(&text.replace('\n', " "))
+/// axum's rejection text as a one-line 400.
+fn bad(text: &str, hint: &str) -> HttpError {
+    HttpError::new(
+        ErrorCode::InvalidInput,
+        lowercase_sentences(&text.replace('\n', " ")),
+        Some(hint),
+    )
 }

@@ -31,8 +31,8 @@ pub async fn verify(State(state): State<AppState>) -> Result<Json<VerifyReport>,
     let mut leaks = Vec::new();
     let mut warnings = Vec::new();
 
-    let jail_base = state.state_dir.join("jail");
-    for (id, dir) in banger_host::firecracker::jail::jails(&jail_base) {
+    let jail_base = &state.jail_base;
+    for (id, dir) in banger_host::firecracker::jail::jails(jail_base) {
         if !live_ids.contains(&id) {
             leaks.push(leak(
                 "jail",
@@ -41,7 +41,7 @@ pub async fn verify(State(state): State<AppState>) -> Result<Json<VerifyReport>,
             ));
         }
     }
-    for (pid, id) in banger_host::process::banger_vmms(&state.banger.settings().run_dir, &jail_base)
+    for (pid, id) in banger_host::process::banger_vmms(&state.banger.settings().run_dir, jail_base)
     {
         if live_ids.contains(&id) {
             if banger_host::process::euid(pid) == Some(0) {
