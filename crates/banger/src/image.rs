@@ -74,6 +74,12 @@ pub enum ImageCommand {
     },
     /// Remove cached OCI layers that no image uses.
     Prune,
+    /// Make the image's warm template: creates of its default shape then
+    /// restore a booted, ready VM instead of booting one.
+    Warm {
+        /// Image name or id.
+        image: String,
+    },
     /// Register a kernel and rootfs from this host as an image.
     Register {
         /// Name of the new image.
@@ -256,6 +262,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                 println!("wrote {}", request.file);
             }
         }
+        ImageCommand::Warm { image } => crate::snapshot::warm(client, &image).await?,
         ImageCommand::Prune => {
             let report: PruneReport = client.post("/v1/images/prune", &()).await?;
             println!(

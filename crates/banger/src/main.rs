@@ -9,6 +9,7 @@ mod exec;
 mod image;
 mod output;
 mod progress;
+mod snapshot;
 mod ssh;
 mod terminal;
 mod verify;
@@ -45,6 +46,9 @@ enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Manage snapshots (saved machines VMs start from without a boot).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Check this host for what banger needs.
     Doctor {
         #[arg(long)]
@@ -88,6 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Vm(command) => vm::run(&client, command).await,
         Command::Image(command) => image::run(&client, command).await,
+        Command::Snapshot(command) => snapshot::run(&client, command).await,
         Command::Doctor { json } => doctor::run(&client, json).await,
         Command::Verify { json } => verify::run(&client, json).await,
         Command::SshConfig => ssh::config(&client).await,

@@ -95,6 +95,31 @@ pub enum VmCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Save a running VM (memory, devices, disks) as a snapshot; it runs on.
+    Snapshot {
+        vm: String,
+        /// Name of the snapshot [default: VM-xxxxxx].
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make running copies of a running VM, each a machine of its own
+    /// with the processes and memory of the original.
+    Fork {
+        vm: String,
+        /// How many copies (1-16).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// The copy's name; NAME-1, NAME-2.. for several [default: VM-xxxx].
+        #[arg(long)]
+        name: Option<String>,
+        /// Outbound NAT for the copies [default: the original's].
+        #[arg(long, value_parser = ["on", "off"])]
+        nat: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a VM and everything it owns on the host.
     #[command(alias = "remove")]
     Rm {
@@ -129,6 +154,12 @@ pub struct RunArgs {
     /// Its address, inside the bridge prefix [default: the next free one].
     #[arg(long)]
     ip: Option<String>,
+    /// Start from this snapshot instead of booting.
+    #[arg(long)]
+    from: Option<String>,
+    /// Boot even when the image has a warm template.
+    #[arg(long)]
+    cold: bool,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +191,12 @@ pub struct CreateArgs {
     /// Record the VM without booting it.
     #[arg(long)]
     no_start: bool,
+    /// Start from this snapshot (its image and shape) instead of booting.
+    #[arg(long)]
+    from: Option<String>,
+    /// Boot even when the image has a warm template of this shape.
+    #[arg(long)]
+    cold: bool,
     #[arg(long)]
     json: bool,
 }
@@ -191,6 +228,8 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 no_start: args.no_start,
                 guest_ip: args.ip,
                 remove_on_failure: false,
+                from: args.from.map(checked).transpose()?,
+                cold: args.cold,
             };
             let vm = create_watched(client, &request, args.json).await?;
             if args.json {
@@ -282,6 +321,8 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 no_start: false,
                 guest_ip: create.ip,
                 remove_on_failure: rm,
+                from: create.from.map(checked).transpose()?,
+                cold: create.cold,
             };
             let vm = create_watched(client, &request, false).await?;
             eprintln!("{} is up at {} ({})", vm.name, vm.guest_ip, vm.dns_name);
@@ -293,6 +334,19 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 eprintln!("removed {}", vm.name);
             }
             std::process::exit(code?);
+        }
+        VmCommand::Snapshot { vm, name, json } => {
+            crate::snapshot::take(client, &vm, name, json).await?;
+        }
+        VmCommand::Fork {
+            vm,
+            count,
+            name,
+            nat,
+            json,
+        } => {
+            let nat = nat.map(|v| v == "on");
+            crate::snapshot::fork(client, &vm, (Some(count), name, nat), json).await?;
         }
         VmCommand::Ssh { vm, command } => {
             let vm: Vm = client

@@ -196,7 +196,7 @@ fn a_session_from_start_to_stop() {
     let out = banger(root.path(), &["image", "rm", "base"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).1.contains("image base is in use by web"),
+        text(&out).1.contains("image base is in use by vm web"),
         "{:?}",
         text(&out)
     );

@@ -80,6 +80,7 @@ async fn floor(image: &Value, dir: &Path, qemu: &QemuConfig, run: usize) -> f64 
         },
         vm_dir: vm_dir.clone(),
         run_dir: vm_dir.clone(),
+        memory_file: None,
     };
     let args = qemu_args(&spec, qemu).unwrap();
     let started = Instant::now();
@@ -139,7 +140,7 @@ async fn main() {
     std::fs::create_dir_all(root.path().join("etc/banger")).unwrap();
     std::fs::write(
         root.path().join("etc/banger/config.toml"),
-        format!("guest_binary = \"{}\"\n[network]\nenabled = false\n[vm_defaults]\nmemory_mib = 512\nvcpus = 2\nwork_disk_size = \"1G\"\nsystem_disk_size = \"1G\"\n", guest.display()),
+        format!("guest_binary = \"{}\"\nwarm_templates = false\n[network]\nenabled = false\n[vm_defaults]\nmemory_mib = 512\nvcpus = 2\nwork_disk_size = \"1G\"\nsystem_disk_size = \"1G\"\n", guest.display()),
     )
     .unwrap();
     let config = Config::load(&Overrides {

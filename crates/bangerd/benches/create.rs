@@ -1,14 +1,19 @@
 //! Benchmark: `vm create` to SSH ready, as a user meets it, with its
 //! variants: the warm TAP pool against none, N creates at once against one
 //! after another, and the floor: the same kernel, initramfs and rootfs
-//! booted by a bare QEMU command line until its sshd answers. Runs inside
-//! a network namespace it makes and removes; prints tables with the host
-//! details and writes JSON.
+//! booted by a bare QEMU command line until its sshd answers; and the
+//! creates without a boot (`create/warm.rs`: a warm template, a fork, the
+//! memory of VMs restored from one template). Runs inside a network
+//! namespace it makes and removes; prints tables with the host details
+//! and writes JSON.
 //!
-//! cargo bench-create -- [--runs N] [--parallel P] [--json FILE]
+//! cargo bench-create -- [--runs N] [--parallel P] [--memory-vms N]
+//!   [--idle SECONDS] [--json FILE]
 //! (an alias of `cargo bench -p bangerd --bench create --`)
 
 mod support;
+#[path = "create/warm.rs"]
+mod warm;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -25,7 +30,7 @@ use banger_host::tools::find_tool;
 use bangerd::config::{Config, Overrides};
 use serde_json::{json, Value};
 
-fn percentile(values: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() - 1) as f64 * p).round() as usize]
@@ -34,6 +39,8 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 struct Args {
     runs: usize,
     parallel: usize,
+    memory_vms: usize,
+    idle_s: u64,
     json: PathBuf,
 }
 
@@ -41,6 +48,8 @@ fn args() -> Args {
     let mut args = Args {
         runs: 5,
         parallel: 3,
+        memory_vms: 8,
+        idle_s: 60,
         json: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-create.json"),
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +58,8 @@ fn args() -> Args {
         match raw[i].as_str() {
             "--runs" => args.runs = raw[i + 1].parse().expect("--runs N"),
             "--parallel" => args.parallel = raw[i + 1].parse().expect("--parallel N"),
+            "--memory-vms" => args.memory_vms = raw[i + 1].parse().expect("--memory-vms N"),
+            "--idle" => args.idle_s = raw[i + 1].parse().expect("--idle SECONDS"),
             "--json" => args.json = PathBuf::from(&raw[i + 1]),
             _ => {
                 i += 1;
@@ -66,7 +77,7 @@ fn write_config(root: &Path, name: &str, guest: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "guest_binary = \"{}\"\n[vm_defaults]\nmemory_mib = 512\nvcpus = 2\nwork_disk_size = \"2G\"\nsystem_disk_size = \"1G\"\n{extra}",
+            "guest_binary = \"{}\"\nwarm_templates = false\n[vm_defaults]\nmemory_mib = 512\nvcpus = 2\nwork_disk_size = \"2G\"\nsystem_disk_size = \"1G\"\n{extra}",
             guest.display()
         ),
     )
@@ -74,7 +85,7 @@ fn write_config(root: &Path, name: &str, guest: &Path, extra: &str) -> PathBuf {
     path
 }
 
-async fn daemon(root: &Path, config: PathBuf) -> (bangerd::server::Running, PathBuf) {
+pub(crate) async fn daemon(root: &Path, config: PathBuf) -> (bangerd::server::Running, PathBuf) {
     let config = Config::load(&Overrides {
         root: Some(root.into()),
         config: Some(config),
@@ -85,17 +96,17 @@ async fn daemon(root: &Path, config: PathBuf) -> (bangerd::server::Running, Path
     (bangerd::server::start(config).await.unwrap(), socket)
 }
 
-async fn stop(running: bangerd::server::Running) {
+pub(crate) async fn stop(running: bangerd::server::Running) {
     let _ = running.shutdown.send(true);
     let _ = running.task.await;
 }
 
 /// One create to SSH ready: total ms and stages.
-async fn create(socket: &Path, name: &str) -> (f64, BTreeMap<String, f64>) {
+pub(crate) async fn create(socket: &Path, name: &str) -> (f64, BTreeMap<String, f64>) {
     create_with(socket, &format!(r#"{{"name":"{name}"}}"#)).await
 }
 
-async fn create_with(socket: &Path, body: &str) -> (f64, BTreeMap<String, f64>) {
+pub(crate) async fn create_with(socket: &Path, body: &str) -> (f64, BTreeMap<String, f64>) {
     let t = Instant::now();
     let (status, vm) = support::call(socket, "POST", "/v1/vms", body).await;
     let total = t.elapsed().as_secs_f64() * 1000.0;
@@ -114,7 +125,7 @@ async fn create_with(socket: &Path, body: &str) -> (f64, BTreeMap<String, f64>) 
     (total, stages)
 }
 
-async fn remove(socket: &Path, name: &str) {
+pub(crate) async fn remove(socket: &Path, name: &str) {
     let (status, _) =
         support::call(socket, "DELETE", &format!("/v1/vms/{name}?force=true"), "").await;
     assert_eq!(status, 200);
@@ -215,6 +226,7 @@ async fn floor(image: &Value, dir: &Path, run: usize) -> f64 {
         agent: AgentChannel { vsock_cid: 3, socket: vm_dir.join("agent.sock") },
         vm_dir: vm_dir.clone(),
         run_dir: vm_dir.clone(),
+        memory_file: None,
     };
     let qemu = QemuConfig {
         binary: find_tool("qemu-system-x86_64").unwrap(),
@@ -312,6 +324,22 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
     }
     stop(running).await;
 
+    let warm_variants = warm::bench(
+        root,
+        write_config(
+            root,
+            "warm.toml",
+            guest,
+            "[network]\ntap_pool_size = 4\nupstream_dns = []\n",
+        ),
+        &warm::WarmArgs {
+            runs: a.runs,
+            memory_vms: a.memory_vms,
+            idle: Duration::from_secs(a.idle_s),
+        },
+    )
+    .await;
+
     let mut floors = Vec::new();
     for run in 0..a.runs {
         floors.push(floor(&image, root, run).await);
@@ -334,6 +362,7 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
         "floor": { "p50_ms": percentile(&floors, 0.5), "p90_ms": percentile(&floors, 0.9), "samples_ms": floors },
         "parallel_wall_ms": parallel_wall,
         "sequential_wall_ms": sequential_wall,
+        "warm_variants": warm_variants,
     })
 }
 
@@ -471,6 +500,7 @@ fn main() {
         ms(&report["parallel_wall_ms"]),
         ms(&report["sequential_wall_ms"]),
     );
+    warm::print(&report, banger);
     std::fs::write(&a.json, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     println!("json: {}", a.json.display());
 }

@@ -64,6 +64,9 @@ struct ConfigFile {
     /// Where the user ids VMMs run as start (`vm_uid`); 0 runs them as
     /// root.
     vmm_uid_base: Option<u32>,
+    /// Make an image's warm template in the background after its first
+    /// cold create (default true).
+    warm_templates: Option<bool>,
     #[serde(default)]
     vm_defaults: VmDefaultsFile,
     #[serde(default)]
@@ -242,6 +245,7 @@ pub struct Config {
     pub console_log_max: u64,
     /// `None`: VMMs run as root.
     pub vmm_uid_base: Option<u32>,
+    pub warm_templates: bool,
 }
 
 /// The first user id a VM's QEMU may run as: 0x70000000, above the
@@ -334,6 +338,7 @@ impl Config {
             socket,
             socket_group: file.socket_group.clone().unwrap_or_else(|| "banger".into()),
             vmm_uid_base: vmm_uid_base(file.vmm_uid_base, &bridge, &shown)?,
+            warm_templates: file.warm_templates.unwrap_or(true),
             bridge,
             defaults: spec_defaults(&file, &shown)?,
             config_path,

@@ -7,3 +7,4 @@ pub mod logging;
 pub mod runtime;
 pub mod server;
 pub mod state_lock;
+pub mod warm;

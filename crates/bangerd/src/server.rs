@@ -127,6 +127,10 @@ pub async fn start(config: Config) -> Result<Running> {
     for socket in banger_host::process::remove_stale_sockets(&config.run_dir, &live) {
         tracing::info!(socket = %socket.display(), "removed a socket no running vm owns");
     }
+    // A daemon stopped while saving, or an image removed with its template.
+    for dir in banger.clean_snapshot_dirs()? {
+        tracing::info!(dir = %dir.display(), "removed snapshot files no snapshot owns");
+    }
     let listener = bind(&config.socket, &config.socket_group).await?;
     let (shutdown, mut stopped) = watch::channel(false);
     tokio::spawn(reap_exited_vmms(banger.clone(), shutdown.subscribe()));
@@ -135,6 +139,9 @@ pub async fn start(config: Config) -> Result<Running> {
         config.console_log_max,
         shutdown.subscribe(),
     ));
+    let warmer = config
+        .warm_templates
+        .then(|| crate::warm::Warmer::new(banger.clone()));
     let state = AppState {
         jail_base: config.jail_base(),
         ssh,
@@ -148,6 +155,7 @@ pub async fn start(config: Config) -> Result<Running> {
         vmm: config.vmm,
         started: Instant::now(),
         shutdown: shutdown.clone(),
+        warmer,
     };
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "bangerd serving");
     let socket = config.socket.clone();

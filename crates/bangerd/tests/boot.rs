@@ -48,7 +48,7 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     std::fs::write(
         etc.join("config.toml"),
         format!(
-            "guest_binary = \"{}\"\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"2G\"\n",
+            "guest_binary = \"{}\"\nwarm_templates = false\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"2G\"\n",
             guest.display()
         ),
     )

@@ -103,7 +103,7 @@ async fn kills_at_random_moments_leave_records_matching_processes() {
     std::fs::write(
         etc.join("config.toml"),
         format!(
-            "guest_binary = \"{}\"\n[vm_defaults]\nmemory_mib = 384\nwork_disk_size = \"1G\"\n[network]\ntap_pool_size = 2\nupstream_dns = []\n",
+            "guest_binary = \"{}\"\nwarm_templates = false\n[vm_defaults]\nmemory_mib = 384\nwork_disk_size = \"1G\"\n[network]\ntap_pool_size = 2\nupstream_dns = []\n",
             guest.display()
         ),
     )

@@ -94,7 +94,7 @@ async fn a_debian_tree_registered_with_its_kernel_boots() {
     std::fs::write(
         etc.join("config.toml"),
         format!(
-            "guest_binary = \"{}\"\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n",
+            "guest_binary = \"{}\"\nwarm_templates = false\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n",
             guest.display()
         ),
     )

@@ -360,7 +360,10 @@ async fn progress_streams_end_with_the_image_and_rm_refuses_images_in_use() {
     assert_eq!(status, 201);
     let (status, err) = daemon.call("DELETE", "/v1/images/streamed", None).await;
     assert_eq!(status, 409);
-    assert_eq!(err["error"]["message"], "image streamed is in use by user");
+    assert_eq!(
+        err["error"]["message"],
+        "image streamed is in use by vm user"
+    );
     let dir = Path::new(last["image"]["rootfs_path"].as_str().unwrap())
         .parent()
         .unwrap()

@@ -149,7 +149,7 @@ async fn guests_resolve_each_other_and_nat_decides_who_gets_out() {
     std::fs::write(
         root.path().join("etc/banger/config.toml"),
         format!(
-            "guest_binary = \"{}\"\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n[network]\ntap_pool_size = 2\nupstream_dns = []\n",
+            "guest_binary = \"{}\"\nwarm_templates = false\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n[network]\ntap_pool_size = 2\nupstream_dns = []\n",
             guest.display()
         ),
     )

@@ -266,7 +266,7 @@ async fn oci_images_pull_from_a_registry_and_boot() {
     std::fs::write(
         etc.join("config.toml"),
         format!(
-            "guest_binary = \"{}\"\nconsole_log_max = \"256K\"\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n",
+            "guest_binary = \"{}\"\nwarm_templates = false\nconsole_log_max = \"256K\"\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n",
             guest.display()
         ),
     )

@@ -97,6 +97,18 @@ pub trait AgentLink: Send + Sync {
         out: mpsc::Sender<ExecChunk>,
     ) -> Result<(), AgentLinkError>;
 
+    /// Gives a guest restored from a snapshot its own identity (clock,
+    /// entropy, machine-id, files, hostname, MAC and address).
+    async fn identity(
+        &self,
+        _handle: &VmmHandle,
+        _identity: banger_proto::agent::Identity,
+    ) -> Result<(), AgentLinkError> {
+        Err(AgentLinkError::Failed(
+            "this agent link cannot change a guest's identity".into(),
+        ))
+    }
+
     /// Runs `argv` on a new terminal of `size` (rows, columns) in the
     /// guest: `input` carries keystrokes and window sizes (its end hangs
     /// the terminal up), `out` gets the output, the last chunk `Exit`.

@@ -12,7 +12,11 @@
 //! 6. `cleanup`: after stop or a failed start (runtime objects only);
 //! 7. `remove`: when the VM is removed (its persistent files);
 //! 8. `readopt`: a running VM found again after a daemon restart;
-//! 9. `config_changed`: a running VM's settings changed (`vm set`).
+//! 9. `config_changed`: a running VM's settings changed (`vm set`);
+//! 10. `save`: the VM is paused for a snapshot: copy its own files in.
+//!
+//! A VM started from a snapshot has `VmContext::restore_from`: its
+//! `prepare_host` starts its files as the snapshot's.
 
 use std::path::PathBuf;
 
@@ -50,6 +54,8 @@ pub struct VmContext {
     pub vm_dir: PathBuf,
     /// Per-VM sockets.
     pub run_dir: PathBuf,
+    /// The snapshot directory a VM being restored starts its files from.
+    pub restore_from: Option<PathBuf>,
 }
 
 /// One file the host puts into the guest's system disk.
@@ -161,6 +167,12 @@ pub trait Capability: Send + Sync {
     }
 
     async fn remove(&self, _ctx: &VmContext) {}
+
+    /// Copies what the paused VM has of its own (its disks) into the
+    /// snapshot directory `dir`, under the names `prepare_host` looks for.
+    async fn save(&self, _ctx: &VmContext, _dir: &std::path::Path) -> Result<(), CapabilityError> {
+        Ok(())
+    }
 
     fn doctor(&self) -> Vec<Check> {
         Vec::new()

@@ -22,6 +22,7 @@ use crate::names::{validate_name, NameError};
 use crate::operation::Operation;
 use crate::progress::{LogProgress, Progress};
 use crate::resolve::{ImageResolver, ResolveError};
+use crate::snapshot::SnapshotKind;
 use crate::store::{Store, StoreError};
 use crate::vm::new_id;
 
@@ -35,8 +36,8 @@ pub enum ImageError {
     NotFound(String),
     #[error("unknown image {0:?}: it is not on this host and not in the catalog")]
     NotInCatalog(String),
-    #[error("image {image} is in use by {vms}")]
-    InUse { image: String, vms: String },
+    #[error("image {image} is in use by {users}")]
+    InUse { image: String, users: String },
     #[error("{0} already exists")]
     ExportTarget(String),
     #[error(transparent)]
@@ -373,18 +374,35 @@ impl Images {
         let (image, retired) = {
             let _lock = self.publish_lock.lock().await;
             let image = self.find(id_or_name)?;
+            let snapshots: Vec<_> = self
+                .store
+                .list_snapshots()?
+                .into_iter()
+                .filter(|s| s.image_id == image.id)
+                .collect();
             let users: Vec<String> = self
                 .store
                 .list_vms()?
                 .into_iter()
                 .filter(|vm| vm.image_id == image.id)
-                .map(|vm| vm.name)
+                .map(|vm| format!("vm {}", vm.name))
+                .chain(
+                    snapshots
+                        .iter()
+                        .filter(|s| s.kind != SnapshotKind::Template)
+                        .map(|s| format!("snapshot {}", s.name)),
+                )
                 .collect();
             if !users.is_empty() {
                 return Err(ImageError::InUse {
                     image: image.name.clone(),
-                    vms: users.join(", "),
+                    users: users.join(", "),
                 });
+            }
+            // Its warm template goes with it (the files at the next
+            // `Banger::clean_snapshot_dirs`).
+            for template in &snapshots {
+                self.store.delete_snapshot(&template.id)?;
             }
             // The row first: the schema refuses it if a VM appeared meanwhile.
             self.store.delete_image(&image.id)?;

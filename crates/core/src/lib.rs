@@ -21,6 +21,7 @@ pub mod progress;
 pub mod resolve;
 pub mod service;
 pub mod size;
+pub mod snapshot;
 pub mod spec;
 pub mod store;
 pub mod tree_removal;

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use crate::image::Image;
+use crate::snapshot::Snapshot;
 use crate::store::{Store, StoreError};
 use crate::vm::Vm;
 
@@ -18,6 +19,7 @@ pub struct MemoryStore {
 struct Inner {
     images: BTreeMap<String, Image>,
     vms: BTreeMap<String, Vm>,
+    snapshots: BTreeMap<String, Snapshot>,
 }
 
 fn lock(store: &MemoryStore) -> std::sync::MutexGuard<'_, Inner> {
@@ -57,7 +59,9 @@ impl Store for MemoryStore {
     fn delete_image(&self, id: &str) -> Result<(), StoreError> {
         let mut inner = lock(self);
         // Like the schema's foreign key: an image in use stays.
-        if inner.vms.values().any(|v| v.image_id == id) {
+        if inner.vms.values().any(|v| v.image_id == id)
+            || inner.snapshots.values().any(|s| s.image_id == id)
+        {
             return Err(StoreError::Backend(format!(
                 "image {id} is referenced by a vm"
             )));
@@ -115,5 +119,36 @@ impl Store for MemoryStore {
 
     fn used_guest_ips(&self) -> Result<HashSet<Ipv4Addr>, StoreError> {
         Ok(lock(self).vms.values().map(|v| v.guest_ip).collect())
+    }
+
+    fn insert_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let mut inner = lock(self);
+        if inner.snapshots.values().any(|s| s.name == snapshot.name) {
+            return Err(StoreError::NameTaken {
+                kind: "snapshot",
+                name: snapshot.name.clone(),
+            });
+        }
+        inner
+            .snapshots
+            .insert(snapshot.id.clone(), snapshot.clone());
+        Ok(())
+    }
+
+    fn find_snapshot(&self, id_or_name: &str) -> Result<Option<Snapshot>, StoreError> {
+        Ok(lock(self)
+            .snapshots
+            .values()
+            .find(|s| s.id == id_or_name || s.name == id_or_name)
+            .cloned())
+    }
+
+    fn list_snapshots(&self) -> Result<Vec<Snapshot>, StoreError> {
+        Ok(lock(self).snapshots.values().cloned().collect())
+    }
+
+    fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
+        lock(self).snapshots.remove(id);
+        Ok(())
     }
 }

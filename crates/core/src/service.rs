@@ -80,6 +80,14 @@ pub enum ServiceError {
     AddrReserved { ip: std::net::Ipv4Addr, net: String },
     #[error("address {ip} is taken by vm {by}")]
     AddrTaken { ip: std::net::Ipv4Addr, by: String },
+    #[error("no snapshot named {0:?}")]
+    SnapshotNotFound(String),
+    #[error("snapshot name already exists: {0}")]
+    SnapshotNameTaken(String),
+    #[error("snapshot {snapshot} cannot start this vm: {message}")]
+    SnapshotShape { snapshot: String, message: String },
+    #[error("snapshot: {message}")]
+    Snapshot { message: String },
 }
 
 impl From<StoreError> for ServiceError {
@@ -106,7 +114,12 @@ impl ServiceError {
         match self {
             Spec(_) => ErrorKind::InvalidInput,
             UnknownImage(_) => ErrorKind::NotFound,
-            Refused(_) | AddrOutside { .. } | AddrReserved { .. } => ErrorKind::Unprocessable,
+            Refused(_) | AddrOutside { .. } | AddrReserved { .. } | SnapshotShape { .. } => {
+                ErrorKind::Unprocessable
+            }
+            SnapshotNotFound(_) => ErrorKind::NotFound,
+            SnapshotNameTaken(_) => ErrorKind::Conflict,
+            Snapshot { .. } => ErrorKind::Internal,
             AddrTaken { .. } => ErrorKind::Conflict,
             VmNotFound(_) => ErrorKind::NotFound,
             NameTaken(_) | VmActive { .. } | State(_) => ErrorKind::Conflict,
@@ -153,6 +166,13 @@ impl ServiceError {
                 format!("pick a host address of {net} other than the bridge's, or leave --ip out")
             }
             AddrTaken { .. } => "pick another address, or leave --ip out to get a free one".into(),
+            SnapshotNotFound(_) => "list snapshots with `banger snapshot ls`".into(),
+            SnapshotNameTaken(name) => format!(
+                "pick another name, or remove the old one with `banger snapshot rm {name}`"
+            ),
+            SnapshotShape { snapshot, .. } => format!(
+                "leave the sizes out: a vm from a snapshot has its shape (`banger snapshot show {snapshot}`)"
+            ),
             Unsupported(_) => "use --no-start to record the vm without booting it".into(),
             Boot { name, .. } => format!("see the guest console with `banger vm logs {name}`"),
             NotRunning { name, .. } => format!("start it with `banger vm start {name}`"),
@@ -165,7 +185,9 @@ impl ServiceError {
                 ImageError::NotInCatalog(_) => {
                     "see `banger image ls --catalog`, or pull a bundle by url or path".into()
                 }
-                ImageError::InUse { .. } => "remove those vms first with `banger vm rm`".into(),
+                ImageError::InUse { .. } => {
+                    "remove those first with `banger vm rm` and `banger snapshot rm`".into()
+                }
                 ImageError::ExportTarget(_) => "pick a new file name, or remove the old file".into(),
                 ImageError::Make(err) => return err.hint().map(String::from),
                 _ => return None,
@@ -190,6 +212,8 @@ pub struct Settings {
     pub boot_timeout: std::time::Duration,
     /// How long a guest may take to power off before it is killed.
     pub stop_grace: std::time::Duration,
+    /// Snapshot files live in `snapshots_dir/<id>/`.
+    pub snapshots_dir: std::path::PathBuf,
 }
 
 impl Settings {
@@ -206,6 +230,7 @@ impl Settings {
             defaults,
             vmm: vmm.to_string(),
             vms_dir: state_dir.join("vms"),
+            snapshots_dir: state_dir.join("snapshots"),
             run_dir: run_dir.to_path_buf(),
             boot_timeout: std::time::Duration::from_secs(180),
             stop_grace: std::time::Duration::from_secs(30),
@@ -292,7 +317,7 @@ impl Banger {
         op: &mut Operation,
         params: CreateParams,
     ) -> Result<Vm, ServiceError> {
-        let request = params.validate(&self.settings.defaults)?;
+        let mut request = params.validate(&self.settings.defaults)?;
         if !request.no_start && self.runtime.is_none() {
             return Err(ServiceError::Unsupported(
                 "this daemon has no vmm to boot vms with".to_string(),
@@ -301,13 +326,45 @@ impl Banger {
         if let Some(ip) = request.guest_ip {
             self.check_guest_ip(ip)?;
         }
+        let snapshot = match &params.from {
+            Some(_) if request.no_start => {
+                return Err(ServiceError::Refused(crate::capability::Refusal {
+                    message: "a vm from a snapshot starts where the snapshot was: it cannot be recorded without starting".into(),
+                    hint: "leave out --no-start, or create it later with --from".into(),
+                }))
+            }
+            Some(from) => {
+                let snapshot = self.snapshot_for_create(from, &params)?;
+                request.spec.vcpus = snapshot.vcpus;
+                request.spec.memory_mib = snapshot.memory_mib;
+                request.spec.work_disk_bytes = snapshot.work_disk_bytes;
+                request.spec.system_disk_bytes = snapshot.system_disk_bytes;
+                Some(snapshot)
+            }
+            None => None,
+        };
         self.check_spec(&request.spec)?;
         op.next("resolve_image");
-        let image = self
-            .resolver
-            .resolve_watched(&request.image, op.progress())
-            .await?;
+        let image = match &snapshot {
+            Some(snapshot) => self
+                .store
+                .find_image(&snapshot.image_id)?
+                .ok_or_else(|| ServiceError::UnknownImage(snapshot.image_name.clone()))?,
+            None => {
+                self.resolver
+                    .resolve_watched(&request.image, op.progress())
+                    .await?
+            }
+        };
         op.stage("resolve_image");
+        // A warm template of the image that fits the shape: restored.
+        let snapshot = match snapshot {
+            Some(snapshot) => Some(snapshot),
+            None if !params.cold && !request.no_start => {
+                self.template_for(&image, &request.spec)?
+            }
+            None => None,
+        };
 
         op.next("reserve_vm");
         let mut vm = self.reserve(&request, &image).await?;
@@ -321,7 +378,11 @@ impl Banger {
             self.store.update_vm(&vm)?;
             return Ok(vm);
         }
-        if let Err(err) = self.boot(&mut vm, &image, op).await {
+        let booted = match &snapshot {
+            Some(snapshot) => self.boot_from_snapshot(&mut vm, &image, op, snapshot).await,
+            None => self.boot(&mut vm, &image, op).await,
+        };
+        if let Err(err) = booted {
             if params.remove_on_failure {
                 self.discard_failed(&mut vm).await;
             }
@@ -470,10 +531,16 @@ impl Banger {
 }
 
 mod lifecycle;
+mod snapshots;
+mod templates;
 pub use lifecycle::{Reconciled, BOOT_INTERRUPTED};
+pub use snapshots::MAX_FORKS;
 
 #[cfg(test)]
 mod tests;
 
 #[cfg(test)]
 mod lifecycle_tests;
+
+#[cfg(test)]
+mod snapshot_tests;

@@ -29,6 +29,8 @@ pub enum SpecError {
     DiskSize { what: &'static str, bytes: u64 },
     #[error("invalid guest address {0:?}: expected an IPv4 address like 172.29.0.10")]
     Address(String),
+    #[error("invalid count {count}: use 1 to {max}")]
+    Count { count: u32, max: u32 },
 }
 
 /// The raw create request, as it arrives from a front-end.
@@ -47,6 +49,10 @@ pub struct CreateParams {
     /// Remove the VM again when its boot fails (`vm run --rm`), instead
     /// of keeping it `failed` for inspection.
     pub remove_on_failure: bool,
+    /// Start from this snapshot (its image and shape) instead of booting.
+    pub from: Option<String>,
+    /// Boot even when the image has a warm template that fits.
+    pub cold: bool,
 }
 
 /// Defaults applied where a request is silent (from config).

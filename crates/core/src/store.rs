@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use crate::image::Image;
+use crate::snapshot::Snapshot;
 use crate::vm::Vm;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,4 +39,10 @@ pub trait Store: Send + Sync {
     fn delete_vm(&self, id: &str) -> Result<(), StoreError>;
     /// Guest addresses currently held by VMs.
     fn used_guest_ips(&self) -> Result<HashSet<Ipv4Addr>, StoreError>;
+
+    /// Inserts a new snapshot; its name must be free.
+    fn insert_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+    fn find_snapshot(&self, id_or_name: &str) -> Result<Option<Snapshot>, StoreError>;
+    fn list_snapshots(&self) -> Result<Vec<Snapshot>, StoreError>;
+    fn delete_snapshot(&self, id: &str) -> Result<(), StoreError>;
 }

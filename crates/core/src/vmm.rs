@@ -47,6 +47,17 @@ pub struct MachineSpec {
     pub vm_dir: PathBuf,
     /// Per-VM sockets live here.
     pub run_dir: PathBuf,
+    /// Guest memory backed by this file instead of anonymous memory.
+    pub memory_file: Option<MemoryFile>,
+}
+
+/// Guest memory in a file: `shared` writes go to the file (a template
+/// being made); otherwise the file is mapped copy-on-write, so every VM
+/// restored from it shares the pages it has not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryFile {
+    pub path: PathBuf,
+    pub shared: bool,
 }
 
 /// How to find a running VMM again: the process (pid plus its start time,
@@ -81,6 +92,8 @@ pub enum VmmError {
     Boot { message: String, log: Vec<String> },
     #[error("vmm control failed: {0}")]
     Control(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 fn log_tail(lines: &[String]) -> String {
@@ -108,4 +121,40 @@ pub trait Vmm: Send + Sync {
     /// True once the VMM process is gone; cheap (no control socket), so
     /// the daemon can ask often.
     fn has_exited(&self, handle: &VmmHandle) -> bool;
+
+    /// Whether `pause`, `save` and `restore` work.
+    fn can_snapshot(&self) -> bool {
+        false
+    }
+
+    /// Stops the guest's vCPUs; its disks are flushed, so their files
+    /// hold what the guest wrote, until `resume`.
+    async fn pause(&self, _handle: &VmmHandle) -> Result<(), VmmError> {
+        Err(self.no_snapshots())
+    }
+
+    async fn resume(&self, _handle: &VmmHandle) -> Result<(), VmmError> {
+        Err(self.no_snapshots())
+    }
+
+    /// Writes a paused machine's state (devices, and its memory unless
+    /// that lives in a `MemoryFile`) to the new file `state`.
+    async fn save(&self, _handle: &VmmHandle, _state: &std::path::Path) -> Result<(), VmmError> {
+        Err(self.no_snapshots())
+    }
+
+    /// Starts a VMM that takes up the machine saved in `state` where it
+    /// was, instead of booting; the spec must have the saved shape. On
+    /// error nothing is left running.
+    async fn restore(
+        &self,
+        _spec: &MachineSpec,
+        _state: &std::path::Path,
+    ) -> Result<VmmHandle, VmmError> {
+        Err(self.no_snapshots())
+    }
+
+    fn no_snapshots(&self) -> VmmError {
+        VmmError::Unsupported(format!("{} vms cannot be snapshotted yet", self.kind()))
+    }
 }

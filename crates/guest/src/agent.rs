@@ -24,6 +24,8 @@ pub struct AgentContext {
     /// Where banger-init left its timings.
     pub boot_times: std::path::PathBuf,
     pub power_off: PowerOff,
+    /// Where a restored guest's new identity goes.
+    pub identity: crate::identity::Target,
 }
 
 impl AgentContext {
@@ -32,6 +34,10 @@ impl AgentContext {
         AgentContext {
             boot_times: "/run/banger/boot-times.json".into(),
             power_off: Arc::new(power_off),
+            identity: crate::identity::Target {
+                root: "/".into(),
+                live: true,
+            },
         }
     }
 }
@@ -160,6 +166,14 @@ async fn handle(
                     message: format!("unknown signal {signal}"),
                 }),
             }
+        }
+        Op::Identity(identity) => {
+            reply(match crate::identity::apply(&identity, &ctx.identity).await {
+                Ok(()) => ReplyBody::Ok,
+                Err(err) => ReplyBody::Error {
+                    message: err.to_string(),
+                },
+            })
         }
         Op::Shutdown { reboot } => {
             reply(ReplyBody::Ok);

@@ -11,12 +11,14 @@
 //! - `agent` (`banger-agent`): started by banger-init (or its systemd
 //!   unit in images that list no early services); answers the host over vsock or a virtio-serial port
 //!   (`banger_proto::agent`): hello with boot timings, exec with streamed
-//!   output, signals, shutdown.
+//!   output, signals, shutdown, and a restored guest's new identity
+//!   (`identity`).
 
 pub mod agent;
 pub mod channel;
 pub mod cmdline;
 pub mod early;
+pub mod identity;
 pub mod init;
 pub mod minit;
 pub mod netconfig;

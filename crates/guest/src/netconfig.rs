@@ -1,5 +1,6 @@
 //! Static network setup over netlink: `lo` up; `eth0` gets its address,
-//! comes up, and gets the default route.
+//! comes up, and gets the default route. `readdress` moves a running
+//! guest (restored from a snapshot) to a new MAC and address.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -73,4 +74,97 @@ pub async fn configure(
             .map_err(nl)?;
     }
     Ok(())
+}
+
+/// Gives `iface` a new MAC (when given) and `address` in place of its
+/// IPv4 addresses, and the default route through `gateway`.
+pub async fn readdress(
+    iface: &str,
+    mac: Option<&str>,
+    address: (Ipv4Addr, u8),
+    gateway: Option<Ipv4Addr>,
+) -> Result<(), NetError> {
+    use netlink_packet_route::address::AddressAttribute;
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(nl)?;
+    tokio::spawn(connection);
+    let index = link_index(&handle, iface)
+        .await?
+        .ok_or_else(|| NetError::NoLink(iface.to_string(), Duration::ZERO))?;
+    if let Some(mac) = mac {
+        let bytes = parse_mac(mac).ok_or_else(|| NetError::Netlink(format!("bad mac {mac}")))?;
+        // Down first: a driver without live MAC changes refuses them up.
+        handle
+            .link()
+            .set(index)
+            .down()
+            .execute()
+            .await
+            .map_err(nl)?;
+        handle
+            .link()
+            .set(index)
+            .address(bytes)
+            .execute()
+            .await
+            .map_err(nl)?;
+    }
+    let mut old = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let mut stale = Vec::new();
+    while let Some(message) = old.try_next().await.map_err(nl)? {
+        let v4 = message
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(_))));
+        if v4 {
+            stale.push(message);
+        }
+    }
+    for message in stale {
+        handle.address().del(message).execute().await.map_err(nl)?;
+    }
+    handle
+        .address()
+        .add(index, IpAddr::V4(address.0), address.1)
+        .execute()
+        .await
+        .map_err(nl)?;
+    handle.link().set(index).up().execute().await.map_err(nl)?;
+    if let Some(gw) = gateway {
+        // Deleting the address took its routes; the default one comes back.
+        handle
+            .route()
+            .add()
+            .v4()
+            .gateway(gw)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl)?;
+    }
+    Ok(())
+}
+
+fn parse_mac(text: &str) -> Option<Vec<u8>> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| u8::from_str_radix(part, 16).ok())
+        .collect::<Option<_>>()?;
+    (bytes.len() == 6).then_some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn macs_parse() {
+        assert_eq!(
+            super::parse_mac("06:00:ac:1d:00:09"),
+            Some(vec![6, 0, 0xac, 0x1d, 0, 9])
+        );
+        assert_eq!(super::parse_mac("06:00:ac"), None);
+        assert_eq!(super::parse_mac("zz:00:ac:1d:00:09"), None);
+    }
 }

@@ -376,6 +376,7 @@ mod tests {
             },
             vm_dir: dir.to_path_buf(),
             run_dir: dir.to_path_buf(),
+            restore_from: None,
         }
     }
 

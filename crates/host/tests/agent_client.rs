@@ -16,6 +16,10 @@ fn context(dir: &std::path::Path, powered_off: Arc<AtomicBool>) -> AgentContext 
     AgentContext {
         boot_times: dir.join("boot-times.json"),
         power_off: Arc::new(move |_| powered_off.store(true, Ordering::SeqCst)),
+        identity: banger_guest::identity::Target {
+            root: dir.join("root"),
+            live: false,
+        },
     }
 }
 
@@ -332,4 +336,36 @@ async fn a_guest_flooding_without_newlines_is_skipped_not_held() {
     });
     let hello = client.hello(WAIT).await.unwrap();
     assert_eq!(hello.hostname, "h");
+}
+
+#[tokio::test]
+async fn an_identity_is_written_into_the_guest_and_a_bad_one_refused() {
+    use banger_proto::agent::{Identity, IdentityFile};
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let mut identity = Identity {
+        time_ms: 1_800_000_000_000,
+        entropy: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+        machine_id: "00112233445566778899aabbccddeeff".into(),
+        cmdline: "banger.hostname=copy".into(),
+        mac: None,
+        files: vec![IdentityFile {
+            path: "/etc/hostname".into(),
+            contents: "copy\n".into(),
+            mode: 0o644,
+        }],
+    };
+    client.identity(identity.clone(), WAIT).await.unwrap();
+    let root = dir.path().join("root");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
+        "copy\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/machine-id")).unwrap(),
+        "00112233445566778899aabbccddeeff\n"
+    );
+    identity.machine_id = "short".into();
+    let err = client.identity(identity, WAIT).await.unwrap_err();
+    assert!(err.to_string().contains("machine-id"), "{err}");
 }

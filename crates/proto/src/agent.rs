@@ -79,6 +79,37 @@ pub enum Op {
         #[serde(default)]
         reboot: bool,
     },
+    /// Makes a guest restored from a snapshot a machine of its own before
+    /// anything else reaches it: answered once everything is applied.
+    Identity(Identity),
+}
+
+/// The new identity of a restored guest, as the daemon decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The host's wall clock (milliseconds since the Unix epoch) when sent.
+    pub time_ms: u64,
+    /// Fresh random bytes (base64) mixed into the kernel's pool, which is
+    /// then reseeded: two guests from one snapshot draw different bytes.
+    pub entropy: String,
+    /// `/etc/machine-id`: 32 lowercase hex digits.
+    pub machine_id: String,
+    /// The `banger.*` kernel command line keys this VM would boot with
+    /// (hostname, address, gateway).
+    pub cmdline: String,
+    /// The NIC's new MAC address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Files of the guest config (hostname, hosts, resolver, SSH host
+    /// keys...), written in place of the snapshot's.
+    pub files: Vec<IdentityFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityFile {
+    pub path: String,
+    pub contents: String,
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

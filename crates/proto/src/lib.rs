@@ -11,6 +11,7 @@ pub mod image;
 pub mod paths;
 pub mod progress;
 pub mod rules;
+pub mod snapshot;
 pub mod ssh;
 pub mod system;
 pub mod units;

@@ -48,6 +48,8 @@ pub const MEMORY_MIB_MIN: u32 = 64;
 pub const MEMORY_MIB_MAX: u32 = 256 * 1024;
 pub const DISK_BYTES_MIN: u64 = 64 << 20;
 pub const DISK_BYTES_MAX: u64 = 16 << 40;
+pub const FORK_COUNT_MIN: u32 = 1;
+pub const FORK_COUNT_MAX: u32 = 16;
 
 /// A value that breaks its rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -264,6 +266,10 @@ checked_number!(
 checked_number!(
     /// A disk's size in bytes.
     DiskBytes, u64, "disk size", DISK_BYTES_MIN, DISK_BYTES_MAX, " bytes"
+);
+checked_number!(
+    /// How many copies one fork makes.
+    ForkCount, u32, "fork count", FORK_COUNT_MIN, FORK_COUNT_MAX, ""
 );
 
 #[cfg(test)]

@@ -64,6 +64,13 @@ pub struct VmCreateRequest {
     /// Remove the VM when its boot fails instead of keeping it `failed`.
     #[serde(default)]
     pub remove_on_failure: bool,
+    /// Start from this snapshot where it was, instead of booting: its
+    /// image and shape (sizes other than its own are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Name>,
+    /// Boot even when the image has a warm template of this shape.
+    #[serde(default)]
+    pub cold: bool,
 }
 
 /// Wall time of one named stage of an operation.
@@ -116,6 +123,30 @@ pub struct VmList {
 #[serde(deny_unknown_fields)]
 pub struct VmUpdateRequest {
     /// Outbound NAT; applied at once to a running VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<bool>,
+}
+
+/// Body of `POST /v1/vms/{vm}/snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSnapshotRequest {
+    /// `VM-xxxxxx` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Name>,
+}
+
+/// Body of `POST /v1/vms/{vm}/fork`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmForkRequest {
+    /// How many running copies (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<crate::rules::ForkCount>,
+    /// The copy's name, or `NAME-1`.. for several; `VM-xxxx` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Name>,
+    /// Outbound NAT for the copies; the source's setting when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<bool>,
 }

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use banger_core::image::Image;
+use banger_core::snapshot::Snapshot;
 use banger_core::store::{Store, StoreError};
 use banger_core::vm::Vm;
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension};
@@ -63,6 +64,10 @@ impl SqliteStore {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn decode_snapshot(record: &str) -> Result<Snapshot, StoreError> {
+    serde_json::from_str(record).map_err(|e| StoreError::Corrupt(format!("snapshot record: {e}")))
 }
 
 fn backend(err: rusqlite::Error) -> StoreError {
@@ -238,6 +243,51 @@ impl Store for SqliteStore {
                 .map_err(|_| StoreError::Corrupt(format!("guest address {ip:?}")))
         })
         .collect()
+    }
+
+    fn insert_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let record = serde_json::to_string(snapshot)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode snapshot: {e}")))?;
+        self.conn()
+            .execute(
+                "INSERT INTO snapshots (id, name, image_id, record) VALUES (?1, ?2, ?3, ?4)",
+                params![snapshot.id, snapshot.name, snapshot.image_id, record],
+            )
+            .map_err(|e| insert_error(e, "snapshot", &snapshot.name, None))?;
+        Ok(())
+    }
+
+    fn find_snapshot(&self, id_or_name: &str) -> Result<Option<Snapshot>, StoreError> {
+        let record: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT record FROM snapshots WHERE id = ?1 OR name = ?1
+                 ORDER BY id = ?1 DESC LIMIT 1",
+                [id_or_name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        record.as_deref().map(decode_snapshot).transpose()
+    }
+
+    fn list_snapshots(&self) -> Result<Vec<Snapshot>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT record FROM snapshots ORDER BY name")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(backend)?;
+        rows.map(|row| decode_snapshot(&row.map_err(backend)?))
+            .collect()
+    }
+
+    fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM snapshots WHERE id = ?1", [id])
+            .map_err(backend)?;
+        Ok(())
     }
 }
 

@@ -30,6 +30,31 @@ pub fn vm(vm: &Vm) -> proto::vm::Vm {
     }
 }
 
+pub fn snapshot(s: &banger_core::snapshot::Snapshot) -> proto::snapshot::Snapshot {
+    use banger_core::snapshot::SnapshotKind as K;
+    proto::snapshot::Snapshot {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        kind: match s.kind {
+            K::User => proto::snapshot::SnapshotKind::User,
+            K::Template => proto::snapshot::SnapshotKind::Template,
+            K::Fork => proto::snapshot::SnapshotKind::Fork,
+        },
+        source_vm: s.source_vm.clone(),
+        image_id: s.image_id.clone(),
+        image_name: s.image_name.clone(),
+        vmm: s.vmm.clone(),
+        vcpus: s.vcpus,
+        memory_mib: s.memory_mib,
+        work_disk_bytes: s.work_disk_bytes,
+        system_disk_bytes: s.system_disk_bytes,
+        nat: s.nat,
+        memory_file: s.memory_file,
+        disk_bytes: s.disk_bytes,
+        created_at: rfc3339(s.created_at_ms as i64),
+    }
+}
+
 fn stage_timings(stages: &[banger_core::vm::Stage]) -> Vec<proto::vm::StageTiming> {
     stages
         .iter()
@@ -97,5 +122,7 @@ pub fn create_params(req: proto::vm::VmCreateRequest) -> banger_core::spec::Crea
         no_start: req.no_start,
         guest_ip: req.guest_ip,
         remove_on_failure: req.remove_on_failure,
+        from: req.from.map(String::from),
+        cold: req.cold,
     }
 }

@@ -11,6 +11,7 @@ mod json;
 mod links;
 mod params;
 mod progress;
+mod snapshots;
 mod system;
 mod terminal;
 mod trace;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub started: Instant,
     /// Set to true to begin a graceful shutdown.
     pub shutdown: watch::Sender<bool>,
+    /// Makes warm templates after cold creates (`warm_templates`).
+    pub warmer: Option<Arc<crate::warm::Warmer>>,
 }
 
 #[derive(OpenApi)]
@@ -58,6 +61,7 @@ pub struct AppState {
     tags(
         (name = "vms", description = "Virtual machines"),
         (name = "images", description = "Images VMs boot from"),
+        (name = "snapshots", description = "Saved machines new VMs start from without a boot"),
         (name = "system", description = "The daemon and its host")
     )
 )]
@@ -74,6 +78,14 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(vm_io::exec))
         .routes(routes!(terminal::terminal))
         .routes(routes!(vm_io::logs))
+        .routes(routes!(snapshots::snapshot_vm))
+        .routes(routes!(snapshots::fork_vm))
+        .routes(routes!(snapshots::list_snapshots))
+        .routes(routes!(
+            snapshots::show_snapshot,
+            snapshots::delete_snapshot
+        ))
+        .routes(routes!(snapshots::warm_image))
         .routes(routes!(images::list_images))
         .routes(routes!(images::show_image, images::delete_image))
         .routes(routes!(images::build_image))

@@ -143,6 +143,7 @@ fn stream_response(rx: mpsc::UnboundedReceiver<ProgressEvent>) -> Response {
 pub fn stream_create(
     banger: Arc<banger_core::Banger>,
     params: banger_core::spec::CreateParams,
+    warmer: Option<Arc<crate::warm::Warmer>>,
 ) -> Response {
     let (tx, rx) = mpsc::unbounded_channel();
     let progress = Arc::new(ChannelProgress {
@@ -154,6 +155,9 @@ pub fn stream_create(
         let started = progress.started;
         let result = banger.create_vm_watched(params, Some(progress)).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        if let (Ok(vm), Some(warmer)) = (&result, &warmer) {
+            warmer.after_create(vm);
+        }
         if tx.is_closed() {
             // Made (running or failed) but nobody waits for it: remove it.
             let abandoned = match &result {

@@ -1,5 +1,6 @@
 //! `/v1/verify`: finds banger-owned host objects (VMM processes, VM
-//! links, nft rules, DNS records, sockets, files) that no live VM owns.
+//! links, nft rules, DNS records, sockets, files, snapshot files) that
+//! no live VM or snapshot owns.
 //! Idle pool devices are listed as capacity; VMMs running as root as
 //! warnings.
 
@@ -79,6 +80,40 @@ pub async fn verify(State(state): State<AppState>) -> Result<Json<VerifyReport>,
                     ));
                 }
             }
+        }
+    }
+    let snapshots: HashSet<String> = state
+        .banger
+        .list_snapshots()?
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let snapshots_dir = &state.banger.settings().snapshots_dir;
+    if let Ok(dirs) = std::fs::read_dir(snapshots_dir) {
+        for dir in dirs.flatten() {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            let staging = name == ".staging"
+                && std::fs::read_dir(dir.path()).is_ok_and(|mut d| d.next().is_some());
+            if staging || (name != ".staging" && !snapshots.contains(&name)) {
+                leaks.push(leak(
+                    "snapshot_files",
+                    dir.path().display().to_string(),
+                    "snapshot files no snapshot owns",
+                ));
+            }
+        }
+    }
+    for id in &snapshots {
+        if !snapshots_dir
+            .join(id)
+            .join(banger_core::snapshot::STATE_FILE)
+            .is_file()
+        {
+            leaks.push(leak(
+                "snapshot",
+                id.clone(),
+                "a snapshot whose saved machine is missing",
+            ));
         }
     }
     if let Ok(dirs) = std::fs::read_dir(&state.banger.settings().vms_dir) {

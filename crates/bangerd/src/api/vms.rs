@@ -29,9 +29,9 @@ pub async fn list_vms(State(state): State<AppState>) -> Result<Json<VmList>, Htt
         (status = 200, description = "Progress stream (`Accept: application/x-ndjson`), ending with the VM",
             body = banger_proto::progress::ProgressEvent, content_type = "application/x-ndjson"),
         (status = 400, description = "The body breaks the schema", body = ApiError),
-        (status = 404, description = "No such image", body = ApiError),
+        (status = 404, description = "No such image, or no such snapshot to start from", body = ApiError),
         (status = 409, description = "The name or the address is taken, or no address is free", body = ApiError),
-        (status = 422, description = "The address is outside the bridge, or the host cannot serve a setting (nat without an uplink)", body = ApiError),
+        (status = 422, description = "The address is outside the bridge, the host cannot serve a setting (nat without an uplink), or the snapshot cannot start this VM (another shape or VMM, no_start)", body = ApiError),
         (status = 501, description = "Booting is not available", body = ApiError),
         (status = 500, description = "Host or store failure", body = ApiError)))]
 pub async fn create_vm(
@@ -46,9 +46,16 @@ pub async fn create_vm(
         params
             .validate(&state.banger.settings().defaults)
             .map_err(banger_core::ServiceError::from)?;
-        return Ok(super::progress::stream_create(state.banger.clone(), params));
+        return Ok(super::progress::stream_create(
+            state.banger.clone(),
+            params,
+            state.warmer.clone(),
+        ));
     }
     let vm = state.banger.create_vm(params).await?;
+    if let Some(warmer) = &state.warmer {
+        warmer.after_create(&vm);
+    }
     Ok((StatusCode::CREATED, Json(convert::vm(&vm))).into_response())
 }
 
@@ -178,7 +185,7 @@ pub async fn update_vm(
 /// Runs a lifecycle step on a task of its own and waits for it: a client
 /// that goes away (Ctrl-C, a dropped connection) drops this wait, never
 /// the step, so no VM is left half-started or half-stopped.
-async fn to_completion<T: Send + 'static>(
+pub(super) async fn to_completion<T: Send + 'static>(
     step: impl std::future::Future<Output = Result<T, banger_core::ServiceError>> + Send + 'static,
 ) -> Result<T, HttpError> {
     match tokio::spawn(step).await {

@@ -411,7 +411,7 @@ async fn delete_refuses_an_image_in_use_and_names_the_vms() {
     let vm = vm_using("web", &image.id);
     f.store.insert_vm(&vm).unwrap();
     let err = f.images.delete("dev").await.unwrap_err();
-    assert_eq!(err.to_string(), "image dev is in use by web");
+    assert_eq!(err.to_string(), "image dev is in use by vm web");
     assert!(image.rootfs_path.exists());
     f.store.delete_vm(&vm.id).unwrap();
     f.images.delete("dev").await.unwrap();

@@ -16,8 +16,21 @@ use crate::agent::ExecChunk;
 use crate::capability::{Capability, GuestConfig, VmContext};
 use crate::image::Image;
 use crate::operation::Operation;
+use crate::snapshot::Snapshot;
 use crate::vm::{Vm, VmState};
-use crate::vmm::{AgentChannel, DriveSpec, MachineSpec, VmmStatus};
+use crate::vmm::{AgentChannel, DriveSpec, MachineSpec, MemoryFile, VmmStatus};
+
+/// How a VM comes up.
+#[derive(Debug, Clone)]
+pub(super) enum BootFrom {
+    /// A boot of its kernel.
+    Cold,
+    /// A cold boot whose guest memory is the shared file `memory` (a
+    /// template being made).
+    ColdIntoMemory(PathBuf),
+    /// Where the snapshot was, then made a machine of its own.
+    Snapshot { snapshot: Snapshot, dir: PathBuf },
+}
 
 /// What reconcile found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -44,7 +57,7 @@ enum Reconcile {
 pub const BOOT_INTERRUPTED: &str = "bangerd stopped during its boot";
 
 impl Banger {
-    fn runtime(&self) -> Result<&Runtime, ServiceError> {
+    pub(super) fn runtime(&self) -> Result<&Runtime, ServiceError> {
         self.runtime.as_ref().ok_or_else(|| {
             ServiceError::Unsupported("this daemon has no vmm to boot vms with".into())
         })
@@ -65,16 +78,17 @@ impl Banger {
         self.vm_dir(vm).join("serial.log")
     }
 
-    fn context(&self, vm: &Vm, image: &Image) -> VmContext {
+    pub(super) fn context(&self, vm: &Vm, image: &Image) -> VmContext {
         VmContext {
             vm: vm.clone(),
             image: image.clone(),
             vm_dir: self.vm_dir(vm),
             run_dir: self.vm_run_dir(vm),
+            restore_from: None,
         }
     }
 
-    fn image_of(&self, vm: &Vm) -> Result<Image, ServiceError> {
+    pub(super) fn image_of(&self, vm: &Vm) -> Result<Image, ServiceError> {
         self.store
             .find_image(&vm.image_id)?
             .ok_or_else(|| ServiceError::Runtime {
@@ -98,12 +112,28 @@ impl Banger {
         image: &Image,
         op: &mut Operation,
     ) -> Result<(), ServiceError> {
+        self.boot_from(vm, image, op, &BootFrom::Cold).await
+    }
+
+    /// `boot`, from a snapshot or into a memory file when `from` says so.
+    pub(super) async fn boot_from(
+        &self,
+        vm: &mut Vm,
+        image: &Image,
+        op: &mut Operation,
+        from: &BootFrom,
+    ) -> Result<(), ServiceError> {
         let runtime = self.runtime()?.clone();
         vm.last_error = None;
         self.persist(vm, VmState::Starting)?;
-        let ctx = self.context(vm, image);
+        let mut ctx = self.context(vm, image);
+        if let BootFrom::Snapshot { dir, .. } = from {
+            ctx.restore_from = Some(dir.clone());
+        }
         let mut prepared: Vec<Arc<dyn Capability>> = Vec::new();
-        let result = self.boot_steps(vm, &ctx, &runtime, op, &mut prepared).await;
+        let result = self
+            .boot_steps(vm, &ctx, &runtime, op, &mut prepared, from)
+            .await;
         vm.stages = op.stages().to_vec();
         if op.kind() == crate::operation::VM_CREATE {
             vm.create_stages = vm.stages.clone();
@@ -156,6 +186,7 @@ impl Banger {
         runtime: &Runtime,
         op: &mut Operation,
         prepared: &mut Vec<Arc<dyn Capability>>,
+        from: &BootFrom,
     ) -> Result<(), String> {
         let text = |e: &dyn Display| e.to_string();
         for cap in &runtime.capabilities {
@@ -195,15 +226,44 @@ impl Banger {
             },
             vm_dir: ctx.vm_dir.clone(),
             run_dir: ctx.run_dir.clone(),
+            memory_file: None,
         };
         for cap in &runtime.capabilities {
             cap.machine_config(ctx, &mut spec);
         }
-        op.next("vmm_start");
-        let handle = runtime.vmm.start(&spec).await.map_err(|e| text(&e))?;
+        let restore = match from {
+            BootFrom::Cold => None,
+            BootFrom::ColdIntoMemory(path) => {
+                spec.memory_file = Some(MemoryFile {
+                    path: path.clone(),
+                    shared: true,
+                });
+                None
+            }
+            BootFrom::Snapshot { snapshot, dir } => {
+                if snapshot.memory_file {
+                    spec.memory_file = Some(MemoryFile {
+                        path: dir.join(crate::snapshot::MEMORY_FILE),
+                        shared: false,
+                    });
+                }
+                Some(dir.join(crate::snapshot::STATE_FILE))
+            }
+        };
+        let vmm_stage = if restore.is_some() {
+            "vmm_restore"
+        } else {
+            "vmm_start"
+        };
+        op.next(vmm_stage);
+        let handle = match &restore {
+            Some(state) => runtime.vmm.restore(&spec, state).await,
+            None => runtime.vmm.start(&spec).await,
+        }
+        .map_err(|e| text(&e))?;
         vm.handle = Some(handle.clone());
         self.store.update_vm(vm).map_err(|e| text(&e))?;
-        op.stage("vmm_start");
+        op.stage(vmm_stage);
         op.next("agent_ready");
         let ready = runtime
             .agents
@@ -211,9 +271,21 @@ impl Banger {
             .await
             .map_err(|e| text(&e))?;
         op.stage("agent_ready");
+        if restore.is_some() {
+            op.next("identity");
+            let identity = super::snapshots::identity(self.clock.now_ms(), &guest, &spec);
+            runtime
+                .agents
+                .identity(&handle, identity)
+                .await
+                .map_err(|e| format!("the restored guest took no new identity: {e}"))?;
+            op.stage("identity");
+        }
         // The guest's own clock: kernel start to banger-init, banger-init
         // to the image's init, and on to the agent's answer.
-        if let (Some(init), Some(switch)) = (ready.init_start_ms, ready.switch_root_ms) {
+        if let (None, Some(init), Some(switch)) =
+            (&restore, ready.init_start_ms, ready.switch_root_ms)
+        {
             op.record("guest_kernel_to_init", init);
             op.record("guest_init_to_switch_root", switch.saturating_sub(init));
             op.record(
@@ -576,6 +648,10 @@ impl Banger {
         }
         let _lock = self.vm_locks.lock(&vm.id).await;
         let mut vm = self.find_vm(&vm.id)?;
+        if let (Some(handle), VmState::Running) = (&vm.handle, vm.state) {
+            // A daemon killed mid-snapshot left its VM paused: it runs on.
+            let _ = runtime.vmm.resume(handle).await;
+        }
         let alive = match &vm.handle {
             Some(handle) => runtime.vmm.status(handle).await,
             None => VmmStatus::Exited,

@@ -18,7 +18,7 @@ use crate::resolve::StoredImages;
 use crate::spec::VmSpec;
 use crate::vmm::{MachineSpec, Vmm, VmmError, VmmHandle, VmmStatus};
 
-type Log = Arc<Mutex<Vec<String>>>;
+pub(super) type Log = Arc<Mutex<Vec<String>>>;
 
 fn push(log: &Log, event: impl Into<String>) {
     log.lock().unwrap().push(event.into());
@@ -64,6 +64,39 @@ impl Vmm for FakeVmm {
             VmmStatus::Exited
         }
     }
+    fn can_snapshot(&self) -> bool {
+        true
+    }
+    async fn pause(&self, _handle: &VmmHandle) -> Result<(), VmmError> {
+        push(&self.log, "vmm.pause");
+        Ok(())
+    }
+    async fn resume(&self, _handle: &VmmHandle) -> Result<(), VmmError> {
+        push(&self.log, "vmm.resume");
+        Ok(())
+    }
+    async fn save(&self, _handle: &VmmHandle, state: &std::path::Path) -> Result<(), VmmError> {
+        push(&self.log, "vmm.save");
+        std::fs::write(state, b"machine").map_err(|e| VmmError::Control(e.to_string()))
+    }
+    async fn restore(
+        &self,
+        spec: &MachineSpec,
+        state: &std::path::Path,
+    ) -> Result<VmmHandle, VmmError> {
+        let shared = spec.memory_file.as_ref().map(|m| m.shared);
+        push(
+            &self.log,
+            format!(
+                "vmm.restore memory_file={shared:?} state={}",
+                state.exists()
+            ),
+        );
+        self.start(spec).await.inspect(|_| {
+            // `start` logged too: take that line back.
+            self.log.lock().unwrap().pop();
+        })
+    }
 }
 
 /// FAKE: an agent that is ready at once and powers off when asked
@@ -107,20 +140,35 @@ impl AgentLink for FakeAgent {
     ) -> Result<(), AgentLinkError> {
         Ok(())
     }
+    async fn identity(
+        &self,
+        _handle: &VmmHandle,
+        identity: banger_proto::agent::Identity,
+    ) -> Result<(), AgentLinkError> {
+        push(
+            &self.log,
+            format!(
+                "agent.identity {} {}",
+                identity.cmdline, identity.machine_id
+            ),
+        );
+        Ok(())
+    }
 }
 
 /// FAKE: a capability that records its hooks and fails where told.
-struct FakeCap {
+pub(super) struct FakeCap {
     name: &'static str,
     log: Log,
     fail_prepare: bool,
     ready_stage: Option<&'static str>,
     fail_post_start: bool,
     refuse_nat: bool,
+    pub(super) fail_save: bool,
 }
 
 impl FakeCap {
-    fn new(name: &'static str, log: &Log) -> FakeCap {
+    pub(super) fn new(name: &'static str, log: &Log) -> FakeCap {
         FakeCap {
             name,
             log: log.clone(),
@@ -128,6 +176,7 @@ impl FakeCap {
             ready_stage: None,
             fail_post_start: false,
             refuse_nat: false,
+            fail_save: false,
         }
     }
     fn fail(&self, message: &str) -> CapabilityError {
@@ -157,10 +206,17 @@ impl Capability for FakeCap {
     }
     async fn prepare_host(
         &self,
-        _ctx: &VmContext,
+        ctx: &VmContext,
         _config: &crate::capability::GuestConfig,
     ) -> Result<(), CapabilityError> {
         push(&self.log, format!("{}.prepare", self.name));
+        if let Some(dir) = &ctx.restore_from {
+            let saved = dir.join(self.name).exists();
+            push(
+                &self.log,
+                format!("{}.from_snapshot saved={saved}", self.name),
+            );
+        }
         if self.fail_prepare {
             return Err(self.fail("no room"));
         }
@@ -182,9 +238,17 @@ impl Capability for FakeCap {
     async fn remove(&self, _ctx: &VmContext) {
         push(&self.log, format!("{}.remove", self.name));
     }
+    async fn save(&self, _ctx: &VmContext, dir: &std::path::Path) -> Result<(), CapabilityError> {
+        push(&self.log, format!("{}.save", self.name));
+        std::fs::write(dir.join(self.name), b"disk").unwrap();
+        if self.fail_save {
+            return Err(self.fail("no space left on device"));
+        }
+        Ok(())
+    }
 }
 
-fn booting(capabilities: Vec<FakeCap>, log: &Log) -> Banger {
+pub(super) fn booting(capabilities: Vec<FakeCap>, log: &Log) -> Banger {
     booting_with(capabilities, log, Arc::new(true.into()))
 }
 
@@ -236,14 +300,14 @@ fn tempfile_dir() -> std::path::PathBuf {
     dir
 }
 
-fn named(name: &str) -> CreateParams {
+pub(super) fn named(name: &str) -> CreateParams {
     CreateParams {
         name: Some(name.into()),
         ..Default::default()
     }
 }
 
-fn events(log: &Log) -> Vec<String> {
+pub(super) fn events(log: &Log) -> Vec<String> {
     log.lock().unwrap().clone()
 }
 

@@ -310,6 +310,23 @@ impl AgentClient {
         Ok(out)
     }
 
+    /// Gives a restored guest its own identity; returns once applied.
+    pub async fn identity(
+        &self,
+        identity: banger_proto::agent::Identity,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
+        let mut replies = self.send(Op::Identity(identity))?;
+        match tokio::time::timeout(timeout, replies.next())
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))??
+        {
+            ReplyBody::Ok => Ok(()),
+            ReplyBody::Error { message } => Err(AgentError::Refused(message)),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Asks the guest to power off (or reboot); returns once it agreed.
     pub async fn shutdown(&self, reboot: bool, timeout: Duration) -> Result<(), AgentError> {
         let mut replies = self.send(Op::Shutdown { reboot })?;

@@ -163,6 +163,18 @@ impl AgentLink for HostAgentLink {
         result
     }
 
+    async fn identity(
+        &self,
+        handle: &VmmHandle,
+        identity: banger_proto::agent::Identity,
+    ) -> Result<(), AgentLinkError> {
+        let client = self.client(handle).await?;
+        client
+            .identity(identity, Duration::from_secs(30))
+            .await
+            .map_err(failed)
+    }
+
     async fn exec(
         &self,
         handle: &VmmHandle,

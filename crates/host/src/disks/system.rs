@@ -84,6 +84,9 @@ impl Capability for SystemDisk {
             return Ok(());
         }
         std::fs::create_dir_all(&ctx.vm_dir).map_err(err)?;
+        if let Some(snapshot) = &ctx.restore_from {
+            return from_snapshot(&snapshot.join(SYSTEM_DISK), &disk).await;
+        }
         let tree = ctx.vm_dir.join(".system-tree");
         let _ = std::fs::remove_dir_all(&tree);
         write_tree(&tree, config).map_err(err)?;
@@ -112,4 +115,29 @@ impl Capability for SystemDisk {
     async fn remove(&self, ctx: &VmContext) {
         let _ = std::fs::remove_file(path(ctx));
     }
+
+    async fn save(&self, ctx: &VmContext, dir: &std::path::Path) -> Result<(), CapabilityError> {
+        super::copy::sparse_copy_async(&path(ctx), &dir.join(SYSTEM_DISK))
+            .await
+            .map_err(err)
+    }
+}
+
+/// The disk of a VM restored from a snapshot: a copy of the snapshot's,
+/// published whole.
+pub(crate) async fn from_snapshot(
+    saved: &std::path::Path,
+    disk: &std::path::Path,
+) -> Result<(), CapabilityError> {
+    let failed = |e: &dyn std::fmt::Display| CapabilityError {
+        capability: "disks",
+        message: e.to_string(),
+    };
+    let name = disk.file_name().unwrap_or_default().to_string_lossy();
+    let partial = disk.with_file_name(format!(".{name}.partial"));
+    let _ = std::fs::remove_file(&partial);
+    super::copy::sparse_copy_async(saved, &partial)
+        .await
+        .map_err(|e| failed(&e))?;
+    crate::durable::publish(&partial, disk).map_err(|e| failed(&e))
 }

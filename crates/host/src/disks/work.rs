@@ -50,6 +50,9 @@ impl Capability for WorkDisk {
             message: e.to_string(),
         };
         std::fs::create_dir_all(&ctx.vm_dir).map_err(|e| err(&e))?;
+        if let Some(snapshot) = &ctx.restore_from {
+            return super::system::from_snapshot(&snapshot.join(WORK_DISK), &disk).await;
+        }
         let partial = ctx.vm_dir.join(".root.ext4.partial");
         let size = ctx.vm.spec.work_disk_bytes;
         match &ctx.image.work_seed_path {
@@ -72,6 +75,15 @@ impl Capability for WorkDisk {
 
     async fn remove(&self, ctx: &VmContext) {
         let _ = std::fs::remove_file(disk_path(ctx));
+    }
+
+    async fn save(&self, ctx: &VmContext, dir: &std::path::Path) -> Result<(), CapabilityError> {
+        super::copy::sparse_copy_async(&disk_path(ctx), &dir.join(WORK_DISK))
+            .await
+            .map_err(|e| CapabilityError {
+                capability: "work disk",
+                message: e.to_string(),
+            })
     }
 }
 

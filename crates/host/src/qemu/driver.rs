@@ -5,8 +5,15 @@
 //! `serial.log`, and waits for QMP to answer `running`. Stop asks ACPI
 //! (`system_powerdown`), waits, then kills; status and re-adoption go by
 //! pid + start time, then QMP.
+//!
+//! Snapshots are QEMU's migration to and from a file the daemon opens and
+//! hands over QMP (`getfd`, `fd:`): the sandboxed QEMU, another user,
+//! neither opens it nor spawns a helper. A saved machine whose memory is
+//! a file (a template) leaves its pages out (`x-ignore-shared`); a QEMU
+//! restoring it maps that file copy-on-write.
 
 use std::fs::OpenOptions;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -15,12 +22,16 @@ use async_trait::async_trait;
 use banger_core::vmm::{MachineSpec, Vmm, VmmError, VmmHandle, VmmStatus};
 use nix::sys::signal::Signal;
 
-use super::plan::{qemu_args, QemuConfig, QMP_SOCKET};
+use super::plan::{qemu_args, restore_args, QemuConfig, QMP_SOCKET};
 use super::qmp::Qmp;
 use crate::process;
 
 const LOG_TAIL_LINES: usize = 12;
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The name a snapshot's file descriptor goes by inside QEMU.
+const STATE_FD: &str = "banger-state";
+/// How long a save or a restore may take (memory streams at disk speed).
+const MIGRATION_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct QemuDriver {
@@ -78,31 +89,13 @@ impl QemuDriver {
         }
     }
 
-    async fn kill_and_clean(&self, handle: &VmmHandle) {
-        process::signal(handle.pid, handle.start_ticks, Signal::SIGKILL);
-        process::wait_gone(handle.pid, handle.start_ticks, Duration::from_secs(5)).await;
-        remove_sockets(handle);
-    }
-}
-
-/// Removes the sockets QEMU leaves behind (never other files).
-fn remove_sockets(handle: &VmmHandle) {
-    use std::os::unix::fs::FileTypeExt;
-    for path in [&handle.control_socket, &handle.agent_socket] {
-        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-#[async_trait]
-impl Vmm for QemuDriver {
-    fn kind(&self) -> &'static str {
-        "qemu"
-    }
-
-    async fn start(&self, spec: &MachineSpec) -> Result<VmmHandle, VmmError> {
-        let args = self.preflight(spec)?;
+    /// Runs QEMU with `args` in its own process group, its output in
+    /// `vmm.log`, a fresh console log; returns once it is spawned.
+    async fn spawn(
+        &self,
+        spec: &MachineSpec,
+        args: &[String],
+    ) -> Result<(VmmHandle, std::path::PathBuf), VmmError> {
         let spawn_err = |e: std::io::Error| VmmError::Spawn(e.to_string());
         std::fs::create_dir_all(&spec.run_dir).map_err(spawn_err)?;
         std::fs::create_dir_all(&spec.vm_dir).map_err(spawn_err)?;
@@ -123,7 +116,7 @@ impl Vmm for QemuDriver {
         // A fresh console log per boot.
         std::fs::write(spec.vm_dir.join("serial.log"), b"").map_err(spawn_err)?;
         let mut child = tokio::process::Command::new(&self.cfg.binary)
-            .args(&args)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(spawn_err)?)
             .stderr(log)
@@ -143,15 +136,121 @@ impl Vmm for QemuDriver {
             start_ticks,
             ..handle_paths
         };
+        Ok((handle, log_path))
+    }
+
+    /// Kills a QEMU that did not come up and says why, with its log.
+    async fn failed_boot(&self, handle: &VmmHandle, log_path: &Path, message: String) -> VmmError {
+        self.kill_and_clean(handle).await;
+        VmmError::Boot {
+            message,
+            log: crate::log_tail::tail(log_path, LOG_TAIL_LINES),
+        }
+    }
+
+    /// Feeds the saved machine in `state` to a QEMU started with
+    /// `-incoming defer`, and waits until it runs.
+    async fn incoming(
+        &self,
+        handle: &VmmHandle,
+        state: &Path,
+        memory_file: bool,
+    ) -> Result<(), String> {
+        let file = std::fs::File::open(state)
+            .map_err(|e| format!("cannot open {}: {e}", state.display()))?;
+        let deadline = Instant::now() + self.qmp_wait;
+        let mut qmp = loop {
+            match Qmp::connect(&handle.control_socket, QMP_TIMEOUT).await {
+                Ok(qmp) => break qmp,
+                Err(err) if Instant::now() > deadline => return Err(err.to_string()),
+                Err(_) if !process::alive(handle.pid, handle.start_ticks) => {
+                    return Err("qemu exited before qmp answered".into())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let text = |e: super::qmp::QmpError| e.to_string();
+        if memory_file {
+            ignore_shared(&mut qmp).await.map_err(text)?;
+        }
+        qmp.send_fd(STATE_FD, file.as_fd()).await.map_err(text)?;
+        drop(file);
+        qmp.execute(
+            "migrate-incoming",
+            Some(serde_json::json!({ "uri": format!("fd:{STATE_FD}") })),
+        )
+        .await
+        .map_err(text)?;
+        drop(qmp);
+        // QEMU reads the whole state before its monitor answers again,
+        // and exits if the state does not fit the machine.
+        let deadline = Instant::now() + MIGRATION_WAIT;
+        loop {
+            if !process::alive(handle.pid, handle.start_ticks) {
+                return Err("qemu exited while restoring the saved machine".into());
+            }
+            if let Ok(mut qmp) = Qmp::connect(&handle.control_socket, MIGRATION_WAIT).await {
+                match qmp.status().await {
+                    Ok(status) if status == "running" => return Ok(()),
+                    Ok(status) if status == "inmigrate" => {}
+                    Ok(status) => return Err(format!("qemu is {status} after restoring")),
+                    Err(_) => {}
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the restore did not end within {MIGRATION_WAIT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn control(&self, handle: &VmmHandle) -> Result<Qmp, VmmError> {
+        Qmp::connect(&handle.control_socket, QMP_TIMEOUT)
+            .await
+            .map_err(|e| VmmError::Control(e.to_string()))
+    }
+
+    async fn kill_and_clean(&self, handle: &VmmHandle) {
+        process::signal(handle.pid, handle.start_ticks, Signal::SIGKILL);
+        process::wait_gone(handle.pid, handle.start_ticks, Duration::from_secs(5)).await;
+        remove_sockets(handle);
+    }
+}
+
+/// Leaves file-backed guest memory out of a migration stream.
+async fn ignore_shared(qmp: &mut Qmp) -> Result<(), super::qmp::QmpError> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(serde_json::json!({
+            "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+        })),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Removes the sockets QEMU leaves behind (never other files).
+fn remove_sockets(handle: &VmmHandle) {
+    use std::os::unix::fs::FileTypeExt;
+    for path in [&handle.control_socket, &handle.agent_socket] {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[async_trait]
+impl Vmm for QemuDriver {
+    fn kind(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn start(&self, spec: &MachineSpec) -> Result<VmmHandle, VmmError> {
+        let args = self.preflight(spec)?;
+        let (handle, log_path) = self.spawn(spec, &args).await?;
         match self.wait_for_qmp(&handle.control_socket, &handle).await {
             Ok(()) => Ok(handle),
-            Err(message) => {
-                self.kill_and_clean(&handle).await;
-                Err(VmmError::Boot {
-                    message,
-                    log: crate::log_tail::tail(&log_path, LOG_TAIL_LINES),
-                })
-            }
+            Err(message) => Err(self.failed_boot(&handle, &log_path, message).await),
         }
     }
 
@@ -188,6 +287,80 @@ impl Vmm for QemuDriver {
 
     fn has_exited(&self, handle: &VmmHandle) -> bool {
         !process::alive(handle.pid, handle.start_ticks)
+    }
+
+    fn can_snapshot(&self) -> bool {
+        true
+    }
+
+    async fn pause(&self, handle: &VmmHandle) -> Result<(), VmmError> {
+        let mut qmp = self.control(handle).await?;
+        qmp.execute("stop", None)
+            .await
+            .map(|_| ())
+            .map_err(|e| VmmError::Control(e.to_string()))
+    }
+
+    async fn resume(&self, handle: &VmmHandle) -> Result<(), VmmError> {
+        let mut qmp = self.control(handle).await?;
+        // Right after a save QEMU may still be finishing the migration
+        // ("not finalized yet"): asked again for a moment.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match qmp.execute("cont", None).await {
+                Ok(_) => return Ok(()),
+                Err(err) if Instant::now() > deadline => {
+                    return Err(VmmError::Control(err.to_string()))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    async fn save(&self, handle: &VmmHandle, state: &Path) -> Result<(), VmmError> {
+        let control = |e: super::qmp::QmpError| VmmError::Control(e.to_string());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(state)
+            .map_err(|e| VmmError::Control(format!("cannot make {}: {e}", state.display())))?;
+        let mut qmp = self.control(handle).await?;
+        // The command line says whether the memory is a file of its own.
+        let memory_file = std::fs::read(format!("/proc/{}/cmdline", handle.pid))
+            .is_ok_and(|c| c.windows(19).any(|w| w == b"memory-backend-file"));
+        if memory_file {
+            ignore_shared(&mut qmp).await.map_err(control)?;
+        }
+        // A paused machine goes in one pass, as fast as the disk takes it.
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": 1u64 << 40 })),
+        )
+        .await
+        .map_err(control)?;
+        qmp.send_fd(STATE_FD, file.as_fd()).await.map_err(control)?;
+        qmp.execute(
+            "migrate",
+            Some(serde_json::json!({ "uri": format!("fd:{STATE_FD}") })),
+        )
+        .await
+        .map_err(control)?;
+        qmp.wait_migration(MIGRATION_WAIT).await.map_err(control)?;
+        file.sync_all()
+            .map_err(|e| VmmError::Control(format!("cannot write {}: {e}", state.display())))
+    }
+
+    async fn restore(&self, spec: &MachineSpec, state: &Path) -> Result<VmmHandle, VmmError> {
+        self.preflight(spec)?;
+        let args = restore_args(spec, &self.cfg).map_err(|e| VmmError::Preflight(e.to_string()))?;
+        let (handle, log_path) = self.spawn(spec, &args).await?;
+        match self
+            .incoming(&handle, state, spec.memory_file.is_some())
+            .await
+        {
+            Ok(()) => Ok(handle),
+            Err(message) => Err(self.failed_boot(&handle, &log_path, message).await),
+        }
     }
 
     async fn status(&self, handle: &VmmHandle) -> VmmStatus {

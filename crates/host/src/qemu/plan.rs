@@ -89,6 +89,14 @@ pub fn kernel_cmdline(spec: &MachineSpec, cfg: &QemuConfig) -> String {
     if let (Accel::Tcg { .. }, Some(khz)) = (&cfg.accel, cfg.tsc_khz) {
         parts.push(format!("tsc_early_khz={khz}"));
     }
+    if let Accel::Tcg { .. } = &cfg.accel {
+        // Kernel memory accounting turns on a static key in the slab
+        // allocator when systemd makes its first memory cgroup; QEMU 7.2's
+        // multi-threaded TCG can leave another vCPU running the unpatched
+        // code of that site forever (both vCPUs in soft lockup). Without
+        // kmem accounting the key is never flipped.
+        parts.push("cgroup.memory=nokmem".to_string());
+    }
     parts.push(format!("banger.agent={}", cfg.agent.cmdline_value()));
     if !spec.cmdline.is_empty() {
         parts.push(spec.cmdline.clone());
@@ -108,10 +116,21 @@ pub fn qemu_args(spec: &MachineSpec, cfg: &QemuConfig) -> Result<Vec<String>, Pl
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &format!("banger-{}", spec.vm_id)]);
-    push(&[
-        "-M",
-        "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on",
-    ]);
+    let machine = "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on";
+    match &spec.memory_file {
+        None => push(&["-M", machine]),
+        Some(memory) => push(&[
+            "-M",
+            &format!("{machine},memory-backend=mem"),
+            "-object",
+            &format!(
+                "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+                spec.memory_mib,
+                escape(&path(&memory.path)),
+                if memory.shared { "on" } else { "off" }
+            ),
+        ]),
+    }
     match &cfg.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg { .. } => push(&[
@@ -202,6 +221,14 @@ pub fn qemu_args(spec: &MachineSpec, cfg: &QemuConfig) -> Result<Vec<String>, Pl
     Ok(args)
 }
 
+/// The command line of a QEMU that waits for a saved machine (given
+/// later over QMP with `migrate-incoming`) instead of booting.
+pub fn restore_args(spec: &MachineSpec, cfg: &QemuConfig) -> Result<Vec<String>, PlanError> {
+    let mut args = qemu_args(spec, cfg)?;
+    args.extend(["-incoming".to_string(), "defer".to_string()]);
+    Ok(args)
+}
+
 /// QEMU option values separate with `,`; a literal comma is doubled.
 fn escape(value: &str) -> String {
     value.replace(',', ",,")
@@ -243,6 +270,7 @@ mod tests {
             },
             vm_dir: "/vms/0123".into(),
             run_dir: "/run/banger/vms/0123".into(),
+            memory_file: None,
         }
     }
 
@@ -271,7 +299,7 @@ mod tests {
             // 2887581698 is 172.29.0.2: its low 16 bits are 2.
             "-runas 1879048194:1879048194 -sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny",
             "-kernel /img/vmlinux -initrd /img/initrd",
-            "-append console=ttyS0 reboot=t panic=-1 cryptomgr.notests tsc_early_khz=2600000 banger.agent=serial banger.root=/dev/vda banger.ip=172.29.0.2/24",
+            "-append console=ttyS0 reboot=t panic=-1 cryptomgr.notests tsc_early_khz=2600000 cgroup.memory=nokmem banger.agent=serial banger.root=/dev/vda banger.ip=172.29.0.2/24",
             "-chardev file,id=console,path=/vms/0123/serial.log,append=on -serial chardev:console",
             "-drive id=rootfs,file=/img/rootfs.ext4,format=raw,if=none,cache=none,aio=threads,discard=unmap,read-only=on -device virtio-blk-device,drive=rootfs",
             "-drive id=work,file=/vms/a,,b/root.ext4,format=raw,if=none,cache=none,aio=threads,discard=unmap -device virtio-blk-device,drive=work",
@@ -307,6 +335,25 @@ mod tests {
             "{args}"
         );
         assert!(args.contains("banger.agent=vsock"), "{args}");
+    }
+
+    #[test]
+    fn memory_files_and_restores() {
+        let mut s = spec();
+        s.memory_file = Some(banger_core::vmm::MemoryFile {
+            path: "/snap/a,b/memory".into(),
+            shared: false,
+        });
+        let args = restore_args(&s, &tcg()).unwrap().join(" ");
+        assert!(
+            args.contains("-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on,memory-backend=mem -object memory-backend-file,id=mem,size=512M,mem-path=/snap/a,,b/memory,share=off"),
+            "{args}"
+        );
+        assert!(args.ends_with(" -incoming defer"), "{args}");
+        s.memory_file.as_mut().unwrap().shared = true;
+        let args = qemu_args(&s, &tcg()).unwrap().join(" ");
+        assert!(args.contains(",share=on"), "{args}");
+        assert!(!args.contains("-incoming"), "{args}");
     }
 
     #[test]

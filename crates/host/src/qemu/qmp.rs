@@ -1,7 +1,12 @@
 //! A QMP client: JSON lines over QEMU's control socket. Connect, read the
 //! greeting, negotiate (`qmp_capabilities`), then `execute` commands,
-//! skipping the asynchronous events QEMU interleaves.
+//! skipping the asynchronous events QEMU interleaves. A file descriptor
+//! goes to QEMU with `getfd` as `SCM_RIGHTS` on the command's own bytes
+//! (how a snapshot's state file reaches a QEMU that runs as another user
+//! in a sandbox that may not open files or spawn processes).
 
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -72,13 +77,43 @@ impl Qmp {
         command: &str,
         arguments: Option<Value>,
     ) -> Result<Value, QmpError> {
-        let mut request = json!({ "execute": command });
-        if let Some(arguments) = arguments {
-            request["arguments"] = arguments;
-        }
-        let mut line = request.to_string();
-        line.push('\n');
+        let line = request_line(command, arguments);
         self.writer.write_all(line.as_bytes()).await?;
+        self.answer(command).await
+    }
+
+    /// `getfd`: hands `fd` to QEMU under `name`, for a later `fd:NAME`.
+    pub async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let line = request_line("getfd", Some(json!({ "fdname": name })));
+        let stream: &UnixStream = self.writer.as_ref();
+        let fds = [fd.as_raw_fd()];
+        let mut sent = 0;
+        while sent < line.len() {
+            stream.writable().await?;
+            let bytes = &line.as_bytes()[sent..];
+            // The descriptor rides on the first byte only.
+            let rights = [ControlMessage::ScmRights(&fds)];
+            let cmsgs: &[ControlMessage] = if sent == 0 { &rights } else { &[] };
+            match stream.try_io(tokio::io::Interest::WRITABLE, || {
+                sendmsg::<()>(
+                    stream.as_raw_fd(),
+                    &[IoSlice::new(bytes)],
+                    cmsgs,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            }) {
+                Ok(n) => sent += n,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        self.answer("getfd").await.map(|_| ())
+    }
+
+    async fn answer(&mut self, command: &str) -> Result<Value, QmpError> {
         loop {
             let message = self.next_message().await?;
             if message.get("event").is_some() {
@@ -97,6 +132,32 @@ impl Qmp {
         }
     }
 
+    /// Waits for a migration (out or in) to end: `completed`, else the
+    /// reason it failed. Polls `query-migrate` until `within` is over.
+    pub async fn wait_migration(&mut self, within: Duration) -> Result<(), QmpError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let info = self.execute("query-migrate", None).await?;
+            match info["status"].as_str() {
+                Some("completed") => return Ok(()),
+                Some("failed") | Some("cancelled") => {
+                    return Err(QmpError::Refused {
+                        command: "migrate".into(),
+                        desc: info["error-desc"]
+                            .as_str()
+                            .unwrap_or("the migration failed")
+                            .into(),
+                    })
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(QmpError::Timeout(within));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `query-status`: QEMU's run state (`running`, `paused`, `shutdown`...).
     pub async fn status(&mut self) -> Result<String, QmpError> {
         let value = self.execute("query-status", None).await?;
@@ -105,4 +166,14 @@ impl Qmp {
             .map(String::from)
             .ok_or_else(|| QmpError::Protocol(value.to_string()))
     }
+}
+
+fn request_line(command: &str, arguments: Option<Value>) -> String {
+    let mut request = json!({ "execute": command });
+    if let Some(arguments) = arguments {
+        request["arguments"] = arguments;
+    }
+    let mut line = request.to_string();
+    line.push('\n');
+    line
 }

@@ -1,0 +1,136 @@
+//! Warm templates: per image, a snapshot of a freshly booted VM whose
+//! agent and sshd are ready, its guest memory a file of its own. A create
+//! of that image and shape restores it instead of booting: the memory
+//! file is mapped copy-on-write, so the restore reads only device state
+//! and every VM from one template shares the pages none of them wrote.
+
+use super::lifecycle::BootFrom;
+use super::{Banger, ServiceError};
+use crate::image::Image;
+use crate::operation::Operation;
+use crate::snapshot::{Snapshot, SnapshotKind, MEMORY_FILE};
+use crate::spec::{CreateParams, VmSpec};
+use crate::vm::new_id;
+
+impl Banger {
+    /// The image's template, when there is one this VMM restores and its
+    /// shape is `spec`'s.
+    pub(super) fn template_for(
+        &self,
+        image: &Image,
+        spec: &VmSpec,
+    ) -> Result<Option<Snapshot>, ServiceError> {
+        let Some(runtime) = &self.runtime else {
+            return Ok(None);
+        };
+        let template = self
+            .store
+            .find_snapshot(&Snapshot::template_name(&image.name))?;
+        Ok(template.filter(|t| {
+            t.kind == SnapshotKind::Template
+                && t.image_id == image.id
+                && t.vmm == runtime.vmm.kind()
+                && t.vcpus == spec.vcpus
+                && t.memory_mib == spec.memory_mib
+                && t.work_disk_bytes == spec.work_disk_bytes
+                && t.system_disk_bytes == spec.system_disk_bytes
+        }))
+    }
+
+    /// Whether a template of the image (by id) is worth making: the
+    /// image exists, this VMM saves VMs, and it has none yet.
+    pub fn template_wanted(&self, image_id: &str) -> bool {
+        let Some(runtime) = &self.runtime else {
+            return false;
+        };
+        let Ok(Some(image)) = self.store.find_image(image_id) else {
+            return false;
+        };
+        runtime.vmm.can_snapshot()
+            && matches!(
+                self.store
+                    .find_snapshot(&Snapshot::template_name(&image.name)),
+                Ok(None)
+            )
+    }
+
+    /// Makes the warm template of an image in the default shape (and
+    /// replaces an older one): boots a VM with its memory in a file,
+    /// waits until it is ready, saves it, and removes that VM.
+    pub async fn warm_image(&self, image: &str) -> Result<Snapshot, ServiceError> {
+        let runtime = self.snapshot_runtime()?;
+        let image = self
+            .resolver
+            .resolve_watched(image, &crate::progress::NoProgress)
+            .await?;
+        let request = CreateParams {
+            name: Some(format!("warm-{}", &new_id()[..6])),
+            image: Some(image.id.clone()),
+            no_start: true,
+            ..Default::default()
+        }
+        .validate(&self.settings.defaults)?;
+        let mut vm = self.reserve(&request, &image).await?;
+        let _lock = self.vm_locks.lock(&vm.id).await;
+        let snapshot_id = new_id();
+        let mut op = Operation::begin("image.warm");
+        let made = async {
+            let staging = self.staging(&snapshot_id)?;
+            let memory = staging.path.join(MEMORY_FILE);
+            self.boot_from(&mut vm, &image, &mut op, &BootFrom::ColdIntoMemory(memory))
+                .await?;
+            self.save_machine(&runtime, &vm, &image, &staging.path, false)
+                .await
+                .map_err(|message| ServiceError::Snapshot {
+                    message: format!("cannot save the template of {}: {message}", image.name),
+                })?;
+            Ok::<_, ServiceError>(staging)
+        }
+        .await;
+        // The template's VM goes whatever happened: killed (it is paused
+        // on a memory file that must stay as saved), removed, forgotten.
+        if let Some(handle) = vm.handle.clone() {
+            let _ = runtime.vmm.kill(&handle).await;
+        }
+        let removed = match self.dispose(&mut vm).await {
+            Ok(()) => self.store.delete_vm(&vm.id).map_err(ServiceError::from),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = removed {
+            tracing::warn!(vm = %vm.name, error = %err, "the template's vm remains");
+        }
+        self.vm_locks.forget(&vm.id);
+        let mut staging = match made {
+            Ok(staging) => staging,
+            Err(err) => {
+                op.finish(Err(&err));
+                return Err(err);
+            }
+        };
+        let name = Snapshot::template_name(&image.name);
+        if let Some(old) = self.store.find_snapshot(&name)? {
+            self.delete_snapshot(&old.id).await?;
+        }
+        let snapshot = Snapshot {
+            id: snapshot_id,
+            name,
+            kind: SnapshotKind::Template,
+            source_vm: None,
+            image_id: image.id.clone(),
+            image_name: image.name.clone(),
+            vmm: runtime.vmm.kind().to_string(),
+            vcpus: request.spec.vcpus,
+            memory_mib: request.spec.memory_mib,
+            work_disk_bytes: request.spec.work_disk_bytes,
+            system_disk_bytes: request.spec.system_disk_bytes,
+            nat: false,
+            memory_file: true,
+            disk_bytes: super::snapshots::disk_use(&staging.path),
+            created_at_ms: self.clock.now_ms().max(0) as u64,
+        };
+        self.publish_snapshot(&snapshot, &mut staging)?;
+        op.finish(Ok(()));
+        tracing::info!(image = %image.name, "warm template made");
+        Ok(snapshot)
+    }
+}
