@@ -50,8 +50,13 @@ pub async fn start(config: Config) -> Result<Running> {
     }
     // The daemon runs with umask 077 (`main`): what it and its VMMs make
     // is its own. The state directory only lets others through to
-    // banger's known_hosts (`ssh/`, 0711; the file 0644).
-    for dir in [config.state_dir.clone(), config.state_dir.join("ssh")] {
+    // banger's known_hosts (`ssh/`, 0711; the file 0644) and each VM's
+    // QEMU, running as the VM's own user, to its own disks (`vms/`).
+    for dir in [
+        config.state_dir.clone(),
+        config.state_dir.join("ssh"),
+        config.state_dir.join("vms"),
+    ] {
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
     }

@@ -58,6 +58,18 @@ fn stages(vm: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Every VM's `vmm.log`, for failure messages.
+fn vmm_logs(root: &std::path::Path) -> String {
+    let mut text = String::new();
+    if let Ok(dirs) = std::fs::read_dir(root.join("var/lib/banger/vms")) {
+        for dir in dirs.flatten() {
+            let log = std::fs::read_to_string(dir.path().join("vmm.log")).unwrap_or_default();
+            text.push_str(&format!("{}: {log}\n", dir.file_name().to_string_lossy()));
+        }
+    }
+    text
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -85,6 +97,16 @@ async fn snapshots_forks_and_templates_make_new_machines() {
     };
     let root = tempfile::tempdir().unwrap();
     let _cleanup = support::Cleanup(root.path().to_path_buf());
+    // As / and /var/lib are: each VM's QEMU, its own user, reaches its
+    // own disks.
+    std::fs::create_dir_all(root.path().join("var/lib")).unwrap();
+    for (dir, mode) in [("", 0o711), ("var", 0o755), ("var/lib", 0o755)] {
+        std::fs::set_permissions(
+            root.path().join(dir),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .unwrap();
+    }
     let etc = root.path().join("etc/banger");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(
@@ -128,7 +150,7 @@ async fn snapshots_forks_and_templates_make_new_machines() {
         Some(json!({"name": "s1"})),
     )
     .await;
-    assert_eq!(status, 201, "{snapshot}");
+    assert_eq!(status, 201, "{snapshot} {}", vmm_logs(root.path()));
     assert_eq!(snapshot["kind"], "user");
     assert_eq!(snapshot["source_vm"], "src");
     let (code, _, err) = support::sh(&socket, "src", "echo after > /root/after.txt").await;
@@ -189,7 +211,7 @@ async fn snapshots_forks_and_templates_make_new_machines() {
         Some(json!({"name": "copy", "from": "s1"})),
     )
     .await;
-    assert_eq!(status, 201, "{copy}");
+    assert_eq!(status, 201, "{copy} {}", vmm_logs(root.path()));
     let stages_of_copy = stages(&copy);
     for stage in ["vmm_restore", "agent_ready", "identity", "ssh_ready"] {
         assert!(
@@ -257,7 +279,7 @@ async fn snapshots_forks_and_templates_make_new_machines() {
         Some(json!({"count": 2, "name": "f"})),
     )
     .await;
-    assert_eq!(status, 201, "{forked}");
+    assert_eq!(status, 201, "{forked} {}", vmm_logs(root.path()));
     let names: Vec<&str> = forked["vms"]
         .as_array()
         .unwrap()

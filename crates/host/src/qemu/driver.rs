@@ -99,6 +99,9 @@ impl QemuDriver {
         let spawn_err = |e: std::io::Error| VmmError::Spawn(e.to_string());
         std::fs::create_dir_all(&spec.run_dir).map_err(spawn_err)?;
         std::fs::create_dir_all(&spec.vm_dir).map_err(spawn_err)?;
+        if let Some(base) = self.cfg.uid_base {
+            own_disks(spec, super::plan::vm_uid(base, spec.agent.vsock_cid)).map_err(spawn_err)?;
+        }
         let handle_paths = VmmHandle {
             kind: "qemu".into(),
             pid: 0,
@@ -193,6 +196,10 @@ impl QemuDriver {
                 match qmp.status().await {
                     Ok(status) if status == "running" => return Ok(()),
                     Ok(status) if status == "inmigrate" => {}
+                    // Saved while paused, it comes back paused: run it.
+                    Ok(status) if status == "paused" => {
+                        qmp.execute("cont", None).await.map_err(text)?;
+                    }
                     Ok(status) => return Err(format!("qemu is {status} after restoring")),
                     Err(_) => {}
                 }
@@ -215,6 +222,19 @@ impl QemuDriver {
         process::wait_gone(handle.pid, handle.start_ticks, Duration::from_secs(5)).await;
         remove_sockets(handle);
     }
+}
+
+/// Gives the VM's own user its writable disks and a way to them: QEMU
+/// opens them as root, but a migration changes their access mode (read
+/// only once saved, read-write once restored) and QEMU then opens them
+/// again by path, as the user it dropped to. Other users still cannot
+/// list the directory or read the files.
+fn own_disks(spec: &MachineSpec, uid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for drive in spec.drives.iter().filter(|d| !d.read_only) {
+        std::os::unix::fs::chown(&drive.path, Some(uid), Some(uid))?;
+    }
+    std::fs::set_permissions(&spec.vm_dir, std::fs::Permissions::from_mode(0o711))
 }
 
 /// Leaves file-backed guest memory out of a migration stream.
