@@ -156,13 +156,14 @@ async fn variant(
 
 /// The floor's init: a few lines that set the address and run sshd.
 const FLOOR_INIT: &str = "#!/bin/sh
-ip addr add 172.29.0.250/24 dev eth0
+ip addr add 172.30.0.250/24 dev eth0
 ip link set eth0 up
 mkdir -p /run/sshd
 exec /usr/sbin/sshd -D
 ";
 
-/// The floor: a bare QEMU command line with a NIC booting the same
+/// The floor: a bare QEMU command line with a NIC (on a bridge of its
+/// own) booting the same
 /// kernel, initramfs and rootfs with `FLOOR_INIT` as the init (no
 /// systemd, no agent, no early services), until sshd's banner.
 async fn floor(image: &Value, dir: &Path, run: usize) -> f64 {
@@ -207,8 +208,13 @@ async fn floor(image: &Value, dir: &Path, run: usize) -> f64 {
             "{args:?}"
         )
     };
+    // A bridge of its own: banger's drops frames from ports it did not pin.
+    let bridge = format!("floorbr{run}");
+    ip(&["link", "add", &bridge, "type", "bridge"]);
+    ip(&["addr", "add", "172.30.0.1/24", "dev", &bridge]);
+    ip(&["link", "set", &bridge, "up"]);
     ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
-    ip(&["link", "set", &tap, "master", "banger0", "up"]);
+    ip(&["link", "set", &tap, "master", &bridge, "up"]);
     let path = |key: &str| PathBuf::from(image[key].as_str().unwrap());
     let spec = MachineSpec {
         vm_id: format!("floor{run}"),
@@ -245,12 +251,13 @@ async fn floor(image: &Value, dir: &Path, run: usize) -> f64 {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_banner("172.29.0.250:22".parse().unwrap(), Duration::from_secs(180))
+    wait_banner("172.30.0.250:22".parse().unwrap(), Duration::from_secs(180))
         .await
         .unwrap();
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     let _ = child.kill().await;
     ip(&["link", "del", &tap]);
+    ip(&["link", "del", &bridge]);
     let _ = std::fs::remove_dir_all(&vm_dir);
     ms
 }
@@ -273,11 +280,25 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
 
     // An image of the same files without a work seed: /root made from scratch.
     let (running, socket) = daemon(root, with_pool.clone()).await;
+    // Register takes files from outside banger's own directories: copies.
+    let files = root.join("noseed-files");
+    std::fs::create_dir_all(&files).unwrap();
+    let copy = |key: &str| {
+        let to = files.join(key);
+        assert!(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(image[key].as_str().unwrap())
+            .arg(&to)
+            .status()
+            .unwrap()
+            .success());
+        to
+    };
     let body = json!({
         "name": "noseed",
-        "kernel": image["vmlinux_path"],
-        "initrd": image["initrd_path"],
-        "rootfs": image["rootfs_path"],
+        "kernel": copy("vmlinux_path"),
+        "initrd": copy("initrd_path"),
+        "rootfs": copy("rootfs_path"),
         "no_work_seed": true,
     })
     .to_string();

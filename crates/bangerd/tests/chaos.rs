@@ -1,5 +1,5 @@
-//! Chaos: lifecycle requests (create, stop, start, rm) against a real
-//! daemon with real VMs, while bangerd or a random VMM is killed with
+//! Chaos: lifecycle requests (create, stop, start, rm, snapshot, fork)
+//! against a real daemon with real VMs, while bangerd or a random VMM is killed with
 //! SIGKILL at a random moment; the daemon is restarted after every kill.
 //! After each restart `verify` must find nothing left over and every
 //! record must match the processes: a VM recorded running has its VMM,
@@ -98,6 +98,7 @@ async fn kills_at_random_moments_leave_records_matching_processes() {
     let mut rng = Rng(seed);
     let root = tempfile::tempdir().unwrap();
     let _cleanup = support::Cleanup(root.path().to_path_buf());
+    support::open_to_vm_users(root.path());
     let etc = root.path().join("etc/banger");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(
@@ -127,7 +128,7 @@ async fn kills_at_random_moments_leave_records_matching_processes() {
             .unwrap()
             .iter()
             .any(|vm| vm["name"] == name.as_str());
-        let (method, path, body) = match (exists, rng.below(4)) {
+        let (method, path, body) = match (exists, rng.below(6)) {
             (false, _) => (
                 "POST",
                 "/v1/vms".to_string(),
@@ -136,6 +137,17 @@ async fn kills_at_random_moments_leave_records_matching_processes() {
             (true, 0) => ("POST", format!("/v1/vms/{name}/start"), None),
             (true, 1) => ("POST", format!("/v1/vms/{name}/stop"), None),
             (true, 2) => ("POST", format!("/v1/vms/{name}/restart"), None),
+            // A kill while the machine is saved (the VM paused) or restored.
+            (true, 3) => (
+                "POST",
+                format!("/v1/vms/{name}/snapshot"),
+                Some("{}".to_string()),
+            ),
+            (true, 4) => (
+                "POST",
+                format!("/v1/vms/{name}/fork"),
+                Some(json!({ "name": format!("{name}-f{cycle}") }).to_string()),
+            ),
             (true, _) => ("DELETE", format!("/v1/vms/{name}?force=true"), None),
         };
         // Most of a create under emulation is the boot: kill within it,
@@ -212,6 +224,13 @@ async fn kills_at_random_moments_leave_records_matching_processes() {
         let id = vm["id"].as_str().unwrap();
         let (status, out) =
             support::call(&socket, "DELETE", &format!("/v1/vms/{id}?force=true"), None).await;
+        assert_eq!(status, 200, "{out}");
+    }
+    let (_, list) = support::call(&socket, "GET", "/v1/snapshots", None).await;
+    for snapshot in list["snapshots"].as_array().unwrap() {
+        let id = snapshot["id"].as_str().unwrap();
+        let (status, out) =
+            support::call(&socket, "DELETE", &format!("/v1/snapshots/{id}"), None).await;
         assert_eq!(status, 200, "{out}");
     }
     let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;

@@ -97,16 +97,7 @@ async fn snapshots_forks_and_templates_make_new_machines() {
     };
     let root = tempfile::tempdir().unwrap();
     let _cleanup = support::Cleanup(root.path().to_path_buf());
-    // As / and /var/lib are: each VM's QEMU, its own user, reaches its
-    // own disks.
-    std::fs::create_dir_all(root.path().join("var/lib")).unwrap();
-    for (dir, mode) in [("", 0o711), ("var", 0o755), ("var/lib", 0o755)] {
-        std::fs::set_permissions(
-            root.path().join(dir),
-            std::os::unix::fs::PermissionsExt::from_mode(mode),
-        )
-        .unwrap();
-    }
+    support::open_to_vm_users(root.path());
     let etc = root.path().join("etc/banger");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(

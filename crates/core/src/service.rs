@@ -358,12 +358,12 @@ impl Banger {
         };
         op.stage("resolve_image");
         // A warm template of the image that fits the shape: restored.
-        let snapshot = match snapshot {
-            Some(snapshot) => Some(snapshot),
+        let (snapshot, template) = match snapshot {
+            Some(snapshot) => (Some(snapshot), false),
             None if !params.cold && !request.no_start => {
-                self.template_for(&image, &request.spec)?
+                (self.template_for(&image, &request.spec)?, true)
             }
-            None => None,
+            None => (None, false),
         };
 
         op.next("reserve_vm");
@@ -379,7 +379,14 @@ impl Banger {
             return Ok(vm);
         }
         let booted = match &snapshot {
-            Some(snapshot) => self.boot_from_snapshot(&mut vm, &image, op, snapshot).await,
+            Some(snapshot) => match self.boot_from_snapshot(&mut vm, &image, op, snapshot).await {
+                // The template went (a newer one, its image's removal)
+                // between the lookup and the restore: a boot then.
+                Err(ServiceError::SnapshotNotFound(_)) if template => {
+                    self.boot(&mut vm, &image, op).await
+                }
+                other => other,
+            },
             None => self.boot(&mut vm, &image, op).await,
         };
         if let Err(err) = booted {

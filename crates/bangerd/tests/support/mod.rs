@@ -342,6 +342,17 @@ pub async fn build_default_image(root: &Path, guest: &Path) {
     running.task.await.unwrap().unwrap();
 }
 
+/// Opens a test root as `/` and `/var/lib` are (0711 and 0755), so each
+/// VM's QEMU, running as the VM's own user, reaches its own disks in the
+/// state directory (a snapshot's save and restore open them again).
+pub fn open_to_vm_users(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(root.join("var/lib")).unwrap();
+    for (dir, mode) in [("", 0o711), ("var", 0o755), ("var/lib", 0o755)] {
+        std::fs::set_permissions(root.join(dir), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
 /// The static guest binary (BANGER_GUEST_BINARY, or scripts/build-guest's
 /// output), or `None` with the reason printed (a failure under CI=true).
 pub fn guest_binary() -> Option<PathBuf> {
