@@ -56,6 +56,16 @@ pub async fn configure(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    assign(&handle, index, (ip, prefix), gateway).await
+}
+
+/// Gives link `index` the address, brings it up, and routes by `gateway`.
+async fn assign(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    (ip, prefix): (Ipv4Addr, u8),
+    gateway: Option<Ipv4Addr>,
+) -> Result<(), NetError> {
     handle
         .address()
         .add(index, IpAddr::V4(ip), prefix)
@@ -69,6 +79,7 @@ pub async fn configure(
             .add()
             .v4()
             .gateway(gw)
+            .replace()
             .execute()
             .await
             .map_err(nl)?;
@@ -126,26 +137,8 @@ pub async fn readdress(
     for message in stale {
         handle.address().del(message).execute().await.map_err(nl)?;
     }
-    handle
-        .address()
-        .add(index, IpAddr::V4(address.0), address.1)
-        .execute()
-        .await
-        .map_err(nl)?;
-    handle.link().set(index).up().execute().await.map_err(nl)?;
-    if let Some(gw) = gateway {
-        // Deleting the address took its routes; the default one comes back.
-        handle
-            .route()
-            .add()
-            .v4()
-            .gateway(gw)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl)?;
-    }
-    Ok(())
+    // Deleting the addresses took their routes; the default one comes back.
+    assign(&handle, index, address, gateway).await
 }
 
 fn parse_mac(text: &str) -> Option<Vec<u8>> {

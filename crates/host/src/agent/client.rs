@@ -316,20 +316,17 @@ impl AgentClient {
         identity: banger_proto::agent::Identity,
         timeout: Duration,
     ) -> Result<(), AgentError> {
-        let mut replies = self.send(Op::Identity(identity))?;
-        match tokio::time::timeout(timeout, replies.next())
-            .await
-            .map_err(|_| AgentError::Timeout(timeout))??
-        {
-            ReplyBody::Ok => Ok(()),
-            ReplyBody::Error { message } => Err(AgentError::Refused(message)),
-            other => Err(AgentError::Unexpected(format!("{other:?}"))),
-        }
+        self.acknowledged(Op::Identity(identity), timeout).await
     }
 
     /// Asks the guest to power off (or reboot); returns once it agreed.
     pub async fn shutdown(&self, reboot: bool, timeout: Duration) -> Result<(), AgentError> {
-        let mut replies = self.send(Op::Shutdown { reboot })?;
+        self.acknowledged(Op::Shutdown { reboot }, timeout).await
+    }
+
+    /// Sends `op`, which the agent answers with one `Ok` (or an error).
+    async fn acknowledged(&self, op: Op, timeout: Duration) -> Result<(), AgentError> {
+        let mut replies = self.send(op)?;
         match tokio::time::timeout(timeout, replies.next())
             .await
             .map_err(|_| AgentError::Timeout(timeout))??

@@ -205,6 +205,7 @@ impl Network {
 
     fn plan(&self) -> NftPlan {
         NftPlan {
+            port_prefixes: vec![self.cfg.vm_prefix.clone(), self.cfg.pool_prefix.clone()],
             table: self.cfg.table.clone(),
             bridge: self.cfg.bridge.clone(),
             gateway: self.cfg.gateway,

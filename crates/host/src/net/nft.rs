@@ -17,8 +17,9 @@
 //! And a `bridge` table of the same name, where frames cross the bridge:
 //! each VM's device is pinned to the VM's MAC and address (ethernet
 //! source, ARP sender and IPv4 source must all be the VM's); any other
-//! frame from a port is dropped, so a guest cannot speak as another
-//! guest, poison ARP, or get out through another guest's NAT.
+//! frame from a port of banger's bridge is dropped, so a guest cannot
+//! speak as another guest, poison ARP, or get out through another guest's
+//! NAT. Other bridges of the host (docker's, libvirt's) are left alone.
 
 use std::net::Ipv4Addr;
 use std::process::Stdio;
@@ -48,6 +49,9 @@ pub struct NftPlan {
     pub pins: Vec<Pin>,
     /// Link-local addresses guests may reach anyway.
     pub link_local_allow: Vec<ipnet::Ipv4Net>,
+    /// Name prefixes of banger's bridge ports (`bg-`, `tap-pool-`): their
+    /// unpinned frames are dropped, other bridges' are not touched.
+    pub port_prefixes: Vec<String>,
 }
 
 /// A bridge port and who may speak through it.
@@ -138,14 +142,15 @@ pub fn ruleset(plan: &NftPlan) -> String {
         out.push_str("  }\n");
     }
     out.push_str("}\n");
-    out.push_str(&pins(table, &plan.pins));
+    out.push_str(&pins(table, &plan.port_prefixes, &plan.pins));
     out
 }
 
-/// The bridge table: frames from a port pass only with its VM's MAC and
-/// address; everything else from any port (an idle device, a spoofer,
-/// IPv6, which banger does not give guests) is dropped.
-fn pins(table: &str, pins: &[Pin]) -> String {
+/// The bridge table: frames from a port of banger's (by its name's
+/// prefix; this kernel may lack `meta ibrname`) pass only with its VM's
+/// MAC and address; everything else from those ports (an idle device, a
+/// spoofer, IPv6, which banger does not give guests) is dropped.
+fn pins(table: &str, prefixes: &[String], pins: &[Pin]) -> String {
     let mut pins = pins.to_vec();
     pins.sort();
     let mut out = format!("table bridge {table} {{}}\ndelete table bridge {table}\n");
@@ -161,7 +166,10 @@ fn pins(table: &str, pins: &[Pin]) -> String {
             "    iifname \"{ifname}\" ether saddr {mac} ip saddr {ip} accept\n"
         ));
     }
-    out.push_str("    drop\n  }\n}\n");
+    for prefix in prefixes {
+        out.push_str(&format!("    iifname \"{prefix}*\" drop\n"));
+    }
+    out.push_str("  }\n}\n");
     out
 }
 
@@ -279,6 +287,7 @@ mod tests {
                 ip: "172.29.0.3".parse().unwrap(),
             }],
             link_local_allow: vec![],
+            port_prefixes: vec!["bg-".into(), "tap-pool-".into()],
         }
     }
 
@@ -319,7 +328,8 @@ mod tests {
              \x20   type filter hook prerouting priority filter; policy accept;\n\
              \x20   iifname \"bg-0123\" ether saddr 06:00:ac:1d:00:03 arp htype 1 arp ptype ip arp saddr ether 06:00:ac:1d:00:03 arp saddr ip 172.29.0.3 accept\n\
              \x20   iifname \"bg-0123\" ether saddr 06:00:ac:1d:00:03 ip saddr 172.29.0.3 accept\n\
-             \x20   drop\n\
+             \x20   iifname \"bg-*\" drop\n\
+             \x20   iifname \"tap-pool-*\" drop\n\
              \x20 }\n\
              }\n"
         );
