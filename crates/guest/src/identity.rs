@@ -2,9 +2,12 @@
 //! (`Op::Identity`): the wall clock from the host, fresh entropy mixed
 //! into the kernel's pool and the pool reseeded, a new machine-id, the
 //! VM's guest config files (hostname, hosts, resolver, SSH host keys)
-//! written over the snapshot's, the hostname, the NIC's MAC and address,
-//! and sshd told to read its new host key. Files go under `root` so
-//! tests can look at them; the rest touches the kernel only when `live`.
+//! written over the snapshot's, the hostname, and the NIC's MAC and
+//! address. sshd is left running: OpenSSH re-executes itself for every
+//! connection and reads the host key then, so the next connection gets
+//! the new one (a restart would cost most of a warm create). Files go
+//! under `root` so tests can look at them; the rest touches the kernel
+//! only when `live`.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -100,7 +103,6 @@ pub async fn apply(identity: &Identity, target: &Target) -> Result<(), IdentityE
     if let Some(address) = boot.ip {
         crate::netconfig::readdress("eth0", identity.mac.as_deref(), address, boot.gateway).await?;
     }
-    reload_sshd(&target.root);
     Ok(())
 }
 
@@ -199,19 +201,6 @@ fn reseed(entropy: &[u8]) -> Result<(), IdentityError> {
     kernel("RNDRESEEDCRNG", unsafe {
         nix::libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG)
     })
-}
-
-/// sshd reads its host keys when it starts; SIGHUP makes it start again.
-fn reload_sshd(root: &Path) {
-    let Ok(text) = std::fs::read_to_string(root.join("run/sshd.pid")) else {
-        return;
-    };
-    if let Ok(pid) = text.trim().parse::<i32>() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        );
-    }
 }
 
 #[cfg(test)]
