@@ -191,7 +191,13 @@ async fn guests_resolve_each_other_and_nat_decides_who_gets_out() {
     );
 
     // Names resolve between guests, and guests reach each other (b's sshd).
-    let (code, out) = sh(&socket, "a", "getent hosts b.vm").await;
+    // Retried like the port below: a lookup under emulation may time out.
+    let (code, out) = sh(
+        &socket,
+        "a",
+        "for i in $(seq 1 20); do getent hosts b.vm && exit 0; sleep 0.5; done; exit 2",
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with(&b_ip), "{out}");
     let reach = "for i in $(seq 1 100); do timeout 2 bash -c 'echo > /dev/tcp/b.vm/22' 2>/dev/null && exit 0; sleep 0.3; done; exit 1";
