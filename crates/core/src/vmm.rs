@@ -137,9 +137,15 @@ pub trait Vmm: Send + Sync {
         Err(self.no_snapshots())
     }
 
-    /// Writes a paused machine's state (devices, and its memory unless
-    /// that lives in a `MemoryFile`) to the new file `state`.
-    async fn save(&self, _handle: &VmmHandle, _state: &std::path::Path) -> Result<(), VmmError> {
+    /// Writes a paused machine's state to the new file `state`: devices,
+    /// and its memory unless `memory_file` (it runs on a shared
+    /// `MemoryFile`, which holds the memory itself).
+    async fn save(
+        &self,
+        _handle: &VmmHandle,
+        _state: &std::path::Path,
+        _memory_file: bool,
+    ) -> Result<(), VmmError> {
         Err(self.no_snapshots())
     }
 

@@ -70,15 +70,15 @@ pub async fn delete_image(
 ) -> Result<Json<Image>, HttpError> {
     // Its warm template goes with it: the record in the same step, the
     // files once the image is gone.
+    let id = state.images.find(&image).map_err(image_error)?.id;
     let templates: Vec<String> = state
         .banger
         .list_snapshots()?
         .into_iter()
-        .filter(|s| s.kind == banger_core::snapshot::SnapshotKind::Template)
-        .filter(|s| s.image_id == image || s.image_name == image)
+        .filter(|s| s.kind == banger_core::snapshot::SnapshotKind::Template && s.image_id == id)
         .map(|s| s.id)
         .collect();
-    let image = state.images.delete(&image).await.map_err(image_error)?;
+    let image = state.images.delete(&id).await.map_err(image_error)?;
     if let Err(err) = state.banger.remove_snapshot_files(&templates) {
         tracing::warn!(error = %err, "snapshot files remain; they go at the next daemon start");
     }

@@ -648,14 +648,18 @@ impl Banger {
         }
         let _lock = self.vm_locks.lock(&vm.id).await;
         let mut vm = self.find_vm(&vm.id)?;
-        if let (Some(handle), VmState::Running) = (&vm.handle, vm.state) {
-            // A daemon killed mid-snapshot left its VM paused: it runs on.
-            let _ = runtime.vmm.resume(handle).await;
-        }
-        let alive = match &vm.handle {
+        let mut alive = match &vm.handle {
             Some(handle) => runtime.vmm.status(handle).await,
             None => VmmStatus::Exited,
         };
+        if let (Some(handle), VmState::Running, VmmStatus::Unresponsive(_)) =
+            (&vm.handle, vm.state, &alive)
+        {
+            // A daemon killed mid-snapshot left its VM paused: it runs on.
+            if runtime.vmm.resume(handle).await.is_ok() {
+                alive = runtime.vmm.status(handle).await;
+            }
+        }
         if alive == VmmStatus::Running && vm.state == VmState::Running {
             if let Ok(image) = self.image_of(&vm) {
                 let ctx = self.context(&vm, &image);

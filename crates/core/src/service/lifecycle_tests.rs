@@ -75,7 +75,12 @@ impl Vmm for FakeVmm {
         push(&self.log, "vmm.resume");
         Ok(())
     }
-    async fn save(&self, _handle: &VmmHandle, state: &std::path::Path) -> Result<(), VmmError> {
+    async fn save(
+        &self,
+        _handle: &VmmHandle,
+        state: &std::path::Path,
+        _memory_file: bool,
+    ) -> Result<(), VmmError> {
         push(&self.log, "vmm.save");
         std::fs::write(state, b"machine").map_err(|e| VmmError::Control(e.to_string()))
     }

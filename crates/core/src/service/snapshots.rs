@@ -168,7 +168,7 @@ impl Banger {
         let image = self.image_of(&vm)?;
         let snapshot_id = new_id();
         let mut staging = self.staging(&snapshot_id)?;
-        self.save_machine(&runtime, &vm, &image, &staging.path, true)
+        self.save_machine(&runtime, &vm, &image, &staging.path, false)
             .await
             .map_err(|message| ServiceError::Runtime {
                 name: vm.name.clone(),
@@ -196,16 +196,17 @@ impl Banger {
         Ok(snapshot)
     }
 
-    /// Pause, copy the VM's files, save the machine; resume after unless
-    /// `resume` is false (a template's VM is killed instead: its memory
-    /// file must stay as saved). The VM is resumed whatever happened.
+    /// Pause, copy the VM's files, save the machine, resume, whatever
+    /// happened. A template's VM (`template`) runs on a shared memory
+    /// file the state leaves out, and is not resumed: it is killed
+    /// instead, so that file stays as saved.
     pub(super) async fn save_machine(
         &self,
         runtime: &Runtime,
         vm: &Vm,
         image: &Image,
         dir: &Path,
-        resume: bool,
+        template: bool,
     ) -> Result<(), String> {
         let handle = vm.handle.clone().ok_or("it has no vmm")?;
         runtime
@@ -220,12 +221,12 @@ impl Banger {
             }
             runtime
                 .vmm
-                .save(&handle, &dir.join(STATE_FILE))
+                .save(&handle, &dir.join(STATE_FILE), template)
                 .await
                 .map_err(|e| e.to_string())
         }
         .await;
-        if resume {
+        if !template {
             if let Err(err) = runtime.vmm.resume(&handle).await {
                 tracing::warn!(vm = %vm.name, error = %err, "cannot resume after a snapshot");
                 if saved.is_ok() {

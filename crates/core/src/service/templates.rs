@@ -79,7 +79,7 @@ impl Banger {
             let memory = staging.path.join(MEMORY_FILE);
             self.boot_from(&mut vm, &image, &mut op, &BootFrom::ColdIntoMemory(memory))
                 .await?;
-            self.save_machine(&runtime, &vm, &image, &staging.path, false)
+            self.save_machine(&runtime, &vm, &image, &staging.path, true)
                 .await
                 .map_err(|message| ServiceError::Snapshot {
                     message: format!("cannot save the template of {}: {message}", image.name),

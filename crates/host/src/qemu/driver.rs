@@ -69,15 +69,22 @@ impl QemuDriver {
         qemu_args(spec, &self.cfg).map_err(|e| bad(e.to_string()))
     }
 
-    async fn wait_for_qmp(&self, qmp: &Path, handle: &VmmHandle) -> Result<(), String> {
+    async fn wait_for_qmp(&self, handle: &VmmHandle) -> Result<(), String> {
+        let mut client = self.connect_when_up(handle).await?;
+        match client.status().await {
+            Ok(status) if status == "running" => Ok(()),
+            Ok(status) => Err(format!("qemu is {status}, not running")),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    /// A QMP connection to a QEMU just spawned, once it answers (within
+    /// `qmp_wait`, and while the process lives).
+    async fn connect_when_up(&self, handle: &VmmHandle) -> Result<Qmp, String> {
         let deadline = Instant::now() + self.qmp_wait;
         loop {
-            if let Ok(mut client) = Qmp::connect(qmp, QMP_TIMEOUT).await {
-                return match client.status().await {
-                    Ok(status) if status == "running" => Ok(()),
-                    Ok(status) => Err(format!("qemu is {status}, not running")),
-                    Err(err) => Err(err.to_string()),
-                };
+            if let Ok(client) = Qmp::connect(&handle.control_socket, QMP_TIMEOUT).await {
+                return Ok(client);
             }
             if !process::alive(handle.pid, handle.start_ticks) {
                 return Err("qemu exited before qmp answered".into());
@@ -161,17 +168,7 @@ impl QemuDriver {
     ) -> Result<(), String> {
         let file = std::fs::File::open(state)
             .map_err(|e| format!("cannot open {}: {e}", state.display()))?;
-        let deadline = Instant::now() + self.qmp_wait;
-        let mut qmp = loop {
-            match Qmp::connect(&handle.control_socket, QMP_TIMEOUT).await {
-                Ok(qmp) => break qmp,
-                Err(err) if Instant::now() > deadline => return Err(err.to_string()),
-                Err(_) if !process::alive(handle.pid, handle.start_ticks) => {
-                    return Err("qemu exited before qmp answered".into())
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
+        let mut qmp = self.connect_when_up(handle).await?;
         let text = |e: super::qmp::QmpError| e.to_string();
         if memory_file {
             ignore_shared(&mut qmp).await.map_err(text)?;
@@ -268,7 +265,7 @@ impl Vmm for QemuDriver {
     async fn start(&self, spec: &MachineSpec) -> Result<VmmHandle, VmmError> {
         let args = self.preflight(spec)?;
         let (handle, log_path) = self.spawn(spec, &args).await?;
-        match self.wait_for_qmp(&handle.control_socket, &handle).await {
+        match self.wait_for_qmp(&handle).await {
             Ok(()) => Ok(handle),
             Err(message) => Err(self.failed_boot(&handle, &log_path, message).await),
         }
@@ -337,7 +334,12 @@ impl Vmm for QemuDriver {
         }
     }
 
-    async fn save(&self, handle: &VmmHandle, state: &Path) -> Result<(), VmmError> {
+    async fn save(
+        &self,
+        handle: &VmmHandle,
+        state: &Path,
+        memory_file: bool,
+    ) -> Result<(), VmmError> {
         let control = |e: super::qmp::QmpError| VmmError::Control(e.to_string());
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -345,9 +347,6 @@ impl Vmm for QemuDriver {
             .open(state)
             .map_err(|e| VmmError::Control(format!("cannot make {}: {e}", state.display())))?;
         let mut qmp = self.control(handle).await?;
-        // The command line says whether the memory is a file of its own.
-        let memory_file = std::fs::read(format!("/proc/{}/cmdline", handle.pid))
-            .is_ok_and(|c| c.windows(19).any(|w| w == b"memory-backend-file"));
         if memory_file {
             ignore_shared(&mut qmp).await.map_err(control)?;
         }
