@@ -137,15 +137,24 @@ pub trait Vmm: Send + Sync {
         Err(self.no_snapshots())
     }
 
+    /// Whether `start` boots a spec's shared `MemoryFile` (so a template
+    /// made that way is saved without its memory in the state).
+    fn boots_into_memory_file(&self) -> bool {
+        false
+    }
+
     /// Writes a paused machine's state to the new file `state`: devices,
-    /// and its memory unless `memory_file` (it runs on a shared
-    /// `MemoryFile`, which holds the memory itself).
+    /// and its memory, either in the state or, for a VMM that keeps memory
+    /// apart, in the new file `memory`. A machine running on a shared
+    /// `MemoryFile` at `memory` (`on_memory_file`) leaves it out: that
+    /// file holds it. Returns whether `memory` holds the machine's memory.
     async fn save(
         &self,
         _handle: &VmmHandle,
         _state: &std::path::Path,
-        _memory_file: bool,
-    ) -> Result<(), VmmError> {
+        _memory: &std::path::Path,
+        _on_memory_file: bool,
+    ) -> Result<bool, VmmError> {
         Err(self.no_snapshots())
     }
 

@@ -14,6 +14,9 @@
 //!   that fails while a request waits aborts the process ("VMM
 //!   disconnected", exit by SIGABRT) and the cause is never logged, one
 //!   that fails with none waiting logs its cause and exits 1;
+//! - snapshots: pause, resume, create of a paused machine, load on a
+//!   fresh process (see the double's module docs); a failed load logs
+//!   its cause and ends the process;
 //! - it exits on SIGTERM and leaves its socket behind.
 
 use std::io::Write;
@@ -182,6 +185,11 @@ async fn main() {
                     // The guest's first console line: serial output only.
                     println!("double guest {id}: booted (nothing really runs)");
                     console_said = true;
+                }
+                if let Some(cause) = double.fatal() {
+                    // A failed snapshot load ends Firecracker after its answer.
+                    log.line("ERROR", &cause);
+                    std::process::exit(1);
                 }
                 if double.stopped() && double.guest() == DoubleGuest::Obeys {
                     log.line("INFO", "Vmm is stopping.");

@@ -305,6 +305,9 @@ async fn the_real_binary_check_passes_against_the_double() {
         "PUT /actions SendCtrlAltDel",
         "exit after SendCtrlAltDel",
         "driver (config file): stop",
+        "snapshot: pause, save, resume",
+        "snapshot: restore as another vm",
+        "snapshot: stop the restored vm",
     ] {
         assert!(names.contains(&expected), "{report}");
     }

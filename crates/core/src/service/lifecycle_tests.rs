@@ -29,6 +29,9 @@ struct FakeVmm {
     log: Log,
     /// What `status` answers: the VMM process lives.
     alive: Arc<std::sync::atomic::AtomicBool>,
+    /// Keeps memory in a file of its own at every save and cannot boot
+    /// into a memory file (as Firecracker); else as QEMU.
+    memory_apart: bool,
 }
 
 #[async_trait]
@@ -79,10 +82,18 @@ impl Vmm for FakeVmm {
         &self,
         _handle: &VmmHandle,
         state: &std::path::Path,
-        _memory_file: bool,
-    ) -> Result<(), VmmError> {
+        memory: &std::path::Path,
+        on_memory_file: bool,
+    ) -> Result<bool, VmmError> {
         push(&self.log, "vmm.save");
-        std::fs::write(state, b"machine").map_err(|e| VmmError::Control(e.to_string()))
+        std::fs::write(state, b"machine").map_err(|e| VmmError::Control(e.to_string()))?;
+        if self.memory_apart {
+            std::fs::write(memory, b"memory").map_err(|e| VmmError::Control(e.to_string()))?;
+        }
+        Ok(on_memory_file || self.memory_apart)
+    }
+    fn boots_into_memory_file(&self) -> bool {
+        !self.memory_apart
     }
     async fn restore(
         &self,
@@ -254,13 +265,19 @@ impl Capability for FakeCap {
 }
 
 pub(super) fn booting(capabilities: Vec<FakeCap>, log: &Log) -> Banger {
-    booting_with(capabilities, log, Arc::new(true.into()))
+    booting_with(capabilities, log, Arc::new(true.into()), false)
+}
+
+/// Over a VMM that keeps memory apart, as Firecracker does.
+pub(super) fn booting_memory_apart(capabilities: Vec<FakeCap>, log: &Log) -> Banger {
+    booting_with(capabilities, log, Arc::new(true.into()), true)
 }
 
 fn booting_with(
     capabilities: Vec<FakeCap>,
     log: &Log,
     alive: Arc<std::sync::atomic::AtomicBool>,
+    memory_apart: bool,
 ) -> Banger {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
     store.upsert_image(&super::tests::image("base")).unwrap();
@@ -285,6 +302,7 @@ fn booting_with(
         vmm: Arc::new(FakeVmm {
             log: log.clone(),
             alive,
+            memory_apart,
         }),
         agents: Arc::new(FakeAgent {
             log: log.clone(),
@@ -505,7 +523,7 @@ async fn a_start_keeps_the_create_stages() {
 async fn reconcile_adopts_the_living_stops_the_dead_and_fails_the_half_booted() {
     let log = Log::default();
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let b = booting_with(vec![FakeCap::new("net", &log)], &log, alive.clone());
+    let b = booting_with(vec![FakeCap::new("net", &log)], &log, alive.clone(), false);
     for name in ["up", "gone", "booting"] {
         b.create_vm(named(name)).await.unwrap();
     }
@@ -546,7 +564,7 @@ async fn reconcile_adopts_the_living_stops_the_dead_and_fails_the_half_booted() 
 async fn a_vmm_that_exits_on_its_own_is_reaped_and_its_vm_stopped() {
     let log = Log::default();
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let b = booting_with(vec![FakeCap::new("net", &log)], &log, alive.clone());
+    let b = booting_with(vec![FakeCap::new("net", &log)], &log, alive.clone(), false);
     b.create_vm(named("web")).await.unwrap();
     assert!(b.reap_exited().await.is_empty(), "a living vmm stays");
     assert_eq!(b.find_vm("web").unwrap().state, VmState::Running);
@@ -569,7 +587,7 @@ async fn a_vmm_that_exits_on_its_own_is_reaped_and_its_vm_stopped() {
 async fn reconcile_handles_each_vm_alone() {
     let log = Log::default();
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let b = booting_with(vec![FakeCap::new("net", &log)], &log, alive.clone());
+    let b = booting_with(vec![FakeCap::new("net", &log)], &log, alive.clone(), false);
     for name in ["broken", "gone"] {
         b.create_vm(named(name)).await.unwrap();
     }

@@ -3,7 +3,7 @@
 //! change nothing, a failed save that leaves nothing, forks, and warm
 //! templates chosen only for the shape they were made in.
 
-use super::lifecycle_tests::{booting, events, named, FakeCap, Log};
+use super::lifecycle_tests::{booting, booting_memory_apart, events, named, FakeCap, Log};
 use super::*;
 use crate::snapshot::SnapshotKind;
 
@@ -237,4 +237,44 @@ async fn a_warm_template_serves_creates_of_its_shape_only() {
     assert_ne!(again.id, template.id);
     assert_eq!(b.list_snapshots().unwrap().len(), 1);
     assert!(!b.snapshot_dir(&template.id).exists());
+}
+
+#[tokio::test]
+async fn a_vmm_that_keeps_memory_apart_saves_it_beside_the_state_and_restores_from_it() {
+    let log = Log::default();
+    let b = booting_memory_apart(vec![disk(&log)], &log);
+    // Its template is a cold boot whose save writes the memory file.
+    let template = b.warm_image("base").await.unwrap();
+    assert!(template.memory_file);
+    assert!(
+        events(&log).contains(&"vmm.start".to_string()),
+        "{:?}",
+        events(&log)
+    );
+    let dir = b.settings().snapshots_dir.join(&template.id);
+    assert!(dir.join(crate::snapshot::MEMORY_FILE).is_file());
+    log.lock().unwrap().clear();
+    b.create_vm(named("warm")).await.unwrap();
+    assert!(
+        events(&log).contains(&"vmm.restore memory_file=Some(false) state=true".to_string()),
+        "{:?}",
+        events(&log)
+    );
+
+    // A user snapshot holds its memory in that file too, and a create
+    // from it maps it.
+    let snapshot = b.snapshot_vm("warm", Some("s1".into())).await.unwrap();
+    assert!(snapshot.memory_file);
+    log.lock().unwrap().clear();
+    b.create_vm(CreateParams {
+        from: Some("s1".into()),
+        ..named("copy")
+    })
+    .await
+    .unwrap();
+    assert!(
+        events(&log).contains(&"vmm.restore memory_file=Some(false) state=true".to_string()),
+        "{:?}",
+        events(&log)
+    );
 }

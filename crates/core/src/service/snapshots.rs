@@ -19,7 +19,7 @@ use super::{Banger, Runtime, ServiceError};
 use crate::capability::GuestConfig;
 use crate::image::Image;
 use crate::operation::Operation;
-use crate::snapshot::{Snapshot, SnapshotKind, STATE_FILE};
+use crate::snapshot::{Snapshot, SnapshotKind, MEMORY_FILE, STATE_FILE};
 use crate::spec::CreateParams;
 use crate::vm::{new_id, Vm, VmState};
 use crate::vmm::MachineSpec;
@@ -168,7 +168,8 @@ impl Banger {
         let image = self.image_of(&vm)?;
         let snapshot_id = new_id();
         let mut staging = self.staging(&snapshot_id)?;
-        self.save_machine(&runtime, &vm, &image, &staging.path, false)
+        let memory_file = self
+            .save_machine(&runtime, &vm, &image, &staging.path, false)
             .await
             .map_err(|message| ServiceError::Runtime {
                 name: vm.name.clone(),
@@ -187,7 +188,7 @@ impl Banger {
             work_disk_bytes: vm.spec.work_disk_bytes,
             system_disk_bytes: vm.spec.system_disk_bytes,
             nat: vm.spec.nat,
-            memory_file: false,
+            memory_file,
             disk_bytes: disk_use(&staging.path),
             created_at_ms: self.clock.now_ms().max(0) as u64,
         };
@@ -197,9 +198,9 @@ impl Banger {
     }
 
     /// Pause, copy the VM's files, save the machine, resume, whatever
-    /// happened. A template's VM (`template`) runs on a shared memory
-    /// file the state leaves out, and is not resumed: it is killed
-    /// instead, so that file stays as saved.
+    /// happened; whether the snapshot's `MEMORY_FILE` holds its memory. A
+    /// template's VM (`template`) is not resumed: it is killed instead, so
+    /// a shared memory file it runs on stays as saved.
     pub(super) async fn save_machine(
         &self,
         runtime: &Runtime,
@@ -207,7 +208,7 @@ impl Banger {
         image: &Image,
         dir: &Path,
         template: bool,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let handle = vm.handle.clone().ok_or("it has no vmm")?;
         runtime
             .vmm
@@ -221,7 +222,12 @@ impl Banger {
             }
             runtime
                 .vmm
-                .save(&handle, &dir.join(STATE_FILE), template)
+                .save(
+                    &handle,
+                    &dir.join(STATE_FILE),
+                    &dir.join(MEMORY_FILE),
+                    template && runtime.vmm.boots_into_memory_file(),
+                )
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -76,15 +76,21 @@ impl Banger {
         let mut op = Operation::begin("image.warm");
         let made = async {
             let staging = self.staging(&snapshot_id)?;
-            let memory = staging.path.join(MEMORY_FILE);
-            self.boot_from(&mut vm, &image, &mut op, &BootFrom::ColdIntoMemory(memory))
-                .await?;
-            self.save_machine(&runtime, &vm, &image, &staging.path, true)
+            // Booted into the file its restores map, where the VMM can;
+            // else the save writes the memory there.
+            let from = if runtime.vmm.boots_into_memory_file() {
+                BootFrom::ColdIntoMemory(staging.path.join(MEMORY_FILE))
+            } else {
+                BootFrom::Cold
+            };
+            self.boot_from(&mut vm, &image, &mut op, &from).await?;
+            let memory_file = self
+                .save_machine(&runtime, &vm, &image, &staging.path, true)
                 .await
                 .map_err(|message| ServiceError::Snapshot {
                     message: format!("cannot save the template of {}: {message}", image.name),
                 })?;
-            Ok::<_, ServiceError>(staging)
+            Ok::<_, ServiceError>((staging, memory_file))
         }
         .await;
         // The template's VM goes whatever happened: killed (it is paused
@@ -100,8 +106,8 @@ impl Banger {
             tracing::warn!(vm = %vm.name, error = %err, "the template's vm remains");
         }
         self.vm_locks.forget(&vm.id);
-        let mut staging = match made {
-            Ok(staging) => staging,
+        let (mut staging, memory_file) = match made {
+            Ok(made) => made,
             Err(err) => {
                 op.finish(Err(&err));
                 return Err(err);
@@ -124,7 +130,7 @@ impl Banger {
             work_disk_bytes: request.spec.work_disk_bytes,
             system_disk_bytes: request.spec.system_disk_bytes,
             nat: false,
-            memory_file: true,
+            memory_file,
             disk_bytes: super::snapshots::disk_use(&staging.path),
             created_at_ms: self.clock.now_ms().max(0) as u64,
         };

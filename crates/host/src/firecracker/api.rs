@@ -137,6 +137,71 @@ pub enum ActionType {
     SendCtrlAltDel,
 }
 
+/// `Vm`: body of `PATCH /vm`, pausing or resuming the vCPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmStateChange {
+    pub state: VmRunState,
+}
+
+/// `Vm.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum VmRunState {
+    Paused,
+    Resumed,
+}
+
+/// `SnapshotCreateParams`: body of `PUT /snapshot/create` (always a full
+/// snapshot: the state and a whole copy of the memory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotCreateParams {
+    pub snapshot_type: SnapshotType,
+    pub snapshot_path: String,
+    pub mem_file_path: String,
+}
+
+/// `SnapshotCreateParams.snapshot_type` (`Diff` is unused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SnapshotType {
+    Full,
+}
+
+/// `SnapshotLoadParams`: body of `PUT /snapshot/load`, with the new VM's
+/// TAP and vsock socket in place of the saved ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotLoadParams {
+    pub snapshot_path: String,
+    pub mem_backend: MemoryBackend,
+    pub resume_vm: bool,
+    pub network_overrides: Vec<NetworkOverride>,
+    pub vsock_override: VsockOverride,
+}
+
+/// `MemoryBackend`: the memory file, mapped copy-on-write (`File`; the
+/// spec's `Uffd` is unused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemoryBackend {
+    pub backend_type: MemoryBackendType,
+    pub backend_path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MemoryBackendType {
+    File,
+}
+
+/// `NetworkOverride`: another TAP for a saved interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
+/// `VsockOverride`: another socket for the saved vsock device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VsockOverride {
+    pub uds_path: String,
+}
+
 /// `InstanceInfo`: what `GET /` answers (the one response body banger reads).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceInfo {
@@ -160,6 +225,7 @@ pub enum InstanceState {
 pub enum Method {
     Get,
     Put,
+    Patch,
 }
 
 impl Method {
@@ -168,6 +234,7 @@ impl Method {
         match self {
             Method::Get => "get",
             Method::Put => "put",
+            Method::Patch => "patch",
         }
     }
 }
@@ -187,6 +254,15 @@ impl FcRequest {
     pub fn put(path: impl Into<String>, body: &impl Serialize) -> FcRequest {
         FcRequest {
             method: Method::Put,
+            path: path.into(),
+            body: Some(to_json(body)),
+        }
+    }
+
+    /// `PATCH path` with `body` as JSON.
+    pub fn patch(path: impl Into<String>, body: &impl Serialize) -> FcRequest {
+        FcRequest {
+            method: Method::Patch,
             path: path.into(),
             body: Some(to_json(body)),
         }

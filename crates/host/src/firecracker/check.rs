@@ -56,7 +56,95 @@ pub async fn run(setup: &CheckSetup) -> Vec<Step> {
     for mode in [StartMode::Api, StartMode::ConfigFile] {
         driver_lifecycle(setup, &spec, mode, &mut steps).await;
     }
+    snapshot_round_trip(setup, &spec, &mut steps).await;
     steps
+}
+
+/// The driver's snapshot path: start, pause, save, resume, kill, then a
+/// restore of the saved machine as a VM in another directory (its own
+/// disks, the same TAP), its status, its stop.
+async fn snapshot_round_trip(setup: &CheckSetup, spec: &MachineSpec, steps: &mut Vec<Step>) {
+    let driver = FirecrackerDriver::new(setup.firecracker.clone(), setup.accel.clone());
+    let snap = setup.work.join("snapshot");
+    let mut copy = spec.clone();
+    copy.vm_dir = setup.work.join("copy");
+    copy.run_dir = setup.work.join("copy-run");
+    copy.agent.socket = copy.run_dir.join("vsock.sock");
+    copy.memory_file = Some(banger_core::vmm::MemoryFile {
+        path: snap.join("memory"),
+        shared: false,
+    });
+    let prepared = std::fs::create_dir_all(&snap)
+        .and_then(|()| std::fs::create_dir_all(&copy.vm_dir))
+        .and_then(|()| {
+            for drive in copy.drives.iter_mut().filter(|d| !d.read_only) {
+                let own = copy.vm_dir.join(drive.path.file_name().unwrap_or_default());
+                std::fs::copy(&drive.path, &own)?;
+                drive.path = own;
+            }
+            Ok(())
+        });
+    if let Err(err) = prepared {
+        steps.push(step(
+            "snapshot: prepare",
+            Err(err.to_string()),
+            Instant::now(),
+        ));
+        return;
+    }
+    let began = Instant::now();
+    let handle = match driver.start(spec).await {
+        Ok(handle) => handle,
+        Err(err) => {
+            steps.push(step("snapshot: start", Err(err.to_string()), began));
+            return;
+        }
+    };
+    steps.push(step(
+        "snapshot: start",
+        Ok(format!("pid {}", handle.pid)),
+        began,
+    ));
+    let began = Instant::now();
+    let saved = async {
+        driver.pause(&handle).await?;
+        driver
+            .save(&handle, &snap.join("state"), &snap.join("memory"), false)
+            .await?;
+        driver.resume(&handle).await
+    }
+    .await
+    .map(|()| "paused, saved, resumed".to_string())
+    .map_err(|e| e.to_string());
+    let ok = saved.is_ok();
+    steps.push(step("snapshot: pause, save, resume", saved, began));
+    let _ = driver.kill(&handle).await;
+    if !ok {
+        return;
+    }
+    let began = Instant::now();
+    match driver.restore(&copy, &snap.join("state")).await {
+        Ok(restored) => {
+            let status = driver.status(&restored).await;
+            steps.push(step(
+                "snapshot: restore as another vm",
+                Ok(format!("{status:?}")),
+                began,
+            ));
+            let began = Instant::now();
+            let stopped = driver
+                .stop(&restored, Duration::from_secs(10))
+                .await
+                .map(|()| "stopped".to_string())
+                .map_err(|e| e.to_string());
+            steps.push(step("snapshot: stop the restored vm", stopped, began));
+        }
+        Err(err) => steps.push(step(
+            "snapshot: restore as another vm",
+            Err(err.to_string()),
+            began,
+        )),
+    }
 }
 
 fn step(name: &str, result: Result<String, String>, began: Instant) -> Step {

@@ -213,6 +213,7 @@ fn http_request(req: &FcRequest) -> Result<Request<Full<Bytes>>, hyper::http::Er
     let method = match req.method {
         Method::Get => hyper::Method::GET,
         Method::Put => hyper::Method::PUT,
+        Method::Patch => hyper::Method::PATCH,
     };
     let builder = Request::builder()
         .method(method)

@@ -13,6 +13,16 @@
 //! [`DoubleGuest`]): one that obeys Ctrl+Alt+Del, one that ignores it, one
 //! whose boot fails. While it "boots" from a config file every request
 //! waits, as Firecracker's do ([`FirecrackerDouble::spawn_booting`]).
+//!
+//! Snapshots as Firecracker takes them: `PATCH /vm` pauses and resumes a
+//! started machine; `PUT /snapshot/create` only of a paused one, writing
+//! its configuration as the state file and a sparse memory file of the
+//! machine's size; `PUT /snapshot/load` only on a process given nothing
+//! but its logger and metrics, opening the saved disks by their saved
+//! paths (relative ones from its working directory), taking the TAP and
+//! vsock overrides; a failed load is fatal to the process, as in
+//! Firecracker ([`FirecrackerDouble::fatal`]).
+//!
 //! It does NOT boot a VM, open TAP devices or vsock sockets, or write the
 //! metrics file. Never use it outside tests.
 
@@ -41,8 +51,15 @@ pub const PRE_BOOT_FAULT: &str =
     "The requested operation is not supported before starting the microVM.";
 
 /// `PUT` paths Firecracker still accepts once the VM runs (everything else
-/// the double refuses after start; `PATCH` is not modelled).
-const PUT_AFTER_START: &[&str] = &["/actions", "/mmds"];
+/// the double refuses after start; of `PATCH`, only `/vm` is modelled).
+const PUT_AFTER_START: &[&str] = &["/actions", "/mmds", "/snapshot/create"];
+
+/// Firecracker's own message for a load after boot resources were set.
+pub const LOAD_AFTER_CONFIG_FAULT: &str =
+    "Loading a microVM snapshot not allowed after configuring boot-specific resources.";
+
+/// What the double writes as a snapshot's state file.
+const STATE_MARKER: &str = "firecracker-double snapshot";
 
 /// Firecracker's prefix for everything that fails `InstanceStart`.
 pub const START_FAULT_PREFIX: &str = "Start microvm error: ";
@@ -139,6 +156,11 @@ struct Vm {
     /// Jailed: the chroot every path is under, and files are opened with
     /// this process's (dropped) rights when configured.
     root: Option<PathBuf>,
+    paused: bool,
+    /// The guest a loaded snapshot's kernel stood for.
+    restored_guest: Option<DoubleGuest>,
+    /// Why a load failed: the process must end.
+    fatal: Option<String>,
 }
 
 impl FirecrackerDouble {
@@ -213,9 +235,18 @@ impl FirecrackerDouble {
         self.shared.vm().ctrl_alt_del
     }
 
-    /// The guest of the configured kernel (`Obeys` before a boot source).
+    /// Why the process must end (a failed snapshot load), if it must.
+    pub fn fatal(&self) -> Option<String> {
+        self.shared.vm().fatal.clone()
+    }
+
+    /// The guest of the configured kernel (`Obeys` before a boot source),
+    /// or of the loaded snapshot's.
     pub fn guest(&self) -> DoubleGuest {
         let vm = self.shared.vm();
+        if let Some(guest) = vm.restored_guest {
+            return guest;
+        }
         vm.config
             .get("boot-source")
             .and_then(|b| b["kernel_image_path"].as_str())
@@ -403,11 +434,130 @@ impl Vm {
     }
 
     fn instance_state(&self) -> InstanceState {
-        if self.started {
-            InstanceState::Running
-        } else {
-            InstanceState::NotStarted
+        match (self.started, self.paused) {
+            (false, _) => InstanceState::NotStarted,
+            (true, false) => InstanceState::Running,
+            (true, true) => InstanceState::Paused,
         }
+    }
+
+    /// `PUT /snapshot/create` of a paused machine.
+    fn create_snapshot(&mut self, body: &Value) -> Result<Option<Value>, String> {
+        if !self.started {
+            return Err(PRE_BOOT_FAULT.into());
+        }
+        if !self.paused {
+            return Err("Create snapshot error: the microVM is not paused".into());
+        }
+        let state = self.resolve(body["snapshot_path"].as_str().unwrap_or_default());
+        let memory = self.resolve(body["mem_file_path"].as_str().unwrap_or_default());
+        let mib = self
+            .config
+            .get("machine-config")
+            .and_then(|m| m["mem_size_mib"].as_u64());
+        let saved = json!({ STATE_MARKER: 1, "config": Value::Object(self.config.clone()) });
+        let written = std::fs::write(&state, saved.to_string()).and_then(|()| {
+            let file = std::fs::File::create(&memory)?;
+            file.set_len(mib.unwrap_or(128) << 20)
+        });
+        written
+            .map(|()| None)
+            .map_err(|e| format!("Create snapshot error: Cannot write the snapshot files: {e}"))
+    }
+
+    /// `PUT /snapshot/load` on a fresh process; a failure is fatal.
+    fn load_snapshot(&mut self, body: &Value) -> Result<Option<Value>, String> {
+        let configured = self.config.keys().any(|k| k != "logger" && k != "metrics");
+        if self.started || configured {
+            return Err(LOAD_AFTER_CONFIG_FAULT.into());
+        }
+        let loaded = self.load(body);
+        if let Err(err) = &loaded {
+            self.fatal = Some(err.clone());
+        }
+        loaded
+    }
+
+    fn load(&mut self, body: &Value) -> Result<Option<Value>, String> {
+        let fault =
+            |e: String| format!("Load snapshot error: Failed to restore from the snapshot: {e}");
+        let state = self.resolve(body["snapshot_path"].as_str().unwrap_or_default());
+        let text = std::fs::read_to_string(&state)
+            .map_err(|e| fault(format!("{}: {e}", state.display())))?;
+        let saved: Value = serde_json::from_str(&text).map_err(|e| fault(e.to_string()))?;
+        if saved.get(STATE_MARKER).is_none() {
+            return Err(fault("not a snapshot state file".into()));
+        }
+        let memory = body["mem_backend"]["backend_path"]
+            .as_str()
+            .or(body["mem_file_path"].as_str())
+            .map(|p| self.resolve(p))
+            .unwrap_or_default();
+        let mut config = saved["config"].as_object().cloned().unwrap_or_default();
+        let mib = config
+            .get("machine-config")
+            .and_then(|m| m["mem_size_mib"].as_u64())
+            .unwrap_or(128);
+        let size = std::fs::metadata(&memory)
+            .map(|m| m.len())
+            .map_err(|e| fault(format!("{}: {e}", memory.display())))?;
+        if size != mib << 20 {
+            return Err(fault(format!(
+                "the memory file holds {size} bytes, the machine {mib} MiB"
+            )));
+        }
+        for drive in config
+            .get("drives")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let path = drive["path_on_host"].as_str().unwrap_or_default();
+            let write = !drive["is_read_only"].as_bool().unwrap_or(false);
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(self.resolve(path))
+                .map_err(|e| {
+                    fault(format!(
+                        "Unable to open the block device backing file {path}: {e}"
+                    ))
+                })?;
+        }
+        for o in body["network_overrides"].as_array().into_iter().flatten() {
+            let nics = config
+                .get_mut("network-interfaces")
+                .and_then(Value::as_array_mut);
+            let nic = nics
+                .into_iter()
+                .flatten()
+                .find(|n| n["iface_id"] == o["iface_id"])
+                .ok_or_else(|| {
+                    fault(format!(
+                        "no network interface {} to override",
+                        o["iface_id"]
+                    ))
+                })?;
+            nic["host_dev_name"] = o["host_dev_name"].clone();
+        }
+        if let Some(uds) = body["vsock_override"].get("uds_path") {
+            let vsock = config
+                .get_mut("vsock")
+                .ok_or_else(|| fault("no vsock device to override".into()))?;
+            vsock["uds_path"] = uds.clone();
+        }
+        // As `GET /vm/config` shows a restored machine: no boot source.
+        let boot = config.remove("boot-source");
+        self.restored_guest = boot
+            .as_ref()
+            .and_then(|b| b["kernel_image_path"].as_str())
+            .map(|k| DoubleGuest::of_kernel(&self.resolve(k)));
+        for (section, value) in config {
+            self.config.entry(section).or_insert(value);
+        }
+        self.started = true;
+        self.paused = !body["resume_vm"].as_bool().unwrap_or(false);
+        Ok(None)
     }
 
     /// Applies an already spec-valid request: the answer body for a `200`,
@@ -460,6 +610,21 @@ impl Vm {
                     _ => Ok(None),
                 }
             }
+            (Method::Patch, "/vm") if !self.started => Err(PRE_BOOT_FAULT.into()),
+            (Method::Patch, "/vm") => {
+                let body = req.body.clone().unwrap_or(Value::Null);
+                self.paused = body["state"] == "Paused";
+                Ok(None)
+            }
+            (Method::Patch, path) => Err(format!(
+                "patch {path} is not implemented by the test double"
+            )),
+            (Method::Put, "/snapshot/create") => {
+                self.create_snapshot(req.body.as_ref().unwrap_or(&Value::Null))
+            }
+            (Method::Put, "/snapshot/load") => {
+                self.load_snapshot(req.body.as_ref().unwrap_or(&Value::Null))
+            }
             (Method::Put, path) if self.started && !PUT_AFTER_START.contains(&path) => {
                 Err(POST_BOOT_FAULT.into())
             }
@@ -494,6 +659,7 @@ async fn handle(
     let method = match method {
         HttpMethod::GET => Method::Get,
         HttpMethod::PUT => Method::Put,
+        HttpMethod::PATCH => Method::Patch,
         other => {
             return fault(format!(
                 "Invalid request method and/or path: {other} {}.",

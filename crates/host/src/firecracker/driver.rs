@@ -25,12 +25,12 @@ use async_trait::async_trait;
 use banger_core::vmm::{MachineSpec, NicSpec, Vmm, VmmError, VmmHandle, VmmStatus};
 use nix::sys::signal::Signal;
 
-use super::api::InstanceState;
+use super::api::{InstanceState, VmRunState};
 use super::client::{configure_and_start, remove_stale_sockets, FirecrackerClient};
 use super::jail::{self, Jail, JailerConfig};
 use super::plan::{
-    boot_requests, command_line, config_file, stop_request, DriveConfig, FirecrackerBootConfig,
-    VsockConfig, CONFIG_FILE_STARTED,
+    boot_requests, command_line, stop_request, DriveConfig, FirecrackerBootConfig, VsockConfig,
+    CONFIG_FILE_STARTED,
 };
 use crate::accel::Accel;
 use crate::process;
@@ -52,7 +52,7 @@ pub enum StartMode {
 
 #[derive(Debug, Clone)]
 pub struct FirecrackerDriver {
-    binary: PathBuf,
+    pub(super) binary: PathBuf,
     accel: Accel,
     mode: StartMode,
     /// How long Firecracker may take to open its API socket.
@@ -60,7 +60,7 @@ pub struct FirecrackerDriver {
     /// How long a boot from a config file may take.
     pub boot_wait: Duration,
     /// Run each VM's Firecracker under the jailer.
-    jailer: Option<JailerConfig>,
+    pub(super) jailer: Option<JailerConfig>,
 }
 
 /// Where the host lists its network devices.
@@ -92,12 +92,12 @@ impl FirecrackerDriver {
         self
     }
 
-    fn api_socket(spec: &MachineSpec) -> PathBuf {
+    pub(super) fn api_socket(spec: &MachineSpec) -> PathBuf {
         spec.run_dir.join(API_SOCKET)
     }
 
     /// Everything checked before a process exists.
-    fn preflight(&self, spec: &MachineSpec) -> Result<FirecrackerBootConfig, VmmError> {
+    pub(super) fn preflight(&self, spec: &MachineSpec) -> Result<FirecrackerBootConfig, VmmError> {
         let bad = |text: String| VmmError::Preflight(text);
         let mut binaries = vec![("firecracker", &self.binary)];
         binaries.extend(self.jailer.as_ref().map(|j| ("jailer", &j.binary)));
@@ -154,11 +154,19 @@ impl FirecrackerDriver {
         Ok(cfg)
     }
 
-    async fn spawn_and_boot(
+    /// Spawns Firecracker for `spec` (jailed when the jailer is there),
+    /// with `cfg` as it will see it: in its jail, or relative to the VM's
+    /// directory, its working directory, for the VM's own disks (so a
+    /// saved machine finds the disks of whichever VM restores it). With
+    /// `config_file` it configures and starts itself from a file; `links`
+    /// are host files a jailed one must see, under their inner names.
+    pub(super) async fn spawn(
         &self,
         spec: &MachineSpec,
         cfg: &FirecrackerBootConfig,
-    ) -> Result<VmmHandle, VmmError> {
+        config_file: bool,
+        links: &[(&Path, &str)],
+    ) -> Result<Spawned, VmmError> {
         let api = Self::api_socket(spec);
         let spawn_err = |e: std::io::Error| VmmError::Spawn(e.to_string());
         std::fs::create_dir_all(&spec.run_dir).map_err(spawn_err)?;
@@ -186,15 +194,17 @@ impl FirecrackerDriver {
             .map_err(spawn_err)?;
         let planned = |e: super::plan::PlanError| VmmError::Preflight(e.to_string());
         // Jailed, Firecracker sees its files and sockets inside the chroot.
-        let jail = self.jailer.as_ref().map(|jailer| {
-            let jail = Jail::new(jailer, &self.binary, &spec.vm_id, spec.agent.vsock_cid);
-            (jailer, jail)
-        });
+        let jail = self
+            .jailer
+            .as_ref()
+            .map(|jailer| Jail::new(jailer, &self.binary, &spec.vm_id, spec.agent.vsock_cid));
         let (seen, api, agent_socket, config_path) = match &jail {
-            Some((_, jail)) => {
-                let inner = jail
-                    .prepare(cfg)
-                    .map_err(|e| VmmError::Spawn(e.to_string()))?;
+            Some(jail) => {
+                let jailed = |e: jail::JailError| VmmError::Spawn(e.to_string());
+                let inner = jail.prepare(cfg).map_err(jailed)?;
+                for (host, inner) in links {
+                    jail.link_shared(host, inner).map_err(jailed)?;
+                }
                 (
                     inner,
                     jail.host_path(jail::API_SOCKET),
@@ -208,7 +218,7 @@ impl FirecrackerDriver {
             None => {
                 let path = spec.vm_dir.join("firecracker.json");
                 (
-                    cfg.clone(),
+                    relative_disks(cfg, &spec.vm_dir),
                     api,
                     spec.agent.socket.clone(),
                     (path.clone(), path),
@@ -220,14 +230,14 @@ impl FirecrackerDriver {
             None => api.clone(),
         };
         let mut args = command_line(&seen, &inner_api, &spec.vm_id).map_err(planned)?;
-        if self.mode == StartMode::ConfigFile {
-            let json = config_file(&seen).map_err(planned)?;
+        if config_file {
+            let json = super::plan::config_file(&seen).map_err(planned)?;
             std::fs::write(&config_path.0, json.to_string()).map_err(spawn_err)?;
             args.push("--config-file".into());
             args.push(config_path.1.into());
         }
-        let mut command = match &jail {
-            Some((jailer, jail)) => {
+        let mut command = match (&self.jailer, &jail) {
+            (Some(jailer), Some(jail)) => {
                 let mut command = tokio::process::Command::new(&jailer.binary);
                 command.args(jail::command_line(
                     jailer,
@@ -238,9 +248,9 @@ impl FirecrackerDriver {
                 ));
                 command
             }
-            None => {
+            _ => {
                 let mut command = tokio::process::Command::new(&self.binary);
-                command.args(args);
+                command.args(args).current_dir(&spec.vm_dir);
                 command
             }
         };
@@ -261,43 +271,68 @@ impl FirecrackerDriver {
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
-        let handle = VmmHandle {
-            kind: "firecracker".into(),
-            pid,
-            start_ticks,
-            control_socket: api,
-            agent_socket,
-        };
+        Ok(Spawned {
+            handle: VmmHandle {
+                kind: "firecracker".into(),
+                pid,
+                start_ticks,
+                control_socket: api,
+                agent_socket,
+            },
+            seen,
+            log_start,
+        })
+    }
+
+    async fn spawn_and_boot(
+        &self,
+        spec: &MachineSpec,
+        cfg: &FirecrackerBootConfig,
+    ) -> Result<VmmHandle, VmmError> {
+        let config_file = self.mode == StartMode::ConfigFile;
+        let spawned = self.spawn(spec, cfg, config_file, &[]).await?;
+        let handle = spawned.handle;
         let client = FirecrackerClient::new(&handle.control_socket);
         let booted = async {
             match self.mode {
                 StartMode::Api => {
                     self.wait_for_api(&client, &handle).await?;
-                    configure_and_start(&client, &seen)
+                    configure_and_start(&client, &spawned.seen)
                         .await
                         .map_err(|e| e.to_string())
                 }
                 StartMode::ConfigFile => {
-                    self.wait_for_config_boot(&handle, &cfg.log_path, log_start)
+                    self.wait_for_config_boot(&handle, &cfg.log_path, spawned.log_start)
                         .await?;
                     self.confirm_running(&client).await
                 }
             }
         }
         .await;
-        match booted {
+        self.started_or_cleaned(handle, booted, &cfg.log_path).await
+    }
+
+    /// The handle when `outcome` is fine; else the process killed, its
+    /// sockets and jail gone, and the error with the log's tail.
+    pub(super) async fn started_or_cleaned(
+        &self,
+        handle: VmmHandle,
+        outcome: Result<(), String>,
+        log: &Path,
+    ) -> Result<VmmHandle, VmmError> {
+        match outcome {
             Ok(()) => Ok(handle),
             Err(message) => {
                 self.kill_and_clean(&handle).await;
                 Err(VmmError::Boot {
                     message,
-                    log: crate::log_tail::tail(&cfg.log_path, LOG_TAIL_LINES),
+                    log: crate::log_tail::tail(log, LOG_TAIL_LINES),
                 })
             }
         }
     }
 
-    async fn wait_for_api(
+    pub(super) async fn wait_for_api(
         &self,
         client: &FirecrackerClient,
         handle: &VmmHandle,
@@ -352,7 +387,7 @@ impl FirecrackerDriver {
     }
 
     /// Once the log says the machine runs, the API answers at once.
-    async fn confirm_running(&self, client: &FirecrackerClient) -> Result<(), String> {
+    pub(super) async fn confirm_running(&self, client: &FirecrackerClient) -> Result<(), String> {
         let info = client.describe().await.map_err(|e| e.to_string())?;
         if info.state == InstanceState::Running {
             Ok(())
@@ -364,7 +399,7 @@ impl FirecrackerDriver {
         }
     }
 
-    async fn kill_and_clean(&self, handle: &VmmHandle) {
+    pub(super) async fn kill_and_clean(&self, handle: &VmmHandle) {
         process::signal(handle.pid, handle.start_ticks, Signal::SIGKILL);
         process::wait_gone(handle.pid, handle.start_ticks, Duration::from_secs(5)).await;
         let _ = remove_stale_sockets(&handle.control_socket, &handle.agent_socket);
@@ -405,6 +440,26 @@ pub fn boot_config(spec: &MachineSpec, nic: &NicSpec) -> FirecrackerBootConfig {
         log_path: spec.vm_dir.join("vmm.log"),
         metrics_path: spec.vm_dir.join("metrics.json"),
     }
+}
+
+/// A spawned Firecracker: its handle, the configuration as it sees it,
+/// and where this boot's part of its log starts.
+pub(super) struct Spawned {
+    pub handle: VmmHandle,
+    pub seen: FirecrackerBootConfig,
+    pub log_start: u64,
+}
+
+/// `cfg` with the VM's own disks (those in `vm_dir`, Firecracker's
+/// working directory) named relative to it.
+pub fn relative_disks(cfg: &FirecrackerBootConfig, vm_dir: &Path) -> FirecrackerBootConfig {
+    let mut seen = cfg.clone();
+    for drive in &mut seen.drives {
+        if let Ok(inside) = drive.path.strip_prefix(vm_dir) {
+            drive.path = inside.to_path_buf();
+        }
+    }
+    seen
 }
 
 /// Reads what a log file gained since the last look, at most 64 KiB a
@@ -519,6 +574,34 @@ impl Vmm for FirecrackerDriver {
 
     fn has_exited(&self, handle: &VmmHandle) -> bool {
         !process::alive(handle.pid, handle.start_ticks)
+    }
+
+    fn can_snapshot(&self) -> bool {
+        true
+    }
+
+    async fn pause(&self, handle: &VmmHandle) -> Result<(), VmmError> {
+        self.set_run_state(handle, VmRunState::Paused).await
+    }
+
+    async fn resume(&self, handle: &VmmHandle) -> Result<(), VmmError> {
+        self.set_run_state(handle, VmRunState::Resumed).await
+    }
+
+    /// Firecracker always writes the memory into a file of its own.
+    async fn save(
+        &self,
+        handle: &VmmHandle,
+        state: &Path,
+        memory: &Path,
+        _on_memory_file: bool,
+    ) -> Result<bool, VmmError> {
+        self.save_snapshot(handle, state, memory).await?;
+        Ok(true)
+    }
+
+    async fn restore(&self, spec: &MachineSpec, state: &Path) -> Result<VmmHandle, VmmError> {
+        self.restore_snapshot(spec, state).await
     }
 
     async fn status(&self, handle: &VmmHandle) -> VmmStatus {

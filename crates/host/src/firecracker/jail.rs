@@ -56,6 +56,9 @@ pub struct Jail {
 pub const API_SOCKET: &str = "/api.sock";
 pub const VSOCK_SOCKET: &str = "/vsock.sock";
 pub const CONFIG_FILE: &str = "/firecracker.json";
+/// A saved machine's state and memory, while they are written or read.
+pub const SNAPSHOT_STATE: &str = "/snapshot.state";
+pub const SNAPSHOT_MEMORY: &str = "/snapshot.memory";
 
 impl Jail {
     /// The jail of VM `vm_id` whose agent CID is `vsock_cid`, for the
@@ -139,6 +142,33 @@ impl Jail {
             uds_path: VSOCK_SOCKET.into(),
         };
         Ok(inner)
+    }
+
+    /// Puts a saved machine's file into a prepared chroot, read-only and
+    /// readable through the link (a template's memory serves many jails).
+    pub fn link_shared(&self, host: &Path, inner: &str) -> Result<(), JailError> {
+        let base = self
+            .dir
+            .metadata()
+            .map_err(|source| JailError::Io {
+                path: self.dir.display().to_string(),
+                source,
+            })?
+            .dev();
+        self.link(host, inner, base, None)
+    }
+
+    /// Moves a file Firecracker wrote in the chroot to `host`, root's and
+    /// 0644, so no VM's user keeps a hand on it.
+    pub fn take_out(&self, inner: &str, host: &Path) -> Result<(), JailError> {
+        let from = self.host_path(inner);
+        let failed = |source| JailError::Io {
+            path: from.display().to_string(),
+            source,
+        };
+        std::os::unix::fs::chown(&from, Some(0), Some(0)).map_err(failed)?;
+        std::fs::set_permissions(&from, std::fs::Permissions::from_mode(0o644)).map_err(failed)?;
+        std::fs::rename(&from, host).map_err(failed)
     }
 
     fn link(

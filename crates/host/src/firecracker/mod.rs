@@ -5,9 +5,10 @@
 //! it (`spec`), the HTTP-over-unix-socket client (`client`), and a TEST
 //! DOUBLE of Firecracker's API for tests (`double`, feature `test-double`),
 //! the host end of hybrid vsock (`vsock`), the driver that runs
-//! Firecracker processes behind the `Vmm` trait (`driver`), each in a
-//! jail of its own when the jailer is there (`jail`), and the lifecycle
-//! check against a real binary (`check`).
+//! Firecracker processes behind the `Vmm` trait (`driver`), its pause,
+//! save and restore (`snapshot`), each in a jail of its own when the
+//! jailer is there (`jail`), and the lifecycle check against a real
+//! binary (`check`).
 
 pub mod api;
 pub mod check;
@@ -17,6 +18,7 @@ pub mod double;
 pub mod driver;
 pub mod jail;
 pub mod plan;
+pub mod snapshot;
 pub mod spec;
 pub mod vsock;
 

@@ -1,6 +1,7 @@
-//! What banger asks of Firecracker to boot, stop and inspect a VM, as
-//! data: its command line, the ordered API requests and the equivalent
-//! `--config-file`. Pure; running and sending them is the driver's job.
+//! What banger asks of Firecracker to boot, stop, inspect, pause, save
+//! and restore a VM, as data: its command line, the ordered API requests
+//! and the equivalent `--config-file`. Pure; running and sending them is
+//! the driver's job.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,9 @@ use thiserror::Error;
 
 use super::api::{
     to_json, ActionType, BootSource, Drive, FcRequest, InstanceActionInfo, MachineConfiguration,
-    Metrics, NetworkInterface, Vsock,
+    MemoryBackend, MemoryBackendType, Metrics, NetworkInterface, NetworkOverride,
+    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmRunState, VmStateChange, Vsock,
+    VsockOverride,
 };
 
 /// The single-object sections of a `--config-file` document and the API
@@ -132,6 +135,59 @@ pub fn boot_requests(cfg: &FirecrackerBootConfig) -> Result<Vec<FcRequest>, Plan
 /// handle it). Firecracker exits when the guest reboots.
 pub fn stop_request() -> FcRequest {
     action(ActionType::SendCtrlAltDel)
+}
+
+/// `PATCH /vm`: stops (`Paused`) or restarts the vCPUs.
+pub fn vm_state_request(state: VmRunState) -> FcRequest {
+    FcRequest::patch("/vm", &VmStateChange { state })
+}
+
+/// `PUT /snapshot/create` of a paused machine: its state to `state`, a
+/// full copy of its memory to `memory` (paths as Firecracker sees them).
+pub fn snapshot_create_request(state: &Path, memory: &Path) -> Result<FcRequest, PlanError> {
+    Ok(FcRequest::put(
+        "/snapshot/create",
+        &SnapshotCreateParams {
+            snapshot_type: SnapshotType::Full,
+            snapshot_path: utf8(state)?,
+            mem_file_path: utf8(memory)?,
+        },
+    ))
+}
+
+/// What a fresh Firecracker is sent to take up a saved machine as `cfg`'s
+/// VM: the metrics file (one of the two things it may be given before a
+/// load), then the load, with `cfg`'s TAP and vsock socket in place of
+/// the saved ones, resumed at once. The saved machine's disks are opened
+/// by the paths it was saved with: the driver keeps those the same for
+/// every VM (relative to the VM's directory, or inside its jail).
+pub fn restore_requests(
+    cfg: &FirecrackerBootConfig,
+    state: &Path,
+    memory: &Path,
+) -> Result<Vec<FcRequest>, PlanError> {
+    let b = Bodies::of(cfg)?;
+    Ok(vec![
+        FcRequest::put("/metrics", &b.metrics),
+        FcRequest::put(
+            "/snapshot/load",
+            &SnapshotLoadParams {
+                snapshot_path: utf8(state)?,
+                mem_backend: MemoryBackend {
+                    backend_type: MemoryBackendType::File,
+                    backend_path: utf8(memory)?,
+                },
+                resume_vm: true,
+                network_overrides: vec![NetworkOverride {
+                    iface_id: b.net.iface_id.clone(),
+                    host_dev_name: b.net.host_dev_name.clone(),
+                }],
+                vsock_override: VsockOverride {
+                    uds_path: b.vsock.uds_path.clone(),
+                },
+            },
+        ),
+    ])
 }
 
 /// `GET /`: the instance's id, state and VMM version.

@@ -53,6 +53,35 @@ fn stop_and_describe_match_the_spec() {
 }
 
 #[test]
+fn pause_resume_save_and_restore_match_the_spec() {
+    let spec = ApiSpec::load();
+    let mut requests = vec![
+        plan::vm_state_request(super::api::VmRunState::Paused),
+        plan::vm_state_request(super::api::VmRunState::Resumed),
+        plan::snapshot_create_request("/snap/state".as_ref(), "/snap/memory".as_ref()).unwrap(),
+    ];
+    requests.extend(
+        plan::restore_requests(&sample(), "/snap/state".as_ref(), "/snap/memory".as_ref()).unwrap(),
+    );
+    for req in &requests {
+        assert_eq!(
+            spec.check_request(req),
+            Ok(()),
+            "{} {}",
+            req.method.as_str(),
+            req.path
+        );
+    }
+    let load = &requests[4].body.as_ref().unwrap();
+    assert_eq!(load["network_overrides"][0]["host_dev_name"], "bgtap0");
+    assert_eq!(
+        load["vsock_override"]["uds_path"],
+        "/run/banger/vms/web1/vsock.sock"
+    );
+    assert_eq!(load["mem_backend"]["backend_type"], "File");
+}
+
+#[test]
 fn config_file_matches_full_vm_configuration() {
     let spec = ApiSpec::load();
     let file = plan::config_file(&sample()).unwrap();

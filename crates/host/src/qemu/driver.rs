@@ -334,12 +334,19 @@ impl Vmm for QemuDriver {
         }
     }
 
+    fn boots_into_memory_file(&self) -> bool {
+        true
+    }
+
+    /// The memory goes into the migration stream, unless the machine runs
+    /// on a shared memory file (`x-ignore-shared`).
     async fn save(
         &self,
         handle: &VmmHandle,
         state: &Path,
+        _memory: &Path,
         memory_file: bool,
-    ) -> Result<(), VmmError> {
+    ) -> Result<bool, VmmError> {
         let control = |e: super::qmp::QmpError| VmmError::Control(e.to_string());
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -366,7 +373,8 @@ impl Vmm for QemuDriver {
         .map_err(control)?;
         qmp.wait_migration(MIGRATION_WAIT).await.map_err(control)?;
         file.sync_all()
-            .map_err(|e| VmmError::Control(format!("cannot write {}: {e}", state.display())))
+            .map_err(|e| VmmError::Control(format!("cannot write {}: {e}", state.display())))?;
+        Ok(memory_file)
     }
 
     async fn restore(&self, spec: &MachineSpec, state: &Path) -> Result<VmmHandle, VmmError> {
