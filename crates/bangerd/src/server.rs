@@ -46,7 +46,8 @@ fn oci_pulls(config: &Config) -> Result<banger_host::image::maker::OciPulls> {
 /// Opens the state, binds the socket and starts serving.
 pub async fn start(config: Config) -> Result<Running> {
     for dir in [&config.state_dir, &config.run_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        create_passable(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        warn_if_closed(dir);
     }
     // The daemon runs with umask 077 (`main`): what it and its VMMs make
     // is its own. The state directory only lets others through to
@@ -252,6 +253,44 @@ fn selected_vmm(pref: VmmPreference, state_dir: &std::path::Path) -> String {
 
 /// Binds the API socket. A live daemon on it is an error; a stale socket
 /// file left by a crash is removed.
+/// Creates `dir` and whichever of its ancestors are missing, each 0711
+/// (under the daemon's umask they would be 0700): the VMs' users must
+/// pass through to their disks, group members to the socket.
+fn create_passable(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    for path in missing.into_iter().rev() {
+        match std::fs::create_dir(path) {
+            Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => return Err(err),
+            _ => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))?,
+        }
+    }
+    Ok(())
+}
+
+/// An existing ancestor others may not pass through keeps the VMs'
+/// users from their disks (QEMU reopens them by path to save a machine)
+/// and group members from the socket: said once, at start.
+fn warn_if_closed(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for ancestor in dir.ancestors().skip(1) {
+        let closed = ancestor
+            .metadata()
+            .map(|m| m.permissions().mode() & 0o001 == 0)
+            .unwrap_or(false);
+        if closed {
+            tracing::warn!(
+                dir = %ancestor.display(),
+                "others may not pass through this directory: vm users cannot reach their disks (snapshots fail) and group members cannot reach the socket; chmod o+x it"
+            );
+        }
+    }
+}
+
 async fn bind(socket: &Path, group: &str) -> Result<UnixListener> {
     if socket.exists() {
         if UnixStream::connect(socket).await.is_ok() {
