@@ -9,6 +9,7 @@ use banger_proto::image::{
 };
 use banger_proto::progress::ProgressEvent;
 use banger_proto::rules::HostPath;
+use banger_proto::vm::VmPromoteRequest;
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -69,6 +70,20 @@ pub enum ImageCommand {
         /// [default: the default image's].
         #[arg(long)]
         kernel_from: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a VM an image: its changes as a layer over its image (host
+    /// keys, machine-id and hostname left out), its /root as the work
+    /// seed. A running VM is synced and paused for the copy, then runs on.
+    Promote {
+        /// VM name or id.
+        vm: String,
+        /// Name of the new image.
+        name: String,
+        /// No work seed: VMs of the image start with an empty /root.
+        #[arg(long)]
+        no_work: bool,
         #[arg(long)]
         json: bool,
     },
@@ -263,6 +278,29 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             }
         }
         ImageCommand::Warm { image } => crate::snapshot::warm(client, &image).await?,
+        ImageCommand::Promote {
+            vm,
+            name,
+            no_work,
+            json,
+        } => {
+            let request = VmPromoteRequest {
+                name: checked(name)?,
+                no_work,
+            };
+            let image: Image = client
+                .post(&format!("/v1/vms/{}/promote", path_segment(&vm)), &request)
+                .await?;
+            if json {
+                return output::json(&image);
+            }
+            println!(
+                "promoted {vm} to image {} (over {}); start vms from it with `banger vm create --image {}`",
+                image.name,
+                image.lineage.first().map_or("-", String::as_str),
+                image.name
+            );
+        }
         ImageCommand::Prune => {
             let report: PruneReport = client.post("/v1/images/prune", &()).await?;
             println!(
@@ -347,8 +385,19 @@ fn print_image(image: &Image) {
             image.work_seed_path.clone().unwrap_or_else(none),
         ),
         ("created", image.created_at.clone()),
+        (
+            "lineage",
+            if image.lineage.is_empty() {
+                none()
+            } else {
+                image.lineage.join(" <- ")
+            },
+        ),
     ] {
         println!("{:<15} {value}", format!("{key}:"));
+    }
+    for (i, layer) in image.layer_paths.iter().enumerate() {
+        println!("{:<15} {layer}", format!("layer {i}:"));
     }
     if let Some(oci) = manifest.and_then(|m| m.oci.as_ref()) {
         let words = |v: &[String]| {

@@ -67,6 +67,11 @@ pub struct GuestFile {
     pub mode: u32,
 }
 
+/// A VM's own disks in its directory (and in a snapshot's), by the names
+/// the disk capabilities give them: promote reads them.
+pub const SYSTEM_DISK_FILE: &str = "system.cow";
+pub const WORK_DISK_FILE: &str = "root.ext4";
+
 /// What the guest is told: files for its system disk and `banger.*` keys
 /// for its kernel command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -95,6 +95,8 @@ mod tests {
             work_seed_path: Some("/s".into()),
             manifest: None,
             created_at_ms: 0,
+            parent_id: None,
+            layers: Vec::new(),
         };
         assert_eq!(
             default_image_check("deb", Some(&image), false).status,

@@ -23,6 +23,12 @@ pub struct Image {
     /// records made before manifests existed).
     pub manifest: Option<Manifest>,
     pub created_at_ms: i64,
+    /// A promoted image: the image it stands on (which cannot be removed
+    /// while this one exists).
+    pub parent_id: Option<String>,
+    /// Read-only layers over `rootfs_path`, bottom first: the parent's,
+    /// then its own. Empty for an image that is one rootfs.
+    pub layers: Vec<PathBuf>,
 }
 
 impl Image {
@@ -51,8 +57,15 @@ impl Image {
             id,
             name,
             source,
+            layers: manifest
+                .artifacts
+                .iter()
+                .filter(|a| a.role == ArtifactRole::Layer)
+                .map(|a| dir.join(&a.file))
+                .collect(),
             manifest: Some(manifest),
             created_at_ms,
+            parent_id: None,
         }
     }
 

@@ -71,6 +71,28 @@ pub struct OciSource {
     pub kernel: KernelChoice,
 }
 
+/// A VM promoted to an image over the image it runs: its system disk
+/// and work disk, already copied into the staging directory (as
+/// `layer_file` and, unless none is wanted, `work-seed.ext4`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromoteFiles {
+    /// The VM's name, for the image's origin.
+    pub vm: String,
+    pub parent_id: String,
+    pub parent_name: String,
+    /// The parent's directory and manifest: its artifacts (but its work
+    /// seed) become the new image's by hard link.
+    pub parent_dir: PathBuf,
+    pub parent_manifest: Manifest,
+    /// The new layer's file in staging (`layer-N.ext4`, N the number of
+    /// the parent's layers).
+    pub layer_file: String,
+    /// Guest paths removed from the new layer: what makes a machine
+    /// itself (host keys, machine-id, hostname, banger's per-VM files,
+    /// the random seed). VMs from the image get their own.
+    pub scrub: Vec<String>,
+}
+
 /// What an image is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRequest {
@@ -78,6 +100,7 @@ pub enum ImageRequest {
     Bundle(BundleSource),
     Register(RegisterFiles),
     Oci(OciSource),
+    Promote(PromoteFiles),
 }
 
 impl ImageRequest {
@@ -87,6 +110,15 @@ impl ImageRequest {
             ImageRequest::Build(_) => "build",
             ImageRequest::Bundle(_) | ImageRequest::Oci(_) => "pull",
             ImageRequest::Register(_) => "register",
+            ImageRequest::Promote(_) => "promote",
+        }
+    }
+
+    /// The image a new one stands on, when it does.
+    pub fn parent_id(&self) -> Option<&str> {
+        match self {
+            ImageRequest::Promote(files) => Some(&files.parent_id),
+            _ => None,
         }
     }
 }

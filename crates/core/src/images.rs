@@ -212,13 +212,34 @@ impl Images {
         request: ImageRequest,
         progress: &dyn Progress,
     ) -> Result<Image, ImageError> {
+        self.make_in(name, request, None, progress).await
+    }
+
+    /// A directory for slow work on a new image; removed when dropped
+    /// unless published.
+    pub fn stage(&self, op: &str) -> Result<crate::image_dirs::Staging, ImageError> {
+        Ok(self.dirs.stage(op)?)
+    }
+
+    /// Makes an image from `request` in `staging` (made by `stage`, with
+    /// what the request says is there already) or a fresh directory.
+    pub async fn make_in(
+        &self,
+        name: Option<&str>,
+        request: ImageRequest,
+        staging: Option<crate::image_dirs::Staging>,
+        progress: &dyn Progress,
+    ) -> Result<Image, ImageError> {
         let kind = match request {
             ImageRequest::Build(_) => "image.build",
             ImageRequest::Bundle(_) | ImageRequest::Oci(_) => "image.pull",
             ImageRequest::Register(_) => "image.register",
+            ImageRequest::Promote(_) => "image.promote",
         };
         let mut op = Operation::begin(kind);
-        let result = self.make_phases(&mut op, name, request, progress).await;
+        let result = self
+            .make_phases(&mut op, name, request, staging, progress)
+            .await;
         op.finish(
             result
                 .as_ref()
@@ -233,10 +254,14 @@ impl Images {
         op: &mut Operation,
         name: Option<&str>,
         request: ImageRequest,
+        staging: Option<crate::image_dirs::Staging>,
         progress: &dyn Progress,
     ) -> Result<Image, ImageError> {
         self.precheck(name, &request)?;
-        let staging = self.dirs.stage(request.source())?;
+        let staging = match staging {
+            Some(staging) => staging,
+            None => self.dirs.stage(request.source())?,
+        };
         let manifest = self
             .maker
             .make(name.unwrap_or(""), &request, staging.path(), progress)
@@ -251,7 +276,12 @@ impl Images {
         };
         progress.stage("publish");
         let image = self
-            .publish(&name, request.source(), staging, manifest)
+            .publish(
+                &name,
+                (request.source(), request.parent_id()),
+                staging,
+                manifest,
+            )
             .await?;
         op.stage("publish");
         tracing::info!(image = %image.name, id = %image.id, source = %image.source, "image published");
@@ -332,7 +362,7 @@ impl Images {
         Ok(report)
     }
 
-    fn ensure_free(&self, name: &str) -> Result<(), ImageError> {
+    pub fn ensure_free(&self, name: &str) -> Result<(), ImageError> {
         match self.store.find_image(name)? {
             Some(_) => Err(ImageError::NameTaken(name.to_string())),
             None => Ok(()),
@@ -343,17 +373,21 @@ impl Images {
     async fn publish(
         &self,
         name: &str,
-        source: &str,
+        (source, parent_id): (&str, Option<&str>),
         staging: crate::image_dirs::Staging,
         manifest: Manifest,
     ) -> Result<Image, ImageError> {
         let _lock = self.publish_lock.lock().await;
         // On a lost race `staging` is dropped here, which removes it.
         self.ensure_free(name)?;
+        if let Some(parent) = parent_id {
+            // Removed while the child was made: the child goes too.
+            self.find(parent)?;
+        }
         let id = new_id();
         let dir = self.dirs.image_dir(&id);
         staging.publish(&dir)?;
-        let image = Image::from_manifest(
+        let mut image = Image::from_manifest(
             id,
             name.to_string(),
             source.to_string(),
@@ -361,6 +395,7 @@ impl Images {
             manifest,
             self.clock.now_ms(),
         );
+        image.parent_id = parent_id.map(String::from);
         if let Err(err) = self.store.upsert_image(&image) {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(err.into());
@@ -380,12 +415,20 @@ impl Images {
                 .into_iter()
                 .filter(|s| s.image_id == image.id)
                 .collect();
+            let children: Vec<String> = self
+                .store
+                .list_images()?
+                .into_iter()
+                .filter(|child| child.parent_id.as_deref() == Some(image.id.as_str()))
+                .map(|child| format!("image {}", child.name))
+                .collect();
             let users: Vec<String> = self
                 .store
                 .list_vms()?
                 .into_iter()
                 .filter(|vm| vm.image_id == image.id)
                 .map(|vm| format!("vm {}", vm.name))
+                .chain(children)
                 .chain(
                     snapshots
                         .iter()

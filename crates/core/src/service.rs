@@ -88,6 +88,10 @@ pub enum ServiceError {
     SnapshotShape { snapshot: String, message: String },
     #[error("snapshot: {message}")]
     Snapshot { message: String },
+    #[error("vm {0} has never started: it has no system disk to promote")]
+    NeverStarted(String),
+    #[error("image {image} already has {layers} layers, the most an image may have")]
+    TooManyLayers { image: String, layers: usize },
 }
 
 impl From<StoreError> for ServiceError {
@@ -118,6 +122,8 @@ impl ServiceError {
                 ErrorKind::Unprocessable
             }
             SnapshotNotFound(_) => ErrorKind::NotFound,
+            NeverStarted(_) => ErrorKind::Conflict,
+            TooManyLayers { .. } => ErrorKind::Unprocessable,
             SnapshotNameTaken(_) => ErrorKind::Conflict,
             Snapshot { .. } => ErrorKind::Internal,
             AddrTaken { .. } => ErrorKind::Conflict,
@@ -176,6 +182,10 @@ impl ServiceError {
             Unsupported(_) => "use --no-start to record the vm without booting it".into(),
             Boot { name, .. } => format!("see the guest console with `banger vm logs {name}`"),
             NotRunning { name, .. } => format!("start it with `banger vm start {name}`"),
+            NeverStarted(name) => format!("start it once with `banger vm start {name}`"),
+            TooManyLayers { .. } => {
+                "promote a vm of an image with fewer layers (`banger image show` lists them)".into()
+            }
             Image(err) => match err {
                 ImageError::Name(_) => "pick a name like debian-dev".into(),
                 ImageError::NameTaken(name) => {
@@ -186,7 +196,7 @@ impl ServiceError {
                     "see `banger image ls --catalog`, or pull a bundle by url or path".into()
                 }
                 ImageError::InUse { .. } => {
-                    "remove those first with `banger vm rm` and `banger snapshot rm`".into()
+                    "remove those first (`banger vm rm`, `banger snapshot rm`, `banger image rm`)".into()
                 }
                 ImageError::ExportTarget(_) => "pick a new file name, or remove the old file".into(),
                 ImageError::Make(err) => return err.hint().map(String::from),
@@ -538,6 +548,7 @@ impl Banger {
 }
 
 mod lifecycle;
+mod promote;
 mod snapshots;
 mod templates;
 pub use lifecycle::{Reconciled, BOOT_INTERRUPTED};

@@ -4,6 +4,7 @@
 //! | key | meaning | default |
 //! | --- | --- | --- |
 //! | `banger.root` | the image rootfs (ext4, mounted read-only) | `/dev/vda` |
+//! | `banger.layers` | a promoted image's layers over the rootfs, top first, comma-separated: ext4 disks whose `upper/` join the overlay's lower directories | none |
 //! | `banger.system` | the VM's system disk: ext4 with `upper/` and `work/` for the overlay | `/dev/vdb` |
 //! | `banger.work` | the work disk, mounted on `/root` | `/dev/vdc` |
 //! | `banger.ip` | `ADDRESS/PREFIX` of eth0 | none (no network) |
@@ -34,6 +35,8 @@ pub enum AgentTransport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootConfig {
     pub root: String,
+    /// Read-only layers over `root`, top first.
+    pub layers: Vec<String>,
     pub system: Option<String>,
     pub work: Option<String>,
     pub ip: Option<(Ipv4Addr, u8)>,
@@ -50,6 +53,7 @@ impl BootConfig {
     pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
         let mut cfg = BootConfig {
             root: "/dev/vda".into(),
+            layers: Vec::new(),
             system: Some("/dev/vdb".into()),
             work: Some("/dev/vdc".into()),
             ip: None,
@@ -71,6 +75,12 @@ impl BootConfig {
             let device = |value: &str| (value != "none").then(|| value.to_string());
             match key {
                 "banger.root" => cfg.root = value.to_string(),
+                "banger.layers" => {
+                    cfg.layers = value.split(',').map(str::to_string).collect();
+                    if cfg.layers.iter().any(|l| !l.starts_with("/dev/")) {
+                        return Err(bad("banger.layers", "expected /dev/ paths, comma-separated"));
+                    }
+                }
                 "banger.system" => cfg.system = device(value),
                 "banger.work" => cfg.work = device(value),
                 "banger.ip" => {

@@ -214,6 +214,21 @@ fn prepare() -> Result<String, InitError> {
 
     wait_for(&cfg.root)?;
     mount_fs(&cfg.root, "/lower", "ext4", MsFlags::MS_RDONLY, None)?;
+    // A promoted image's layers, top first, over the rootfs: each one's
+    // `upper/` (the system disk of the VM it was promoted from, whiteouts
+    // and opaque directories included) is a lower directory.
+    let mut lower = Vec::new();
+    for (i, layer) in cfg.layers.iter().enumerate() {
+        let at = format!("/layers/{i}");
+        wait_for(layer)?;
+        mount_fs(layer, &at, "ext4", MsFlags::MS_RDONLY, Some("noload"))?;
+        lower.push(format!("{at}/upper"));
+    }
+    lower.push("/lower".to_string());
+    let overlay = format!(
+        "lowerdir={},upperdir=/system/upper,workdir=/system/work",
+        lower.join(":")
+    );
     match &cfg.system {
         Some(system) => {
             wait_for(system)?;
@@ -239,7 +254,7 @@ fn prepare() -> Result<String, InitError> {
         "/newroot",
         "overlay",
         MsFlags::empty(),
-        Some("lowerdir=/lower,upperdir=/system/upper,workdir=/system/work"),
+        Some(overlay.as_str()),
     )?;
     mount_fs(
         "tmpfs",

@@ -373,6 +373,8 @@ mod tests {
                 work_seed_path: None,
                 manifest: None,
                 created_at_ms: 0,
+                parent_id: None,
+                layers: Vec::new(),
             },
             vm_dir: dir.to_path_buf(),
             run_dir: dir.to_path_buf(),

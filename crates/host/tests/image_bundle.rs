@@ -56,6 +56,7 @@ fn fake_image(dir: &Path) -> Manifest {
         kernel_version: Some("6.1.0-test".into()),
         oci: None,
         sshd: None,
+        lineage: Vec::new(),
         origin: Origin {
             method: "build".into(),
             from: "debian bookworm".into(),

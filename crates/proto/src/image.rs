@@ -32,6 +32,13 @@ pub struct Image {
     pub manifest: Option<Manifest>,
     /// RFC 3339, UTC.
     pub created_at: String,
+    /// A promoted image's lineage, nearest first: the image it was
+    /// promoted from, that one's parent, and so on (names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<String>,
+    /// Read-only layers over the rootfs, bottom first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_paths: Vec<String>,
 }
 
 /// Body of `POST /v1/images/build`.
@@ -164,6 +171,10 @@ pub struct Manifest {
     /// else on a terminal through the agent); absent when not known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sshd: Option<bool>,
+    /// A promoted image: the images it stands on, nearest first (the one
+    /// it was promoted from, that one's parent, ...), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<String>,
 }
 
 /// The OCI image an image was pulled from.
@@ -216,6 +227,10 @@ pub struct Origin {
     pub made_at: String,
 }
 
+/// The most layers an image may have over its rootfs (each one is a disk
+/// of the VM, and promote costs one more).
+pub const MAX_LAYERS: usize = 8;
+
 /// The role of one artifact of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -227,6 +242,9 @@ pub enum ArtifactRole {
     Initrd,
     Rootfs,
     WorkSeed,
+    /// A read-only layer over the rootfs (a promoted VM's changes), named
+    /// `layer-N.ext4`, bottom first; an image may have several.
+    Layer,
 }
 
 impl ArtifactRole {
@@ -238,9 +256,16 @@ impl ArtifactRole {
             ArtifactRole::Initrd => "initrd",
             ArtifactRole::Rootfs => "rootfs.ext4",
             ArtifactRole::WorkSeed => "work-seed.ext4",
+            ArtifactRole::Layer => "layer-N.ext4",
         }
     }
 
+    /// The file name of an image's `index`th layer (bottom first).
+    pub fn layer_file(index: usize) -> String {
+        format!("layer-{index}.ext4")
+    }
+
+    /// The roles of which an image has at most one.
     pub const ALL: [ArtifactRole; 5] = [
         ArtifactRole::Kernel,
         ArtifactRole::Vmlinux,

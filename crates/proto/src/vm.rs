@@ -136,6 +136,18 @@ pub struct VmSnapshotRequest {
     pub name: Option<Name>,
 }
 
+/// Body of `POST /v1/vms/{vm}/promote`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmPromoteRequest {
+    /// The new image's name.
+    pub name: Name,
+    /// Give the image no work seed: its VMs' `/root` starts empty instead
+    /// of as this VM's.
+    #[serde(default)]
+    pub no_work: bool,
+}
+
 /// Body of `POST /v1/vms/{vm}/fork`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

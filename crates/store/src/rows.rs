@@ -11,7 +11,7 @@ use rusqlite::Row;
 
 pub(crate) const IMAGE_COLUMNS: &str =
     "id, name, source, kernel_path, initrd_path, rootfs_path, work_seed_path, created_at_ms, \
-     vmlinux_path, manifest";
+     vmlinux_path, manifest, parent_id, layers";
 
 pub(crate) const VM_COLUMNS: &str = "id, name, image_id, image_name, state, vcpus, memory_mib, \
      work_disk_bytes, system_disk_bytes, nat, guest_ip, vsock_cid, created_at_ms, updated_at_ms, \
@@ -35,7 +35,25 @@ pub(crate) fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
             })?),
             None => None,
         },
+        parent_id: row.get(10)?,
+        layers: {
+            let text: String = row.get(11)?;
+            let paths: Vec<String> = serde_json::from_str(&text).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Text, e.into())
+            })?;
+            paths.into_iter().map(Into::into).collect()
+        },
     })
+}
+
+/// The layers column: a JSON array of paths, bottom first.
+pub(crate) fn encode_layers(image: &Image) -> String {
+    let paths: Vec<String> = image
+        .layers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    serde_json::Value::from(paths).to_string()
 }
 
 /// The manifest column: JSON, or NULL for records without one.

@@ -14,7 +14,7 @@ use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtensio
 
 use crate::migrate::{migrate, MigrateError};
 use crate::rows::{
-    encode_manifest, encode_stages, image_from_row, vm_from_row, IMAGE_COLUMNS, VM_COLUMNS,
+    encode_layers, encode_manifest, encode_stages, image_from_row, vm_from_row, IMAGE_COLUMNS, VM_COLUMNS,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +107,12 @@ impl Store for SqliteStore {
             .execute(
                 &format!(
                     "INSERT INTO images ({IMAGE_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                      ON CONFLICT(id) DO UPDATE SET name = excluded.name, source = excluded.source,
                        kernel_path = excluded.kernel_path, initrd_path = excluded.initrd_path,
                        rootfs_path = excluded.rootfs_path, work_seed_path = excluded.work_seed_path,
-                       vmlinux_path = excluded.vmlinux_path, manifest = excluded.manifest"
+                       vmlinux_path = excluded.vmlinux_path, manifest = excluded.manifest,
+                       parent_id = excluded.parent_id, layers = excluded.layers"
                 ),
                 params![
                     image.id,
@@ -124,6 +125,8 @@ impl Store for SqliteStore {
                     image.created_at_ms,
                     image.vmlinux_path.as_deref().map(path),
                     encode_manifest(image)?,
+                    image.parent_id,
+                    encode_layers(image),
                 ],
             )
             .map_err(|e| insert_error(e, "image", &image.name, None))?;

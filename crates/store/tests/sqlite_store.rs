@@ -21,6 +21,8 @@ fn image(id: &str, name: &str) -> Image {
         vmlinux_path: None,
         manifest: None,
         created_at_ms: 1,
+        parent_id: None,
+        layers: Vec::new(),
     }
 }
 
@@ -190,6 +192,7 @@ fn an_image_manifest_and_vmlinux_round_trip() {
         kernel_version: Some("6.1.0-28-cloud-amd64".into()),
         oci: None,
         sshd: None,
+        lineage: Vec::new(),
         origin: Origin {
             method: "build".into(),
             from: "bookworm".into(),

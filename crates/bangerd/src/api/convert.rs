@@ -94,6 +94,12 @@ pub fn image(image: &Image) -> proto::image::Image {
         size_bytes: image.size_bytes(),
         manifest: image.manifest.clone(),
         created_at: rfc3339(image.created_at_ms),
+        lineage: image
+            .manifest
+            .as_ref()
+            .map(|m| m.lineage.clone())
+            .unwrap_or_default(),
+        layer_paths: image.layers.iter().map(|p| path(p)).collect(),
     }
 }
 

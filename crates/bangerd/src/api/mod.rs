@@ -80,6 +80,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(vm_io::logs))
         .routes(routes!(snapshots::snapshot_vm))
         .routes(routes!(snapshots::fork_vm))
+        .routes(routes!(snapshots::promote_vm))
         .routes(routes!(snapshots::list_snapshots))
         .routes(routes!(
             snapshots::show_snapshot,

@@ -104,6 +104,8 @@ pub fn seed_image(db: &Path, name: &str) {
             vmlinux_path: None,
             manifest: None,
             created_at_ms: 1,
+            parent_id: None,
+            layers: Vec::new(),
         })
         .unwrap();
 }

@@ -33,6 +33,7 @@ fn key(request: &ImageRequest) -> String {
         ImageRequest::Bundle(b) => b.url.clone(),
         ImageRequest::Register(f) => f.rootfs.display().to_string(),
         ImageRequest::Oci(o) => o.reference.clone(),
+        ImageRequest::Promote(p) => p.vm.clone(),
     }
 }
 
@@ -84,6 +85,7 @@ impl ImageMaker for FakeMaker {
             kernel_version: None,
             oci: None,
             sshd: None,
+            lineage: Vec::new(),
             origin: Origin {
                 method: request.source().into(),
                 from: key,

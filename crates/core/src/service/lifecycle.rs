@@ -231,6 +231,7 @@ impl Banger {
         for cap in &runtime.capabilities {
             cap.machine_config(ctx, &mut spec);
         }
+        add_layers(&mut spec, &image.layers);
         let restore = match from {
             BootFrom::Cold => None,
             BootFrom::ColdIntoMemory(path) => {
@@ -691,4 +692,26 @@ impl Banger {
         self.halt(&mut vm, false).await?;
         Ok(Reconcile::Stopped)
     }
+}
+
+/// A promoted image's layers as read-only disks after the VM's own (so
+/// the devices the guest is told of keep their names), and
+/// `banger.layers` naming them top first.
+pub(super) fn add_layers(spec: &mut MachineSpec, layers: &[std::path::PathBuf]) {
+    if layers.is_empty() {
+        return;
+    }
+    let first = spec.drives.len();
+    let mut devices = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        spec.drives.push(DriveSpec {
+            id: format!("layer{i}"),
+            path: layer.clone(),
+            read_only: true,
+        });
+        devices.push(format!("/dev/vd{}", char::from(b'a' + (first + i) as u8)));
+    }
+    devices.reverse();
+    spec.cmdline
+        .push_str(&format!(" banger.layers={}", devices.join(",")));
 }

@@ -24,6 +24,8 @@ pub(super) fn image(name: &str) -> Image {
         work_seed_path: None,
         manifest: None,
         created_at_ms: 0,
+        parent_id: None,
+        layers: Vec::new(),
     }
 }
 

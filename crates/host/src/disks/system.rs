@@ -14,7 +14,7 @@ use banger_core::vmm::{DriveSpec, MachineSpec};
 
 use crate::image::ext4;
 
-pub const SYSTEM_DISK: &str = "system.cow";
+pub const SYSTEM_DISK: &str = banger_core::capability::SYSTEM_DISK_FILE;
 
 #[derive(Debug, Default)]
 pub struct SystemDisk;

@@ -11,7 +11,7 @@ use banger_core::capability::{Capability, CapabilityError, GuestConfig, VmContex
 use banger_core::vmm::{DriveSpec, MachineSpec};
 use tokio::process::Command;
 
-pub const WORK_DISK: &str = "root.ext4";
+pub const WORK_DISK: &str = banger_core::capability::WORK_DISK_FILE;
 
 /// The work disk capability: `root.ext4`, `/dev/vdc` in the guest, on
 /// `/root`. Made at first start, kept across restarts, removed with the VM.

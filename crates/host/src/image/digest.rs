@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use banger_proto::image::{Artifact, ArtifactRole, Manifest, MANIFEST_FORMAT};
+use banger_proto::image::{Artifact, ArtifactRole, Manifest, MANIFEST_FORMAT, MAX_LAYERS};
 use sha2::{Digest, Sha256};
 
 /// File name of the manifest in an image directory and in a bundle.
@@ -93,18 +93,23 @@ pub fn sha256_file(path: &Path) -> Result<String, DigestError> {
 /// The artifact entry of `dir/<role's file>`: its size and digest (the
 /// size is what was hashed, so the two always agree).
 pub fn describe(dir: &Path, role: ArtifactRole) -> Result<Artifact, DigestError> {
-    let path = dir.join(role.file_name());
+    describe_file(dir, role, role.file_name())
+}
+
+/// The artifact entry of `dir/file` in `role` (a layer's `layer-N.ext4`).
+pub fn describe_file(dir: &Path, role: ArtifactRole, file: &str) -> Result<Artifact, DigestError> {
+    let path = dir.join(file);
     let meta = std::fs::metadata(&path).map_err(read_err(&path))?;
     if !meta.is_file() {
         return Err(DigestError::Mismatch {
-            file: role.file_name().into(),
+            file: file.into(),
             message: "not a regular file".into(),
         });
     }
     let (bytes, sha256) = sha256_file_len(&path)?;
     Ok(Artifact {
         role,
-        file: role.file_name().to_string(),
+        file: file.to_string(),
         bytes,
         sha256,
     })
@@ -162,8 +167,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, DigestError> {
 }
 
 /// The manifest's own rules: a format this build reads, every file named
-/// after its role, no role twice, well-formed digests, a kernel and a
-/// rootfs.
+/// after its role (layers `layer-N.ext4`, bottom first), no other role
+/// twice, well-formed digests, a kernel and a rootfs.
 pub fn check_manifest(manifest: &Manifest) -> Result<(), DigestError> {
     let bad = |message: String| DigestError::Manifest {
         path: MANIFEST_FILE.into(),
@@ -176,7 +181,26 @@ pub fn check_manifest(manifest: &Manifest) -> Result<(), DigestError> {
         });
     }
     let mut seen = HashSet::new();
+    let mut layers = 0;
     for artifact in &manifest.artifacts {
+        // Layers are numbered bottom first, in the order they are listed.
+        if artifact.role == ArtifactRole::Layer {
+            if artifact.file != ArtifactRole::layer_file(layers) {
+                return Err(bad(format!(
+                    "layer {:?} must be named {}",
+                    artifact.file,
+                    ArtifactRole::layer_file(layers)
+                )));
+            }
+            layers += 1;
+            if layers > MAX_LAYERS {
+                return Err(bad(format!("more than {MAX_LAYERS} layers")));
+            }
+            if !is_sha256_hex(&artifact.sha256) {
+                return Err(bad(format!("{} has a malformed sha256", artifact.file)));
+            }
+            continue;
+        }
         if artifact.file != artifact.role.file_name() {
             return Err(bad(format!(
                 "artifact {:?} must be named {}",
@@ -275,6 +299,7 @@ mod tests {
             kernel_version: None,
             oci: None,
             sshd: None,
+            lineage: Vec::new(),
             origin: Origin {
                 method: "register".into(),
                 from: "test".into(),

@@ -433,6 +433,7 @@ async fn finish_manifest(
             oci,
             sshd,
             artifacts,
+            lineage: Vec::new(),
         };
         digest::write_manifest(&dir, &manifest).map_err(failed)?;
         Ok(manifest)
@@ -740,6 +741,17 @@ impl ImageMaker for HostImageMaker {
             ImageRequest::Bundle(source) => check_bundle(source),
             ImageRequest::Register(files) => check_register(files),
             ImageRequest::Oci(source) => check_oci(self, source),
+            ImageRequest::Promote(_) => {
+                for tool in super::promote::TOOLS {
+                    if crate::tools::find_tool(tool).is_none() {
+                        return Err(MakeError::unavailable(
+                            format!("{tool} not found: vms cannot be promoted on this host"),
+                            Some("install it: apt-get install e2fsprogs"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -769,6 +781,9 @@ impl ImageMaker for HostImageMaker {
                 self.make_register(name, files, staging, progress).await
             }
             ImageRequest::Oci(source) => self.make_oci(name, source, staging, progress).await,
+            ImageRequest::Promote(files) => {
+                super::promote::make(name, files, staging, progress).await
+            }
         }
     }
 

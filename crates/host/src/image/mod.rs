@@ -1,7 +1,7 @@
 //! Making and checking image artifacts on the host: kernels (format,
 //! vmlinux extraction), ext4 images, the initramfs, the Debian build
-//! pipeline, a userland made bootable (`userland`, `lean`), digests,
-//! bundles and downloads. The image flows in
+//! pipeline, a userland made bootable (`userland`, `lean`), a VM's disks
+//! made a layered image (`promote`), digests, bundles and downloads. The image flows in
 //! `banger_core::images` call these through the `ImageMaker` trait.
 
 pub mod build;
@@ -14,4 +14,5 @@ pub mod kernel;
 pub mod lean;
 pub mod maker;
 pub mod modules;
+pub mod promote;
 pub mod userland;

@@ -1,0 +1,153 @@
+//! Promote's host side: a VM's disks, copied into staging by the core
+//! while the VM was paused or stopped, become a layered image. The copy
+//! of its system disk is repaired as after a power cut (`e2fsck -fy`:
+//! the journal replayed; the guest synced its files first when it ran),
+//! then scrubbed of what makes that machine itself (`debugfs -w`: host
+//! keys, machine-id, banger's per-VM files, the random seed), and becomes
+//! the image's top layer; its work disk's copy, repaired, the work seed.
+//! The parent's kernel, initrd, rootfs and layers join by hard link with
+//! the digests the parent's manifest already holds, so a promote costs
+//! what the VM changed. Both tools parse the guest's filesystem in user
+//! space; nothing of it is mounted on the host.
+
+use std::path::Path;
+
+use banger_core::image_maker::{MakeError, PromoteFiles};
+use banger_core::progress::Progress;
+use banger_proto::image::{ArtifactRole, Manifest, Origin, MANIFEST_FORMAT};
+
+use super::digest;
+
+fn failed(err: impl std::fmt::Display) -> MakeError {
+    MakeError::failed(err.to_string(), None)
+}
+
+/// The tools promote runs.
+pub const TOOLS: [&str; 2] = ["e2fsck", "debugfs"];
+
+/// `e2fsck -fy` of a disk copy: fixed (exit 0 to 2) or refused.
+async fn repair(disk: &Path, what: &str) -> Result<(), MakeError> {
+    let out = tokio::process::Command::new("e2fsck")
+        .arg("-fy")
+        .arg(disk)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| MakeError::unavailable(format!("cannot run e2fsck: {e}"), Some("install it: apt-get install e2fsprogs")))?;
+    match out.status.code() {
+        Some(0..=2) => Ok(()),
+        code => Err(MakeError::failed(
+            format!(
+                "the vm's {what} is damaged beyond repair (e2fsck exit {code:?}): {}",
+                String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default()
+            ),
+            Some("stop the vm, start it again so its own fsck runs, then promote"),
+        )),
+    }
+}
+
+/// Removes `paths` (guest paths) from the layer's `upper/`; a path the
+/// VM never wrote is not there, which is fine.
+async fn scrub(layer: &Path, paths: &[String]) -> Result<(), MakeError> {
+    let mut commands = String::new();
+    for path in paths {
+        // Paths come from banger's own lists; refuse anything else.
+        if !path.starts_with('/') || path.contains("..") || path.contains(char::is_whitespace) {
+            return Err(failed(format!("bad scrub path {path:?}")));
+        }
+        commands.push_str(&format!("rm /upper{path}\n"));
+    }
+    let script = layer.with_extension("scrub");
+    std::fs::write(&script, commands).map_err(failed)?;
+    let out = tokio::process::Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(layer)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    let _ = std::fs::remove_file(&script);
+    let out = out.map_err(|e| {
+        MakeError::unavailable(
+            format!("cannot run debugfs: {e}"),
+            Some("install it: apt-get install e2fsprogs"),
+        )
+    })?;
+    if !out.status.success() {
+        return Err(failed(format!(
+            "debugfs could not scrub the layer: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Makes the promoted image in `staging` and writes its manifest.
+pub async fn make(
+    name: &str,
+    files: &PromoteFiles,
+    staging: &Path,
+    progress: &dyn Progress,
+) -> Result<Manifest, MakeError> {
+    progress.stage("repair");
+    let layer = staging.join(&files.layer_file);
+    repair(&layer, "system disk").await?;
+    let work = staging.join(ArtifactRole::WorkSeed.file_name());
+    if work.exists() {
+        repair(&work, "work disk").await?;
+    }
+    progress.stage("scrub");
+    scrub(&layer, &files.scrub).await?;
+    progress.stage("digest");
+    let mut artifacts = Vec::new();
+    for artifact in &files.parent_manifest.artifacts {
+        if artifact.role == ArtifactRole::WorkSeed {
+            continue;
+        }
+        std::fs::hard_link(
+            files.parent_dir.join(&artifact.file),
+            staging.join(&artifact.file),
+        )
+        .map_err(|e| failed(format!("cannot link the parent's {}: {e}", artifact.file)))?;
+        artifacts.push(artifact.clone());
+    }
+    let (staging_dir, layer_file) = (staging.to_path_buf(), files.layer_file.clone());
+    let own = tokio::task::spawn_blocking(move || {
+        let mut own = vec![digest::describe_file(
+            &staging_dir,
+            ArtifactRole::Layer,
+            &layer_file,
+        )?];
+        if staging_dir.join(ArtifactRole::WorkSeed.file_name()).exists() {
+            own.push(digest::describe(&staging_dir, ArtifactRole::WorkSeed)?);
+        }
+        Ok::<_, digest::DigestError>(own)
+    })
+    .await
+    .map_err(failed)?
+    .map_err(failed)?;
+    artifacts.extend(own);
+    let parent = &files.parent_manifest;
+    let mut lineage = vec![files.parent_name.clone()];
+    lineage.extend(parent.lineage.iter().cloned());
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        name: name.to_string(),
+        kernel_version: parent.kernel_version.clone(),
+        origin: Origin {
+            method: "promote".into(),
+            from: format!("vm {} of image {}", files.vm, files.parent_name),
+            packages: Vec::new(),
+            banger_version: env!("CARGO_PKG_VERSION").into(),
+            made_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        },
+        artifacts,
+        oci: parent.oci.clone(),
+        sshd: parent.sshd,
+        lineage,
+    };
+    digest::check_manifest(&manifest).map_err(failed)?;
+    digest::write_manifest(staging, &manifest).map_err(failed)?;
+    Ok(manifest)
+}
