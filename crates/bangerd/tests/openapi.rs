@@ -325,6 +325,13 @@ async fn every_documented_route_answers_as_documented() {
         ),
         (
             "post",
+            "/v1/vms/{vm}/promote",
+            "/v1/vms/nope/promote".into(),
+            Some(r#"{"name":"dev"}"#),
+            404,
+        ),
+        (
+            "post",
             "/v1/images/{image}/warm",
             "/v1/images/nope/warm".into(),
             None,

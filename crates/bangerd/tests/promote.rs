@@ -205,7 +205,10 @@ async fn a_promoted_vm_is_an_image_whose_vms_are_new_machines_anywhere() {
     assert_eq!(status, 201, "{pulled}");
     assert_eq!(pulled["name"], "dev");
     assert_eq!(pulled["lineage"], json!(["debian-bookworm"]));
-    assert_eq!(pulled["manifest"]["artifacts"], image["manifest"]["artifacts"]);
+    assert_eq!(
+        pulled["manifest"]["artifacts"],
+        image["manifest"]["artifacts"]
+    );
     let body = json!({"name": "b1", "image": "dev"}).to_string();
     let (status, made) = support::call(&socket2, "POST", "/v1/vms", Some(&body)).await;
     assert_eq!(status, 201, "{made}");

@@ -100,7 +100,7 @@ pub enum ImageRequest {
     Bundle(BundleSource),
     Register(RegisterFiles),
     Oci(OciSource),
-    Promote(PromoteFiles),
+    Promote(Box<PromoteFiles>),
 }
 
 impl ImageRequest {

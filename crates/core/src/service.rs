@@ -561,4 +561,6 @@ mod tests;
 mod lifecycle_tests;
 
 #[cfg(test)]
+mod promote_tests;
+#[cfg(test)]
 mod snapshot_tests;

@@ -78,7 +78,10 @@ impl BootConfig {
                 "banger.layers" => {
                     cfg.layers = value.split(',').map(str::to_string).collect();
                     if cfg.layers.iter().any(|l| !l.starts_with("/dev/")) {
-                        return Err(bad("banger.layers", "expected /dev/ paths, comma-separated"));
+                        return Err(bad(
+                            "banger.layers",
+                            "expected /dev/ paths, comma-separated",
+                        ));
                     }
                 }
                 "banger.system" => cfg.system = device(value),

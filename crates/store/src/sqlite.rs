@@ -14,7 +14,8 @@ use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtensio
 
 use crate::migrate::{migrate, MigrateError};
 use crate::rows::{
-    encode_layers, encode_manifest, encode_stages, image_from_row, vm_from_row, IMAGE_COLUMNS, VM_COLUMNS,
+    encode_layers, encode_manifest, encode_stages, image_from_row, vm_from_row, IMAGE_COLUMNS,
+    VM_COLUMNS,
 };
 
 #[derive(Debug, thiserror::Error)]

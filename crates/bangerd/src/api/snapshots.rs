@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use banger_proto::error::ApiError;
-use banger_proto::snapshot::{ForkResult, Snapshot, SnapshotList};
 use banger_proto::image::Image;
+use banger_proto::snapshot::{ForkResult, Snapshot, SnapshotList};
 use banger_proto::vm::{VmForkRequest, VmPromoteRequest, VmSnapshotRequest};
 
 use super::convert;
@@ -88,7 +88,13 @@ pub async fn promote_vm(
     let name = request.name.into_inner();
     let image = to_completion(async move {
         banger
-            .promote_vm(&images, &vm, &name, request.no_work, &banger_core::progress::LogProgress)
+            .promote_vm(
+                &images,
+                &vm,
+                &name,
+                request.no_work,
+                &banger_core::progress::LogProgress,
+            )
             .await
     })
     .await?;

@@ -149,11 +149,12 @@ impl AgentLink for FakeAgent {
     async fn exec(
         &self,
         _handle: &VmmHandle,
-        _argv: Vec<String>,
+        argv: Vec<String>,
         _context: crate::agent::ExecContext,
         _stdin: Option<Vec<u8>>,
         _out: mpsc::Sender<ExecChunk>,
     ) -> Result<(), AgentLinkError> {
+        push(&self.log, format!("agent.exec {}", argv.join(" ")));
         Ok(())
     }
     async fn identity(

@@ -74,8 +74,8 @@ impl Banger {
         };
         let layer_file = ArtifactRole::layer_file(parent.layers.len());
         let dir = staging.path();
-        let moved = std::fs::rename(dir.join(SYSTEM_DISK_FILE), dir.join(&layer_file)).and_then(
-            |()| {
+        let moved =
+            std::fs::rename(dir.join(SYSTEM_DISK_FILE), dir.join(&layer_file)).and_then(|()| {
                 let work = dir.join(WORK_DISK_FILE);
                 if no_work || !work.exists() {
                     std::fs::remove_file(&work).or_else(|e| {
@@ -88,8 +88,7 @@ impl Banger {
                 } else {
                     std::fs::rename(work, dir.join(ArtifactRole::WorkSeed.file_name()))
                 }
-            },
-        );
+            });
         moved.map_err(|e| ServiceError::Runtime {
             name: vm.name.clone(),
             message: format!("cannot stage its disks: {e}"),
@@ -99,11 +98,14 @@ impl Banger {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let parent_manifest = parent.manifest.clone().ok_or_else(|| ServiceError::Runtime {
-            name: vm.name.clone(),
-            message: format!("image {} has no manifest to promote over", parent.name),
-        })?;
-        let request = ImageRequest::Promote(PromoteFiles {
+        let parent_manifest = parent
+            .manifest
+            .clone()
+            .ok_or_else(|| ServiceError::Runtime {
+                name: vm.name.clone(),
+                message: format!("image {} has no manifest to promote over", parent.name),
+            })?;
+        let request = ImageRequest::Promote(Box::new(PromoteFiles {
             vm: vm.name.clone(),
             parent_id: parent.id.clone(),
             parent_name: parent.name.clone(),
@@ -111,7 +113,7 @@ impl Banger {
             parent_manifest,
             layer_file,
             scrub: self.scrub_list(&vm, &parent),
-        });
+        }));
         let image = images
             .make_in(Some(name), request, Some(staging), progress)
             .await?;
@@ -163,12 +165,7 @@ impl Banger {
 
     /// Asks the guest to write its files out; a guest that cannot (no
     /// `sync` in its userland) is copied as after a power cut.
-    async fn guest_sync(
-        &self,
-        runtime: &super::Runtime,
-        vm: &Vm,
-        handle: &crate::vmm::VmmHandle,
-    ) {
+    async fn guest_sync(&self, runtime: &super::Runtime, vm: &Vm, handle: &crate::vmm::VmmHandle) {
         let (out, mut chunks) = mpsc::channel(16);
         let drain = tokio::spawn(async move { while chunks.recv().await.is_some() {} });
         let context = ExecContext {

@@ -33,13 +33,21 @@ async fn repair(disk: &Path, what: &str) -> Result<(), MakeError> {
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| MakeError::unavailable(format!("cannot run e2fsck: {e}"), Some("install it: apt-get install e2fsprogs")))?;
+        .map_err(|e| {
+            MakeError::unavailable(
+                format!("cannot run e2fsck: {e}"),
+                Some("install it: apt-get install e2fsprogs"),
+            )
+        })?;
     match out.status.code() {
         Some(0..=2) => Ok(()),
         code => Err(MakeError::failed(
             format!(
                 "the vm's {what} is damaged beyond repair (e2fsck exit {code:?}): {}",
-                String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default()
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
             ),
             Some("stop the vm, start it again so its own fsck runs, then promote"),
         )),
@@ -119,7 +127,10 @@ pub async fn make(
             ArtifactRole::Layer,
             &layer_file,
         )?];
-        if staging_dir.join(ArtifactRole::WorkSeed.file_name()).exists() {
+        if staging_dir
+            .join(ArtifactRole::WorkSeed.file_name())
+            .exists()
+        {
             own.push(digest::describe(&staging_dir, ArtifactRole::WorkSeed)?);
         }
         Ok::<_, digest::DigestError>(own)
