@@ -7,10 +7,15 @@
 //! namespace it makes and removes; prints tables with the host details
 //! and writes JSON.
 //!
+//! And promote (`create/promote.rs`): a VM that changed 100 MiB made an
+//! image, against a full copy of the base rootfs.
+//!
 //! cargo bench-create -- [--runs N] [--parallel P] [--memory-vms N]
-//!   [--idle SECONDS] [--json FILE]
+//!   [--idle SECONDS] [--only promote] [--json FILE]
 //! (an alias of `cargo bench -p bangerd --bench create --`)
 
+#[path = "create/promote.rs"]
+mod promote;
 mod support;
 #[path = "create/warm.rs"]
 mod warm;
@@ -41,6 +46,8 @@ struct Args {
     parallel: usize,
     memory_vms: usize,
     idle_s: u64,
+    /// Run only this variant (`promote`).
+    only: Option<String>,
     json: PathBuf,
 }
 
@@ -50,6 +57,7 @@ fn args() -> Args {
         parallel: 3,
         memory_vms: 8,
         idle_s: 60,
+        only: None,
         json: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-create.json"),
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -61,6 +69,7 @@ fn args() -> Args {
             "--memory-vms" => args.memory_vms = raw[i + 1].parse().expect("--memory-vms N"),
             "--idle" => args.idle_s = raw[i + 1].parse().expect("--idle SECONDS"),
             "--json" => args.json = PathBuf::from(&raw[i + 1]),
+            "--only" => args.only = Some(raw[i + 1].clone()),
             _ => {
                 i += 1;
                 continue;
@@ -263,6 +272,16 @@ async fn floor(image: &Value, dir: &Path, run: usize) -> f64 {
 }
 
 async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
+    let promote_config = write_config(
+        root,
+        "promote.toml",
+        guest,
+        "[network]\ntap_pool_size = 0\nupstream_dns = []\n",
+    );
+    let promote_variant = promote::bench(root, promote_config, a.runs, 100).await;
+    if a.only.as_deref() == Some("promote") {
+        return json!({ "promote_variant": promote_variant });
+    }
     let with_pool = write_config(
         root,
         "pool.toml",
@@ -384,6 +403,7 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
         "parallel_wall_ms": parallel_wall,
         "sequential_wall_ms": sequential_wall,
         "warm_variants": warm_variants,
+        "promote_variant": promote_variant,
     })
 }
 
@@ -467,6 +487,12 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     report["host"] = json!({ "cpus": cpus, "accel": accel, "kernel": kernel });
 
+    promote::print(&report);
+    if a.only.is_some() {
+        std::fs::write(&a.json, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        println!("json: {}", a.json.display());
+        return;
+    }
     let ms = |v: &Value| format!("{:.0}", v.as_f64().unwrap_or(0.0));
     println!("## vm create to ssh ready");
     println!();
