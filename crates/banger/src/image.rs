@@ -288,18 +288,8 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                 name: checked(name)?,
                 no_work,
             };
-            let image: Image = client
-                .post(&format!("/v1/vms/{}/promote", path_segment(&vm)), &request)
-                .await?;
-            if json {
-                return output::json(&image);
-            }
-            println!(
-                "promoted {vm} to image {} (over {}); start vms from it with `banger vm create --image {}`",
-                image.name,
-                image.lineage.first().map_or("-", String::as_str),
-                image.name
-            );
+            let path = format!("/v1/vms/{}/promote", path_segment(&vm));
+            long_op(client, &path, &request, json, "promoted").await?;
         }
         ImageCommand::Prune => {
             let report: PruneReport = client.post("/v1/images/prune", &()).await?;

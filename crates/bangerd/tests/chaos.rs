@@ -1,9 +1,11 @@
-//! Chaos: lifecycle requests (create, stop, start, rm, snapshot, fork)
-//! against a real daemon with real VMs, while bangerd or a random VMM is killed with
+//! Chaos: lifecycle requests (create, stop, start, rm, snapshot, fork,
+//! promote) against a real daemon with real VMs, while bangerd or a
+//! random VMM is killed with
 //! SIGKILL at a random moment; the daemon is restarted after every kill.
 //! After each restart `verify` must find nothing left over and every
 //! record must match the processes: a VM recorded running has its VMM,
-//! any other has none, and no VMM runs for a VM that is not recorded.
+//! any other has none, no VMM runs for a VM that is not recorded, and no
+//! image operation left its staging.
 //!
 //! `BANGER_CHAOS_CYCLES` (default 3, what CI runs) and
 //! `BANGER_CHAOS_SEED` (default: the time) shape a run; `scripts/chaos`
@@ -45,8 +47,14 @@ fn vmms(run_dir: &Path) -> BTreeMap<String, u32> {
 }
 
 /// What must hold after a restart; returns the broken invariants.
-async fn check(socket: &Path, run_dir: &Path) -> Vec<String> {
+async fn check(socket: &Path, run_dir: &Path, state_dir: &Path) -> Vec<String> {
     let mut broken = Vec::new();
+    // What a killed image operation (a promote) staged is gone.
+    let staging = state_dir.join("images/.staging");
+    let staged = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+    if staged > 0 {
+        broken.push(format!("{staged} image staging directories left"));
+    }
     let (_, report) = support::call(socket, "GET", "/v1/verify", None).await;
     if report["leaks"] != json!([]) {
         broken.push(format!("verify: {}", report["leaks"]));
@@ -128,7 +136,7 @@ async fn kills_at_random_moments_leave_records_matching_processes() {
             .unwrap()
             .iter()
             .any(|vm| vm["name"] == name.as_str());
-        let (method, path, body) = match (exists, rng.below(6)) {
+        let (method, path, body) = match (exists, rng.below(7)) {
             (false, _) => (
                 "POST",
                 "/v1/vms".to_string(),
@@ -147,6 +155,13 @@ async fn kills_at_random_moments_leave_records_matching_processes() {
                 "POST",
                 format!("/v1/vms/{name}/fork"),
                 Some(json!({ "name": format!("{name}-f{cycle}") }).to_string()),
+            ),
+            // A kill while the VM is paused for its copy, or while the
+            // copies are repaired and published.
+            (true, 5) => (
+                "POST",
+                format!("/v1/vms/{name}/promote"),
+                Some(json!({ "name": format!("{name}-p{cycle}") }).to_string()),
             ),
             (true, _) => ("DELETE", format!("/v1/vms/{name}?force=true"), None),
         };
@@ -201,7 +216,7 @@ async fn kills_at_random_moments_leave_records_matching_processes() {
             // The daemon reaps a VMM that exited within its check period.
             tokio::time::sleep(Duration::from_millis(2_500)).await;
         }
-        let broken = check(&socket, &run_dir).await;
+        let broken = check(&socket, &run_dir, &root.path().join("var/lib/banger")).await;
         eprintln!(
             "cycle {cycle}: {method} {path} ({}), killed {} after {delay:?}: {}",
             answer.unwrap_or_else(|| "no answer".into()),
@@ -232,6 +247,15 @@ async fn kills_at_random_moments_leave_records_matching_processes() {
         let (status, out) =
             support::call(&socket, "DELETE", &format!("/v1/snapshots/{id}"), None).await;
         assert_eq!(status, 200, "{out}");
+    }
+    let (_, list) = support::call(&socket, "GET", "/v1/images", None).await;
+    for image in list["images"].as_array().unwrap() {
+        if image["source"] == "promote" {
+            let id = image["id"].as_str().unwrap();
+            let (status, out) =
+                support::call(&socket, "DELETE", &format!("/v1/images/{id}"), None).await;
+            assert_eq!(status, 200, "{out}");
+        }
     }
     let (_, report) = support::call(&socket, "GET", "/v1/verify", None).await;
     let leaks_at_end = report["leaks"].as_array().map(Vec::len).unwrap_or(0);

@@ -4,8 +4,9 @@
 //! from the new image have all of it and are machines of their own (not
 //! the source's host key, machine-id or hostname); the image stands on
 //! its parent (lineage, one layer, the parent not removable); refusals
-//! change nothing; the image's bundle, pulled by a second daemon under
-//! another root, boots there with the same files.
+//! and a promote whose client went away change nothing; the image's
+//! bundle, pulled by a second daemon under another root, boots there
+//! with the same files.
 
 mod support;
 
@@ -121,6 +122,26 @@ async fn a_promoted_vm_is_an_image_whose_vms_are_new_machines_anywhere() {
     let (_, images) = call("GET", "/v1/images".into(), None).await;
     assert_eq!(images["images"].as_array().unwrap().len(), 1, "{images}");
 
+    // A promote whose client goes away (Ctrl-C) is cancelled: nothing
+    // recorded, no staging left, the VM running (not left paused).
+    let first = support::abandon_stream(
+        &socket,
+        "/v1/vms/src/promote",
+        &json!({"name": "cancelled"}).to_string(),
+    )
+    .await;
+    assert_eq!(first["type"], "stage", "{first}");
+    let staging = root.path().join("var/lib/banger/images/.staging");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0) > 0 {
+        assert!(std::time::Instant::now() < deadline, "staging left");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, _) = call("GET", "/v1/images/cancelled".into(), None).await;
+    assert_eq!(status, 404, "a cancelled promote records nothing");
+    let (code, out, _) = support::sh(&socket, "src", "cat /etc/promoted.conf").await;
+    assert_eq!((code, out.as_str()), (0, "etc\n"), "the source runs");
+
     // Promoted while it runs; it runs on, unchanged.
     let (status, image) = call(
         "POST",
@@ -134,7 +155,6 @@ async fn a_promoted_vm_is_an_image_whose_vms_are_new_machines_anywhere() {
     assert_eq!(image["layer_paths"].as_array().unwrap().len(), 1, "{image}");
     let (code, out, _) = support::sh(&socket, "src", "cat /etc/promoted.conf").await;
     assert_eq!((code, out.as_str()), (0, "etc\n"), "the source runs on");
-    let staging = root.path().join("var/lib/banger/images/.staging");
     assert_eq!(
         std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0),
         0,

@@ -326,7 +326,7 @@ pub async fn export_image(
                 let image = images.export(&image, written, &file, &*progress).await?;
                 out.publish()
                     .map_err(|err| MakeError::failed(err.to_string(), Some(err.hint())))?;
-                Ok(image)
+                Ok::<_, ImageError>(image)
             })
         }),
     )

@@ -68,9 +68,9 @@ impl Progress for ChannelProgress {
     }
 }
 
-pub type ImageOp = Box<
-    dyn FnOnce(Arc<dyn Progress>) -> Pin<Box<dyn Future<Output = Result<Image, ImageError>> + Send>>
-        + Send,
+/// An operation that makes an image, given where to report progress.
+pub type ImageOp<E = ImageError> = Box<
+    dyn FnOnce(Arc<dyn Progress>) -> Pin<Box<dyn Future<Output = Result<Image, E>> + Send>> + Send,
 >;
 
 /// Does the client want a progress stream?
@@ -83,15 +83,13 @@ pub fn wants_stream(headers: &HeaderMap) -> bool {
 }
 
 /// Runs an image operation, streamed or not (see the module header).
-pub async fn run_image_op(
+pub async fn run_image_op<E: Into<ServiceError> + Send + 'static>(
     headers: &HeaderMap,
     ok_status: StatusCode,
-    op: ImageOp,
+    op: ImageOp<E>,
 ) -> Result<Response, HttpError> {
     if !wants_stream(headers) {
-        let image = op(Arc::new(LogProgress))
-            .await
-            .map_err(ServiceError::from)?;
+        let image = op(Arc::new(LogProgress)).await.map_err(Into::into)?;
         return Ok((ok_status, Json(convert::image(&image))).into_response());
     }
     let (tx, rx) = mpsc::unbounded_channel();
@@ -109,7 +107,7 @@ pub async fn run_image_op(
                 let event = match result {
                     Ok(image) => ProgressEvent::Image { image: Box::new(convert::image(&image)), elapsed_ms },
                     Err(err) => ProgressEvent::Error {
-                        error: HttpError::from(ServiceError::from(err)).0,
+                        error: HttpError::from(err.into()).0,
                         elapsed_ms,
                     },
                 };

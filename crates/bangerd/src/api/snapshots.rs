@@ -4,10 +4,12 @@
 //! an image (a copy of its disks like a snapshot's, then an image flow).
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 use banger_proto::error::ApiError;
 use banger_proto::image::Image;
+use banger_proto::progress::ProgressEvent;
 use banger_proto::snapshot::{ForkResult, Snapshot, SnapshotList};
 use banger_proto::vm::{VmForkRequest, VmPromoteRequest, VmSnapshotRequest};
 
@@ -73,6 +75,8 @@ pub async fn fork_vm(
     params(("vm" = String, Path, description = "VM name or id")),
     responses(
         (status = 201, description = "The new image: the VM's changes as a layer over its image, its `/root` as the work seed; the VM runs on (paused for the copy) or stays stopped", body = Image),
+        (status = 200, description = "Progress stream (`Accept: application/x-ndjson`); closing it cancels the promote",
+            body = ProgressEvent, content_type = "application/x-ndjson"),
         (status = 400, description = "The body breaks the schema", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError),
         (status = 409, description = "The name is taken, the VM has never started, or it is starting or stopping", body = ApiError),
@@ -81,24 +85,26 @@ pub async fn fork_vm(
         (status = 501, description = "This host cannot promote (e2fsprogs missing, or no VMM)", body = ApiError)))]
 pub async fn promote_vm(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(vm): ApiPath<String>,
     ApiJson(request): ApiJson<VmPromoteRequest>,
-) -> Result<(StatusCode, Json<Image>), HttpError> {
+) -> Result<Response, HttpError> {
     let (banger, images) = (state.banger.clone(), state.images.clone());
     let name = request.name.into_inner();
-    let image = to_completion(async move {
-        banger
-            .promote_vm(
-                &images,
-                &vm,
-                &name,
-                request.no_work,
-                &banger_core::progress::LogProgress,
-            )
-            .await
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(convert::image(&image))))
+    // Cancelled when a streaming client goes away: nothing is recorded,
+    // staging goes, a VM paused for the copy is resumed.
+    super::progress::run_image_op(
+        &headers,
+        StatusCode::CREATED,
+        Box::new(move |progress| {
+            Box::pin(async move {
+                banger
+                    .promote_vm(&images, &vm, &name, request.no_work, &*progress)
+                    .await
+            })
+        }),
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots",

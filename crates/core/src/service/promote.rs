@@ -5,7 +5,9 @@
 //! stopped VM is copied as it is. Everything slow after that (repair,
 //! scrub, digests) runs unlocked in staging, in the image flows; only
 //! publication takes the image lock, so of two promotes to one name one
-//! wins and the other leaves nothing.
+//! wins and the other leaves nothing. A promote dropped midway (its
+//! client went away) records nothing, its staging goes, and a VM paused
+//! for the copy is resumed.
 
 use std::path::Path;
 
@@ -147,7 +149,12 @@ impl Banger {
                     .pause(&handle)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
+                let mut paused = ResumeOnDrop {
+                    vmm: runtime.vmm.clone(),
+                    handle: Some(handle.clone()),
+                };
                 let copied = copy().await;
+                paused.handle = None;
                 if let Err(err) = runtime.vmm.resume(&handle).await {
                     tracing::warn!(vm = %vm.name, error = %err, "cannot resume after a promote");
                 }
@@ -200,5 +207,28 @@ impl Banger {
         paths.sort();
         paths.dedup();
         paths
+    }
+}
+
+/// Resumes a VM paused for the copy when the promote is dropped midway
+/// (its client went away); disarmed once the copy resumes it itself.
+struct ResumeOnDrop {
+    vmm: std::sync::Arc<dyn crate::vmm::Vmm>,
+    handle: Option<crate::vmm::VmmHandle>,
+}
+
+impl Drop for ResumeOnDrop {
+    fn drop(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        let vmm = self.vmm.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = vmm.resume(&handle).await {
+                    tracing::warn!(error = %err, "cannot resume a vm after a cancelled promote");
+                }
+            });
+        }
     }
 }

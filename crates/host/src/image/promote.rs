@@ -5,6 +5,9 @@
 //! then scrubbed of what makes that machine itself (`debugfs -w`: host
 //! keys, machine-id, banger's per-VM files, the random seed), and becomes
 //! the image's top layer; its work disk's copy, repaired, the work seed.
+//! Both are shrunk to their data (`resize2fs -M`; the layer without its
+//! journal), so what follows costs what the VM changed, not its disks'
+//! sizes.
 //! The parent's kernel, initrd, rootfs and layers join by hard link with
 //! the digests the parent's manifest already holds, so a promote costs
 //! what the VM changed. Both tools parse the guest's filesystem in user
@@ -23,7 +26,42 @@ fn failed(err: impl std::fmt::Display) -> MakeError {
 }
 
 /// The tools promote runs.
-pub const TOOLS: [&str; 2] = ["e2fsck", "debugfs"];
+pub const TOOLS: [&str; 4] = ["e2fsck", "debugfs", "tune2fs", "resize2fs"];
+
+/// Runs an e2fsprogs tool on a disk copy; its output is the error.
+async fn tool(name: &str, args: &[&str], disk: &Path) -> Result<(), MakeError> {
+    let out = tokio::process::Command::new(name)
+        .args(args)
+        .arg(disk)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| {
+            MakeError::unavailable(
+                format!("cannot run {name}: {e}"),
+                Some("install it: apt-get install e2fsprogs"),
+            )
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(failed(format!(
+        "{name} failed on the vm's disk copy: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Shrinks a repaired copy to what it holds (`resize2fs -M`, which also
+/// shortens the file), so digests, publication and bundles cost the
+/// data, not the VM's disk size. A layer is read-only: its journal goes
+/// first. A work seed keeps its journal (it is cloned into a disk the
+/// guest writes, and grown there).
+async fn shrink(disk: &Path, layer: bool) -> Result<(), MakeError> {
+    if layer {
+        tool("tune2fs", &["-O", "^has_journal"], disk).await?;
+    }
+    tool("resize2fs", &["-M"], disk).await
+}
 
 /// `e2fsck -fy` of a disk copy: fixed (exit 0 to 2) or refused.
 async fn repair(disk: &Path, what: &str) -> Result<(), MakeError> {
@@ -107,6 +145,11 @@ pub async fn make(
     }
     progress.stage("scrub");
     scrub(&layer, &files.scrub).await?;
+    progress.stage("shrink");
+    shrink(&layer, true).await?;
+    if work.exists() {
+        shrink(&work, false).await?;
+    }
     progress.stage("digest");
     let mut artifacts = Vec::new();
     for artifact in &files.parent_manifest.artifacts {
