@@ -31,19 +31,6 @@ async fn identity(socket: &std::path::Path, vm: &str) -> Vec<String> {
     lines
 }
 
-fn config(root: &std::path::Path, guest: &std::path::Path) {
-    let etc = root.join("etc/banger");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(
-        etc.join("config.toml"),
-        format!(
-            "guest_binary = \"{}\"\nwarm_templates = false\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n",
-            guest.display()
-        ),
-    )
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_promoted_vm_is_an_image_whose_vms_are_new_machines_anywhere() {
     let Some(guest) = support::guest_binary() else {
@@ -52,20 +39,12 @@ async fn a_promoted_vm_is_an_image_whose_vms_are_new_machines_anywhere() {
     let Some(ns) = support::NetNs::new("promote") else {
         return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let _cleanup = support::Cleanup(root.path().to_path_buf());
-    support::open_to_vm_users(root.path());
-    config(root.path(), &guest);
-    support::build_default_image(root.path(), &guest).await;
-    let socket = root.path().join("run/banger/bangerd.sock");
-    let mut daemon = support::spawn_daemon(&ns, root.path());
-    support::wait_for_socket(&socket).await;
+    let primary = support::vm_daemon(&ns, &guest, "warm_templates = false\n", true).await;
+    let (root, socket) = (primary.root.path(), primary.socket.clone());
+    let mut daemon = primary.process;
     let call = |method: &'static str, path: String, body: Option<Value>| {
         let socket = socket.clone();
-        async move {
-            let body = body.map(|b| b.to_string());
-            support::call(&socket, method, &path, body.as_deref()).await
-        }
+        async move { support::call_json(&socket, method, &path, body).await }
     };
 
     let (status, src) = call("POST", "/v1/vms".into(), Some(json!({"name": "src"}))).await;
@@ -131,7 +110,7 @@ async fn a_promoted_vm_is_an_image_whose_vms_are_new_machines_anywhere() {
     )
     .await;
     assert_eq!(first["type"], "stage", "{first}");
-    let staging = root.path().join("var/lib/banger/images/.staging");
+    let staging = root.join("var/lib/banger/images/.staging");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0) > 0 {
         assert!(std::time::Instant::now() < deadline, "staging left");
@@ -195,7 +174,7 @@ async fn a_promoted_vm_is_an_image_whose_vms_are_new_machines_anywhere() {
     );
 
     // Its bundle, pulled by another daemon under another root, boots.
-    let bundle = root.path().join("dev.tar.zst");
+    let bundle = root.join("dev.tar.zst");
     let (status, out) = call(
         "POST",
         "/v1/images/dev/export".into(),
@@ -213,13 +192,8 @@ async fn a_promoted_vm_is_an_image_whose_vms_are_new_machines_anywhere() {
     let Some(ns2) = support::NetNs::new("promote2") else {
         return;
     };
-    let other = tempfile::tempdir().unwrap();
-    let _cleanup2 = support::Cleanup(other.path().to_path_buf());
-    support::open_to_vm_users(other.path());
-    config(other.path(), &guest);
-    let socket2 = other.path().join("run/banger/bangerd.sock");
-    let mut daemon2 = support::spawn_daemon(&ns2, other.path());
-    support::wait_for_socket(&socket2).await;
+    let secondary = support::vm_daemon(&ns2, &guest, "warm_templates = false\n", false).await;
+    let (socket2, mut daemon2) = (secondary.socket.clone(), secondary.process);
     let body = json!({ "source": bundle }).to_string();
     let (status, pulled) = support::call(&socket2, "POST", "/v1/images/pull", Some(&body)).await;
     assert_eq!(status, 201, "{pulled}");

@@ -95,29 +95,12 @@ async fn snapshots_forks_and_templates_make_new_machines() {
     let Some(ns) = support::NetNs::new("snap") else {
         return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let _cleanup = support::Cleanup(root.path().to_path_buf());
-    support::open_to_vm_users(root.path());
-    let etc = root.path().join("etc/banger");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(
-        etc.join("config.toml"),
-        format!(
-            "guest_binary = \"{}\"\n[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n",
-            guest.display()
-        ),
-    )
-    .unwrap();
-    support::build_default_image(root.path(), &guest).await;
-    let socket = root.path().join("run/banger/bangerd.sock");
-    let mut daemon = support::spawn_daemon(&ns, root.path());
-    support::wait_for_socket(&socket).await;
+    let served = support::vm_daemon(&ns, &guest, "", true).await;
+    let (root, socket) = (&served.root, served.socket.clone());
+    let mut daemon = served.process;
     let call = |method: &'static str, path: String, body: Option<Value>| {
         let socket = socket.clone();
-        async move {
-            let body = body.map(|b| b.to_string());
-            support::call(&socket, method, &path, body.as_deref()).await
-        }
+        async move { support::call_json(&socket, method, &path, body).await }
     };
 
     // The source: a file on the work disk and one on the overlay, and a

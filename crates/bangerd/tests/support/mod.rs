@@ -465,3 +465,57 @@ pub fn mmdebstrap(include: &str, target: &Path) -> bool {
     eprintln!("not run: {why}");
     false
 }
+
+/// A real bangerd serving a test root of its own in a network
+/// namespace: VMs of 512 MiB with a 1G work disk; fields drop in order,
+/// so whatever it started is killed before its root goes.
+#[allow(dead_code)]
+pub struct VmDaemon {
+    pub cleanup: Cleanup,
+    pub root: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub process: std::process::Child,
+}
+
+/// Starts a `VmDaemon` in `ns` whose config adds the top-level lines
+/// `extra`, with the default image built first when `build`.
+#[allow(dead_code)]
+pub async fn vm_daemon(ns: &NetNs, guest: &Path, extra: &str, build: bool) -> VmDaemon {
+    let root = tempfile::tempdir().unwrap();
+    let cleanup = Cleanup(root.path().to_path_buf());
+    open_to_vm_users(root.path());
+    let etc = root.path().join("etc/banger");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("config.toml"),
+        format!(
+            "guest_binary = \"{}\"\n{extra}[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n",
+            guest.display()
+        ),
+    )
+    .unwrap();
+    if build {
+        build_default_image(root.path(), guest).await;
+    }
+    let socket = root.path().join("run/banger/bangerd.sock");
+    let process = spawn_daemon(ns, root.path());
+    wait_for_socket(&socket).await;
+    VmDaemon {
+        cleanup,
+        root,
+        socket,
+        process,
+    }
+}
+
+/// `call` with an optional JSON body.
+#[allow(dead_code)]
+pub async fn call_json(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let body = body.map(|b| b.to_string());
+    call(socket, method, path, body.as_deref()).await
+}

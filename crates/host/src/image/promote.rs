@@ -28,9 +28,9 @@ fn failed(err: impl std::fmt::Display) -> MakeError {
 /// The tools promote runs.
 pub const TOOLS: [&str; 4] = ["e2fsck", "debugfs", "tune2fs", "resize2fs"];
 
-/// Runs an e2fsprogs tool on a disk copy; its output is the error.
-async fn tool(name: &str, args: &[&str], disk: &Path) -> Result<(), MakeError> {
-    let out = tokio::process::Command::new(name)
+/// Runs an e2fsprogs tool with `args` then `disk`.
+async fn run(name: &str, args: &[&str], disk: &Path) -> Result<std::process::Output, MakeError> {
+    tokio::process::Command::new(name)
         .args(args)
         .arg(disk)
         .stdin(std::process::Stdio::null())
@@ -41,7 +41,12 @@ async fn tool(name: &str, args: &[&str], disk: &Path) -> Result<(), MakeError> {
                 format!("cannot run {name}: {e}"),
                 Some("install it: apt-get install e2fsprogs"),
             )
-        })?;
+        })
+}
+
+/// Runs an e2fsprogs tool on a disk copy; its output is the error.
+async fn tool(name: &str, args: &[&str], disk: &Path) -> Result<(), MakeError> {
+    let out = run(name, args, disk).await?;
     if out.status.success() {
         return Ok(());
     }
@@ -65,18 +70,7 @@ async fn shrink(disk: &Path, layer: bool) -> Result<(), MakeError> {
 
 /// `e2fsck -fy` of a disk copy: fixed (exit 0 to 2) or refused.
 async fn repair(disk: &Path, what: &str) -> Result<(), MakeError> {
-    let out = tokio::process::Command::new("e2fsck")
-        .arg("-fy")
-        .arg(disk)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| {
-            MakeError::unavailable(
-                format!("cannot run e2fsck: {e}"),
-                Some("install it: apt-get install e2fsprogs"),
-            )
-        })?;
+    let out = run("e2fsck", &["-fy"], disk).await?;
     match out.status.code() {
         Some(0..=2) => Ok(()),
         code => Err(MakeError::failed(
@@ -105,21 +99,10 @@ async fn scrub(layer: &Path, paths: &[String]) -> Result<(), MakeError> {
     }
     let script = layer.with_extension("scrub");
     std::fs::write(&script, commands).map_err(failed)?;
-    let out = tokio::process::Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&script)
-        .arg(layer)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await;
+    let script_arg = script.display().to_string();
+    let out = run("debugfs", &["-w", "-f", &script_arg], layer).await;
     let _ = std::fs::remove_file(&script);
-    let out = out.map_err(|e| {
-        MakeError::unavailable(
-            format!("cannot run debugfs: {e}"),
-            Some("install it: apt-get install e2fsprogs"),
-        )
-    })?;
+    let out = out?;
     if !out.status.success() {
         return Err(failed(format!(
             "debugfs could not scrub the layer: {}",
