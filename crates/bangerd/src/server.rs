@@ -134,7 +134,7 @@ pub async fn start(config: Config) -> Result<Running> {
         tracing::info!(socket = %socket.display(), "removed a socket no running vm owns");
     }
     // A daemon stopped while saving, or an image removed with its template.
-    for dir in banger.clean_snapshot_dirs()? {
+    for dir in banger.clean_snapshot_dirs().await? {
         tracing::info!(dir = %dir.display(), "removed snapshot files no snapshot owns");
     }
     let listener = bind(&config.socket, &config.socket_group).await?;

@@ -278,3 +278,27 @@ async fn a_vmm_that_keeps_memory_apart_saves_it_beside_the_state_and_restores_fr
         events(&log)
     );
 }
+
+#[tokio::test]
+async fn a_template_a_killed_daemon_was_making_leaves_no_vm_at_the_next_start() {
+    let log = Log::default();
+    let b = booting(vec![disk(&log)], &log);
+    // What a kill during `image warm` leaves: the template's VM, and its
+    // staging naming it.
+    let vm = b.create_vm(named("warm-0a1b2c")).await.unwrap();
+    let staging = b.settings().snapshots_dir.join(".staging").join("abc");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join(super::templates::TEMPLATE_VM), &vm.id).unwrap();
+    let kept = b.create_vm(named("web")).await.unwrap();
+    b.clean_snapshot_dirs().await.unwrap();
+    let names: Vec<String> = b.list_vms().unwrap().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, [kept.name]);
+    assert!(!staging.exists());
+    assert!(
+        events(&log)
+            .iter()
+            .any(|e| e.starts_with("vmm.kill") || e.starts_with("vmm.stop")),
+        "{:?}",
+        events(&log)
+    );
+}

@@ -279,9 +279,11 @@ impl Banger {
         Ok(snapshot)
     }
 
-    /// At daemon start: removes staging and snapshot files no record
-    /// names (a daemon stopped while saving).
-    pub fn clean_snapshot_dirs(&self) -> Result<Vec<PathBuf>, ServiceError> {
+    /// At daemon start: removes the VM of a template a stopped daemon was
+    /// making, then staging and snapshot files no record names (a daemon
+    /// stopped while saving).
+    pub async fn clean_snapshot_dirs(&self) -> Result<Vec<PathBuf>, ServiceError> {
+        self.remove_template_vms().await;
         let known: std::collections::HashSet<String> = self
             .store
             .list_snapshots()?
@@ -301,6 +303,29 @@ impl Banger {
             }
         }
         Ok(removed)
+    }
+
+    /// Removes the VMs of templates a killed daemon was making (their
+    /// staging names them), VMM and all.
+    async fn remove_template_vms(&self) {
+        let staging = self.settings.snapshots_dir.join(STAGING);
+        for entry in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+            let marker = entry.path().join(super::templates::TEMPLATE_VM);
+            let Ok(id) = std::fs::read_to_string(&marker) else {
+                continue;
+            };
+            if self.store.find_vm(id.trim()).ok().flatten().is_none() {
+                continue;
+            }
+            match self.delete_vm(id.trim(), true).await {
+                Ok(vm) => {
+                    tracing::info!(vm = %vm.name, "removed the vm of a template a stopped daemon was making")
+                }
+                Err(err) => {
+                    tracing::warn!(vm = %id.trim(), error = %err, "cannot remove the vm of an unfinished template")
+                }
+            }
+        }
     }
 
     /// Removes the files of the snapshots `ids` whose records are gone

@@ -12,6 +12,9 @@ use crate::snapshot::{Snapshot, SnapshotKind, MEMORY_FILE};
 use crate::spec::{CreateParams, VmSpec};
 use crate::vm::new_id;
 
+/// In a template's staging directory: the id of the VM it boots.
+pub(super) const TEMPLATE_VM: &str = "template-vm";
+
 impl Banger {
     /// The image's template, when there is one this VMM restores and its
     /// shape is `spec`'s.
@@ -76,6 +79,13 @@ impl Banger {
         let mut op = Operation::begin("image.warm");
         let made = async {
             let staging = self.staging(&snapshot_id)?;
+            // Names the template's VM, so a daemon killed while making the
+            // template removes it at its next start.
+            std::fs::write(staging.path.join(TEMPLATE_VM), &vm.id).map_err(|e| {
+                ServiceError::Snapshot {
+                    message: format!("cannot write {}: {e}", staging.path.display()),
+                }
+            })?;
             // Booted into the file its restores map, where the VMM can;
             // else the save writes the memory there.
             let from = if runtime.vmm.boots_into_memory_file() {
