@@ -1,7 +1,8 @@
 //! `/v1/images` and `/v1/catalog`: list, show, build, pull, register,
-//! export, remove. The long ones answer with a progress stream when asked
-//! (see `progress`); every request is checked before any slow work starts,
-//! so bad input gets its own status even on a stream.
+//! export, remove, and promote a VM to one. The long ones answer with a
+//! progress stream when asked (see `progress`); every request is checked
+//! before any slow work starts, so bad input gets its own status even on
+//! a stream.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,7 @@ use banger_proto::image::{
 };
 use banger_proto::progress::ProgressEvent;
 use banger_proto::rules::HostPath;
+use banger_proto::vm::VmPromoteRequest;
 
 use super::caller::{refused, ApiCaller, Held};
 use super::convert;
@@ -426,4 +428,41 @@ fn absolute(path: &str, what: &str) -> Result<PathBuf, HttpError> {
         )
     })?;
     Ok(PathBuf::from(path))
+}
+
+#[utoipa::path(post, path = "/v1/vms/{vm}/promote", tag = "images",
+    request_body = VmPromoteRequest,
+    params(("vm" = String, Path, description = "VM name or id")),
+    responses(
+        (status = 201, description = "The new image: the VM's changes as a layer over its image, its `/root` as the work seed; the VM runs on (paused for the copy) or stays stopped", body = Image),
+        (status = 200, description = "Progress stream (`Accept: application/x-ndjson`); closing it cancels the promote",
+            body = ProgressEvent, content_type = "application/x-ndjson"),
+        (status = 400, description = "The body breaks the schema", body = ApiError),
+        (status = 404, description = "No such VM", body = ApiError),
+        (status = 409, description = "The name is taken, the VM has never started, or it is starting or stopping", body = ApiError),
+        (status = 422, description = "The VM's image already has the most layers an image may have", body = ApiError),
+        (status = 500, description = "The copy or its repair failed; nothing was kept", body = ApiError),
+        (status = 501, description = "This host cannot promote (e2fsprogs missing, or no VMM)", body = ApiError)))]
+pub async fn promote_vm(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(vm): ApiPath<String>,
+    ApiJson(request): ApiJson<VmPromoteRequest>,
+) -> Result<Response, HttpError> {
+    let (banger, images) = (state.banger.clone(), state.images.clone());
+    let name = request.name.into_inner();
+    // Cancelled when a streaming client goes away: nothing is recorded,
+    // staging goes, a VM paused for the copy is resumed.
+    run_image_op(
+        &headers,
+        StatusCode::CREATED,
+        Box::new(move |progress| {
+            Box::pin(async move {
+                banger
+                    .promote_vm(&images, &vm, &name, request.no_work, &*progress)
+                    .await
+            })
+        }),
+    )
+    .await
 }

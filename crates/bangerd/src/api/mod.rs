@@ -80,7 +80,6 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(vm_io::logs))
         .routes(routes!(snapshots::snapshot_vm))
         .routes(routes!(snapshots::fork_vm))
-        .routes(routes!(snapshots::promote_vm))
         .routes(routes!(snapshots::list_snapshots))
         .routes(routes!(
             snapshots::show_snapshot,
@@ -94,6 +93,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(images::register_image))
         .routes(routes!(images::prune_images))
         .routes(routes!(images::export_image))
+        .routes(routes!(images::promote_vm))
         .routes(routes!(images::catalog))
         .routes(routes!(system::health))
         .routes(routes!(system::doctor))

@@ -1,17 +1,13 @@
 //! Snapshots: take one of a running VM, fork a running VM, list, show
 //! and remove them, and make an image's warm template. A VM starts from
-//! a snapshot through `POST /v1/vms` with `from`. And promote: a VM made
-//! an image (a copy of its disks like a snapshot's, then an image flow).
+//! a snapshot through `POST /v1/vms` with `from`.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::StatusCode;
 use axum::Json;
 use banger_proto::error::ApiError;
-use banger_proto::image::Image;
-use banger_proto::progress::ProgressEvent;
 use banger_proto::snapshot::{ForkResult, Snapshot, SnapshotList};
-use banger_proto::vm::{VmForkRequest, VmPromoteRequest, VmSnapshotRequest};
+use banger_proto::vm::{VmForkRequest, VmSnapshotRequest};
 
 use super::convert;
 use super::error::HttpError;
@@ -68,43 +64,6 @@ pub async fn fork_vm(
             vms: vms.iter().map(convert::vm).collect(),
         }),
     ))
-}
-
-#[utoipa::path(post, path = "/v1/vms/{vm}/promote", tag = "images",
-    request_body = VmPromoteRequest,
-    params(("vm" = String, Path, description = "VM name or id")),
-    responses(
-        (status = 201, description = "The new image: the VM's changes as a layer over its image, its `/root` as the work seed; the VM runs on (paused for the copy) or stays stopped", body = Image),
-        (status = 200, description = "Progress stream (`Accept: application/x-ndjson`); closing it cancels the promote",
-            body = ProgressEvent, content_type = "application/x-ndjson"),
-        (status = 400, description = "The body breaks the schema", body = ApiError),
-        (status = 404, description = "No such VM", body = ApiError),
-        (status = 409, description = "The name is taken, the VM has never started, or it is starting or stopping", body = ApiError),
-        (status = 422, description = "The VM's image already has the most layers an image may have", body = ApiError),
-        (status = 500, description = "The copy or its repair failed; nothing was kept", body = ApiError),
-        (status = 501, description = "This host cannot promote (e2fsprogs missing, or no VMM)", body = ApiError)))]
-pub async fn promote_vm(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ApiPath(vm): ApiPath<String>,
-    ApiJson(request): ApiJson<VmPromoteRequest>,
-) -> Result<Response, HttpError> {
-    let (banger, images) = (state.banger.clone(), state.images.clone());
-    let name = request.name.into_inner();
-    // Cancelled when a streaming client goes away: nothing is recorded,
-    // staging goes, a VM paused for the copy is resumed.
-    super::progress::run_image_op(
-        &headers,
-        StatusCode::CREATED,
-        Box::new(move |progress| {
-            Box::pin(async move {
-                banger
-                    .promote_vm(&images, &vm, &name, request.no_work, &*progress)
-                    .await
-            })
-        }),
-    )
-    .await
 }
 
 #[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots",

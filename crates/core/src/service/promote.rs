@@ -76,21 +76,16 @@ impl Banger {
         };
         let layer_file = ArtifactRole::layer_file(parent.layers.len());
         let dir = staging.path();
-        let moved =
-            std::fs::rename(dir.join(SYSTEM_DISK_FILE), dir.join(&layer_file)).and_then(|()| {
-                let work = dir.join(WORK_DISK_FILE);
-                if no_work || !work.exists() {
-                    std::fs::remove_file(&work).or_else(|e| {
-                        if e.kind() == std::io::ErrorKind::NotFound {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-                } else {
-                    std::fs::rename(work, dir.join(ArtifactRole::WorkSeed.file_name()))
+        let work = dir.join(WORK_DISK_FILE);
+        let moved = std::fs::rename(dir.join(SYSTEM_DISK_FILE), dir.join(&layer_file)).and_then(
+            |()| match (work.exists(), no_work) {
+                (true, false) => {
+                    std::fs::rename(&work, dir.join(ArtifactRole::WorkSeed.file_name()))
                 }
-            });
+                (true, true) => std::fs::remove_file(&work),
+                (false, _) => Ok(()),
+            },
+        );
         moved.map_err(|e| ServiceError::Runtime {
             name: vm.name.clone(),
             message: format!("cannot stage its disks: {e}"),
