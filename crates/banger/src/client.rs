@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use banger_proto::error::ApiError;
 use banger_proto::progress::{ProgressEvent, NDJSON};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -171,6 +171,55 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// GETs a stream and returns its body once the answer is a success.
+    pub async fn get_body(&self, path: &str) -> Result<hyper::body::Incoming> {
+        let response = self.send(Method::GET, path, None::<&()>, false).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.into_body().collect().await?.to_bytes();
+            return Err(error_answer(status, &bytes, path));
+        }
+        Ok(response.into_body())
+    }
+
+    /// PUTs the bytes arriving on `body` as they come (`content_type`),
+    /// and returns once the daemon answered; an error on `body` breaks
+    /// the upload off.
+    pub async fn put_stream(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    ) -> Result<()> {
+        use tokio_stream::StreamExt;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(self.connect().await?)
+            .await
+            .context("cannot talk to bangerd")?;
+        tokio::spawn(conn);
+        let frames = tokio_stream::wrappers::ReceiverStream::new(body)
+            .map(|piece| piece.map(|bytes| Frame::data(Bytes::from(bytes))));
+        let request = Request::builder()
+            .method(Method::PUT)
+            .uri(format!("http://bangerd{path}"))
+            .header("host", "bangerd")
+            .header("content-type", content_type)
+            .header("accept", "application/json")
+            .body(StreamBody::new(frames))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ClientError::WentAway {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Err(error_answer(status, &bytes, path))
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

@@ -3,6 +3,7 @@
 //! Exit codes: 0 ok, 1 the operation failed, 2 bad usage or input.
 
 mod client;
+mod copy;
 mod daemon;
 mod doctor;
 mod exec;

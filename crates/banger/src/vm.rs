@@ -77,6 +77,17 @@ pub enum VmCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Copy files and directories between the host and a running VM:
+    /// one side is VM:/path (as `docker cp`). Links stay links, modes
+    /// and times are kept; owners are the VM user's (into a VM) or
+    /// yours (out of one) unless -a.
+    Cp {
+        src: String,
+        dst: String,
+        /// Keep numeric owners as they are (out of a VM: as root).
+        #[arg(short = 'a', long)]
+        archive: bool,
+    },
     /// Run a command in a running VM; exits with the command's status.
     Exec {
         vm: String,
@@ -378,6 +389,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 )
                 .await?;
         }
+        VmCommand::Cp { src, dst, archive } => crate::copy::run(client, &src, &dst, archive).await?,
         VmCommand::Exec {
             vm,
             interactive,
@@ -490,12 +502,12 @@ fn show(vm: &Vm) {
 /// Names are validated by the daemon; keep anything else from changing
 /// the path's shape.
 pub fn path_segment(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c.to_string()
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                char::from(b).to_string()
             } else {
-                format!("%{:02X}", c as u32 & 0xff)
+                format!("%{b:02X}")
             }
         })
         .collect()

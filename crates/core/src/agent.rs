@@ -15,6 +15,13 @@ pub enum AgentLinkError {
     NotReady(Duration),
     #[error("the guest agent: {0}")]
     Failed(String),
+    /// A copy's guest side failed; `kind` as `banger_copy::CopyError`.
+    #[error("{message}")]
+    Copy {
+        kind: String,
+        path: Option<String>,
+        message: String,
+    },
 }
 
 /// What the agent said when it answered.
@@ -125,4 +132,36 @@ pub trait AgentLink: Send + Sync {
             "this agent link has no terminals".into(),
         ))
     }
+
+    /// Unpacks the `vm cp` archive arriving on `data` at `path` in the
+    /// guest, owned as `owner` says; an error on `data` abandons it.
+    async fn copy_in(
+        &self,
+        _handle: &VmmHandle,
+        _path: String,
+        _owner: CopyOwner,
+        _data: mpsc::Receiver<Result<Vec<u8>, String>>,
+    ) -> Result<(), AgentLinkError> {
+        Err(AgentLinkError::Failed("this agent link cannot copy".into()))
+    }
+
+    /// Packs `path` in the guest and sends the archive to `out` as it
+    /// comes; returns once all of it was sent.
+    async fn copy_out(
+        &self,
+        _handle: &VmmHandle,
+        _path: String,
+        _out: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), AgentLinkError> {
+        Err(AgentLinkError::Failed("this agent link cannot copy".into()))
+    }
+}
+
+/// Who owns the files a copy writes into a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyOwner {
+    /// The numeric owners the archive records (`vm cp -a`).
+    Keep,
+    /// This guest user (`NAME`, `UID`, `NAME:GROUP`); root when `None`.
+    User(Option<String>),
 }

@@ -92,6 +92,13 @@ pub enum ServiceError {
     NeverStarted(String),
     #[error("image {image} already has {layers} layers, the most an image may have")]
     TooManyLayers { image: String, layers: usize },
+    #[error("{}", copy::describe(vm, kind, path, message))]
+    Copy {
+        vm: String,
+        kind: String,
+        path: String,
+        message: String,
+    },
 }
 
 impl From<StoreError> for ServiceError {
@@ -124,6 +131,7 @@ impl ServiceError {
             SnapshotNotFound(_) => ErrorKind::NotFound,
             NeverStarted(_) => ErrorKind::Conflict,
             TooManyLayers { .. } => ErrorKind::Unprocessable,
+            Copy { kind, .. } => copy::kind(kind),
             SnapshotNameTaken(_) => ErrorKind::Conflict,
             Snapshot { .. } => ErrorKind::Internal,
             AddrTaken { .. } => ErrorKind::Conflict,
@@ -186,6 +194,7 @@ impl ServiceError {
             TooManyLayers { .. } => {
                 "promote a vm of an image with fewer layers (`banger image show` lists them)".into()
             }
+            Copy { vm, kind, path, .. } => return copy::hint(vm, kind, path),
             Image(err) => match err {
                 ImageError::Name(_) => "pick a name like debian-dev".into(),
                 ImageError::NameTaken(name) => {
@@ -547,6 +556,7 @@ impl Banger {
     }
 }
 
+mod copy;
 mod lifecycle;
 mod promote;
 mod snapshots;

@@ -50,9 +50,19 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
+    // Bulk output (archives going out) waits here for the host to read.
+    let (data_tx, mut data_rx) = mpsc::channel::<Reply>(DATA_DEPTH);
     let writer_task = tokio::spawn(async move {
         let mut writer = writer;
-        while let Some(reply) = rx.recv().await {
+        loop {
+            let reply = tokio::select! {
+                biased;
+                reply = rx.recv() => match reply {
+                    Some(reply) => reply,
+                    None => break,
+                },
+                Some(reply) = data_rx.recv() => reply,
+            };
             let mut line = serde_json::to_vec(&reply).unwrap_or_default();
             line.push(b'\n');
             if writer.write_all(&line).await.is_err() || writer.flush().await.is_err() {
@@ -62,6 +72,7 @@ where
     });
     let running: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
     let terminals: Terminals = Arc::default();
+    let copies: crate::copy::Copies = Arc::default();
     let mut lines = BufReader::new(reader).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
@@ -83,13 +94,62 @@ where
                 continue;
             }
         };
+        // Chunks are taken here, in order; the rest runs on its own.
+        if let Op::Chunk { target, data } = &request.op {
+            if let Some(body) = crate::copy::chunk(request.id, *target, data, &copies) {
+                let _ = tx.send(Reply {
+                    id: request.id,
+                    body,
+                });
+            }
+            continue;
+        }
+        if let Op::Cancel { target } = &request.op {
+            let body = crate::copy::cancel(*target, &copies);
+            let _ = tx.send(Reply {
+                id: request.id,
+                body,
+            });
+            continue;
+        }
+        if let Op::CopyIn {
+            path,
+            keep_owners,
+            user,
+        } = request.op
+        {
+            let owner = copy_owner(keep_owners, user);
+            crate::copy::start_copy_in(request.id, path, owner, &copies, tx.clone());
+            continue;
+        }
+        if let Op::CopyOut { path } = request.op {
+            tokio::spawn(crate::copy::copy_out(request.id, path, data_tx.clone()));
+            continue;
+        }
         let (tx, running, ctx) = (tx.clone(), running.clone(), ctx.clone());
         let terminals = terminals.clone();
         tokio::spawn(async move { handle(request, tx, running, terminals, ctx).await });
     }
     drop(tx);
+    drop(data_tx);
     let _ = writer_task.await;
     Ok(())
+}
+
+/// Replies of bulk output waiting for the host.
+const DATA_DEPTH: usize = 8;
+
+/// Who owns what a copy writes: the archive's owners, a user of this
+/// guest, or root.
+fn copy_owner(keep: bool, user: Option<String>) -> Result<banger_copy::Owner, String> {
+    use banger_copy::Owner;
+    match (keep, user) {
+        (true, _) => Ok(Owner::Keep),
+        (false, None) => Ok(Owner::Set(0, 0)),
+        (false, Some(spec)) => crate::user::resolve(&spec, Path::new("/"))
+            .map(|run_as| Owner::Set(run_as.uid, run_as.gid))
+            .map_err(|e| e.to_string()),
+    }
 }
 
 async fn handle(
@@ -175,6 +235,9 @@ async fn handle(
                 },
             })
         }
+        Op::Chunk { .. } | Op::Cancel { .. } | Op::CopyIn { .. } | Op::CopyOut { .. } => reply(ReplyBody::Error {
+            message: "copies are taken by the request loop".into(),
+        }),
         Op::Shutdown { reboot } => {
             reply(ReplyBody::Ok);
             // Give the reply a moment to leave before the guest goes.

@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod channel;
 pub mod cmdline;
+pub mod copy;
 pub mod early;
 pub mod identity;
 pub mod init;

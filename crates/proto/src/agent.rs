@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The vsock port the agent listens on.
 pub const VSOCK_PORT: u32 = 1024;
+/// `Chunk` requests of one copy in flight without an answer.
+pub const COPY_WINDOW: usize = 4;
+/// Most archive bytes one `Chunk` carries (before base64).
+pub const COPY_CHUNK: usize = 192 * 1024;
 /// Name of the agent's virtio-serial port.
 pub const SERIAL_PORT_NAME: &str = "org.banger.agent";
 
@@ -79,6 +83,28 @@ pub enum Op {
         #[serde(default)]
         reboot: bool,
     },
+    /// Starts unpacking a `vm cp` archive (tar) at `path`. Its bytes follow
+    /// as `Chunk` requests naming this one, each answered `Ok` once the
+    /// unpacker took it (the sender keeps at most `COPY_WINDOW` unanswered);
+    /// an empty `Chunk` ends it. Answered `Ok` once all is written, or
+    /// `CopyFailed`.
+    CopyIn {
+        path: String,
+        /// Keep the numeric owners the archive records.
+        #[serde(default)]
+        keep_owners: bool,
+        /// Who owns what is written unless `keep_owners` (root if absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
+    /// Bytes (base64) of the archive of `CopyIn` request `target`.
+    Chunk { target: u64, data: String },
+    /// Abandons `CopyIn` request `target` (its archive broke off): its
+    /// unpacker fails; what it wrote so far stays.
+    Cancel { target: u64 },
+    /// Packs `path` (a file, link or directory tree) as a tar archive sent
+    /// as `Stdout` replies, ended by `Exit` with code 0; or `CopyFailed`.
+    CopyOut { path: String },
     /// Makes a guest restored from a snapshot a machine of its own before
     /// anything else reaches it: answered once everything is applied.
     Identity(Identity),
@@ -147,6 +173,14 @@ pub enum ReplyBody {
     },
     Ok,
     Error {
+        message: String,
+    },
+    /// A copy's guest side failed: `kind` is `not_found`,
+    /// `not_a_directory`, `conflict`, `io` or `bad_archive`.
+    CopyFailed {
+        kind: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
         message: String,
     },
 }

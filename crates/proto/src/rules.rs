@@ -153,6 +153,11 @@ checked_string!(
     "a path on the daemon's host is absolute (starts with /)"
 );
 checked_string!(
+    /// An absolute path inside a VM.
+    GuestPath, "guest path", HOST_PATH_PATTERN, HOST_PATH_MAX,
+    "a path in a vm is absolute (starts with /)"
+);
+checked_string!(
     /// A Debian suite.
     Suite, "debian suite", SUITE_PATTERN, 32, "a suite is lowercase letters, like bookworm"
 );

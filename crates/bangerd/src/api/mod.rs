@@ -6,6 +6,7 @@ mod caller;
 pub use caller::Peer;
 mod convert;
 pub mod error;
+mod files;
 mod images;
 mod json;
 mod links;
@@ -78,6 +79,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(vm_io::exec))
         .routes(routes!(terminal::terminal))
         .routes(routes!(vm_io::logs))
+        .routes(routes!(files::copy_in, files::copy_out))
         .routes(routes!(snapshots::snapshot_vm))
         .routes(routes!(snapshots::fork_vm))
         .routes(routes!(snapshots::list_snapshots))

@@ -496,7 +496,7 @@ impl Banger {
     }
 
     /// The runtime, the VM and its handle, if it runs.
-    fn running_vm(
+    pub(super) fn running_vm(
         &self,
         id_or_name: &str,
     ) -> Result<(Runtime, Vm, crate::vmm::VmmHandle), ServiceError> {
@@ -516,7 +516,7 @@ impl Banger {
 
     /// How commands run in `vm` (an OCI image's env, working directory
     /// and user), and the image's own command (entrypoint then command).
-    fn exec_context(
+    pub(super) fn exec_context(
         &self,
         vm: &Vm,
     ) -> Result<(crate::agent::ExecContext, Vec<String>), ServiceError> {

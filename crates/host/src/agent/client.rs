@@ -30,6 +30,13 @@ pub enum AgentError {
     Refused(String),
     #[error("the agent sent {0} where it should not")]
     Unexpected(String),
+    /// A copy's guest side failed (`banger_copy::CopyError::kind`).
+    #[error("{message}")]
+    CopyFailed {
+        kind: String,
+        path: Option<String>,
+        message: String,
+    },
 }
 
 /// What `hello` learns.
@@ -138,7 +145,7 @@ impl Replies {
         self.id
     }
 
-    async fn next(&mut self) -> Result<ReplyBody, AgentError> {
+    pub(crate) async fn next(&mut self) -> Result<ReplyBody, AgentError> {
         self.rx.recv().await.ok_or(AgentError::Closed)
     }
 
@@ -148,9 +155,25 @@ impl Replies {
             ReplyBody::Stdout { data } => Ok(ExecEvent::Stdout(decode(&data)?)),
             ReplyBody::Stderr { data } => Ok(ExecEvent::Stderr(decode(&data)?)),
             ReplyBody::Exit { code, signal } => Ok(ExecEvent::Exit { code, signal }),
-            ReplyBody::Error { message } => Err(AgentError::Refused(message)),
-            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+            other => Err(refusal(other)),
         }
+    }
+}
+
+/// The error a reply that is not the expected one stands for.
+pub(crate) fn refusal(body: ReplyBody) -> AgentError {
+    match body {
+        ReplyBody::Error { message } => AgentError::Refused(message),
+        ReplyBody::CopyFailed {
+            kind,
+            path,
+            message,
+        } => AgentError::CopyFailed {
+            kind,
+            path,
+            message,
+        },
+        other => AgentError::Unexpected(format!("{other:?}")),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use banger_core::agent::{
-    AgentLink, AgentLinkError, AgentReady, ExecChunk, ExecContext, TerminalInput,
+    AgentLink, AgentLinkError, AgentReady, CopyOwner, ExecChunk, ExecContext, TerminalInput,
 };
 use banger_core::vmm::VmmHandle;
 use banger_proto::agent::VSOCK_PORT;
@@ -281,6 +281,65 @@ impl AgentLink for HostAgentLink {
                     sent.map_err(failed)?;
                 }
             }
+        }
+    }
+
+    async fn copy_in(
+        &self,
+        handle: &VmmHandle,
+        path: String,
+        owner: CopyOwner,
+        data: mpsc::Receiver<Result<Vec<u8>, String>>,
+    ) -> Result<(), AgentLinkError> {
+        let client = self.client(handle).await?;
+        let (keep, user) = match owner {
+            CopyOwner::Keep => (true, None),
+            CopyOwner::User(user) => (false, user),
+        };
+        let copied = client.copy_in(path, keep, user, data).await;
+        copied.map_err(|err| self.copy_error(handle, err))
+    }
+
+    async fn copy_out(
+        &self,
+        handle: &VmmHandle,
+        path: String,
+        out: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), AgentLinkError> {
+        let client = self.client(handle).await?;
+        let mut replies = client.copy_out(path).map_err(failed)?;
+        loop {
+            match replies.next_event().await {
+                Ok(ExecEvent::Stdout(bytes)) => {
+                    if out.send(bytes).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(ExecEvent::Exit { .. }) => return Ok(()),
+                Ok(ExecEvent::Stderr(_)) => {}
+                Err(err) => return Err(self.copy_error(handle, err)),
+            }
+        }
+    }
+}
+
+impl HostAgentLink {
+    fn copy_error(&self, handle: &VmmHandle, err: AgentError) -> AgentLinkError {
+        match err {
+            AgentError::CopyFailed {
+                kind,
+                path,
+                message,
+            } => AgentLinkError::Copy {
+                kind,
+                path,
+                message,
+            },
+            AgentError::Closed => {
+                self.forget(handle);
+                failed("the guest agent went away")
+            }
+            other => failed(other),
         }
     }
 }

@@ -3,4 +3,5 @@
 //! socket, or a Firecracker hybrid-vsock stream after its handshake).
 
 pub mod client;
+mod copy;
 pub mod link;

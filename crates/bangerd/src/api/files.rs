@@ -1,0 +1,139 @@
+//! `/v1/vms/{vm}/files`: `vm cp`'s archives (tar) in and out of a running
+//! VM, streamed both ways: an archive going in waits for the guest to
+//! take it (the agent's chunk window), one coming out for the client to
+//! read it. The client packs and unpacks host files itself, with its own
+//! rights; the daemon never touches them.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use banger_proto::error::{ApiError, ErrorCode};
+use banger_proto::rules::GuestPath;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use utoipa::IntoParams;
+
+use super::error::HttpError;
+use super::params::{ApiPath, ApiQuery};
+use super::AppState;
+
+/// The media type of a copy's archive.
+pub const TAR: &str = "application/x-tar";
+/// Pieces of an archive held between the client and the guest.
+const DEPTH: usize = 4;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FilesQuery {
+    /// Where in the VM: an existing directory receives the archive's
+    /// top entry under its own name, another path names it.
+    path: GuestPath,
+    /// Keep the numeric owners the archive records (else the VM user's).
+    #[serde(default)]
+    keep_owners: bool,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FileQuery {
+    /// The file, link or directory in the VM to pack.
+    path: GuestPath,
+}
+
+#[utoipa::path(put, path = "/v1/vms/{vm}/files", tag = "vms",
+    params(("vm" = String, Path, description = "VM name or id"), FilesQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar",
+        description = "A tar archive whose entries share one top-level name"),
+    responses(
+        (status = 204, description = "Everything is written in the VM"),
+        (status = 400, description = "A parameter is malformed, or the archive is refused", body = ApiError),
+        (status = 404, description = "No such VM, or no such directory in it", body = ApiError),
+        (status = 409, description = "The VM is not running, or a directory would replace a file", body = ApiError),
+        (status = 422, description = "The guest could not write it (not a directory, permissions, space)", body = ApiError)))]
+pub async fn copy_in(
+    State(state): State<AppState>,
+    ApiPath(vm): ApiPath<String>,
+    ApiQuery(query): ApiQuery<FilesQuery>,
+    body: Body,
+) -> Result<StatusCode, HttpError> {
+    let (tx, rx) = mpsc::channel::<Result<Vec<u8>, String>>(DEPTH);
+    let feed = tokio::spawn(async move {
+        let mut frames = body.into_data_stream();
+        while let Some(frame) = frames.next().await {
+            // A body that breaks off abandons the copy in the guest.
+            let piece = frame.map(|b| b.to_vec()).map_err(|e| e.to_string());
+            let broke = piece.is_err();
+            if tx.send(piece).await.is_err() || broke {
+                return;
+            }
+        }
+    });
+    let copied = state
+        .banger
+        .copy_in(&vm, query.path.as_str(), query.keep_owners, rx)
+        .await;
+    feed.abort();
+    copied?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/vms/{vm}/files", tag = "vms",
+    params(("vm" = String, Path, description = "VM name or id"), FileQuery),
+    responses(
+        (status = 200, description = "A tar archive of the path under its own name, as it is packed",
+            body = Vec<u8>, content_type = "application/x-tar"),
+        (status = 400, description = "A parameter is malformed", body = ApiError),
+        (status = 404, description = "No such VM, or no such file in it", body = ApiError),
+        (status = 409, description = "The VM is not running", body = ApiError),
+        (status = 422, description = "The guest could not read it", body = ApiError)))]
+pub async fn copy_out(
+    State(state): State<AppState>,
+    ApiPath(vm): ApiPath<String>,
+    ApiQuery(query): ApiQuery<FileQuery>,
+) -> Result<Response, HttpError> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(DEPTH);
+    let banger = state.banger.clone();
+    let mut copy =
+        tokio::spawn(async move { banger.copy_out(&vm, query.path.as_str(), tx).await });
+    let lost = |e: tokio::task::JoinError| {
+        HttpError::new(ErrorCode::Internal, format!("the copy failed: {e}"), None)
+    };
+    // The status waits for the first piece: a path the guest cannot pack
+    // is an error answer, not a broken archive.
+    let first = tokio::select! {
+        first = rx.recv() => first,
+        done = &mut copy => {
+            done.map_err(lost)??;
+            rx.recv().await
+        }
+    };
+    let (body_tx, body) = mpsc::channel::<Result<Vec<u8>, std::io::Error>>(DEPTH);
+    tokio::spawn(async move {
+        let mut next = first;
+        while let Some(bytes) = next {
+            if body_tx.send(Ok(bytes)).await.is_err() {
+                copy.abort();
+                return;
+            }
+            next = rx.recv().await;
+        }
+        // A failure after the first piece breaks the stream: the client
+        // sees a truncated archive, never a whole-looking one.
+        let end = match copy.await {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => err.to_string(),
+            Err(err) => err.to_string(),
+        };
+        let _ = body_tx.send(Err(std::io::Error::other(end))).await;
+    });
+    let stream = ReceiverStream::new(body);
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, TAR)],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
