@@ -33,9 +33,7 @@ impl Side {
     /// and anything starting with `/` or `.`, is a host path.
     pub fn parse(arg: &str) -> Side {
         match arg.split_once(':') {
-            Some((vm, path))
-                if !vm.is_empty() && !vm.contains('/') && !arg.starts_with('.') =>
-            {
+            Some((vm, path)) if !vm.is_empty() && !vm.contains('/') && !arg.starts_with('.') => {
                 Side::Vm {
                     vm: vm.to_string(),
                     path: path.to_string(),
@@ -74,7 +72,9 @@ fn host_error(err: CopyError) -> anyhow::Error {
 
 pub async fn run(client: &Client, src: &str, dst: &str, archive: bool) -> Result<()> {
     match (Side::parse(src), Side::parse(dst)) {
-        (Side::Host(from), Side::Vm { vm, path }) => copy_in(client, &from, &vm, &path, archive).await,
+        (Side::Host(from), Side::Vm { vm, path }) => {
+            copy_in(client, &from, &vm, &path, archive).await
+        }
         (Side::Vm { vm, path }, Side::Host(to)) => copy_out(client, &vm, &path, &to, archive).await,
         _ => Err(refused(
             ErrorCode::InvalidInput,
@@ -86,8 +86,10 @@ pub async fn run(client: &Client, src: &str, dst: &str, archive: bool) -> Result
 }
 
 async fn copy_in(client: &Client, from: &Path, vm: &str, path: &str, keep: bool) -> Result<()> {
+    crate::client::checked::<banger_proto::rules::GuestPath, _>(path.to_string())?;
     // Refused here first: nothing is sent for a source that is not there.
-    std::fs::symlink_metadata(from).map_err(|_| host_error(CopyError::NotFound(from.display().to_string())))?;
+    std::fs::symlink_metadata(from)
+        .map_err(|_| host_error(CopyError::NotFound(from.display().to_string())))?;
     let url = format!(
         "/v1/vms/{}/files?path={}&keep_owners={keep}",
         path_segment(vm),
@@ -124,10 +126,15 @@ async fn copy_in(client: &Client, from: &Path, vm: &str, path: &str, keep: bool)
 }
 
 async fn copy_out(client: &Client, vm: &str, path: &str, to: &Path, keep: bool) -> Result<()> {
+    crate::client::checked::<banger_proto::rules::GuestPath, _>(path.to_string())?;
     let owner = if keep { Owner::Keep } else { Owner::Unpacker };
     // Refused here first: nothing is fetched for a place that is not there.
     banger_copy::Landing::decide(to).map_err(host_error)?;
-    let url = format!("/v1/vms/{}/files?path={}", path_segment(vm), path_segment(path));
+    let url = format!(
+        "/v1/vms/{}/files?path={}",
+        path_segment(vm),
+        path_segment(path)
+    );
     let mut body = client.get_body(&url).await?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(DEPTH);
     let to_owned = to.to_path_buf();
@@ -163,7 +170,10 @@ async fn copy_out(client: &Client, vm: &str, path: &str, to: &Path, keep: bool) 
     progress.done();
     let unpacked = unpacker.await.context("the unpacker failed")?;
     if let Some(reason) = broke {
-        anyhow::bail!("the copy from {vm}:{path} broke off ({reason}); what arrived is in {}", to.display());
+        anyhow::bail!(
+            "the copy from {vm}:{path} broke off ({reason}); what arrived is in {}",
+            to.display()
+        );
     }
     unpacked.map_err(host_error)?;
     Ok(())

@@ -389,7 +389,9 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 )
                 .await?;
         }
-        VmCommand::Cp { src, dst, archive } => crate::copy::run(client, &src, &dst, archive).await?,
+        VmCommand::Cp { src, dst, archive } => {
+            crate::copy::run(client, &src, &dst, archive).await?
+        }
         VmCommand::Exec {
             vm,
             interactive,

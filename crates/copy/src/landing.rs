@@ -39,8 +39,13 @@ impl Landing {
                 }
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotADirectory => {
-                let parent = dest.parent().unwrap_or(dest);
-                return Err(CopyError::NotADirectory(parent.display().to_string()));
+                // `file/` or `file/x`: the file is what is not a directory.
+                let text = dest.display().to_string();
+                let file = match text.strip_suffix('/') {
+                    Some(dir) => dir.to_string(),
+                    None => dest.parent().unwrap_or(dest).display().to_string(),
+                };
+                return Err(CopyError::NotADirectory(file));
             }
             Err(err) => return Err(CopyError::io(dest, err)),
         }
@@ -84,13 +89,12 @@ mod tests {
             Landing::decide(&dir.path().join("missing/x")),
             Err(CopyError::NotFound(p)) if p.ends_with("missing")
         ));
-        assert!(matches!(
-            Landing::decide(&dir.path().join("file/x")),
-            Err(CopyError::NotADirectory(_))
-        ));
-        assert!(matches!(
-            Landing::decide(Path::new(&format!("{}/file/", dir.path().display()))),
-            Err(CopyError::NotADirectory(_))
-        ));
+        let file = dir.path().join("file").display().to_string();
+        for dest in [format!("{file}/x"), format!("{file}/")] {
+            assert!(matches!(
+                Landing::decide(Path::new(&dest)),
+                Err(CopyError::NotADirectory(p)) if p == file
+            ));
+        }
     }
 }

@@ -11,10 +11,12 @@ use crate::CopyError;
 pub fn pack<W: Write>(src: &Path, out: W) -> Result<W, CopyError> {
     let shown = || src.display().to_string();
     let meta = std::fs::symlink_metadata(src).map_err(|e| CopyError::io(src, e))?;
-    let name = top_name(src).ok_or_else(|| CopyError::BadArchive(format!(
-        "{} has no name to copy it by; name a file or directory",
-        shown()
-    )))?;
+    let name = top_name(src).ok_or_else(|| {
+        CopyError::BadArchive(format!(
+            "{} has no name to copy it by; name a file or directory",
+            shown()
+        ))
+    })?;
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);

@@ -41,14 +41,24 @@ fn a_tree_round_trips_with_modes_and_links() {
         std::fs::read_link(out.join("sub/link")).unwrap(),
         Path::new("../a.txt")
     );
-    assert_eq!(std::fs::metadata(out.join("locked")).unwrap().mode() & 0o777, 0o555);
-    assert_eq!(std::fs::read_to_string(out.join("locked/inside")).unwrap(), "x");
+    assert_eq!(
+        std::fs::metadata(out.join("locked")).unwrap().mode() & 0o777,
+        0o555
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("locked/inside")).unwrap(),
+        "x"
+    );
     // Under a new name: the destination's.
     unpack(&bytes[..], &dst.path().join("renamed"), AS_UNPACKER).unwrap();
     assert!(dst.path().join("renamed/sub/deeper/run.sh").exists());
     // Again onto itself: replaced in place.
     unpack(&bytes[..], dst.path(), AS_UNPACKER).unwrap();
-    for dir in [out.join("locked"), dst.path().join("renamed/locked"), src.path().join("proj/locked")] {
+    for dir in [
+        out.join("locked"),
+        dst.path().join("renamed/locked"),
+        src.path().join("proj/locked"),
+    ] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
@@ -60,14 +70,20 @@ fn a_file_lands_as_named_and_a_directory_never_onto_a_file() {
     std::fs::write(src.path().join("f"), "one").unwrap();
     let file = pack(&src.path().join("f"), Vec::new()).unwrap();
     unpack(&file[..], &dst.path().join("g"), AS_UNPACKER).unwrap();
-    assert_eq!(std::fs::read_to_string(dst.path().join("g")).unwrap(), "one");
+    assert_eq!(
+        std::fs::read_to_string(dst.path().join("g")).unwrap(),
+        "one"
+    );
     // A link at the destination is replaced, not written through.
     let victim = dst.path().join("victim");
     std::fs::write(&victim, "keep").unwrap();
     std::os::unix::fs::symlink(&victim, dst.path().join("h")).unwrap();
     unpack(&file[..], &dst.path().join("h"), AS_UNPACKER).unwrap();
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
-    assert_eq!(std::fs::read_to_string(dst.path().join("h")).unwrap(), "one");
+    assert_eq!(
+        std::fs::read_to_string(dst.path().join("h")).unwrap(),
+        "one"
+    );
     std::fs::create_dir(src.path().join("d")).unwrap();
     let dir = pack(&src.path().join("d"), Vec::new()).unwrap();
     let err = unpack(&dir[..], &dst.path().join("g"), AS_UNPACKER).unwrap_err();
@@ -88,7 +104,9 @@ fn owners_are_kept_or_set() {
     unpack(&bytes[..], &dst.path().join("kept"), keep).unwrap();
     let kept = std::fs::metadata(dst.path().join("kept")).unwrap();
     assert_eq!((kept.uid(), kept.gid()), (1234, 2345));
-    let set = UnpackOptions { owner: Owner::Set(77, 88) };
+    let set = UnpackOptions {
+        owner: Owner::Set(77, 88),
+    };
     unpack(&bytes[..], &dst.path().join("set"), set).unwrap();
     let set = std::fs::metadata(dst.path().join("set")).unwrap();
     assert_eq!((set.uid(), set.gid()), (77, 88));

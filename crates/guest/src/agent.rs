@@ -73,7 +73,9 @@ where
     let running: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
     let terminals: Terminals = Arc::default();
     let copies: crate::copy::Copies = Arc::default();
-    let mut lines = BufReader::new(reader).lines();
+    // Large reads: a serial port's reads each cross to a blocking thread,
+    // and copies arrive as lines of hundreds of KiB.
+    let mut lines = BufReader::with_capacity(READ_BUFFER, reader).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
             continue;
@@ -135,6 +137,9 @@ where
     let _ = writer_task.await;
     Ok(())
 }
+
+/// Bytes the request reader asks the stream for at once.
+const READ_BUFFER: usize = 512 * 1024;
 
 /// Replies of bulk output waiting for the host.
 const DATA_DEPTH: usize = 8;

@@ -1,8 +1,8 @@
 //! `vm cp` in the guest: archives unpacked at a path (`CopyIn`, fed by
 //! `Chunk` requests) and paths packed into archives (`CopyOut`), both
 //! through `banger-copy` on a blocking thread. Chunks are answered when
-//! the unpacker takes them, so the host never has more than
-//! `COPY_WINDOW` in flight; an archive going out waits for the host to
+//! the unpacker takes them, so a host keeps at most its `COPY_WINDOW` in
+//! flight (the agent holds up to `COPY_SLOTS`); an archive going out waits for the host to
 //! read it (the bounded data channel of `agent::serve`).
 
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use banger_copy::{CopyError, Owner, UnpackOptions};
-use banger_proto::agent::{Reply, ReplyBody, COPY_CHUNK, COPY_WINDOW};
+use banger_proto::agent::{Reply, ReplyBody, COPY_CHUNK, COPY_SLOTS};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use tokio::sync::mpsc;
@@ -53,8 +53,7 @@ pub fn start_copy_in(
             return;
         }
     };
-    // One more than the window: the host never overfills it.
-    let (chunks_tx, chunks) = mpsc::channel(COPY_WINDOW + 1);
+    let (chunks_tx, chunks) = mpsc::channel(COPY_SLOTS);
     let cancelled = Arc::new(AtomicBool::new(false));
     let open = OpenCopy {
         chunks: chunks_tx,
@@ -108,7 +107,7 @@ pub fn chunk(id: u64, target: u64, data: &str, copies: &Copies) -> Option<ReplyB
         // Answered by the unpacker when it takes the bytes.
         Ok(()) => None,
         Err(mpsc::error::TrySendError::Full(_)) => Some(ReplyBody::Error {
-            message: format!("more than {COPY_WINDOW} chunks in flight for copy {target}"),
+            message: format!("more than {COPY_SLOTS} chunks in flight for copy {target}"),
         }),
         Err(mpsc::error::TrySendError::Closed(_)) => Some(ReplyBody::Error {
             message: format!("copy {target} has ended"),
@@ -176,9 +175,8 @@ pub async fn copy_out(id: u64, path: String, data: mpsc::Sender<Reply>) {
             out: bytes_tx,
             buffer: Vec::with_capacity(COPY_CHUNK),
         };
-        banger_copy::pack(&PathBuf::from(&path), writer).and_then(|mut w| {
-            w.flush().map_err(|e| CopyError::Io(path.clone(), e))
-        })
+        banger_copy::pack(&PathBuf::from(&path), writer)
+            .and_then(|mut w| w.flush().map_err(|e| CopyError::Io(path.clone(), e)))
     });
     while let Some(chunk) = bytes.recv().await {
         let body = ReplyBody::Stdout {

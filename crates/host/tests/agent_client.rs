@@ -369,3 +369,108 @@ async fn an_identity_is_written_into_the_guest_and_a_bad_one_refused() {
     let err = client.identity(identity, WAIT).await.unwrap_err();
     assert!(err.to_string().contains("machine-id"), "{err}");
 }
+
+/// Sends `bytes` in pieces of `piece` on a channel, as the daemon does.
+fn feed(bytes: Vec<u8>, piece: usize) -> tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        for part in bytes.chunks(piece) {
+            if tx.send(Ok(part.to_vec())).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn a_tree_copies_in_and_out_through_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let src = dir.path().join("src/tree");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    // Bigger than a chunk window: the window turns over many times.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(src.join("sub/big"), &big).unwrap();
+    std::os::unix::fs::symlink("sub/big", src.join("link")).unwrap();
+    let archive = banger_copy::pack(&src, Vec::new()).unwrap();
+    let guest_dir = dir.path().join("guest");
+    std::fs::create_dir(&guest_dir).unwrap();
+    let target = guest_dir.display().to_string();
+    client
+        .copy_in(target.clone(), false, None, feed(archive, 100_000))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(guest_dir.join("tree/sub/big")).unwrap(), big);
+    assert_eq!(
+        std::fs::read_link(guest_dir.join("tree/link")).unwrap(),
+        std::path::Path::new("sub/big")
+    );
+    // And back out, as the CLI would unpack it.
+    let mut replies = client.copy_out(format!("{target}/tree")).unwrap();
+    let mut back = Vec::new();
+    loop {
+        match replies.next_event().await.unwrap() {
+            ExecEvent::Stdout(bytes) => back.extend(bytes),
+            ExecEvent::Exit { code, .. } => {
+                assert_eq!(code, Some(0));
+                break;
+            }
+            ExecEvent::Stderr(_) => {}
+        }
+    }
+    let host_dir = dir.path().join("back");
+    let owner = banger_copy::UnpackOptions {
+        owner: banger_copy::Owner::Unpacker,
+    };
+    banger_copy::unpack(&back[..], &host_dir, owner).unwrap();
+    assert_eq!(std::fs::read(host_dir.join("sub/big")).unwrap(), big);
+}
+
+#[tokio::test]
+async fn copy_failures_name_their_kind_and_a_broken_archive_is_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let missing = dir.path().join("nope").display().to_string();
+    let err = client
+        .copy_out(missing.clone())
+        .unwrap()
+        .next_event()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AgentError::CopyFailed { kind, path: Some(p), .. } if kind == "not_found" && *p == missing),
+        "{err:?}"
+    );
+    let into_missing = format!("{missing}/x");
+    let err = client
+        .copy_in(
+            into_missing,
+            false,
+            None,
+            feed(b"not a tar at all".repeat(64), 512),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AgentError::CopyFailed { kind, .. } if kind == "not_found"),
+        "{err:?}"
+    );
+    // An archive that breaks off midway: the guest's unpacker fails.
+    std::fs::write(dir.path().join("f"), vec![1u8; 600_000]).unwrap();
+    let archive = banger_copy::pack(&dir.path().join("f"), Vec::new()).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(Ok(archive[..200_000].to_vec())).await.unwrap();
+    tx.send(Err("the client went away".to_string()))
+        .await
+        .unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let err = client
+        .copy_in(out.display().to_string(), false, None, rx)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("broke off"), "{err}");
+    // The agent serves on.
+    client.hello(WAIT).await.unwrap();
+}

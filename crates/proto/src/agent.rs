@@ -16,8 +16,11 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The vsock port the agent listens on.
 pub const VSOCK_PORT: u32 = 1024;
-/// `Chunk` requests of one copy in flight without an answer.
-pub const COPY_WINDOW: usize = 4;
+/// `Chunk` requests of one copy a host keeps in flight without an answer.
+pub const COPY_WINDOW: usize = 16;
+/// Unanswered chunks an agent holds for one copy: more than any host's
+/// window, so a host built with a larger one still fits an older agent.
+pub const COPY_SLOTS: usize = 64;
 /// Most archive bytes one `Chunk` carries (before base64).
 pub const COPY_CHUNK: usize = 192 * 1024;
 /// Name of the agent's virtio-serial port.
@@ -98,13 +101,20 @@ pub enum Op {
         user: Option<String>,
     },
     /// Bytes (base64) of the archive of `CopyIn` request `target`.
-    Chunk { target: u64, data: String },
+    Chunk {
+        target: u64,
+        data: String,
+    },
     /// Abandons `CopyIn` request `target` (its archive broke off): its
     /// unpacker fails; what it wrote so far stays.
-    Cancel { target: u64 },
+    Cancel {
+        target: u64,
+    },
     /// Packs `path` (a file, link or directory tree) as a tar archive sent
     /// as `Stdout` replies, ended by `Exit` with code 0; or `CopyFailed`.
-    CopyOut { path: String },
+    CopyOut {
+        path: String,
+    },
     /// Makes a guest restored from a snapshot a machine of its own before
     /// anything else reaches it: answered once everything is applied.
     Identity(Identity),

@@ -96,20 +96,23 @@ pub async fn copy_out(
 ) -> Result<Response, HttpError> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(DEPTH);
     let banger = state.banger.clone();
-    let mut copy =
-        tokio::spawn(async move { banger.copy_out(&vm, query.path.as_str(), tx).await });
+    let copy = tokio::spawn(async move { banger.copy_out(&vm, query.path.as_str(), tx).await });
     let lost = |e: tokio::task::JoinError| {
         HttpError::new(ErrorCode::Internal, format!("the copy failed: {e}"), None)
     };
     // The status waits for the first piece: a path the guest cannot pack
     // is an error answer, not a broken archive.
-    let first = tokio::select! {
-        first = rx.recv() => first,
-        done = &mut copy => {
-            done.map_err(lost)??;
-            rx.recv().await
-        }
-    };
+    let first = rx.recv().await;
+    if first.is_none() {
+        // Nothing came: the copy's end says why (an empty archive is
+        // not something the guest sends).
+        copy.await.map_err(lost)??;
+        return Err(HttpError::new(
+            ErrorCode::Internal,
+            "the guest sent no archive",
+            None,
+        ));
+    }
     let (body_tx, body) = mpsc::channel::<Result<Vec<u8>, std::io::Error>>(DEPTH);
     tokio::spawn(async move {
         let mut next = first;
