@@ -4,7 +4,7 @@ use anyhow::Result;
 use banger_proto::error::{ApiError, ErrorCode};
 use banger_proto::rules::DiskBytes;
 use banger_proto::units::parse_size;
-use banger_proto::vm::{Vm, VmCreateRequest, VmList, VmUpdateRequest};
+use banger_proto::vm::{PortForward, PortList, Vm, VmCreateRequest, VmList, VmUpdateRequest};
 use clap::{Args, Subcommand};
 
 use crate::client::{checked, Client, ClientError};
@@ -88,6 +88,9 @@ pub enum VmCommand {
         #[arg(short = 'a', long)]
         archive: bool,
     },
+    /// List, add or remove a running or stopped VM's published ports.
+    #[command(subcommand)]
+    Port(PortCommand),
     /// Run a command in a running VM; exits with the command's status.
     Exec {
         vm: String,
@@ -143,6 +146,25 @@ pub enum VmCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum PortCommand {
+    /// List a VM's published ports.
+    Ls {
+        vm: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a host port: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]
+    /// (live when the VM runs; kept across restarts).
+    Add {
+        vm: String,
+        #[arg(value_parser = parse_publish)]
+        forward: PortForward,
+    },
+    /// Stop publishing a host port: HOST_PORT[/tcp|/udp].
+    Rm { vm: String, port: String },
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Name; two random words when left out.
@@ -171,6 +193,10 @@ pub struct RunArgs {
     /// Boot even when the image has a warm template.
     #[arg(long)]
     cold: bool,
+    /// Forward a host port to the guest: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]
+    /// (repeatable; HOST_IP 127.0.0.1 unless given).
+    #[arg(short = 'p', long = "publish", value_parser = parse_publish)]
+    publish: Vec<PortForward>,
 }
 
 #[derive(Debug, Args)]
@@ -208,8 +234,16 @@ pub struct CreateArgs {
     /// Boot even when the image has a warm template of this shape.
     #[arg(long)]
     cold: bool,
+    /// Forward a host port to the guest: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]
+    /// (repeatable; HOST_IP 127.0.0.1 unless given).
+    #[arg(short = 'p', long = "publish", value_parser = parse_publish)]
+    publish: Vec<PortForward>,
     #[arg(long)]
     json: bool,
+}
+
+fn parse_publish(text: &str) -> Result<PortForward, String> {
+    text.parse()
 }
 
 /// A disk size as typed (`8G`) in the bytes the API takes.
@@ -241,6 +275,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 remove_on_failure: false,
                 from: args.from.map(checked).transpose()?,
                 cold: args.cold,
+                publish: args.publish,
             };
             let vm = create_watched(client, &request, args.json).await?;
             if args.json {
@@ -334,6 +369,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 remove_on_failure: rm,
                 from: create.from.map(checked).transpose()?,
                 cold: create.cold,
+                publish: create.publish,
             };
             let vm = create_watched(client, &request, false).await?;
             eprintln!("{} is up at {} ({})", vm.name, vm.guest_ip, vm.dns_name);
@@ -389,6 +425,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 )
                 .await?;
         }
+        VmCommand::Port(command) => ports(client, command).await?,
         VmCommand::Cp { src, dst, archive } => {
             crate::copy::run(client, &src, &dst, archive).await?
         }
@@ -513,4 +550,50 @@ pub fn path_segment(text: &str) -> String {
             }
         })
         .collect()
+}
+
+async fn ports(client: &Client, command: PortCommand) -> Result<()> {
+    let print = |list: &PortList| {
+        for port in &list.ports {
+            println!("{port}");
+        }
+    };
+    match command {
+        PortCommand::Ls { vm, json } => {
+            let list: PortList = client
+                .get(&format!("/v1/vms/{}/ports", path_segment(&vm)))
+                .await?;
+            if json {
+                return output::json(&list);
+            }
+            print(&list);
+        }
+        PortCommand::Add { vm, forward } => {
+            let list: PortList = client
+                .post(&format!("/v1/vms/{}/ports", path_segment(&vm)), &forward)
+                .await?;
+            print(&list);
+        }
+        PortCommand::Rm { vm, port } => {
+            let (number, protocol) = port.split_once('/').unwrap_or((&port, "tcp"));
+            let number: u64 = number.parse().map_err(|_| {
+                ClientError::Api(ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!("bad port {port:?}: write HOST_PORT[/tcp|/udp]"),
+                    Some("see `banger vm port ls VM` for the published ports".into()),
+                ))
+            })?;
+            let number: banger_proto::rules::Port = checked(number)?;
+            let list: PortList = client
+                .delete(&format!(
+                    "/v1/vms/{}/ports/{}?protocol={}",
+                    path_segment(&vm),
+                    number.get(),
+                    path_segment(protocol)
+                ))
+                .await?;
+            print(&list);
+        }
+    }
+    Ok(())
 }

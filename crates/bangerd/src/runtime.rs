@@ -21,6 +21,7 @@ use banger_host::firecracker::jail::JailerConfig;
 use banger_host::net::capability::NetworkCapability;
 use banger_host::net::dns::upstream_from_resolv_conf;
 use banger_host::net::{NetConfig, Network};
+use banger_host::ports::PortsCapability;
 use banger_host::qemu::driver::QemuDriver;
 use banger_host::qemu::plan::{AgentTransport, QemuConfig};
 use banger_host::ssh::{SshCapability, SshKeys};
@@ -120,6 +121,7 @@ pub fn build(
         }
     };
     let mut capabilities: Vec<Arc<dyn Capability>> = Vec::new();
+    capabilities.push(Arc::new(PortsCapability::new(network.is_some())));
     if let Some(net) = network {
         capabilities.push(Arc::new(NetworkCapability::new(net)));
         // SSH needs the guest on the network.

@@ -17,6 +17,7 @@ pub mod locks;
 pub mod memory_store;
 pub mod names;
 pub mod operation;
+pub mod ports;
 pub mod progress;
 pub mod resolve;
 pub mod service;

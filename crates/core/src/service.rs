@@ -123,6 +123,10 @@ impl ServiceError {
     pub fn kind(&self) -> ErrorKind {
         use ServiceError::*;
         match self {
+            Spec(SpecError::Ports(crate::ports::PortError::NotPublished { .. })) => {
+                ErrorKind::NotFound
+            }
+            Spec(SpecError::Ports(_)) => ErrorKind::Conflict,
             Spec(_) => ErrorKind::InvalidInput,
             UnknownImage(_) => ErrorKind::NotFound,
             Refused(_) | AddrOutside { .. } | AddrReserved { .. } | SnapshotShape { .. } => {
@@ -164,6 +168,12 @@ impl ServiceError {
         use ServiceError::*;
         Some(match self {
             Spec(SpecError::Name(_)) => "pick a name like web-1, or leave it out to get one".into(),
+            Spec(SpecError::Ports(crate::ports::PortError::NotPublished { vm, .. })) => {
+                format!("see its ports with `banger vm port ls {vm}`")
+            }
+            Spec(SpecError::Ports(_)) => {
+                "pick another host port, or free it with `banger vm port rm VM PORT`".into()
+            }
             Spec(_) => "see `banger vm create --help` for the accepted values".into(),
             UnknownImage(_) => {
                 "list images with `banger image ls`, and the catalog with `banger image ls --catalog`"
@@ -345,6 +355,8 @@ impl Banger {
         if let Some(ip) = request.guest_ip {
             self.check_guest_ip(ip)?;
         }
+        crate::ports::check_free(&self.store.list_vms()?, "", &request.spec.ports)
+            .map_err(SpecError::from)?;
         let snapshot = match &params.from {
             Some(_) if request.no_start => {
                 return Err(ServiceError::Refused(crate::capability::Refusal {
@@ -490,6 +502,8 @@ impl Banger {
                 name
             }
         };
+        crate::ports::check_free(&self.store.list_vms()?, "", &request.spec.ports)
+            .map_err(SpecError::from)?;
         let guest_ip = match request.guest_ip {
             Some(ip) => {
                 self.check_guest_ip(ip)?;
@@ -558,6 +572,7 @@ impl Banger {
 
 mod copy;
 mod lifecycle;
+mod ports;
 mod promote;
 mod snapshots;
 mod templates;

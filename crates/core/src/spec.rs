@@ -31,6 +31,8 @@ pub enum SpecError {
     Address(String),
     #[error("invalid count {count}: use 1 to {max}")]
     Count { count: u32, max: u32 },
+    #[error(transparent)]
+    Ports(#[from] crate::ports::PortError),
 }
 
 /// The raw create request, as it arrives from a front-end.
@@ -53,6 +55,8 @@ pub struct CreateParams {
     pub from: Option<String>,
     /// Boot even when the image has a warm template that fits.
     pub cold: bool,
+    /// Host ports forwarded to the guest (`--publish`).
+    pub ports: Vec<crate::ports::PortForward>,
 }
 
 /// Defaults applied where a request is silent (from config).
@@ -85,6 +89,8 @@ pub struct VmSpec {
     pub work_disk_bytes: u64,
     pub system_disk_bytes: u64,
     pub nat: bool,
+    /// Host ports forwarded to the guest while it runs.
+    pub ports: Vec<crate::ports::PortForward>,
 }
 
 /// A create request after validation: the optional name, the image to
@@ -123,6 +129,7 @@ impl CreateParams {
             self.system_disk_bytes,
             defaults.system_disk_bytes,
         )?;
+        crate::ports::check_distinct(&self.ports)?;
         let image = match self.image.as_deref().map(str::trim) {
             None | Some("") => defaults.image.clone(),
             Some(image) => image.to_string(),
@@ -136,6 +143,7 @@ impl CreateParams {
                 work_disk_bytes,
                 system_disk_bytes,
                 nat: self.nat,
+                ports: self.ports.clone(),
             },
             no_start: self.no_start,
             guest_ip: match self.guest_ip.as_deref() {

@@ -13,6 +13,7 @@ pub mod firecracker;
 pub mod image;
 pub mod log_tail;
 pub mod net;
+pub mod ports;
 pub mod process;
 pub mod qemu;
 pub mod ssh;

@@ -350,6 +350,7 @@ mod tests {
                     work_disk_bytes: 1 << 30,
                     system_disk_bytes: 1 << 30,
                     nat: false,
+                    ports: Vec::new(),
                 },
                 // TEST-NET-1: nothing answers there.
                 guest_ip: "192.0.2.1".parse().unwrap(),

@@ -273,6 +273,10 @@ checked_number!(
     DiskBytes, u64, "disk size", DISK_BYTES_MIN, DISK_BYTES_MAX, " bytes"
 );
 checked_number!(
+    /// A TCP or UDP port.
+    Port, u16, "port", 1, 65535, ""
+);
+checked_number!(
     /// How many copies one fork makes.
     ForkCount, u32, "fork count", FORK_COUNT_MIN, FORK_COUNT_MAX, ""
 );

@@ -3,7 +3,88 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::rules::{DiskBytes, MemoryMib, Name, Vcpus};
+use crate::rules::{DiskBytes, MemoryMib, Name, Port, Vcpus};
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// A host port forwarded to a port of the VM's guest address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortForward {
+    /// The host address to listen on; 127.0.0.1 when absent (a port is
+    /// reachable from other hosts only on a non-loopback address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Ipv4)]
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    pub host_port: Port,
+    pub guest_port: Port,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl std::str::FromStr for PortForward {
+    type Err = String;
+
+    /// `[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]`, as `docker run -p`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("bad port forward {text:?}: write [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]")
+        };
+        let (rest, protocol) = match text.rsplit_once('/') {
+            Some((rest, "tcp")) => (rest, Protocol::Tcp),
+            Some((rest, "udp")) => (rest, Protocol::Udp),
+            Some(_) => return Err(bad()),
+            None => (text, Protocol::Tcp),
+        };
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (host_ip, host_port, guest_port) = match parts.as_slice() {
+            [host, guest] => (None, *host, *guest),
+            [ip, host, guest] => (Some(ip.parse().map_err(|_| bad())?), *host, *guest),
+            _ => return Err(bad()),
+        };
+        let port = |p: &str| {
+            let n: u64 = p.parse().map_err(|_| bad())?;
+            Port::try_from(n).map_err(|e| e.to_string())
+        };
+        Ok(PortForward {
+            host_ip,
+            host_port: port(host_port)?,
+            guest_port: port(guest_port)?,
+            protocol,
+        })
+    }
+}
+
+impl std::fmt::Display for PortForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        let protocol = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        write!(
+            f,
+            "{}:{}/{protocol}",
+            self.host_port.get(),
+            self.guest_port.get()
+        )
+    }
+}
+
+/// Body of `GET /v1/vms/{vm}/ports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortList {
+    pub ports: Vec<PortForward>,
+}
 
 /// Lifecycle state of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -71,6 +152,10 @@ pub struct VmCreateRequest {
     /// Boot even when the image has a warm template of this shape.
     #[serde(default)]
     pub cold: bool,
+    /// Host ports forwarded to the guest while it runs; a host port and
+    /// protocol belong to one VM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PortForward>,
 }
 
 /// Wall time of one named stage of an operation.
@@ -110,6 +195,9 @@ pub struct Vm {
     pub create_stages: Vec<StageTiming>,
     /// `qemu` or `firecracker`.
     pub vmm: String,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<PortForward>,
 }
 
 /// Body of `GET /v1/vms`.
@@ -161,4 +249,30 @@ pub struct VmForkRequest {
     /// Outbound NAT for the copies; the source's setting when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_forwards_in_the_docker_forms() {
+        let f: PortForward = "8080:80".parse().unwrap();
+        assert_eq!((f.host_ip, f.protocol), (None, Protocol::Tcp));
+        assert_eq!(f.to_string(), "8080:80/tcp");
+        let f: PortForward = "0.0.0.0:5353:53/udp".parse().unwrap();
+        assert_eq!(f.to_string(), "0.0.0.0:5353:53/udp");
+        for bad in [
+            "80",
+            "a:80",
+            "1:2:3:4",
+            "8080:80/sctp",
+            "x.y:1:2",
+            ":80",
+            "0:80",
+            "8080:70000",
+        ] {
+            assert!(bad.parse::<PortForward>().is_err(), "{bad}");
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_vm_create_stages.sql"),
     include_str!("../migrations/0006_snapshots.sql"),
     include_str!("../migrations/0007_image_layers.sql"),
+    include_str!("../migrations/0008_vm_ports.sql"),
 ];
 
 /// Applies the migrations this database has not seen. Returns the new

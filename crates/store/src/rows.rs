@@ -16,7 +16,7 @@ pub(crate) const IMAGE_COLUMNS: &str =
 pub(crate) const VM_COLUMNS: &str = "id, name, image_id, image_name, state, vcpus, memory_mib, \
      work_disk_bytes, system_disk_bytes, nat, guest_ip, vsock_cid, created_at_ms, updated_at_ms, \
      last_error, stages, vmm, vmm_pid, vmm_start_ticks, control_socket, agent_socket, \
-     create_stages";
+     create_stages, ports";
 
 pub(crate) fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
     Ok(Image {
@@ -73,6 +73,7 @@ pub(crate) struct RawVm {
     guest_ip: String,
     stages: String,
     create_stages: String,
+    ports: String,
 }
 
 pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
@@ -89,6 +90,7 @@ pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
                 work_disk_bytes: row.get::<_, i64>(7)? as u64,
                 system_disk_bytes: row.get::<_, i64>(8)? as u64,
                 nat: row.get(9)?,
+                ports: Vec::new(),
             },
             guest_ip: Ipv4Addr::UNSPECIFIED,
             vsock_cid: row.get(11)?,
@@ -118,6 +120,7 @@ pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
         guest_ip: row.get(10)?,
         stages: row.get(15)?,
         create_stages: row.get(21)?,
+        ports: row.get(22)?,
     })
 }
 
@@ -139,6 +142,9 @@ impl RawVm {
                 "vm {} has create stages {:?}",
                 vm.id, self.create_stages
             ))
+        })?;
+        vm.spec.ports = serde_json::from_str(&self.ports).map_err(|e| {
+            StoreError::Corrupt(format!("vm {} has ports {:?}: {e}", vm.id, self.ports))
         })?;
         Ok(vm)
     }

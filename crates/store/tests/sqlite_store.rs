@@ -40,6 +40,7 @@ fn vm(id: &str, name: &str, ip: &str) -> Vm {
             work_disk_bytes: 8 << 30,
             system_disk_bytes: 4 << 30,
             nat: true,
+            ports: Vec::new(),
         },
         guest_ip,
         vsock_cid: u32::from(guest_ip),

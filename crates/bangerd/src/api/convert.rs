@@ -27,6 +27,7 @@ pub fn vm(vm: &Vm) -> proto::vm::Vm {
         vmm: vm.vmm.clone(),
         stages: stage_timings(&vm.stages),
         create_stages: stage_timings(&vm.create_stages),
+        ports: vm.spec.ports.iter().map(port).collect(),
     }
 }
 
@@ -130,5 +131,34 @@ pub fn create_params(req: proto::vm::VmCreateRequest) -> banger_core::spec::Crea
         remove_on_failure: req.remove_on_failure,
         from: req.from.map(String::from),
         cold: req.cold,
+        ports: req.publish.iter().map(port_forward).collect(),
+    }
+}
+
+pub fn port_forward(p: &proto::vm::PortForward) -> banger_core::ports::PortForward {
+    use banger_core::ports::{PortForward, Protocol, DEFAULT_HOST_IP};
+    PortForward {
+        host_ip: p.host_ip.unwrap_or(DEFAULT_HOST_IP),
+        host_port: p.host_port.get(),
+        guest_port: p.guest_port.get(),
+        protocol: match p.protocol {
+            proto::vm::Protocol::Tcp => Protocol::Tcp,
+            proto::vm::Protocol::Udp => Protocol::Udp,
+        },
+    }
+}
+
+pub fn port(p: &banger_core::ports::PortForward) -> proto::vm::PortForward {
+    use banger_core::ports::Protocol;
+    // Core ports are 1-65535 already: the checks cannot fail.
+    let wire = |n: u16| proto::rules::Port::try_from(u64::from(n.max(1))).expect("a port");
+    proto::vm::PortForward {
+        host_ip: Some(p.host_ip),
+        host_port: wire(p.host_port),
+        guest_port: wire(p.guest_port),
+        protocol: match p.protocol {
+            Protocol::Tcp => proto::vm::Protocol::Tcp,
+            Protocol::Udp => proto::vm::Protocol::Udp,
+        },
     }
 }

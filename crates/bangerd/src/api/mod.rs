@@ -11,6 +11,7 @@ mod images;
 mod json;
 mod links;
 mod params;
+mod ports;
 mod progress;
 mod snapshots;
 mod system;
@@ -80,6 +81,8 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(terminal::terminal))
         .routes(routes!(vm_io::logs))
         .routes(routes!(files::copy_in, files::copy_out))
+        .routes(routes!(ports::list_ports, ports::add_port))
+        .routes(routes!(ports::remove_port))
         .routes(routes!(snapshots::snapshot_vm))
         .routes(routes!(snapshots::fork_vm))
         .routes(routes!(snapshots::list_snapshots))

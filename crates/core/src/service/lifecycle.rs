@@ -550,20 +550,7 @@ impl Banger {
         vm.spec.nat = on;
         vm.updated_at_ms = self.clock.now_ms();
         self.store.update_vm(&vm)?;
-        if vm.state == VmState::Running {
-            if let Some(runtime) = self.runtime.clone() {
-                let image = self.image_of(&vm)?;
-                let ctx = self.context(&vm, &image);
-                for cap in &runtime.capabilities {
-                    cap.config_changed(&ctx)
-                        .await
-                        .map_err(|e| ServiceError::Runtime {
-                            name: vm.name.clone(),
-                            message: e.to_string(),
-                        })?;
-                }
-            }
-        }
+        self.apply_config(&vm).await?;
         Ok(vm)
     }
 

@@ -1,0 +1,245 @@
+//! Published ports, forwarded in user space: the daemon listens on the
+//! host address and port and relays each TCP connection, or each UDP
+//! peer's datagrams, to the guest's address. User space (not DNAT)
+//! because the default host address is loopback, which the kernel routes
+//! to a bridge only with `route_localnet` (opening every interface's
+//! 127/8 to forwarding), and because the README's benchmark measures
+//! what the relay costs against a direct connection.
+//!
+//! `PortsCapability` binds a VM's ports before its VMM starts (a port in
+//! use fails the start before anything runs), after a daemon restart for
+//! VMs that still run, and on `vm port add/rm` (`config_changed`); it
+//! closes them on stop and removal. Binding is the clash check against
+//! other programs; banger's own VMs are checked by the core.
+
+mod tcp;
+mod udp;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use banger_core::capability::{Capability, CapabilityError, Refusal, VmContext};
+use banger_core::doctor::Check;
+use banger_core::ports::{PortForward, Protocol};
+use banger_core::spec::VmSpec;
+use tokio::task::JoinHandle;
+
+/// One forward being served; dropping it closes its socket.
+struct Open {
+    forward: PortForward,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct PortsCapability {
+    /// Whether VMs are on banger's network (else nothing to forward to).
+    network: bool,
+    open: Mutex<HashMap<String, Vec<Open>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortsError {
+    #[error("host port {port}/{protocol} on {ip} is in use by another program")]
+    InUse {
+        ip: Ipv4Addr,
+        port: u16,
+        protocol: &'static str,
+    },
+    #[error("host address {0} is not an address of this host")]
+    NoSuchAddress(Ipv4Addr),
+    #[error("cannot listen on {ip}:{port}/{protocol}: {source}")]
+    Bind {
+        ip: Ipv4Addr,
+        port: u16,
+        protocol: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl PortsError {
+    fn hint(&self) -> String {
+        match self {
+            PortsError::InUse { port, .. } => {
+                format!("pick another host port (`ss -lntup 'sport = :{port}'` shows who has it)")
+            }
+            PortsError::NoSuchAddress(_) => {
+                "leave the host address out (127.0.0.1), or use one `ip -4 addr` lists, or 0.0.0.0"
+                    .into()
+            }
+            PortsError::Bind { .. } => "pick another host port".into(),
+        }
+    }
+}
+
+/// Binds `forward`'s host side.
+fn bind(forward: &PortForward) -> Result<Socket, PortsError> {
+    let addr = SocketAddr::V4(SocketAddrV4::new(forward.host_ip, forward.host_port));
+    let protocol = forward.protocol.as_str();
+    let bound = match forward.protocol {
+        Protocol::Tcp => std::net::TcpListener::bind(addr).map(Socket::Tcp),
+        Protocol::Udp => std::net::UdpSocket::bind(addr).map(Socket::Udp),
+    };
+    bound.map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => PortsError::InUse {
+            ip: forward.host_ip,
+            port: forward.host_port,
+            protocol,
+        },
+        std::io::ErrorKind::AddrNotAvailable => PortsError::NoSuchAddress(forward.host_ip),
+        _ => PortsError::Bind {
+            ip: forward.host_ip,
+            port: forward.host_port,
+            protocol,
+            source,
+        },
+    })
+}
+
+enum Socket {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+impl PortsCapability {
+    pub fn new(network: bool) -> Self {
+        PortsCapability {
+            network,
+            open: Mutex::default(),
+        }
+    }
+
+    /// Whether banger serves this host port now (for any VM).
+    fn serving(&self, forward: &PortForward) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.values()
+            .flatten()
+            .any(|o| o.forward.key() == forward.key() && o.forward.host_ip == forward.host_ip)
+    }
+
+    /// Serves every forward of `ctx`'s VM not served yet and closes those
+    /// it no longer has; all or nothing for the new ones.
+    fn reconcile(&self, ctx: &VmContext) -> Result<(), CapabilityError> {
+        let wanted = &ctx.vm.spec.ports;
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let serving = open.entry(ctx.vm.id.clone()).or_default();
+        serving.retain(|o| wanted.contains(&o.forward));
+        let mut started = Vec::new();
+        for forward in wanted {
+            if serving.iter().any(|o| o.forward == *forward) {
+                continue;
+            }
+            let socket = bind(forward).map_err(|err| CapabilityError {
+                capability: "ports",
+                message: format!("{err}; {}", err.hint()),
+            })?;
+            let guest = SocketAddr::V4(SocketAddrV4::new(ctx.vm.guest_ip, forward.guest_port));
+            let task = match socket {
+                Socket::Tcp(listener) => tcp::serve(listener, guest),
+                Socket::Udp(socket) => udp::serve(socket, guest),
+            };
+            let task = task.map_err(|e| CapabilityError {
+                capability: "ports",
+                message: format!("cannot serve {forward}: {e}"),
+            })?;
+            tracing::info!(vm = %ctx.vm.name, %forward, "port published");
+            started.push(Open {
+                forward: *forward,
+                task,
+            });
+        }
+        serving.extend(started);
+        Ok(())
+    }
+
+    fn close(&self, vm_id: &str) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(vm_id);
+    }
+
+    /// The forwards served now, by VM id (for `verify`).
+    pub fn served(&self) -> HashMap<String, Vec<PortForward>> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.iter()
+            .map(|(id, list)| (id.clone(), list.iter().map(|o| o.forward).collect()))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Capability for PortsCapability {
+    fn name(&self) -> &'static str {
+        "ports"
+    }
+
+    fn prepare_stage(&self) -> &'static str {
+        "ports"
+    }
+
+    /// Refuses ports without a network, and host ports another program
+    /// holds (those banger serves already are this VM's: the core checked
+    /// its other VMs).
+    fn check_spec(&self, spec: &VmSpec) -> Result<(), Refusal> {
+        if spec.ports.is_empty() {
+            return Ok(());
+        }
+        if !self.network {
+            return Err(Refusal {
+                message: "published ports need banger's network, which is disabled here".into(),
+                hint: "enable [network] in the config, or use `banger vm cp` and `vm exec`".into(),
+            });
+        }
+        for forward in &spec.ports {
+            if self.serving(forward) {
+                continue;
+            }
+            if let Err(err) = bind(forward) {
+                return Err(Refusal {
+                    message: err.to_string(),
+                    hint: err.hint(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn prepare_host(
+        &self,
+        ctx: &VmContext,
+        _config: &banger_core::capability::GuestConfig,
+    ) -> Result<(), CapabilityError> {
+        let result = self.reconcile(ctx);
+        if result.is_err() {
+            self.close(&ctx.vm.id);
+        }
+        result
+    }
+
+    async fn cleanup(&self, ctx: &VmContext) {
+        self.close(&ctx.vm.id);
+    }
+
+    async fn readopt(&self, ctx: &VmContext) -> Result<(), CapabilityError> {
+        self.reconcile(ctx)
+    }
+
+    async fn config_changed(&self, ctx: &VmContext) -> Result<(), CapabilityError> {
+        self.reconcile(ctx)
+    }
+
+    async fn remove(&self, ctx: &VmContext) {
+        self.close(&ctx.vm.id);
+    }
+
+    fn doctor(&self) -> Vec<Check> {
+        Vec::new()
+    }
+}
