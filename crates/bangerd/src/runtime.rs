@@ -77,6 +77,7 @@ pub fn build(
     ssh: Option<Arc<SshKeys>>,
     vmm_uid_base: Option<u32>,
     jail_base: &std::path::Path,
+    ports: Arc<PortsCapability>,
 ) -> Option<Runtime> {
     let accel = KvmFacts::probe(&KvmPaths::default()).accel();
     let vmm: Arc<dyn Vmm> = match kind {
@@ -121,7 +122,7 @@ pub fn build(
         }
     };
     let mut capabilities: Vec<Arc<dyn Capability>> = Vec::new();
-    capabilities.push(Arc::new(PortsCapability::new(network.is_some())));
+    capabilities.push(ports);
     if let Some(net) = network {
         capabilities.push(Arc::new(NetworkCapability::new(net)));
         // SSH needs the guest on the network.

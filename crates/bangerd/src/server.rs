@@ -103,12 +103,14 @@ pub async fn start(config: Config) -> Result<Running> {
         .await
         .context("cannot prepare the daemon's ssh key")?,
     );
+    let ports = Arc::new(banger_host::ports::PortsCapability::new(network.is_some()));
     if let Some(runtime) = crate::runtime::build(
         &vmm,
         network.clone(),
         Some(ssh.clone()),
         config.vmm_uid_base,
         &config.jail_base(),
+        ports.clone(),
     ) {
         banger = banger.with_runtime(runtime);
     }
@@ -162,6 +164,7 @@ pub async fn start(config: Config) -> Result<Running> {
         started: Instant::now(),
         shutdown: shutdown.clone(),
         warmer,
+        ports,
     };
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "bangerd serving");
     let socket = config.socket.clone();

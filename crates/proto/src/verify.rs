@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 /// One object that should not be there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Leak {
-    /// `process`, `link`, `nft`, `dns`, `socket`, `file`.
+    /// `process`, `link`, `nft`, `dns`, `socket`, `file`, `port`, `jail`.
     pub kind: String,
     pub name: String,
     pub detail: String,

@@ -51,6 +51,8 @@ pub struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// Makes warm templates after cold creates (`warm_templates`).
     pub warmer: Option<Arc<crate::warm::Warmer>>,
+    /// The published ports being forwarded.
+    pub ports: Arc<banger_host::ports::PortsCapability>,
 }
 
 #[derive(OpenApi)]

@@ -32,6 +32,28 @@ pub async fn verify(State(state): State<AppState>) -> Result<Json<VerifyReport>,
     let mut leaks = Vec::new();
     let mut warnings = Vec::new();
 
+    let served = state.ports.served();
+    for vm in &live {
+        let forwarded = served.get(&vm.id).cloned().unwrap_or_default();
+        for port in vm.spec.ports.iter().filter(|p| !forwarded.contains(p)) {
+            leaks.push(leak(
+                "port",
+                port.to_string(),
+                format!("published by vm {}, which runs, but not forwarded", vm.name),
+            ));
+        }
+    }
+    for (id, forwards) in &served {
+        if !live_ids.contains(id) {
+            for port in forwards {
+                leaks.push(leak(
+                    "port",
+                    port.to_string(),
+                    format!("forwarded for vm {id}, which is not running"),
+                ));
+            }
+        }
+    }
     let jail_base = &state.jail_base;
     for (id, dir) in banger_host::firecracker::jail::jails(jail_base) {
         if !live_ids.contains(&id) {
