@@ -26,15 +26,18 @@ use banger_core::ports::{PortForward, Protocol};
 use banger_core::spec::VmSpec;
 use tokio::task::JoinHandle;
 
-/// One forward being served; dropping it closes its socket.
+/// One forward being served; `close` ends it.
 struct Open {
     forward: PortForward,
     task: JoinHandle<()>,
 }
 
-impl Drop for Open {
-    fn drop(&mut self) {
+impl Open {
+    /// Ends the forward; returns once its socket is closed (a task only
+    /// drops what it holds when it is next polled after the abort).
+    async fn close(self) {
         self.task.abort();
+        let _ = self.task.await;
     }
 }
 
@@ -102,6 +105,23 @@ fn bind(forward: &PortForward) -> Result<Socket, PortsError> {
     })
 }
 
+/// Binds `forward` and starts relaying it to `guest_ip`.
+fn serve(forward: &PortForward, guest_ip: Ipv4Addr) -> Result<JoinHandle<()>, CapabilityError> {
+    let socket = bind(forward).map_err(|err| CapabilityError {
+        capability: "ports",
+        message: format!("{err}; {}", err.hint()),
+    })?;
+    let guest = SocketAddr::V4(SocketAddrV4::new(guest_ip, forward.guest_port));
+    let task = match socket {
+        Socket::Tcp(listener) => tcp::serve(listener, guest),
+        Socket::Udp(socket) => udp::serve(socket, guest),
+    };
+    task.map_err(|e| CapabilityError {
+        capability: "ports",
+        message: format!("cannot serve {forward}: {e}"),
+    })
+}
+
 enum Socket {
     Tcp(std::net::TcpListener),
     Udp(std::net::UdpSocket),
@@ -125,44 +145,64 @@ impl PortsCapability {
 
     /// Serves every forward of `ctx`'s VM not served yet and closes those
     /// it no longer has; all or nothing for the new ones.
-    fn reconcile(&self, ctx: &VmContext) -> Result<(), CapabilityError> {
+    async fn reconcile(&self, ctx: &VmContext) -> Result<(), CapabilityError> {
         let wanted = &ctx.vm.spec.ports;
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let serving = open.entry(ctx.vm.id.clone()).or_default();
-        serving.retain(|o| wanted.contains(&o.forward));
-        let mut started = Vec::new();
-        for forward in wanted {
-            if serving.iter().any(|o| o.forward == *forward) {
-                continue;
-            }
-            let socket = bind(forward).map_err(|err| CapabilityError {
-                capability: "ports",
-                message: format!("{err}; {}", err.hint()),
-            })?;
-            let guest = SocketAddr::V4(SocketAddrV4::new(ctx.vm.guest_ip, forward.guest_port));
-            let task = match socket {
-                Socket::Tcp(listener) => tcp::serve(listener, guest),
-                Socket::Udp(socket) => udp::serve(socket, guest),
-            };
-            let task = task.map_err(|e| CapabilityError {
-                capability: "ports",
-                message: format!("cannot serve {forward}: {e}"),
-            })?;
-            tracing::info!(vm = %ctx.vm.name, %forward, "port published");
-            started.push(Open {
-                forward: *forward,
-                task,
-            });
+        let gone: Vec<Open> = {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let serving = open.entry(ctx.vm.id.clone()).or_default();
+            let (keep, gone) = std::mem::take(serving)
+                .into_iter()
+                .partition(|o| wanted.contains(&o.forward));
+            *serving = keep;
+            gone
+        };
+        for open in gone {
+            open.close().await;
         }
-        serving.extend(started);
+        let serving: Vec<PortForward> = {
+            let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            open.get(&ctx.vm.id)
+                .map(|list| list.iter().map(|o| o.forward).collect())
+                .unwrap_or_default()
+        };
+        let mut started = Vec::new();
+        let mut failed = None;
+        for forward in wanted.iter().filter(|f| !serving.contains(f)) {
+            match serve(forward, ctx.vm.guest_ip) {
+                Ok(task) => {
+                    tracing::info!(vm = %ctx.vm.name, %forward, "port published");
+                    started.push(Open {
+                        forward: *forward,
+                        task,
+                    });
+                }
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failed {
+            // All or nothing: what this call opened closes again.
+            for open in started {
+                open.close().await;
+            }
+            return Err(err);
+        }
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.entry(ctx.vm.id.clone()).or_default().extend(started);
         Ok(())
     }
 
-    fn close(&self, vm_id: &str) {
-        self.open
+    async fn close(&self, vm_id: &str) {
+        let gone = self
+            .open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(vm_id);
+        for open in gone.into_iter().flatten() {
+            open.close().await;
+        }
     }
 
     /// The forwards served now, by VM id (for `verify`).
@@ -216,27 +256,27 @@ impl Capability for PortsCapability {
         ctx: &VmContext,
         _config: &banger_core::capability::GuestConfig,
     ) -> Result<(), CapabilityError> {
-        let result = self.reconcile(ctx);
+        let result = self.reconcile(ctx).await;
         if result.is_err() {
-            self.close(&ctx.vm.id);
+            self.close(&ctx.vm.id).await;
         }
         result
     }
 
     async fn cleanup(&self, ctx: &VmContext) {
-        self.close(&ctx.vm.id);
+        self.close(&ctx.vm.id).await;
     }
 
     async fn readopt(&self, ctx: &VmContext) -> Result<(), CapabilityError> {
-        self.reconcile(ctx)
+        self.reconcile(ctx).await
     }
 
     async fn config_changed(&self, ctx: &VmContext) -> Result<(), CapabilityError> {
-        self.reconcile(ctx)
+        self.reconcile(ctx).await
     }
 
     async fn remove(&self, ctx: &VmContext) {
-        self.close(&ctx.vm.id);
+        self.close(&ctx.vm.id).await;
     }
 
     fn doctor(&self) -> Vec<Check> {

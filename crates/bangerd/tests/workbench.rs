@@ -1,0 +1,249 @@
+//! A VM used like a local machine, with real VMs under QEMU through a
+//! real bangerd and the real CLI: `vm cp` round trips (content, modes,
+//! links, owners) both ways; a server in the guest answers through a
+//! published port, after a VM restart and after a daemon restart; two
+//! VMs cannot publish one host port, nor take one another program holds;
+//! bad paths are refused naming their side; `verify` stays clean.
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Runs the CLI against `root`: (exit code, stdout, stderr).
+fn cli(root: &Path, args: &[&str]) -> (i32, String, String) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_bangerd")).with_file_name("banger");
+    let out = std::process::Command::new(bin)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What a TCP connection to `port` on 127.0.0.1 in `ns` reads, retried
+/// until it reads something (at most `tries` times, a second apart).
+async fn fetch(ns: &support::NetNs, port: u16, tries: u32) -> String {
+    let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && timeout 10 cat <&3");
+    for _ in 0..tries {
+        let out = ns.command("bash").args(["-c", &script]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !text.is_empty() {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    String::new()
+}
+
+/// A greeter on guest port 8000, run by systemd (so it comes back after
+/// a restart): perl is in every Debian minbase.
+const GREETER: &str = r#"mkdir -p /opt/greet
+cat > /opt/greet/greet.pl <<'PL'
+use IO::Socket::INET;
+my $s = IO::Socket::INET->new(LocalPort => 8000, Listen => 5, ReuseAddr => 1) or die "listen: $!";
+while (my $c = $s->accept) { print $c "hello from the guest\n"; close $c; }
+PL
+cat > /etc/systemd/system/greet.service <<'UNIT'
+[Unit]
+Description=greeter
+[Service]
+ExecStart=/usr/bin/perl /opt/greet/greet.pl
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl enable --now greet.service 2>&1"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_and_ports_move_between_host_and_vm() {
+    let Some(guest) = support::guest_binary() else {
+        return;
+    };
+    let Some(ns) = support::NetNs::new("workbench") else {
+        return;
+    };
+    let daemon = support::vm_daemon(&ns, &guest, "warm_templates = false\n", true).await;
+    let (root, socket) = (daemon.root.path().to_path_buf(), daemon.socket.clone());
+    let mut process = daemon.process;
+    let call = |method: &'static str, path: &str, body: Option<Value>| {
+        let (socket, path) = (socket.clone(), path.to_string());
+        async move { support::call_json(&socket, method, &path, body).await }
+    };
+
+    let (status, vm) = call(
+        "POST",
+        "/v1/vms",
+        Some(json!({"name": "box", "publish": [{"host_port": 18080, "guest_port": 8000}]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{vm}");
+    assert_eq!(vm["ports"][0]["host_ip"], "127.0.0.1", "{vm}");
+
+    // --- vm cp: a tree in, and back out.
+    let host = tempfile::tempdir().unwrap();
+    let tree = host.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(tree.join("sub/big.bin"), &big).unwrap();
+    std::fs::write(tree.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(tree.join("run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("sub/big.bin", tree.join("link")).unwrap();
+    std::fs::write(tree.join("owned"), "mine").unwrap();
+    nix::unistd::chown(&tree.join("owned"), Some(1234.into()), Some(2345.into())).unwrap();
+    let tree_arg = tree.display().to_string();
+    let (code, _, err) = cli(&root, &["vm", "cp", &tree_arg, "box:/root"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = support::sh(
+        &socket,
+        "box",
+        "cd /root/tree && sha256sum sub/big.bin | cut -d' ' -f1 && stat -c %a run.sh && \
+         readlink link && stat -c %u:%g owned && ./run.sh",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let sha = |bytes: &[u8]| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let digest = sha(&big);
+    assert_eq!(
+        out,
+        format!("{digest}\n750\nsub/big.bin\n0:0\nran\n"),
+        "content, mode, link, the vm user's owner, still runs"
+    );
+    // -a keeps numeric owners.
+    let owned = tree.join("owned").display().to_string();
+    let (code, _, err) = cli(&root, &["vm", "cp", "-a", &owned, "box:/root/kept"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = support::sh(&socket, "box", "stat -c %u:%g /root/kept").await;
+    assert_eq!(out, "1234:2345\n");
+    // Back out, under a new name.
+    let back = host.path().join("back");
+    let back_arg = back.display().to_string();
+    let (code, _, err) = cli(&root, &["vm", "cp", "box:/root/tree", &back_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sha(&std::fs::read(back.join("sub/big.bin")).unwrap()),
+        digest
+    );
+    assert_eq!(
+        std::fs::metadata(back.join("run.sh")).unwrap().mode() & 0o777,
+        0o750
+    );
+    assert_eq!(
+        std::fs::read_link(back.join("link")).unwrap(),
+        Path::new("sub/big.bin")
+    );
+    // A file from the guest into an existing directory.
+    let (code, _, err) = cli(&root, &["vm", "cp", "box:/etc/hostname", &back_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(back.join("hostname")).unwrap(),
+        "box\n"
+    );
+    // Bad paths: named with their side, nothing written.
+    let (code, _, err) = cli(&root, &["vm", "cp", "box:/etc/nope", &back_arg]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no such file in box:/etc/nope"), "{err}");
+    let missing = host.path().join("missing").display().to_string();
+    let (code, _, err) = cli(&root, &["vm", "cp", &missing, "box:/root"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("no such file on the host: {missing}")),
+        "{err}"
+    );
+    let (code, _, err) = cli(&root, &["vm", "cp", &tree_arg, "box:/nodir/x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no such file in box:/nodir"), "{err}");
+    let (code, _, err) = cli(&root, &["vm", "cp", &tree_arg, "box:root"]);
+    assert_eq!(code, 2, "a relative guest path: {err}");
+    let (code, _, err) = cli(&root, &["vm", "cp", &tree_arg, &back_arg]);
+    assert_eq!(code, 2, "no vm side: {err}");
+
+    // --- Ports: a server in the guest through 127.0.0.1:18080.
+    let (code, _, err) = support::sh(&socket, "box", GREETER).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fetch(&ns, 18080, 20).await, "hello from the guest\n");
+    // One VM per host port; another program's port is refused.
+    let (status, err) = call(
+        "POST",
+        "/v1/vms",
+        Some(json!({"name": "other", "no_start": true,
+                    "publish": [{"host_port": 18080, "guest_port": 80}]})),
+    )
+    .await;
+    assert_eq!(status, 409, "{err}");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("published by vm box"));
+    let mut holder = ns
+        .command("perl")
+        .args([
+            "-MIO::Socket::INET",
+            "-e",
+            "my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1:18081', Listen => 1) or die; sleep 120",
+        ])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, _, err) = cli(&root, &["vm", "port", "add", "box", "18081:8000"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("in use by another program"), "{err}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    // Live add and rm.
+    let (code, out, err) = cli(&root, &["vm", "port", "add", "box", "18082:8000"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("127.0.0.1:18082:8000/tcp"), "{out}");
+    assert_eq!(fetch(&ns, 18082, 5).await, "hello from the guest\n");
+    let (code, _, err) = cli(&root, &["vm", "port", "rm", "box", "18082"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fetch(&ns, 18082, 1).await, "", "removed: nothing listens");
+    // After a VM restart, and a daemon restart.
+    let (status, err) = call("POST", "/v1/vms/box/restart", None).await;
+    assert_eq!(status, 200, "{err}");
+    assert_eq!(fetch(&ns, 18080, 30).await, "hello from the guest\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(process.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = process.wait();
+    assert_eq!(fetch(&ns, 18080, 1).await, "", "the daemon is down");
+    process = support::spawn_daemon(&ns, &root);
+    support::wait_for_socket(&socket).await;
+    assert_eq!(fetch(&ns, 18080, 10).await, "hello from the guest\n");
+    let (status, report) = call("GET", "/v1/verify", None).await;
+    assert_eq!((status, &report["leaks"]), (200, &json!([])), "{report}");
+
+    // Removed with the VM.
+    let (status, err) = call("DELETE", "/v1/vms/box?force=true", None).await;
+    assert_eq!(status, 200, "{err}");
+    assert_eq!(fetch(&ns, 18080, 1).await, "");
+    let (status, report) = call("GET", "/v1/verify", None).await;
+    assert_eq!((status, &report["leaks"]), (200, &json!([])), "{report}");
+    let _ = process.kill();
+    let _ = process.wait();
+}
