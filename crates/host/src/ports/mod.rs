@@ -283,3 +283,6 @@ impl Capability for PortsCapability {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests;
