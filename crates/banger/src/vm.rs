@@ -4,7 +4,9 @@ use anyhow::Result;
 use banger_proto::error::{ApiError, ErrorCode};
 use banger_proto::rules::DiskBytes;
 use banger_proto::units::parse_size;
-use banger_proto::vm::{PortForward, PortList, Vm, VmCreateRequest, VmList, VmUpdateRequest};
+use banger_proto::vm::{
+    Mount, PortForward, PortList, Vm, VmCreateRequest, VmList, VmUpdateRequest,
+};
 use clap::{Args, Subcommand};
 
 use crate::client::{checked, Client, ClientError};
@@ -197,6 +199,10 @@ pub struct RunArgs {
     /// (repeatable; HOST_IP 127.0.0.1 unless given).
     #[arg(short = 'p', long = "publish", value_parser = parse_publish)]
     publish: Vec<PortForward>,
+    /// Share a host directory: HOST_DIR:GUEST_DIR[:ro] (repeatable;
+    /// absolute paths; QEMU VMs, served with your rights).
+    #[arg(long = "mount", value_parser = parse_mount)]
+    mount: Vec<Mount>,
 }
 
 #[derive(Debug, Args)]
@@ -238,11 +244,19 @@ pub struct CreateArgs {
     /// (repeatable; HOST_IP 127.0.0.1 unless given).
     #[arg(short = 'p', long = "publish", value_parser = parse_publish)]
     publish: Vec<PortForward>,
+    /// Share a host directory: HOST_DIR:GUEST_DIR[:ro] (repeatable;
+    /// absolute paths; QEMU VMs, served with your rights).
+    #[arg(long = "mount", value_parser = parse_mount)]
+    mount: Vec<Mount>,
     #[arg(long)]
     json: bool,
 }
 
 fn parse_publish(text: &str) -> Result<PortForward, String> {
+    text.parse()
+}
+
+fn parse_mount(text: &str) -> Result<Mount, String> {
     text.parse()
 }
 
@@ -276,6 +290,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 from: args.from.map(checked).transpose()?,
                 cold: args.cold,
                 publish: args.publish,
+                mounts: args.mount,
             };
             let vm = create_watched(client, &request, args.json).await?;
             if args.json {
@@ -370,6 +385,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 from: create.from.map(checked).transpose()?,
                 cold: create.cold,
                 publish: create.publish,
+                mounts: create.mount,
             };
             let vm = create_watched(client, &request, false).await?;
             eprintln!("{} is up at {} ({})", vm.name, vm.guest_ip, vm.dns_name);

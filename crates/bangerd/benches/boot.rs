@@ -81,6 +81,7 @@ async fn floor(image: &Value, dir: &Path, qemu: &QemuConfig, run: usize) -> f64 
         vm_dir: vm_dir.clone(),
         run_dir: vm_dir.clone(),
         memory_file: None,
+        shares: Vec::new(),
     };
     let args = qemu_args(&spec, qemu).unwrap();
     let started = Instant::now();

@@ -242,6 +242,7 @@ async fn floor(image: &Value, dir: &Path, run: usize) -> f64 {
         vm_dir: vm_dir.clone(),
         run_dir: vm_dir.clone(),
         memory_file: None,
+        shares: Vec::new(),
     };
     let qemu = QemuConfig {
         binary: find_tool("qemu-system-x86_64").unwrap(),

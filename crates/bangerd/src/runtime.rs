@@ -24,6 +24,7 @@ use banger_host::net::{NetConfig, Network};
 use banger_host::ports::PortsCapability;
 use banger_host::qemu::driver::QemuDriver;
 use banger_host::qemu::plan::{AgentTransport, QemuConfig};
+use banger_host::shares::SharesCapability;
 use banger_host::ssh::{SshCapability, SshKeys};
 use banger_host::tools::find_tool;
 
@@ -130,6 +131,10 @@ pub fn build(
             capabilities.push(Arc::new(SshCapability::new(keys)));
         }
     }
+    capabilities.push(Arc::new(SharesCapability::new(
+        kind == "qemu",
+        find_tool("virtiofsd"),
+    )));
     // The disks, in device order after the rootfs: vdb, vdc.
     capabilities.push(Arc::new(SystemDisk));
     capabilities.push(Arc::new(WorkDisk));

@@ -129,6 +129,13 @@ pub async fn start(config: Config) -> Result<Running> {
     for (pid, vm) in banger_host::process::kill_orphan_vmms(&config.run_dir, &jails, &live) {
         tracing::warn!(pid, vm = %vm, "killed a vmm no vm record owns");
     }
+    let settings = banger.settings();
+    for (pid, vm) in banger_host::shares::banger_virtiofsds(&settings.run_dir) {
+        if !live.contains(&vm) {
+            tracing::warn!(pid, vm = %vm, "ending a virtiofsd no running vm owns");
+            banger_host::shares::kill_virtiofsds(&settings.run_dir.join("vms").join(&vm)).await;
+        }
+    }
     for jail in banger_host::firecracker::jail::remove_stale_jails(&jails, &live) {
         tracing::info!(jail = %jail.display(), "removed a jail no running vm owns");
     }

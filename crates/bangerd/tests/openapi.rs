@@ -142,6 +142,34 @@ async fn every_documented_route_answers_as_documented() {
             Some(r#"{"name":"x"}"#),
             500,
         ),
+        // Shared folders are opened with the caller's rights first.
+        (
+            "post",
+            "/v1/vms",
+            "/v1/vms".into(),
+            Some(
+                r#"{"name":"shared","no_start":true,"mounts":[{"host_dir":"/nonexistent-dir","guest_dir":"/srv"}]}"#,
+            ),
+            404,
+        ),
+        (
+            "post",
+            "/v1/vms",
+            "/v1/vms".into(),
+            Some(
+                r#"{"name":"shared","no_start":true,"mounts":[{"host_dir":"/etc/hostname","guest_dir":"/srv"}]}"#,
+            ),
+            422,
+        ),
+        (
+            "post",
+            "/v1/vms",
+            "/v1/vms".into(),
+            Some(
+                r#"{"name":"shared","no_start":true,"mounts":[{"host_dir":"tmp","guest_dir":"/srv"}]}"#,
+            ),
+            400,
+        ),
         (
             "post",
             "/v1/vms/{vm}/stop",

@@ -15,6 +15,7 @@ pub mod image_maker;
 pub mod images;
 pub mod locks;
 pub mod memory_store;
+pub mod mounts;
 pub mod names;
 pub mod operation;
 pub mod ports;

@@ -127,6 +127,8 @@ impl ServiceError {
                 ErrorKind::NotFound
             }
             Spec(SpecError::Ports(_)) => ErrorKind::Conflict,
+            // The schema's path rules are looser than a mount's.
+            Spec(SpecError::Mounts(_)) => ErrorKind::Unprocessable,
             Spec(_) => ErrorKind::InvalidInput,
             UnknownImage(_) => ErrorKind::NotFound,
             Refused(_) | AddrOutside { .. } | AddrReserved { .. } | SnapshotShape { .. } => {
@@ -173,6 +175,9 @@ impl ServiceError {
             }
             Spec(SpecError::Ports(_)) => {
                 "pick another host port, or free it with `banger vm port rm VM PORT`".into()
+            }
+            Spec(SpecError::Mounts(_)) => {
+                "write --mount HOST_DIR:GUEST_DIR[:ro] with absolute paths, each guest directory once".into()
             }
             Spec(_) => "see `banger vm create --help` for the accepted values".into(),
             UnknownImage(_) => {

@@ -33,6 +33,8 @@ pub enum SpecError {
     Count { count: u32, max: u32 },
     #[error(transparent)]
     Ports(#[from] crate::ports::PortError),
+    #[error(transparent)]
+    Mounts(#[from] crate::mounts::MountError),
 }
 
 /// The raw create request, as it arrives from a front-end.
@@ -57,6 +59,8 @@ pub struct CreateParams {
     pub cold: bool,
     /// Host ports forwarded to the guest (`--publish`).
     pub ports: Vec<crate::ports::PortForward>,
+    /// Host directories shared with the guest (`--mount`).
+    pub mounts: Vec<crate::mounts::SharedFolder>,
 }
 
 /// Defaults applied where a request is silent (from config).
@@ -91,6 +95,8 @@ pub struct VmSpec {
     pub nat: bool,
     /// Host ports forwarded to the guest while it runs.
     pub ports: Vec<crate::ports::PortForward>,
+    /// Host directories mounted in the guest.
+    pub mounts: Vec<crate::mounts::SharedFolder>,
 }
 
 /// A create request after validation: the optional name, the image to
@@ -130,6 +136,7 @@ impl CreateParams {
             defaults.system_disk_bytes,
         )?;
         crate::ports::check_distinct(&self.ports)?;
+        crate::mounts::check(&self.mounts)?;
         let image = match self.image.as_deref().map(str::trim) {
             None | Some("") => defaults.image.clone(),
             Some(image) => image.to_string(),
@@ -144,6 +151,7 @@ impl CreateParams {
                 system_disk_bytes,
                 nat: self.nat,
                 ports: self.ports.clone(),
+                mounts: self.mounts.clone(),
             },
             no_start: self.no_start,
             guest_ip: match self.guest_ip.as_deref() {

@@ -31,6 +31,14 @@ pub struct AgentChannel {
     pub socket: PathBuf,
 }
 
+/// A shared folder as the VMM sees it: a vhost-user-fs backend's socket
+/// (virtiofsd, already listening) and the tag the guest mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSpec {
+    pub tag: String,
+    pub socket: PathBuf,
+}
+
 /// Everything a VMM needs to boot one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineSpec {
@@ -49,6 +57,9 @@ pub struct MachineSpec {
     pub run_dir: PathBuf,
     /// Guest memory backed by this file instead of anonymous memory.
     pub memory_file: Option<MemoryFile>,
+    /// Shared folders (QEMU; guest memory is then shared with their
+    /// backends).
+    pub shares: Vec<ShareSpec>,
 }
 
 /// Guest memory in a file: `shared` writes go to the file (a template

@@ -64,6 +64,7 @@ fn spec(dir: &Path, tap: &Tap) -> MachineSpec {
         vm_dir: dir.join("vm"),
         run_dir: dir.join("run"),
         memory_file: None,
+        shares: Vec::new(),
     }
 }
 

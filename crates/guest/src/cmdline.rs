@@ -46,6 +46,16 @@ pub struct BootConfig {
     pub init: String,
     /// Whether the image's early services (`early`) are started.
     pub early: bool,
+    /// Shared folders to mount: (virtiofs tag, guest directory, read-only).
+    pub shares: Vec<Share>,
+}
+
+/// A shared folder of `banger.shares=TAG:DIR[:ro],...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub tag: String,
+    pub dir: String,
+    pub read_only: bool,
 }
 
 impl BootConfig {
@@ -62,6 +72,7 @@ impl BootConfig {
             agent: AgentTransport::Serial,
             init: "/sbin/init".into(),
             early: true,
+            shares: Vec::new(),
         };
         for word in cmdline.split_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -116,6 +127,32 @@ impl BootConfig {
                     }
                 }
                 "banger.init" => cfg.init = value.to_string(),
+                "banger.shares" => {
+                    for item in value.split(',') {
+                        let share = match item.split(':').collect::<Vec<_>>().as_slice() {
+                            [tag, dir] => Share {
+                                tag: tag.to_string(),
+                                dir: dir.to_string(),
+                                read_only: false,
+                            },
+                            [tag, dir, "ro"] => Share {
+                                tag: tag.to_string(),
+                                dir: dir.to_string(),
+                                read_only: true,
+                            },
+                            _ => {
+                                return Err(bad(
+                                    "banger.shares",
+                                    "expected TAG:DIR[:ro], comma-separated",
+                                ))
+                            }
+                        };
+                        if !share.dir.starts_with('/') || share.tag.is_empty() {
+                            return Err(bad("banger.shares", "directories are absolute"));
+                        }
+                        cfg.shares.push(share);
+                    }
+                }
                 "banger.early" => {
                     cfg.early = match value {
                         "on" => true,
@@ -150,6 +187,24 @@ mod tests {
         assert_eq!(cfg.init, "/sbin/init");
         assert!(cfg.early);
         assert!(!BootConfig::parse("banger.early=off").unwrap().early);
+        let shares = BootConfig::parse("banger.shares=banger0:/srv/a,banger1:/b:ro")
+            .unwrap()
+            .shares;
+        assert_eq!(
+            shares,
+            vec![
+                Share {
+                    tag: "banger0".into(),
+                    dir: "/srv/a".into(),
+                    read_only: false
+                },
+                Share {
+                    tag: "banger1".into(),
+                    dir: "/b".into(),
+                    read_only: true
+                }
+            ]
+        );
     }
 
     #[test]
@@ -160,6 +215,9 @@ mod tests {
             "banger.gw=x",
             "banger.agent=tcp",
             "banger.early=no",
+            "banger.shares=x",
+            "banger.shares=t:rel",
+            "banger.shares=t:/a:rw",
         ] {
             assert!(BootConfig::parse(line).is_err(), "{line}");
         }

@@ -104,11 +104,13 @@ fn move_mount(from: &str, to: &str) -> Result<(), InitError> {
 }
 
 /// Whether a module is needed by this boot: the vsock modules only when
-/// the agent speaks vsock (their loading costs tens of milliseconds
-/// under emulation).
-pub fn module_wanted(path: &str, agent: AgentTransport) -> bool {
+/// the agent speaks vsock, virtiofs (and fuse) only with shared folders
+/// (their loading costs tens of milliseconds under emulation).
+pub fn module_wanted(path: &str, agent: AgentTransport, shares: bool) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    agent == AgentTransport::Vsock || !(name.starts_with("vsock") || name.starts_with("vmw_vsock"))
+    let vsock = name.starts_with("vsock") || name.starts_with("vmw_vsock");
+    let virtiofs = name.starts_with("virtiofs") || name.starts_with("fuse");
+    (agent == AgentTransport::Vsock || !vsock) && (shares || !virtiofs)
 }
 
 /// Loads every module the list names that `wanted` keeps, a group (lines
@@ -209,7 +211,10 @@ fn prepare() -> Result<String, InitError> {
         source,
     })?;
     let cfg = BootConfig::parse(&cmdline)?;
-    load_modules(Path::new(MODULE_LIST), |m| module_wanted(m, cfg.agent))?;
+    let shares = !cfg.shares.is_empty();
+    load_modules(Path::new(MODULE_LIST), |m| {
+        module_wanted(m, cfg.agent, shares)
+    })?;
     times.modules_ms = boottime_ms();
 
     wait_for(&cfg.root)?;
@@ -307,6 +312,14 @@ fn prepare() -> Result<String, InitError> {
     if let Some(work) = &cfg.work {
         wait_for(work)?;
         mount_fs(work, "/root", "ext4", MsFlags::empty(), None)?;
+    }
+    for share in &cfg.shares {
+        let flags = if share.read_only {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
+        mount_fs(&share.tag, &share.dir, "virtiofs", flags, None)?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -27,6 +27,8 @@ pub enum CallerError {
     Open { path: String, source: io::Error },
     #[error("{path} is not a regular file")]
     NotAFile { path: String },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: String },
     #[error("{path} exists")]
     Exists { path: String },
     #[error("cannot create {path}: {}", why(.source))]
@@ -40,6 +42,9 @@ impl CallerError {
         match self {
             CallerError::Open { .. } | CallerError::NotAFile { .. } => {
                 "the daemon opens files with your rights: name a regular file you can read"
+            }
+            CallerError::NotADirectory { .. } => {
+                "name a directory you can read (to share one file, share its directory)"
             }
             CallerError::Exists { .. } => "pick a new file name, or remove the old file",
             CallerError::Create { .. } | CallerError::Publish { .. } => {
@@ -102,6 +107,30 @@ impl Caller {
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("a caller's file operation panicked")))
         })
+    }
+
+    /// Checks that `path` is a directory the caller can open.
+    pub fn check_dir(&self, path: &Path) -> Result<(), CallerError> {
+        let shown = path.display().to_string();
+        let dir = self
+            .with_rights(|| {
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+                    .open(path)
+            })
+            .map_err(|source| CallerError::Open {
+                path: shown.clone(),
+                source,
+            })?;
+        match dir.metadata() {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(CallerError::NotADirectory { path: shown }),
+            Err(source) => Err(CallerError::Open {
+                path: shown,
+                source,
+            }),
+        }
     }
 
     /// Opens a regular file the caller can read. A fifo or device is

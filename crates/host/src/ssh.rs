@@ -351,6 +351,7 @@ mod tests {
                     system_disk_bytes: 1 << 30,
                     nat: false,
                     ports: Vec::new(),
+                    mounts: Vec::new(),
                 },
                 // TEST-NET-1: nothing answers there.
                 guest_ip: "192.0.2.1".parse().unwrap(),

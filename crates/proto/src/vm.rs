@@ -3,7 +3,43 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::rules::{DiskBytes, MemoryMib, Name, Port, Vcpus};
+use crate::rules::{DiskBytes, GuestPath, HostPath, MemoryMib, Name, Port, Vcpus};
+
+/// A host directory mounted in the guest (QEMU VMs; served over virtiofs
+/// with the rights of the user who created the VM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// An existing directory on the host.
+    pub host_dir: HostPath,
+    /// Where it appears in the guest (made if missing).
+    pub guest_dir: GuestPath,
+    /// The guest may not write to it.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for Mount {
+    type Err = String;
+
+    /// `HOST_DIR:GUEST_DIR[:ro]`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad =
+            || format!("bad mount {text:?}: write HOST_DIR:GUEST_DIR[:ro] with absolute paths");
+        let parts: Vec<&str> = text.split(':').collect();
+        let (host, guest, read_only) = match parts.as_slice() {
+            [host, guest] => (*host, *guest, false),
+            [host, guest, "ro"] => (*host, *guest, true),
+            [host, guest, "rw"] => (*host, *guest, false),
+            _ => return Err(bad()),
+        };
+        Ok(Mount {
+            host_dir: HostPath::try_from(host).map_err(|e| e.to_string())?,
+            guest_dir: GuestPath::try_from(guest).map_err(|e| e.to_string())?,
+            read_only,
+        })
+    }
+}
 
 /// A transport protocol of a published port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -156,6 +192,10 @@ pub struct VmCreateRequest {
     /// protocol belong to one VM.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<PortForward>,
+    /// Host directories mounted in the guest (QEMU only), kept across
+    /// restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
 }
 
 /// Wall time of one named stage of an operation.
@@ -198,6 +238,9 @@ pub struct Vm {
     /// Published ports.
     #[serde(default)]
     pub ports: Vec<PortForward>,
+    /// Shared folders.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
 }
 
 /// Body of `GET /v1/vms`.

@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_snapshots.sql"),
     include_str!("../migrations/0007_image_layers.sql"),
     include_str!("../migrations/0008_vm_ports.sql"),
+    include_str!("../migrations/0009_vm_mounts.sql"),
 ];
 
 /// Applies the migrations this database has not seen. Returns the new

@@ -16,7 +16,7 @@ pub(crate) const IMAGE_COLUMNS: &str =
 pub(crate) const VM_COLUMNS: &str = "id, name, image_id, image_name, state, vcpus, memory_mib, \
      work_disk_bytes, system_disk_bytes, nat, guest_ip, vsock_cid, created_at_ms, updated_at_ms, \
      last_error, stages, vmm, vmm_pid, vmm_start_ticks, control_socket, agent_socket, \
-     create_stages, ports";
+     create_stages, ports, mounts";
 
 pub(crate) fn image_from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
     Ok(Image {
@@ -74,6 +74,7 @@ pub(crate) struct RawVm {
     stages: String,
     create_stages: String,
     ports: String,
+    mounts: String,
 }
 
 pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
@@ -91,6 +92,7 @@ pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
                 system_disk_bytes: row.get::<_, i64>(8)? as u64,
                 nat: row.get(9)?,
                 ports: Vec::new(),
+                mounts: Vec::new(),
             },
             guest_ip: Ipv4Addr::UNSPECIFIED,
             vsock_cid: row.get(11)?,
@@ -121,6 +123,7 @@ pub(crate) fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<RawVm> {
         stages: row.get(15)?,
         create_stages: row.get(21)?,
         ports: row.get(22)?,
+        mounts: row.get(23)?,
     })
 }
 
@@ -145,6 +148,9 @@ impl RawVm {
         })?;
         vm.spec.ports = serde_json::from_str(&self.ports).map_err(|e| {
             StoreError::Corrupt(format!("vm {} has ports {:?}: {e}", vm.id, self.ports))
+        })?;
+        vm.spec.mounts = serde_json::from_str(&self.mounts).map_err(|e| {
+            StoreError::Corrupt(format!("vm {} has mounts {:?}: {e}", vm.id, self.mounts))
         })?;
         Ok(vm)
     }

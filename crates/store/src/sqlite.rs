@@ -170,7 +170,7 @@ impl Store for SqliteStore {
                 &format!(
                     "INSERT INTO vms ({VM_COLUMNS}) VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                      ?18, ?19, ?20, ?21, ?22, ?23)"
+                      ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
                 ),
                 params_from_iter(vm_params(vm)),
             )
@@ -187,7 +187,7 @@ impl Store for SqliteStore {
                    guest_ip = ?11, vsock_cid = ?12, created_at_ms = ?13, updated_at_ms = ?14,
                    last_error = ?15, stages = ?16, vmm = ?17, vmm_pid = ?18,
                    vmm_start_ticks = ?19, control_socket = ?20, agent_socket = ?21,
-                   create_stages = ?22, ports = ?23
+                   create_stages = ?22, ports = ?23, mounts = ?24
                  WHERE id = ?1",
                 params_from_iter(vm_params(vm)),
             )
@@ -328,5 +328,6 @@ fn vm_params(vm: &Vm) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
         ),
         Box::new(encode_stages(&vm.create_stages)),
         Box::new(serde_json::to_string(&vm.spec.ports).unwrap_or_else(|_| "[]".into())),
+        Box::new(serde_json::to_string(&vm.spec.mounts).unwrap_or_else(|_| "[]".into())),
     ]
 }

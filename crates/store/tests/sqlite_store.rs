@@ -41,6 +41,7 @@ fn vm(id: &str, name: &str, ip: &str) -> Vm {
             system_disk_bytes: 4 << 30,
             nat: true,
             ports: Vec::new(),
+            mounts: Vec::new(),
         },
         guest_ip,
         vsock_cid: u32::from(guest_ip),

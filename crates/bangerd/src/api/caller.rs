@@ -52,7 +52,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiCaller {
 pub fn refused(err: CallerError) -> HttpError {
     let code = match &err {
         CallerError::Open { .. } => ErrorCode::NotFound,
-        CallerError::NotAFile { .. } => ErrorCode::Unprocessable,
+        CallerError::NotAFile { .. } | CallerError::NotADirectory { .. } => {
+            ErrorCode::Unprocessable
+        }
         CallerError::Exists { .. } => ErrorCode::Conflict,
         CallerError::Create { source, .. } | CallerError::Publish { source, .. } => {
             use std::io::ErrorKind as Io;

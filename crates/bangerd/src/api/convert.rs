@@ -28,6 +28,18 @@ pub fn vm(vm: &Vm) -> proto::vm::Vm {
         stages: stage_timings(&vm.stages),
         create_stages: stage_timings(&vm.create_stages),
         ports: vm.spec.ports.iter().map(port).collect(),
+        mounts: vm
+            .spec
+            .mounts
+            .iter()
+            .filter_map(|m| {
+                Some(proto::vm::Mount {
+                    host_dir: m.host_dir.display().to_string().try_into().ok()?,
+                    guest_dir: m.guest_dir.clone().try_into().ok()?,
+                    read_only: m.read_only,
+                })
+            })
+            .collect(),
     }
 }
 
@@ -132,6 +144,18 @@ pub fn create_params(req: proto::vm::VmCreateRequest) -> banger_core::spec::Crea
         from: req.from.map(String::from),
         cold: req.cold,
         ports: req.publish.iter().map(port_forward).collect(),
+        // Whose rights they are served with is the handler's to say.
+        mounts: req
+            .mounts
+            .iter()
+            .map(|m| banger_core::mounts::SharedFolder {
+                host_dir: m.host_dir.as_str().into(),
+                guest_dir: m.guest_dir.as_str().into(),
+                read_only: m.read_only,
+                uid: u32::MAX,
+                gid: u32::MAX,
+            })
+            .collect(),
     }
 }
 

@@ -32,6 +32,15 @@ pub async fn verify(State(state): State<AppState>) -> Result<Json<VerifyReport>,
     let mut leaks = Vec::new();
     let mut warnings = Vec::new();
 
+    for (pid, id) in banger_host::shares::banger_virtiofsds(&state.banger.settings().run_dir) {
+        if !live_ids.contains(&id) {
+            leaks.push(leak(
+                "process",
+                format!("pid {pid}"),
+                format!("a virtiofsd of vm {id}, which is not running"),
+            ));
+        }
+    }
     let served = state.ports.served();
     for vm in &live {
         let forwarded = served.get(&vm.id).cloned().unwrap_or_default();

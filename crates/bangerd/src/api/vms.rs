@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use banger_proto::error::ApiError;
+use banger_proto::error::{ApiError, ErrorCode};
 use banger_proto::vm::{Vm, VmCreateRequest, VmList, VmUpdateRequest};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -29,18 +29,29 @@ pub async fn list_vms(State(state): State<AppState>) -> Result<Json<VmList>, Htt
         (status = 200, description = "Progress stream (`Accept: application/x-ndjson`), ending with the VM",
             body = banger_proto::progress::ProgressEvent, content_type = "application/x-ndjson"),
         (status = 400, description = "The body breaks the schema", body = ApiError),
-        (status = 404, description = "No such image, or no such snapshot to start from", body = ApiError),
-        (status = 409, description = "The name or the address is taken, or no address is free", body = ApiError),
-        (status = 422, description = "The address is outside the bridge, the host cannot serve a setting (nat without an uplink), or the snapshot cannot start this VM (another shape or VMM, no_start)", body = ApiError),
+        (status = 404, description = "No such image, no such snapshot to start from, or no shared folder you can open", body = ApiError),
+        (status = 409, description = "The name, the address or a published host port is taken, or no address is free", body = ApiError),
+        (status = 422, description = "The address is outside the bridge, the host cannot serve a setting (nat without an uplink, a port another program holds, a shared folder under firecracker or without virtiofsd), a shared folder is not a directory, or the snapshot cannot start this VM (another shape or VMM, no_start)", body = ApiError),
         (status = 501, description = "Booting is not available", body = ApiError),
         (status = 500, description = "Host or store failure", body = ApiError)))]
 pub async fn create_vm(
     State(state): State<AppState>,
+    super::caller::ApiCaller(caller): super::caller::ApiCaller,
     headers: axum::http::HeaderMap,
     ApiJson(request): ApiJson<VmCreateRequest>,
 ) -> Result<axum::response::Response, HttpError> {
     use axum::response::IntoResponse;
-    let params = convert::create_params(request);
+    let mut params = convert::create_params(request);
+    // Shared folders are the caller's: checked and served with its rights.
+    for share in &mut params.mounts {
+        let host_dir = share.host_dir.clone();
+        tokio::task::spawn_blocking(move || caller.check_dir(&host_dir))
+            .await
+            .map_err(|e| HttpError::new(ErrorCode::Internal, e.to_string(), None))?
+            .map_err(super::caller::refused)?;
+        share.uid = caller.uid;
+        share.gid = caller.gid;
+    }
     if super::progress::wants_stream(&headers) {
         // Refuse bad input with its own status before the stream starts.
         params

@@ -494,6 +494,7 @@ fn vm_using(name: &str, image_id: &str) -> crate::vm::Vm {
             system_disk_bytes: 1 << 30,
             nat: false,
             ports: Vec::new(),
+            mounts: Vec::new(),
         },
         guest_ip: "172.29.0.2".parse().unwrap(),
         vsock_cid: 3,

@@ -227,6 +227,7 @@ impl Banger {
             vm_dir: ctx.vm_dir.clone(),
             run_dir: ctx.run_dir.clone(),
             memory_file: None,
+            shares: Vec::new(),
         };
         for cap in &runtime.capabilities {
             cap.machine_config(ctx, &mut spec);

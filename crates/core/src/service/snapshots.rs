@@ -165,6 +165,16 @@ impl Banger {
                 state: vm.state.as_str(),
             });
         }
+        if !vm.spec.mounts.is_empty() {
+            return Err(ServiceError::Refused(crate::capability::Refusal {
+                message: format!(
+                    "vm {} has shared folders, which a snapshot cannot hold (virtiofs keeps their state outside the vm)",
+                    vm.name
+                ),
+                hint: "copy files with `banger vm cp` instead, or snapshot a vm without --mount"
+                    .into(),
+            }));
+        }
         let image = self.image_of(&vm)?;
         let snapshot_id = new_id();
         let mut staging = self.staging(&snapshot_id)?;

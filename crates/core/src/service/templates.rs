@@ -26,6 +26,10 @@ impl Banger {
         let Some(runtime) = &self.runtime else {
             return Ok(None);
         };
+        // A template has no shared folders to restore into.
+        if !spec.mounts.is_empty() {
+            return Ok(None);
+        }
         let template = self
             .store
             .find_snapshot(&Snapshot::template_name(&image.name))?;

@@ -99,5 +99,6 @@ pub fn spec(dir: &Path) -> MachineSpec {
         vm_dir: dir.join("vm"),
         run_dir: dir.join("run"),
         memory_file: None,
+        shares: Vec::new(),
     }
 }

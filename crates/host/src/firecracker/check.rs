@@ -208,6 +208,7 @@ fn machine(setup: &CheckSetup) -> Result<MachineSpec, String> {
         vm_dir,
         run_dir,
         memory_file: None,
+        shares: Vec::new(),
     })
 }
 

@@ -99,6 +99,11 @@ impl FirecrackerDriver {
     /// Everything checked before a process exists.
     pub(super) fn preflight(&self, spec: &MachineSpec) -> Result<FirecrackerBootConfig, VmmError> {
         let bad = |text: String| VmmError::Preflight(text);
+        if !spec.shares.is_empty() {
+            return Err(VmmError::Unsupported(
+                "firecracker has no shared filesystem: copy files with `banger vm cp`".into(),
+            ));
+        }
         let mut binaries = vec![("firecracker", &self.binary)];
         binaries.extend(self.jailer.as_ref().map(|j| ("jailer", &j.binary)));
         for (what, binary) in binaries {

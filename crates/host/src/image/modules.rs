@@ -31,6 +31,8 @@ pub const GUEST_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
     "overlay",
     "ext4",
+    // Shared folders (loaded only when a VM has some).
+    "virtiofs",
 ];
 
 /// A module's name from its path: the file stem, `-` read as `_`.

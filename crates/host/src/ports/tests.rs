@@ -44,7 +44,9 @@ async fn tcp_connections_reach_the_guest_port_both_ways() {
     };
     let relay = tcp::serve(listener, guest).unwrap();
     let payload: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let (mut r, mut w) = conn.split();
     let send = async {
         w.write_all(&payload).await.unwrap();
@@ -91,9 +93,15 @@ async fn udp_peers_get_their_own_replies() {
         b.send_to(b"from b", target).await.unwrap();
         let mut buf = [0u8; 64];
         let wait = std::time::Duration::from_secs(5);
-        let n = tokio::time::timeout(wait, a.recv(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(wait, a.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&buf[..n], b"from a");
-        let n = tokio::time::timeout(wait, b.recv(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(wait, b.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&buf[..n], b"from b");
     }
     relay.abort();

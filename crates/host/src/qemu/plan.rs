@@ -118,6 +118,16 @@ pub fn qemu_args(spec: &MachineSpec, cfg: &QemuConfig) -> Result<Vec<String>, Pl
     push(&["-name", &format!("banger-{}", spec.vm_id)]);
     let machine = "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on";
     match &spec.memory_file {
+        // A vhost-user backend maps guest memory: it must be shareable.
+        None if !spec.shares.is_empty() => push(&[
+            "-M",
+            &format!("{machine},memory-backend=mem"),
+            "-object",
+            &format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                spec.memory_mib
+            ),
+        ]),
         None => push(&["-M", machine]),
         Some(memory) => push(&[
             "-M",
@@ -193,6 +203,17 @@ pub fn qemu_args(spec: &MachineSpec, cfg: &QemuConfig) -> Result<Vec<String>, Pl
             &format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap),
             "-device",
             &format!("virtio-net-device,netdev=net0,mac={}", nic.mac),
+        ]);
+    }
+    for (i, share) in spec.shares.iter().enumerate() {
+        push(&[
+            "-chardev",
+            &format!("socket,id=fs{i},path={}", escape(&path(&share.socket))),
+            "-device",
+            &format!(
+                "vhost-user-fs-device,chardev=fs{i},tag={}",
+                escape(&share.tag)
+            ),
         ]);
     }
     match cfg.agent {
@@ -271,6 +292,7 @@ mod tests {
             vm_dir: "/vms/0123".into(),
             run_dir: "/run/banger/vms/0123".into(),
             memory_file: None,
+            shares: Vec::new(),
         }
     }
 
@@ -354,6 +376,32 @@ mod tests {
         let args = qemu_args(&s, &tcg()).unwrap().join(" ");
         assert!(args.contains(",share=on"), "{args}");
         assert!(!args.contains("-incoming"), "{args}");
+    }
+
+    #[test]
+    fn shared_folders_get_shared_memory_and_a_vhost_user_device_each() {
+        let mut s = spec();
+        for (i, dir) in ["/run/vm/fs/0.sock", "/run/vm/fs/1,x.sock"]
+            .iter()
+            .enumerate()
+        {
+            s.shares.push(banger_core::vmm::ShareSpec {
+                tag: format!("banger{i}"),
+                socket: dir.into(),
+            });
+        }
+        let args = qemu_args(&s, &tcg()).unwrap().join(" ");
+        assert!(
+            args.contains(
+                ",memory-backend=mem -object memory-backend-memfd,id=mem,size=512M,share=on"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.contains("-chardev socket,id=fs0,path=/run/vm/fs/0.sock -device vhost-user-fs-device,chardev=fs0,tag=banger0"),
+            "{args}"
+        );
+        assert!(args.contains("path=/run/vm/fs/1,,x.sock"), "{args}");
     }
 
     #[test]
