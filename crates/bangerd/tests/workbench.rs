@@ -1,5 +1,8 @@
-//! A VM used like a local machine, with real VMs under QEMU through a
-//! real bangerd and the real CLI: `vm cp` round trips (content, modes,
+//! A VM used like a local machine, with one real VM under QEMU through a
+//! real bangerd and the real CLI: shared folders seen both ways (a host
+//! edit in the guest, a guest file on the host, `:ro` refusing writes,
+//! a link resolving inside the guest), kept across a restart, refused
+//! when they cannot be served; `vm cp` round trips (content, modes,
 //! links, owners) both ways; a server in the guest answers through a
 //! published port, after a VM restart and after a daemon restart; two
 //! VMs cannot publish one host port, nor take one another program holds;
@@ -63,7 +66,7 @@ UNIT
 systemctl enable --now greet.service 2>&1"#;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn files_and_ports_move_between_host_and_vm() {
+async fn files_ports_and_folders_move_between_host_and_vm() {
     let Some(guest) = support::guest_binary() else {
         return;
     };
@@ -78,17 +81,114 @@ async fn files_and_ports_move_between_host_and_vm() {
         async move { support::call_json(&socket, method, &path, body).await }
     };
 
-    let (status, vm) = call(
-        "POST",
-        "/v1/vms",
-        Some(json!({"name": "box", "publish": [{"host_port": 18080, "guest_port": 8000}]})),
+    // Shared folders: refused up front when they cannot be served.
+    let host = tempfile::tempdir().unwrap();
+    let shared = host.path().join("shared");
+    let frozen = host.path().join("frozen");
+    for dir in [&shared, &frozen] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    std::fs::write(shared.join("from-host.txt"), "written on the host\n").unwrap();
+    std::fs::write(frozen.join("keep.txt"), "read only\n").unwrap();
+    std::os::unix::fs::symlink("/etc", shared.join("etc-link")).unwrap();
+    let shared_arg = format!("{}:/srv/share", shared.display());
+    for (mount, code, words) in [
+        ("rel/dir:/srv/x".to_string(), 2, "absolute"),
+        (
+            format!("{}/nope:/srv/x", host.path().display()),
+            1,
+            "no such file",
+        ),
+        (
+            format!("{}/keep.txt:/srv/x", frozen.display()),
+            2,
+            "not a directory",
+        ),
+        (
+            format!("{}:/srv/a b", shared.display()),
+            2,
+            "guest directory",
+        ),
+    ] {
+        let (got, _, err) = cli(
+            &root,
+            &[
+                "vm",
+                "create",
+                "--name",
+                "bad",
+                "--no-start",
+                "--mount",
+                &mount,
+            ],
+        );
+        assert_eq!(got, code, "{mount}: {err}");
+        assert!(err.contains(words), "{mount}: {err}");
+    }
+    let (status, vms) = call("GET", "/v1/vms", None).await;
+    assert_eq!(
+        (status, vms["vms"].as_array().unwrap().len()),
+        (200, 0),
+        "{vms}"
+    );
+
+    // One VM for everything: a published port and two shared folders.
+    let (code, _, err) = cli(
+        &root,
+        &[
+            "vm",
+            "create",
+            "--name",
+            "box",
+            "--publish",
+            "18080:8000",
+            "--mount",
+            &shared_arg,
+            "--mount",
+            &format!("{}:/srv/ro:ro", frozen.display()),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (status, vm) = call("GET", "/v1/vms/box", None).await;
+    assert_eq!(status, 200, "{vm}");
+    assert_eq!(vm["ports"][0]["host_ip"], "127.0.0.1", "{vm}");
+    assert_eq!(vm["mounts"][1]["read_only"], true, "{vm}");
+
+    // --- Shared folders both ways; the guest stays inside them.
+    let (code, out, err) = support::sh(
+        &socket,
+        "box",
+        "cat /srv/share/from-host.txt && echo 'written in the guest' > /srv/share/from-guest.txt && \
+         cat /srv/ro/keep.txt && (touch /srv/ro/x 2>/dev/null && echo WROTE || echo refused) && \
+         cat /srv/share/etc-link/hostname",
     )
     .await;
-    assert_eq!(status, 201, "{vm}");
-    assert_eq!(vm["ports"][0]["host_ip"], "127.0.0.1", "{vm}");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out, "written on the host\nread only\nrefused\nbox\n",
+        "the link resolves in the guest's own /etc, not the host's"
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.join("from-guest.txt")).unwrap(),
+        "written in the guest\n"
+    );
+    assert!(!frozen.join("x").exists());
+    std::fs::write(shared.join("from-host.txt"), "edited on the host\n").unwrap();
+    let mut seen = String::new();
+    for _ in 0..20 {
+        seen = support::sh(&socket, "box", "cat /srv/share/from-host.txt")
+            .await
+            .1;
+        if seen == "edited on the host\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(seen, "edited on the host\n");
+    let (status, err) = call("POST", "/v1/vms/box/snapshot", Some(json!({}))).await;
+    assert_eq!(status, 422, "a vm with shared folders is not saved: {err}");
 
     // --- vm cp: a tree in, and back out.
-    let host = tempfile::tempdir().unwrap();
     let tree = host.path().join("tree");
     std::fs::create_dir_all(tree.join("sub")).unwrap();
     let big: Vec<u8> = (0..3_000_000u32)
@@ -225,6 +325,8 @@ async fn files_and_ports_move_between_host_and_vm() {
     let (status, err) = call("POST", "/v1/vms/box/restart", None).await;
     assert_eq!(status, 200, "{err}");
     assert_eq!(fetch(&ns, 18080, 30).await, "hello from the guest\n");
+    let (_, out, _) = support::sh(&socket, "box", "cat /srv/share/from-guest.txt").await;
+    assert_eq!(out, "written in the guest\n", "the folder is mounted again");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(process.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
