@@ -21,7 +21,6 @@ mod support;
 mod warm;
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -32,7 +31,6 @@ use banger_host::image::ext4;
 use banger_host::qemu::plan::{qemu_args, AgentTransport, QemuConfig};
 use banger_host::ssh::wait_banner;
 use banger_host::tools::find_tool;
-use bangerd::config::{Config, Overrides};
 use serde_json::{json, Value};
 
 pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
@@ -94,21 +92,7 @@ fn write_config(root: &Path, name: &str, guest: &Path, extra: &str) -> PathBuf {
     path
 }
 
-pub(crate) async fn daemon(root: &Path, config: PathBuf) -> (bangerd::server::Running, PathBuf) {
-    let config = Config::load(&Overrides {
-        root: Some(root.into()),
-        config: Some(config),
-        ..Default::default()
-    })
-    .unwrap();
-    let socket = config.socket.clone();
-    (bangerd::server::start(config).await.unwrap(), socket)
-}
-
-pub(crate) async fn stop(running: bangerd::server::Running) {
-    let _ = running.shutdown.send(true);
-    let _ = running.task.await;
-}
+pub(crate) use support::{daemon, stop};
 
 /// One create to SSH ready: total ms and stages.
 pub(crate) async fn create(socket: &Path, name: &str) -> (f64, BTreeMap<String, f64>) {
@@ -410,17 +394,7 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
 
 fn main() {
     let a = args();
-    let guest = std::env::var_os("BANGER_GUEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
-        });
-    assert!(
-        guest.is_file(),
-        "no guest binary at {}: run scripts/build-guest",
-        guest.display()
-    );
+    let guest = support::guest_binary();
     let root = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -448,38 +422,14 @@ fn main() {
         image
     });
     drop(runtime);
-    let ns = format!("bgt-bench-{}", std::process::id());
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
+    let result = support::in_netns("bench", root.path(), |_| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .unwrap()
-            .success(),
-        "needs root"
-    );
-    let _ = Command::new("ip")
-        .args(["-n", &ns, "link", "set", "lo", "up"])
-        .status();
-    let result = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(bench(root.path(), &guest, &a, image))
-            })
-            .join()
+            .block_on(bench(root.path(), &guest, &a, image))
     });
-    let _ = Command::new("pkill")
-        .arg("-9")
-        .arg("-f")
-        .arg(root.path().display().to_string())
-        .status();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    let mut report = result.unwrap();
+    let mut report = result;
     let accel = format!("{:?}", KvmFacts::probe(&KvmPaths::default()).accel());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()

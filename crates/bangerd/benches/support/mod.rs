@@ -53,3 +53,79 @@ pub async fn call_ndjson(socket: &Path, path: &str, body: &str) -> (u16, Vec<Val
         .collect();
     (status, events)
 }
+
+/// The static guest binary the benchmarks put into images.
+#[allow(dead_code)]
+pub fn guest_binary() -> std::path::PathBuf {
+    let guest = std::env::var_os("BANGER_GUEST_BINARY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
+        });
+    assert!(
+        guest.is_file(),
+        "no guest binary at {}: run scripts/build-guest",
+        guest.display()
+    );
+    guest
+}
+
+/// Runs `work` on a thread inside a network namespace of its own (its
+/// child processes too), then kills what was started under `root` and
+/// removes the namespace. Returns the namespace's name with the result.
+#[allow(dead_code)]
+pub fn in_netns<T: Send>(tag: &str, root: &Path, work: impl FnOnce(&str) -> T + Send) -> T {
+    use std::os::fd::AsFd;
+    use std::process::Command;
+    let ns = format!("bgt-{tag}-{}", std::process::id());
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap()
+            .success(),
+        "needs root"
+    );
+    let _ = Command::new("ip")
+        .args(["-n", &ns, "link", "set", "lo", "up"])
+        .status();
+    let result = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                work(&ns)
+            })
+            .join()
+    });
+    let _ = Command::new("pkill")
+        .arg("-9")
+        .arg("-f")
+        .arg(root.display().to_string())
+        .status();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    result.unwrap()
+}
+
+/// An in-process daemon under `root` with `config`: it and its socket.
+#[allow(dead_code)]
+pub async fn daemon(
+    root: &Path,
+    config: std::path::PathBuf,
+) -> (bangerd::server::Running, std::path::PathBuf) {
+    let config = bangerd::config::Config::load(&bangerd::config::Overrides {
+        root: Some(root.into()),
+        config: Some(config),
+        ..Default::default()
+    })
+    .unwrap();
+    let socket = config.socket.clone();
+    (bangerd::server::start(config).await.unwrap(), socket)
+}
+
+#[allow(dead_code)]
+pub async fn stop(running: bangerd::server::Running) {
+    let _ = running.shutdown.send(true);
+    let _ = running.task.await;
+}
