@@ -27,7 +27,7 @@ fn args() -> Args {
     let mut args = Args {
         runs: 3,
         mib: 256,
-        json: PathBuf::from("target/bench-workbench.json"),
+        json: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-workbench.json"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -48,10 +48,11 @@ fn median(values: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Wall milliseconds of a command that must succeed.
-fn timed(command: &mut Command) -> f64 {
+/// Wall milliseconds of a command that must succeed. Awaited, not
+/// blocked on: the daemon it talks to runs on this same runtime.
+async fn timed(command: &mut tokio::process::Command) -> f64 {
     let t = Instant::now();
-    let out = command.output().unwrap();
+    let out = command.output().await.unwrap();
     assert!(
         out.status.success(),
         "{command:?}: {}",
@@ -162,39 +163,51 @@ async fn bench(root: &Path, guest: &Path, a: &Args) -> Value {
     for run in 0..a.runs {
         eprintln!("run {} of {} ...", run + 1, a.runs);
         let into = format!("wb:/root/cp-{run}.bin");
-        r.entry("cp_in").or_default().push(timed(
-            Command::new(&cli)
-                .arg("--root")
-                .arg(root)
-                .args(["vm", "cp"])
-                .arg(&file)
-                .arg(&into),
-        ));
+        r.entry("cp_in").or_default().push(
+            timed(
+                tokio::process::Command::new(&cli)
+                    .arg("--root")
+                    .arg(root)
+                    .args(["vm", "cp"])
+                    .arg(&file)
+                    .arg(&into),
+            )
+            .await,
+        );
         let _ = std::fs::remove_file(&back);
-        r.entry("cp_out").or_default().push(timed(
-            Command::new(&cli)
-                .arg("--root")
-                .arg(root)
-                .args(["vm", "cp", "wb:/root/blob.bin"])
-                .arg(&back),
-        ));
-        r.entry("scp_in").or_default().push(timed(
-            Command::new("scp")
-                .args(ssh_opts)
-                .arg("-i")
-                .arg(&key)
-                .arg(&file)
-                .arg(format!("root@{ip}:/root/scp-{run}.bin")),
-        ));
+        r.entry("cp_out").or_default().push(
+            timed(
+                tokio::process::Command::new(&cli)
+                    .arg("--root")
+                    .arg(root)
+                    .args(["vm", "cp", "wb:/root/blob.bin"])
+                    .arg(&back),
+            )
+            .await,
+        );
+        r.entry("scp_in").or_default().push(
+            timed(
+                tokio::process::Command::new("scp")
+                    .args(ssh_opts)
+                    .arg("-i")
+                    .arg(&key)
+                    .arg(&file)
+                    .arg(format!("root@{ip}:/root/scp-{run}.bin")),
+            )
+            .await,
+        );
         let _ = std::fs::remove_file(&back);
-        r.entry("scp_out").or_default().push(timed(
-            Command::new("scp")
-                .args(ssh_opts)
-                .arg("-i")
-                .arg(&key)
-                .arg(format!("root@{ip}:/root/blob.bin"))
-                .arg(&back),
-        ));
+        r.entry("scp_out").or_default().push(
+            timed(
+                tokio::process::Command::new("scp")
+                    .args(ssh_opts)
+                    .arg("-i")
+                    .arg(&key)
+                    .arg(format!("root@{ip}:/root/blob.bin"))
+                    .arg(&back),
+            )
+            .await,
+        );
         sh(
             &socket,
             &format!("rm -f /root/cp-{run}.bin /root/scp-{run}.bin"),

@@ -1,7 +1,8 @@
 //! The checks the fuzz targets in `fuzz/` run on untrusted bytes, one
 //! function per parser that reads them: agent reply lines (from a guest),
 //! DNS queries (from guests), image bundles (from whoever made the file),
-//! OCI layers and manifests (from registries). Each must return without
+//! OCI layers and manifests (from registries), `vm cp` archives (from a
+//! guest, or from a client). Each must return without
 //! panicking, hold no more than its bound, and write nothing outside the
 //! place it was given. `tests/regressions.rs` replays every input the
 //! fuzzers once crashed on (`fuzz/regressions/TARGET/`) through the same
@@ -24,6 +25,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("bundle", bundle),
     ("oci_layer", oci_layer),
     ("oci_manifest", oci_manifest),
+    ("copy_archive", copy_archive),
 ];
 
 /// The line bound the fuzzers use (small, so long lines are reached).
@@ -88,6 +90,19 @@ pub fn oci_layer(data: &[u8]) {
     std::fs::create_dir(&tree).expect("the tree");
     let _ = banger_oci::layer::apply_tar(Cursor::new(data), &tree, "fuzz");
     assert_only(dir.path(), &["tree"]);
+}
+
+/// A `vm cp` archive unpacked into a directory (as a copy out lands in
+/// the caller's): nothing outside it.
+pub fn copy_archive(data: &[u8]) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let into = dir.path().join("into");
+    std::fs::create_dir(&into).expect("the destination");
+    let options = banger_copy::UnpackOptions {
+        owner: banger_copy::Owner::Unpacker,
+    };
+    let _ = banger_copy::unpack(Cursor::new(data), &into, options);
+    assert_only(dir.path(), &["into"]);
 }
 
 /// Manifests, indexes and configs as a registry sends them.

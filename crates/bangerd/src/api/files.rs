@@ -20,6 +20,12 @@ use super::error::HttpError;
 use super::params::{ApiPath, ApiQuery};
 use super::AppState;
 
+/// A copy's archive as the API description states it: bytes.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct TarArchive(Vec<u8>);
+
 /// The media type of a copy's archive.
 pub const TAR: &str = "application/x-tar";
 /// Pieces of an archive held between the client and the guest.
@@ -45,7 +51,7 @@ pub struct FileQuery {
 
 #[utoipa::path(put, path = "/v1/vms/{vm}/files", tag = "vms",
     params(("vm" = String, Path, description = "VM name or id"), FilesQuery),
-    request_body(content = Vec<u8>, content_type = "application/x-tar",
+    request_body(content = TarArchive, content_type = "application/x-tar",
         description = "A tar archive whose entries share one top-level name"),
     responses(
         (status = 204, description = "Everything is written in the VM"),
@@ -84,7 +90,7 @@ pub async fn copy_in(
     params(("vm" = String, Path, description = "VM name or id"), FileQuery),
     responses(
         (status = 200, description = "A tar archive of the path under its own name, as it is packed",
-            body = Vec<u8>, content_type = "application/x-tar"),
+            body = TarArchive, content_type = "application/x-tar"),
         (status = 400, description = "A parameter is malformed", body = ApiError),
         (status = 404, description = "No such VM, or no such file in it", body = ApiError),
         (status = 409, description = "The VM is not running", body = ApiError),
