@@ -14,6 +14,7 @@ mod snapshot;
 mod ssh;
 mod terminal;
 mod verify;
+mod version;
 mod vm;
 
 use std::path::PathBuf;
@@ -65,6 +66,11 @@ enum Command {
     /// Start, stop or check bangerd.
     #[command(subcommand)]
     Daemon(daemon::DaemonCommand),
+    /// This CLI's version and commit, bangerd's, and the host's VMMs'.
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor { json } => doctor::run(&client, json).await,
         Command::Verify { json } => verify::run(&client, json).await,
         Command::SshConfig => ssh::config(&client).await,
+        Command::Version { json } => version::run(&client, json).await,
         Command::Daemon(command) => daemon::run(&client, command, cli.root.as_deref()).await,
     }
 }

@@ -31,6 +31,19 @@ fn text(out: &Output) -> (String, String) {
 }
 
 #[test]
+fn version_answers_without_a_daemon() {
+    let root = tempfile::tempdir().unwrap();
+    let out = banger(root.path(), &["version"]);
+    let (shown, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(shown.starts_with("banger "), "{shown}");
+    assert!(
+        shown.contains("\nbangerd: bangerd is not running at "),
+        "{shown}"
+    );
+}
+
+#[test]
 fn daemon_down_is_one_clear_error_with_a_hint() {
     let root = tempfile::tempdir().unwrap();
     let out = banger(root.path(), &["vm", "ls"]);
@@ -94,6 +107,26 @@ fn a_session_from_start_to_stop() {
         "{:?}",
         text(&out)
     );
+
+    // Versions: the CLI's and the daemon's, built from one commit, and
+    // the host's VMMs (each named, with its version or as not installed).
+    let out = banger(root.path(), &["version"]);
+    let (shown, _) = text(&out);
+    assert!(out.status.success(), "{shown}");
+    let commit = env!("BANGER_COMMIT");
+    assert!(
+        shown.starts_with(&format!(
+            "banger {} ({commit})\nbangerd {} ({commit}), pid ",
+            env!("CARGO_PKG_VERSION"),
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("\nqemu 7."), "{shown}");
+    assert!(shown.contains("\nfirecracker "), "{shown}");
+    let out = banger(root.path(), &["version", "--json"]);
+    let versions: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(versions["bangerd"]["commit"], commit);
 
     let out = banger(root.path(), &["vm", "ls"]);
     let (table, _) = text(&out);

@@ -396,32 +396,8 @@ fn main() {
     let a = args();
     let guest = support::guest_binary();
     let root = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     // The image is built here, where the Debian mirror is reachable.
-    let image = runtime.block_on(async {
-        let config = write_config(
-            root.path(),
-            "build.toml",
-            &guest,
-            "[network]\nenabled = false\n",
-        );
-        let (running, socket) = daemon(root.path(), config).await;
-        eprintln!("building the default image ...");
-        let (status, image) = support::call(
-            &socket,
-            "POST",
-            "/v1/images/pull",
-            r#"{"source":"debian-bookworm"}"#,
-        )
-        .await;
-        assert_eq!(status, 201, "{image}");
-        stop(running).await;
-        image
-    });
-    drop(runtime);
+    let image = support::build_default_image(root.path(), &guest);
     let result = support::in_netns("bench", root.path(), |_| {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -104,6 +104,7 @@ async fn drain(addr: &str, bytes: u64) -> f64 {
 
 async fn bench(root: &Path, guest: &Path, a: &Args) -> Value {
     let config = root.join("etc/banger/bench.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     std::fs::write(
         &config,
         format!(
@@ -247,34 +248,8 @@ fn main() {
     let a = args();
     let guest = support::guest_binary();
     let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("etc/banger")).unwrap();
     // The image is built here, where the Debian mirror is reachable.
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let config = root.path().join("etc/banger/build.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "guest_binary = \"{}\"\n[network]\nenabled = false\n",
-                    guest.display()
-                ),
-            )
-            .unwrap();
-            let (running, socket) = support::daemon(root.path(), config).await;
-            eprintln!("building the default image ...");
-            let (status, image) = support::call(
-                &socket,
-                "POST",
-                "/v1/images/pull",
-                r#"{"source":"debian-bookworm"}"#,
-            )
-            .await;
-            assert_eq!(status, 201, "{image}");
-            support::stop(running).await;
-        });
+    support::build_default_image(root.path(), &guest);
     let report = support::in_netns("workbench", root.path(), |_| {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -348,4 +348,11 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
     assert_eq!((status, &report["leaks"]), (200, &json!([])), "{report}");
     let _ = process.kill();
     let _ = process.wait();
+    // Dependencies' noise stays below the default level.
+    let log = std::fs::read_to_string(root.join("bangerd.log")).unwrap();
+    assert!(log.contains("vm removed"), "the log is the daemon's");
+    assert!(
+        !log.contains("IFLA_INET6_CONF"),
+        "netlink's noise is logged"
+    );
 }

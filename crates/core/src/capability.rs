@@ -129,6 +129,12 @@ pub trait Capability: Send + Sync {
     /// The stage name of its `prepare_host` (`work_disk`, `tap`).
     fn prepare_stage(&self) -> &'static str;
 
+    /// Whether `vm` needs this capability's host work: one it does not
+    /// need (no published ports, no shared folders) shows no stage.
+    fn serves(&self, _vm: &Vm) -> bool {
+        true
+    }
+
     /// Refuses a machine shape it cannot serve on this host; called
     /// before a create reserves anything and before a change is stored.
     fn check_spec(&self, _spec: &VmSpec) -> Result<(), Refusal> {

@@ -109,20 +109,25 @@ impl Caller {
         })
     }
 
+    /// Opens `path` for reading with the caller's rights, without
+    /// blocking on a fifo or taking a terminal.
+    fn open(&self, path: &Path) -> Result<File, CallerError> {
+        self.with_rights(|| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+                .open(path)
+        })
+        .map_err(|source| CallerError::Open {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
     /// Checks that `path` is a directory the caller can open.
     pub fn check_dir(&self, path: &Path) -> Result<(), CallerError> {
         let shown = path.display().to_string();
-        let dir = self
-            .with_rights(|| {
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-                    .open(path)
-            })
-            .map_err(|source| CallerError::Open {
-                path: shown.clone(),
-                source,
-            })?;
+        let dir = self.open(path)?;
         match dir.metadata() {
             Ok(meta) if meta.is_dir() => Ok(()),
             Ok(_) => Err(CallerError::NotADirectory { path: shown }),
@@ -137,17 +142,7 @@ impl Caller {
     /// refused without blocking on it.
     pub fn open_read(&self, path: &Path) -> Result<HeldFile, CallerError> {
         let shown = path.display().to_string();
-        let file = self
-            .with_rights(|| {
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-                    .open(path)
-            })
-            .map_err(|source| CallerError::Open {
-                path: shown.clone(),
-                source,
-            })?;
+        let file = self.open(path)?;
         match file.metadata() {
             Ok(meta) if meta.is_file() => Ok(HeldFile {
                 file,

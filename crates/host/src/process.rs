@@ -59,18 +59,12 @@ pub async fn wait_gone(pid: u32, start_ticks: u64, limit: Duration) -> bool {
     true
 }
 
-/// Running VMMs started by the banger whose runtime directory is
-/// `run_dir` and whose jails are under `jails`: (pid, vm id), found by the
-/// name QEMU is given (`-name banger-<id>`) or Firecracker's `--id <id>`,
-/// and by a socket path under `run_dir` on their command line, or, for a
-/// jailed Firecracker (whose paths are the chroot's), by its jail
-/// `jails/EXEC_NAME/<id>` (another daemon's VMs are not ours).
-pub fn banger_vmms(run_dir: &Path, jails: &Path) -> Vec<(u32, String)> {
-    let ours = format!("{}/", run_dir.display().to_string().trim_end_matches('/'));
-    let mut found = Vec::new();
+/// Every live process (not a zombie) with its command line.
+pub fn command_lines() -> Vec<(u32, Vec<String>)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
+        return Vec::new();
     };
+    let mut found = Vec::new();
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -81,10 +75,25 @@ pub fn banger_vmms(run_dir: &Path, jails: &Path) -> Vec<(u32, String)> {
         let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        let args: Vec<String> = raw
+        let args = raw
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
+        found.push((pid, args));
+    }
+    found
+}
+
+/// Running VMMs started by the banger whose runtime directory is
+/// `run_dir` and whose jails are under `jails`: (pid, vm id), found by the
+/// name QEMU is given (`-name banger-<id>`) or Firecracker's `--id <id>`,
+/// and by a socket path under `run_dir` on their command line, or, for a
+/// jailed Firecracker (whose paths are the chroot's), by its jail
+/// `jails/EXEC_NAME/<id>` (another daemon's VMs are not ours).
+pub fn banger_vmms(run_dir: &Path, jails: &Path) -> Vec<(u32, String)> {
+    let ours = format!("{}/", run_dir.display().to_string().trim_end_matches('/'));
+    let mut found = Vec::new();
+    for (pid, args) in command_lines() {
         if !args.iter().any(|a| names_dir(a, &ours)) {
             if let Some(id) = jailed_firecracker(&args, jails) {
                 found.push((pid, id));

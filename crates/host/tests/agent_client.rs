@@ -474,3 +474,42 @@ async fn copy_failures_name_their_kind_and_a_broken_archive_is_abandoned() {
     // The agent serves on.
     client.hello(WAIT).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_copy_dropped_midway_is_abandoned_in_the_guest() {
+    use banger_proto::agent::Op;
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    std::fs::write(dir.path().join("f"), vec![7u8; 600_000]).unwrap();
+    let archive = banger_copy::pack(&dir.path().join("f"), Vec::new()).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // Ids are handed out in order: the copy's is the one after this.
+    let before = client
+        .send(Op::Hello {
+            version: banger_proto::agent::PROTOCOL_VERSION,
+        })
+        .unwrap()
+        .id();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(Ok(archive[..100_000].to_vec())).await.unwrap();
+    let copy = client.copy_in(out.display().to_string(), false, None, rx);
+    // The client goes away while the copy waits for more.
+    assert!(tokio::time::timeout(Duration::from_millis(500), copy)
+        .await
+        .is_err());
+    let mut probe = client
+        .send(Op::Chunk {
+            target: before + 1,
+            data: "AAAA".into(),
+        })
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, probe.next_event())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answer, Err(AgentError::Refused(message)) if message.contains("no open copy")),
+        "{answer:?}"
+    );
+    drop(tx);
+}

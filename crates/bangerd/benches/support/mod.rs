@@ -129,3 +129,37 @@ pub async fn stop(running: bangerd::server::Running) {
     let _ = running.shutdown.send(true);
     let _ = running.task.await;
 }
+
+/// Builds the default image under `root` with a daemon in the host
+/// namespace (where the Debian mirror is reachable); returns its record.
+#[allow(dead_code)]
+pub fn build_default_image(root: &Path, guest: &Path) -> Value {
+    let config = root.join("etc/banger/build.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "guest_binary = \"{}\"\nwarm_templates = false\n[network]\nenabled = false\n",
+            guest.display()
+        ),
+    )
+    .unwrap();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (running, socket) = daemon(root, config).await;
+            eprintln!("building the default image ...");
+            let (status, image) = call(
+                &socket,
+                "POST",
+                "/v1/images/pull",
+                r#"{"source":"debian-bookworm"}"#,
+            )
+            .await;
+            assert_eq!(status, 201, "{image}");
+            stop(running).await;
+            image
+        })
+}

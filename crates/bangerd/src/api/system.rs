@@ -5,7 +5,7 @@ use axum::Json;
 use banger_core::doctor::default_image_check;
 use banger_host::doctor::{report, HostFacts};
 use banger_proto::doctor::DoctorReport;
-use banger_proto::system::{Health, ShutdownAccepted};
+use banger_proto::system::{Health, ShutdownAccepted, VmmVersion};
 
 use super::convert;
 use super::error::HttpError;
@@ -16,10 +16,37 @@ use super::AppState;
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         version: env!("CARGO_PKG_VERSION").to_string(),
+        commit: env!("BANGER_COMMIT").to_string(),
         pid: std::process::id(),
         state_dir: state.state_dir.display().to_string(),
         uptime_ms: state.started.elapsed().as_millis() as u64,
+        vmms: vmm_versions().await,
     })
+}
+
+/// The VMMs' versions, asked once (a VMM upgraded under a running
+/// daemon shows after its restart).
+async fn vmm_versions() -> Vec<VmmVersion> {
+    static ASKED: tokio::sync::OnceCell<Vec<VmmVersion>> = tokio::sync::OnceCell::const_new();
+    ASKED
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                [
+                    ("qemu", "qemu-system-x86_64"),
+                    ("firecracker", "firecracker"),
+                ]
+                .into_iter()
+                .map(|(name, program)| VmmVersion {
+                    name: name.to_string(),
+                    version: banger_host::tools::version_of(program),
+                })
+                .collect()
+            })
+            .await
+            .unwrap_or_default()
+        })
+        .await
+        .clone()
 }
 
 #[utoipa::path(get, path = "/v1/doctor", tag = "system",

@@ -198,9 +198,14 @@ impl Banger {
         }
         for cap in &runtime.capabilities {
             prepared.push(cap.clone());
-            op.next(cap.prepare_stage());
+            let staged = cap.serves(&ctx.vm);
+            if staged {
+                op.next(cap.prepare_stage());
+            }
             cap.prepare_host(ctx, &guest).await.map_err(|e| text(&e))?;
-            op.stage(cap.prepare_stage());
+            if staged {
+                op.stage(cap.prepare_stage());
+            }
         }
         let image = &ctx.image;
         let mut spec = MachineSpec {

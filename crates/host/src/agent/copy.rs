@@ -29,6 +29,13 @@ impl AgentClient {
             user,
         })?;
         let target = copy.id();
+        // A copy dropped midway (its client went away) is abandoned in
+        // the guest too, not left waiting for chunks.
+        let mut unfinished = Unfinished {
+            client: self,
+            target,
+            armed: true,
+        };
         let mut acks: VecDeque<Replies> = VecDeque::new();
         // Ends when the input ends, or the guest stopped taking chunks
         // (its answer to the copy says why).
@@ -41,6 +48,7 @@ impl AgentClient {
                 None => break,
                 Some(Ok(bytes)) => bytes,
                 Some(Err(broke)) => {
+                    unfinished.armed = false;
                     let _ = self.send(Op::Cancel { target })?;
                     let _ = copy.next().await;
                     return Err(AgentError::CopyFailed {
@@ -71,6 +79,7 @@ impl AgentClient {
             target,
             data: String::new(),
         })?;
+        unfinished.armed = false;
         drop(acks);
         settled(copy.next().await)
     }
@@ -79,6 +88,23 @@ impl AgentClient {
     /// events of the returned replies, its end as `Exit`.
     pub fn copy_out(&self, path: String) -> Result<Replies, AgentError> {
         self.send(Op::CopyOut { path })
+    }
+}
+
+/// Sends `Cancel` for a copy still taking chunks when it is dropped.
+struct Unfinished<'a> {
+    client: &'a AgentClient,
+    target: u64,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.client.send(Op::Cancel {
+                target: self.target,
+            });
+        }
     }
 }
 

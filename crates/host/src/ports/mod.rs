@@ -224,6 +224,10 @@ impl Capability for PortsCapability {
         "ports"
     }
 
+    fn serves(&self, vm: &banger_core::vm::Vm) -> bool {
+        !vm.spec.ports.is_empty()
+    }
+
     /// Refuses ports without a network, and host ports another program
     /// holds (those banger serves already are this VM's: the core checked
     /// its other VMs).

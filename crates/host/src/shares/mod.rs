@@ -59,6 +59,10 @@ impl Capability for SharesCapability {
         "shares"
     }
 
+    fn serves(&self, vm: &banger_core::vm::Vm) -> bool {
+        !vm.spec.mounts.is_empty()
+    }
+
     fn check_spec(&self, spec: &VmSpec) -> Result<(), Refusal> {
         if spec.mounts.is_empty() {
             return Ok(());

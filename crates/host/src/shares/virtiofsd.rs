@@ -85,20 +85,7 @@ pub async fn start(
 pub fn banger_virtiofsds(run_dir: &Path) -> Vec<(u32, String)> {
     let vms = run_dir.join("vms");
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+    for (pid, args) in crate::process::command_lines() {
         if !args.first().is_some_and(|a| a.ends_with("virtiofsd")) {
             continue;
         }
