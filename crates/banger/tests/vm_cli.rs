@@ -135,13 +135,14 @@ fn create_exec_logs_stop_start_rm() {
     // A VM's disks (its system disk holds its SSH host key) and console
     // are root's alone.
     use std::os::unix::fs::PermissionsExt;
-    let vms = root.path().join("var/lib/banger/vms");
-    let vm_dir = std::fs::read_dir(&vms)
-        .unwrap()
+    // Its own directory, by its id (`created web (ID, ...)`): a warm
+    // template's VM may be beside it.
+    let id = stdout["created web (".len()..]
+        .split(',')
         .next()
         .unwrap()
-        .unwrap()
-        .path();
+        .to_string();
+    let vm_dir = root.path().join("var/lib/banger/vms").join(&id);
     for file in ["system.cow", "root.ext4", "serial.log"] {
         let mode = std::fs::metadata(vm_dir.join(file))
             .unwrap()
