@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use crate::client::{Client, ClientError};
 use crate::vm::path_segment;
 
-const TAR: &str = "application/x-tar";
+/// The media type an archive is uploaded as (the API reads the bytes).
+const UPLOAD: &str = "application/octet-stream";
 /// Pieces of the archive between the packer and the connection.
 const DEPTH: usize = 4;
 const PIECE: usize = 256 * 1024;
@@ -116,7 +117,7 @@ async fn copy_in(client: &Client, from: &Path, vm: &str, path: &str, keep: bool)
         }
         packed
     });
-    let sent = client.put_stream(&url, TAR, rx).await;
+    let sent = client.put_stream(&url, UPLOAD, rx).await;
     let packed = packer.await.context("the packer failed")?;
     progress.done();
     // The daemon's answer first: a packer cut off by it only broke a pipe.

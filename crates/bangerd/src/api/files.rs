@@ -51,14 +51,15 @@ pub struct FileQuery {
 
 #[utoipa::path(put, path = "/v1/vms/{vm}/files", tag = "vms",
     params(("vm" = String, Path, description = "VM name or id"), FilesQuery),
-    request_body(content = TarArchive, content_type = "application/x-tar",
+    request_body(content = TarArchive, content_type = "application/octet-stream",
         description = "A tar archive whose entries share one top-level name"),
     responses(
         (status = 204, description = "Everything is written in the VM"),
         (status = 400, description = "A parameter is malformed, or the archive is refused", body = ApiError),
         (status = 404, description = "No such VM, or no such directory in it", body = ApiError),
         (status = 409, description = "The VM is not running, or a directory would replace a file", body = ApiError),
-        (status = 422, description = "The guest could not write it (not a directory, permissions, space)", body = ApiError)))]
+        (status = 422, description = "The guest could not write it (not a directory, permissions, space)", body = ApiError),
+        (status = 501, description = "This daemon cannot run VMs", body = ApiError)))]
 pub async fn copy_in(
     State(state): State<AppState>,
     ApiPath(vm): ApiPath<String>,
@@ -94,7 +95,8 @@ pub async fn copy_in(
         (status = 400, description = "A parameter is malformed", body = ApiError),
         (status = 404, description = "No such VM, or no such file in it", body = ApiError),
         (status = 409, description = "The VM is not running", body = ApiError),
-        (status = 422, description = "The guest could not read it", body = ApiError)))]
+        (status = 422, description = "The guest could not read it", body = ApiError),
+        (status = 501, description = "This daemon cannot run VMs", body = ApiError)))]
 pub async fn copy_out(
     State(state): State<AppState>,
     ApiPath(vm): ApiPath<String>,
