@@ -172,6 +172,7 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown: shutdown.clone(),
         warmer,
         ports,
+        metrics: crate::metrics::Metrics::global(),
     };
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "bangerd serving");
     let socket = config.socket.clone();

@@ -237,6 +237,7 @@ async fn every_documented_route_answers_as_documented() {
         ("get", "/v1/catalog", "/v1/catalog".into(), None, 200),
         ("get", "/v1/ssh", "/v1/ssh".into(), None, 200),
         ("get", "/v1/verify", "/v1/verify".into(), None, 200),
+        ("get", "/metrics", "/metrics".into(), None, 200),
         (
             "patch",
             "/v1/vms/{vm}",

@@ -23,6 +23,18 @@ impl std::fmt::Debug for dyn Progress {
     }
 }
 
+/// Receives every finished stage (`Some(name)`) and operation (`None`),
+/// with its operation's kind, wall time and, for an operation, whether it
+/// failed: the daemon's metrics.
+pub type Observer = Arc<dyn Fn(&'static str, Option<&str>, std::time::Duration, bool) + Send + Sync>;
+
+static OBSERVER: std::sync::OnceLock<Observer> = std::sync::OnceLock::new();
+
+/// Sets the process's observer (the first one set stays).
+pub fn observe_with(observer: Observer) {
+    let _ = OBSERVER.set(observer);
+}
+
 /// The kind of a VM's create; its stages are also kept as `create_stages`.
 pub const VM_CREATE: &str = "vm.create";
 
@@ -67,9 +79,13 @@ impl Operation {
     /// Ends the current stage, naming it, and logs its wall time.
     pub fn stage(&mut self, name: &str) {
         let now = Instant::now();
-        let elapsed_ms = now.duration_since(self.last).as_millis() as u64;
+        let elapsed = now.duration_since(self.last);
+        let elapsed_ms = elapsed.as_millis() as u64;
         self.last = now;
         tracing::info!(op = self.kind, stage = name, elapsed_ms, "stage done");
+        if let Some(observe) = OBSERVER.get() {
+            observe(self.kind, Some(name), elapsed, false);
+        }
         self.stages.push(Stage {
             name: name.to_string(),
             elapsed_ms,
@@ -93,6 +109,9 @@ impl Operation {
     /// Logs the outcome and the total wall time.
     pub fn finish(&self, outcome: Result<(), &dyn std::fmt::Display>) {
         let total_ms = self.started.elapsed().as_millis() as u64;
+        if let Some(observe) = OBSERVER.get() {
+            observe(self.kind, None, self.started.elapsed(), outcome.is_err());
+        }
         match outcome {
             Ok(()) => tracing::info!(op = self.kind, total_ms, "operation done"),
             Err(err) => tracing::warn!(op = self.kind, total_ms, error = %err, "operation failed"),

@@ -31,7 +31,7 @@ use super::params::ApiPath;
 use super::progress::run_image_op;
 use super::AppState;
 
-fn image_error(err: ImageError) -> HttpError {
+pub(super) fn image_error(err: ImageError) -> HttpError {
     ServiceError::from(err).into()
 }
 

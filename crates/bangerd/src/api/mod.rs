@@ -10,6 +10,7 @@ mod files;
 mod images;
 mod json;
 mod links;
+mod metrics;
 mod params;
 mod ports;
 mod progress;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub warmer: Option<Arc<crate::warm::Warmer>>,
     /// The published ports being forwarded.
     pub ports: Arc<banger_host::ports::PortsCapability>,
+    /// What `/metrics` counts.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(OpenApi)]
@@ -103,6 +106,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(images::promote_vm))
         .routes(routes!(images::catalog))
         .routes(routes!(system::health))
+        .routes(routes!(metrics::metrics))
         .routes(routes!(system::doctor))
         .routes(routes!(system::shutdown))
         .routes(routes!(verify::verify))

@@ -53,6 +53,8 @@ pub enum DnsError {
 pub struct DnsServer {
     records: RwLock<HashMap<String, Ipv4Addr>>,
     upstream: Vec<SocketAddr>,
+    /// Queries answered or forwarded (garbage not counted).
+    queries: std::sync::atomic::AtomicU64,
 }
 
 impl DnsServer {
@@ -60,7 +62,13 @@ impl DnsServer {
         Arc::new(DnsServer {
             records: RwLock::default(),
             upstream,
+            queries: Default::default(),
         })
+    }
+
+    /// Queries served since start (`/metrics`).
+    pub fn queries(&self) -> u64 {
+        self.queries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `NAME.vm` now resolves to `ip`.
@@ -136,7 +144,12 @@ impl DnsServer {
 
     /// The reply to one query message (None for garbage, which is dropped).
     pub async fn answer(&self, query: &[u8]) -> Option<Vec<u8>> {
-        match self.handle(query) {
+        let handling = self.handle(query);
+        if !matches!(handling, Handling::Local(None)) {
+            self.queries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        match handling {
             Handling::Local(answer) => answer,
             Handling::Forward(request) => self.forward(&request, query).await,
         }
