@@ -144,12 +144,20 @@ impl Metrics {
         if let Some(idle) = scrape.pool_idle {
             let gauge = Gauge::<i64>::default();
             gauge.set(idle);
-            registry.register("tap_pool_idle", "Idle TAP devices ready for the next VM", gauge);
+            registry.register(
+                "tap_pool_idle",
+                "Idle TAP devices ready for the next VM",
+                gauge,
+            );
         }
         if let Some(queries) = scrape.dns_queries {
             let counter = Counter::<u64>::default();
             counter.inc_by(queries);
-            registry.register("dns_queries", "DNS queries from guests served since start", counter);
+            registry.register(
+                "dns_queries",
+                "DNS queries from guests served since start",
+                counter,
+            );
         }
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);

@@ -26,7 +26,8 @@ impl std::fmt::Debug for dyn Progress {
 /// Receives every finished stage (`Some(name)`) and operation (`None`),
 /// with its operation's kind, wall time and, for an operation, whether it
 /// failed: the daemon's metrics.
-pub type Observer = Arc<dyn Fn(&'static str, Option<&str>, std::time::Duration, bool) + Send + Sync>;
+pub type Observer =
+    Arc<dyn Fn(&'static str, Option<&str>, std::time::Duration, bool) + Send + Sync>;
 
 static OBSERVER: std::sync::OnceLock<Observer> = std::sync::OnceLock::new();
 

@@ -21,7 +21,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, super::e
     for vm in state.banger.list_vms()? {
         *states.entry(vm.state.as_str()).or_default() += 1;
     }
-    scrape.vms_by_state = states.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
+    scrape.vms_by_state = states
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect();
     for image in state.images.list().map_err(image_error)? {
         let bytes: u64 = image
             .manifest
