@@ -243,7 +243,8 @@ struct Progress {
 impl Progress {
     fn new(verb: &'static str) -> Self {
         use std::io::IsTerminal;
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let shown = std::io::stderr().is_terminal() && !crate::output::quiet();
+        let bar = shown.then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             let style = indicatif::ProgressStyle::with_template(&format!(
                 "{{spinner}} {verb} {{bytes}} ({{bytes_per_sec}})"

@@ -14,7 +14,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::client::{checked, Client};
-use crate::output;
+use crate::output::{self, col, say, wide, Format, OutputArgs};
 use crate::progress::Progress;
 use crate::vm::path_segment;
 
@@ -26,15 +26,15 @@ pub enum ImageCommand {
         /// List the catalog instead.
         #[arg(long)]
         catalog: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Show one image.
     Show {
         /// Image name or id.
         image: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Build an image from Debian packages on this host (mmdebstrap).
     Build {
@@ -145,12 +145,9 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
     match command {
         ImageCommand::Ls {
             catalog: true,
-            json,
+            output,
         } => {
             let list: CatalogList = client.get("/v1/catalog").await?;
-            if json {
-                return output::json(&list);
-            }
             let rows: Vec<Vec<String>> = list
                 .entries
                 .iter()
@@ -165,16 +162,24 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                     ]
                 })
                 .collect();
-            output::table(&["NAME", "KIND", "FROM", "LOCAL", "DESCRIPTION"], &rows);
+            output::list(
+                &output,
+                &list,
+                &[
+                    col("NAME"),
+                    col("KIND"),
+                    col("FROM"),
+                    col("LOCAL"),
+                    col("DESCRIPTION"),
+                ],
+                &rows,
+            )?;
         }
         ImageCommand::Ls {
             catalog: false,
-            json,
+            output,
         } => {
             let list: ImageList = client.get("/v1/images").await?;
-            if json {
-                return output::json(&list);
-            }
             let rows: Vec<Vec<String>> = list
                 .images
                 .iter()
@@ -191,19 +196,32 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                         seed.into(),
                         i.created_at.clone(),
                         i.id.clone(),
+                        i.kernel_version.clone().unwrap_or_else(|| "-".into()),
+                        i.lineage.first().cloned().unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            output::table(
-                &["NAME", "SOURCE", "SIZE", "WORK SEED", "CREATED", "ID"],
+            output::list(
+                &output,
+                &list,
+                &[
+                    col("NAME"),
+                    col("SOURCE"),
+                    col("SIZE"),
+                    col("WORK SEED"),
+                    col("CREATED"),
+                    col("ID"),
+                    wide("KERNEL"),
+                    wide("PARENT"),
+                ],
                 &rows,
-            );
+            )?;
         }
-        ImageCommand::Show { image, json } => {
+        ImageCommand::Show { image, output } => {
             let image: Image = client
                 .get(&format!("/v1/images/{}", path_segment(&image)))
                 .await?;
-            if json {
+            if output.format() == Format::Json {
                 return output::json(&image);
             }
             print_image(&image);
@@ -274,7 +292,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             let path = format!("/v1/images/{}/export", path_segment(&image));
             long_op(client, &path, &request, json, "exported").await?;
             if !json {
-                println!("wrote {}", request.file);
+                say!("wrote {}", request.file);
             }
         }
         ImageCommand::Warm { image } => crate::snapshot::warm(client, &image).await?,
@@ -293,7 +311,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
         }
         ImageCommand::Prune => {
             let report: PruneReport = client.post("/v1/images/prune", &()).await?;
-            println!(
+            say!(
                 "removed {} cached layers ({})",
                 report.blobs,
                 output::size(report.bytes)
@@ -304,7 +322,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                 let removed: Image = client
                     .delete(&format!("/v1/images/{}", path_segment(&image)))
                     .await?;
-                println!("removed {}", removed.name);
+                say!("removed {}", removed.name);
             }
         }
     }
@@ -319,7 +337,7 @@ async fn long_op<B: Serialize>(
     json: bool,
     verb: &str,
 ) -> Result<()> {
-    let mut progress = Progress::new(json);
+    let mut progress = Progress::new(json || output::quiet());
     let outcome = client
         .post_stream(path, body, |event| progress.event(event))
         .await;
@@ -329,7 +347,9 @@ async fn long_op<B: Serialize>(
             if json {
                 return output::json(&image);
             }
-            println!("{verb} {} ({})", image.name, image.id);
+            output::made(&image.name, || {
+                format!("{verb} {} ({})", image.name, image.id)
+            });
             Ok(())
         }
         Ok(_) => unreachable!("post_stream returns only the final event"),

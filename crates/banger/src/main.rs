@@ -6,12 +6,14 @@ mod client;
 mod copy;
 mod daemon;
 mod doctor;
+mod events;
 mod exec;
 mod image;
 mod output;
 mod progress;
 mod snapshot;
 mod ssh;
+mod stats;
 mod terminal;
 mod verify;
 mod version;
@@ -36,6 +38,10 @@ struct Cli {
     /// Prefix of every default path, as given to bangerd.
     #[arg(long, global = true, env = ENV_ROOT)]
     root: Option<PathBuf>,
+    /// Print only what scripts need: the names a list holds or a command
+    /// made; no progress, no confirmations (errors still go to stderr).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +77,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow lifecycle events as they happen (VMs created, changing
+    /// state and removed; images and snapshots made and removed).
+    Events {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .socket
         .unwrap_or_else(|| DefaultPaths::under(cli.root.as_deref()).socket());
     let client = Client::new(socket);
+    output::set_quiet(cli.quiet);
     match cli.command {
         Command::Vm(command) => vm::run(&client, command).await,
         Command::Image(command) => image::run(&client, command).await,
@@ -104,6 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify { json } => verify::run(&client, json).await,
         Command::SshConfig => ssh::config(&client).await,
         Command::Version { json } => version::run(&client, json).await,
+        Command::Events { json } => events::run(&client, json).await,
         Command::Daemon(command) => daemon::run(&client, command, cli.root.as_deref()).await,
     }
 }

@@ -7,7 +7,7 @@ use banger_proto::vm::{VmForkRequest, VmSnapshotRequest};
 use clap::Subcommand;
 
 use crate::client::{checked, Client};
-use crate::output;
+use crate::output::{self, col, say, wide, Format, OutputArgs};
 use crate::vm::path_segment;
 
 #[derive(Debug, Subcommand)]
@@ -15,15 +15,15 @@ pub enum SnapshotCommand {
     /// List snapshots (an image's warm template is one too).
     #[command(alias = "list")]
     Ls {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Show one snapshot.
     Show {
         /// Snapshot name or id.
         snapshot: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Remove snapshots and their files.
     #[command(alias = "remove")]
@@ -35,11 +35,8 @@ pub enum SnapshotCommand {
 
 pub async fn run(client: &Client, command: SnapshotCommand) -> Result<()> {
     match command {
-        SnapshotCommand::Ls { json } => {
+        SnapshotCommand::Ls { output } => {
             let list: SnapshotList = client.get("/v1/snapshots").await?;
-            if json {
-                return output::json(&list);
-            }
             let rows: Vec<Vec<String>> = list
                 .snapshots
                 .iter()
@@ -53,21 +50,36 @@ pub async fn run(client: &Client, command: SnapshotCommand) -> Result<()> {
                         format!("{}M", s.memory_mib),
                         output::size(s.disk_bytes),
                         s.id.clone(),
+                        s.vmm.clone(),
+                        if s.nat { "on" } else { "off" }.to_string(),
+                        s.created_at.clone(),
                     ]
                 })
                 .collect();
-            output::table(
+            output::list(
+                &output,
+                &list,
                 &[
-                    "NAME", "KIND", "FROM VM", "IMAGE", "VCPUS", "MEMORY", "ON DISK", "ID",
+                    col("NAME"),
+                    col("KIND"),
+                    col("FROM VM"),
+                    col("IMAGE"),
+                    col("VCPUS"),
+                    col("MEMORY"),
+                    col("ON DISK"),
+                    col("ID"),
+                    wide("VMM"),
+                    wide("NAT"),
+                    wide("CREATED"),
                 ],
                 &rows,
-            );
+            )?;
         }
-        SnapshotCommand::Show { snapshot, json } => {
+        SnapshotCommand::Show { snapshot, output } => {
             let snapshot: Snapshot = client
                 .get(&format!("/v1/snapshots/{}", path_segment(&snapshot)))
                 .await?;
-            if json {
+            if output.format() == Format::Json {
                 return output::json(&snapshot);
             }
             show(&snapshot);
@@ -77,7 +89,7 @@ pub async fn run(client: &Client, command: SnapshotCommand) -> Result<()> {
                 let snapshot: Snapshot = client
                     .delete(&format!("/v1/snapshots/{}", path_segment(&name)))
                     .await?;
-                println!("removed {}", snapshot.name);
+                say!("removed {}", snapshot.name);
             }
         }
     }
@@ -95,13 +107,15 @@ pub async fn take(client: &Client, vm: &str, name: Option<String>, json: bool) -
     if json {
         return output::json(&snapshot);
     }
-    println!(
-        "saved {} as snapshot {} ({} on disk); start vms from it with `banger vm create --from {}`",
-        vm,
-        snapshot.name,
-        output::size(snapshot.disk_bytes),
-        snapshot.name
-    );
+    output::made(&snapshot.name, || {
+        format!(
+            "saved {} as snapshot {} ({} on disk); start vms from it with `banger vm create --from {}`",
+            vm,
+            snapshot.name,
+            output::size(snapshot.disk_bytes),
+            snapshot.name
+        )
+    });
     Ok(())
 }
 
@@ -124,10 +138,12 @@ pub async fn fork(
         return output::json(&made);
     }
     for copy in &made.vms {
-        println!(
-            "forked {} ({}, {})",
-            copy.name, copy.guest_ip, copy.dns_name
-        );
+        output::made(&copy.name, || {
+            format!(
+                "forked {} ({}, {})",
+                copy.name, copy.guest_ip, copy.dns_name
+            )
+        });
     }
     Ok(())
 }
@@ -137,9 +153,12 @@ pub async fn warm(client: &Client, image: &str) -> Result<()> {
     let snapshot: Snapshot = client
         .post(&format!("/v1/images/{}/warm", path_segment(image)), &())
         .await?;
-    println!(
+    say!(
         "{} is warm: creates of {} vcpus and {}M restore template {}",
-        snapshot.image_name, snapshot.vcpus, snapshot.memory_mib, snapshot.name
+        snapshot.image_name,
+        snapshot.vcpus,
+        snapshot.memory_mib,
+        snapshot.name
     );
     Ok(())
 }

@@ -10,7 +10,7 @@ use banger_proto::vm::{
 use clap::{Args, Subcommand};
 
 use crate::client::{checked, Client, ClientError};
-use crate::output;
+use crate::output::{self, col, say, wide, Format, OutputArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
@@ -19,15 +19,15 @@ pub enum VmCommand {
     /// List VMs.
     #[command(alias = "list")]
     Ls {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Show one VM.
     Show {
         /// VM name or id.
         vm: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Start stopped VMs.
     Start {
@@ -93,6 +93,13 @@ pub enum VmCommand {
     /// List, add or remove a running or stopped VM's published ports.
     #[command(subcommand)]
     Port(PortCommand),
+    /// What VMs use on the host: CPU (over a second), memory, disk, network.
+    Stats {
+        /// VM names or ids [default: every running VM].
+        vms: Vec<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Run a command in a running VM; exits with the command's status.
     Exec {
         vm: String,
@@ -153,8 +160,8 @@ pub enum PortCommand {
     /// List a VM's published ports.
     Ls {
         vm: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Publish a host port: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]
     /// (live when the VM runs; kept across restarts).
@@ -296,23 +303,23 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
             if args.json {
                 return output::json(&vm);
             }
-            println!(
-                "created {} ({}, {}, {})",
-                vm.name,
-                vm.id,
-                vm.guest_ip,
-                vm.state.as_str()
-            );
+            output::made(&vm.name, || {
+                format!(
+                    "created {} ({}, {}, {})",
+                    vm.name,
+                    vm.id,
+                    vm.guest_ip,
+                    vm.state.as_str()
+                )
+            });
         }
-        VmCommand::Ls { json } => {
+        VmCommand::Ls { output } => {
             let list: VmList = client.get("/v1/vms").await?;
-            if json {
-                return output::json(&list);
-            }
             let rows: Vec<Vec<String>> = list
                 .vms
                 .iter()
                 .map(|vm| {
+                    let ports: Vec<String> = vm.ports.iter().map(|p| p.to_string()).collect();
                     vec![
                         vm.name.clone(),
                         vm.state.as_str().to_string(),
@@ -322,21 +329,42 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                         format!("{}M", vm.memory_mib),
                         output::size(vm.work_disk_bytes),
                         vm.id.clone(),
+                        if vm.nat { "on" } else { "off" }.to_string(),
+                        vm.vmm.clone(),
+                        if ports.is_empty() {
+                            "-".into()
+                        } else {
+                            ports.join(",")
+                        },
+                        vm.created_at.clone(),
                     ]
                 })
                 .collect();
-            output::table(
+            output::list(
+                &output,
+                &list,
                 &[
-                    "NAME", "STATE", "IP", "IMAGE", "VCPUS", "MEMORY", "DISK", "ID",
+                    col("NAME"),
+                    col("STATE"),
+                    col("IP"),
+                    col("IMAGE"),
+                    col("VCPUS"),
+                    col("MEMORY"),
+                    col("DISK"),
+                    col("ID"),
+                    wide("NAT"),
+                    wide("VMM"),
+                    wide("PORTS"),
+                    wide("CREATED"),
                 ],
                 &rows,
-            );
+            )?;
         }
-        VmCommand::Show { vm, json } => {
+        VmCommand::Show { vm, output } => {
             let vm: Vm = client
                 .get(&format!("/v1/vms/{}", path_segment(&vm)))
                 .await?;
-            if json {
+            if output.format() == Format::Json {
                 return output::json(&vm);
             }
             show(&vm);
@@ -346,7 +374,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 let vm: Vm = client
                     .post(&format!("/v1/vms/{}/start", path_segment(&name)), &())
                     .await?;
-                println!("started {} ({})", vm.name, vm.guest_ip);
+                say!("started {} ({})", vm.name, vm.guest_ip);
             }
         }
         VmCommand::Stop { vms, force } => {
@@ -355,7 +383,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 let vm: Vm = client
                     .post(&format!("/v1/vms/{}/stop{query}", path_segment(&name)), &())
                     .await?;
-                println!("stopped {}", vm.name);
+                say!("stopped {}", vm.name);
             }
         }
         VmCommand::Restart { vms } => {
@@ -363,7 +391,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 let vm: Vm = client
                     .post(&format!("/v1/vms/{}/restart", path_segment(&name)), &())
                     .await?;
-                println!("restarted {} ({})", vm.name, vm.guest_ip);
+                say!("restarted {} ({})", vm.name, vm.guest_ip);
             }
         }
         VmCommand::Run {
@@ -388,13 +416,17 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 mounts: create.mount,
             };
             let vm = create_watched(client, &request, false).await?;
-            eprintln!("{} is up at {} ({})", vm.name, vm.guest_ip, vm.dns_name);
+            if !output::quiet() {
+                eprintln!("{} is up at {} ({})", vm.name, vm.guest_ip, vm.dns_name);
+            }
             let code = shell(client, &vm, command).await;
             if rm {
                 let _: Vm = client
                     .delete(&format!("/v1/vms/{}?force=true", path_segment(&vm.name)))
                     .await?;
-                eprintln!("removed {}", vm.name);
+                if !output::quiet() {
+                    eprintln!("removed {}", vm.name);
+                }
             }
             std::process::exit(code?);
         }
@@ -425,7 +457,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
             let vm: Vm = client
                 .patch(&format!("/v1/vms/{}", path_segment(&vm)), &request)
                 .await?;
-            println!("{}: nat {}", vm.name, if vm.nat { "on" } else { "off" });
+            say!("{}: nat {}", vm.name, if vm.nat { "on" } else { "off" });
         }
         VmCommand::Logs { vm, follow } => {
             let query = if follow { "?follow=true" } else { "" };
@@ -442,6 +474,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 .await?;
         }
         VmCommand::Port(command) => ports(client, command).await?,
+        VmCommand::Stats { vms, output } => crate::stats::run(client, vms, output).await?,
         VmCommand::Cp { src, dst, archive } => {
             crate::copy::run(client, &src, &dst, archive).await?
         }
@@ -473,7 +506,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 let vm: Vm = client
                     .delete(&format!("/v1/vms/{}{query}", path_segment(&name)))
                     .await?;
-                println!("removed {}", vm.name);
+                say!("removed {}", vm.name);
             }
         }
     }
@@ -497,7 +530,7 @@ async fn shell(client: &Client, vm: &Vm, command: Vec<String>) -> Result<i32> {
 
 /// Creates a VM showing each stage as it happens (nothing with `quiet`).
 async fn create_watched(client: &Client, request: &VmCreateRequest, quiet: bool) -> Result<Vm> {
-    let mut progress = crate::progress::Progress::new(quiet);
+    let mut progress = crate::progress::Progress::new(quiet || output::quiet());
     match client
         .post_stream("/v1/vms", request, |event| progress.event(event))
         .await
@@ -575,14 +608,36 @@ async fn ports(client: &Client, command: PortCommand) -> Result<()> {
         }
     };
     match command {
-        PortCommand::Ls { vm, json } => {
+        PortCommand::Ls { vm, output } => {
             let list: PortList = client
                 .get(&format!("/v1/vms/{}/ports", path_segment(&vm)))
                 .await?;
-            if json {
-                return output::json(&list);
-            }
-            print(&list);
+            let rows: Vec<Vec<String>> = list
+                .ports
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.to_string(),
+                        p.host_ip
+                            .map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string()),
+                        p.host_port.get().to_string(),
+                        p.guest_port.get().to_string(),
+                        p.to_string().rsplit('/').next().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect();
+            output::list(
+                &output,
+                &list,
+                &[
+                    col("PORT"),
+                    wide("ADDRESS"),
+                    wide("HOST PORT"),
+                    wide("GUEST PORT"),
+                    wide("PROTOCOL"),
+                ],
+                &rows,
+            )?;
         }
         PortCommand::Add { vm, forward } => {
             let list: PortList = client

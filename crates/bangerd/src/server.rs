@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use banger_core::clock::SystemClock;
+use banger_core::events::{EventedStore, Events};
 use banger_core::image_dirs::ImageDirs;
 use banger_core::images::Images;
+use banger_core::store::Store;
 use banger_core::{Banger, Settings};
 use banger_host::doctor::HostFacts;
 use banger_host::image::maker::HostImageMaker;
@@ -63,7 +65,12 @@ pub async fn start(config: Config) -> Result<Running> {
     }
     // Before anything in the state is touched: a second daemon stops here.
     let state_lock = crate::state_lock::lock(&config.state_dir)?;
-    let store = Arc::new(SqliteStore::open(&config.database())?);
+    // Every record written is an event for `GET /v1/events`.
+    let events = Events::new(Arc::new(SystemClock));
+    let store: Arc<dyn Store> = EventedStore::new(
+        Arc::new(SqliteStore::open(&config.database())?),
+        events.clone(),
+    );
     let dirs = ImageDirs::new(config.state_dir.join("images"));
     for stale in dirs.clean_stale() {
         tracing::info!(path = %stale.display(), "removed what an interrupted image operation left");
@@ -173,6 +180,7 @@ pub async fn start(config: Config) -> Result<Running> {
         warmer,
         ports,
         metrics: crate::metrics::Metrics::global(),
+        events,
     };
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "bangerd serving");
     let socket = config.socket.clone();

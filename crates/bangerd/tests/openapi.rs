@@ -104,6 +104,9 @@ async fn every_documented_route_answers_as_documented() {
     let doc = doc();
     let daemon = TestDaemon::start().await;
     let mut seen = BTreeSet::new();
+    // The event stream, open through every case below: it ends with the
+    // shutdown at the end, and each event it carried must fit its schema.
+    let events = support::get_stream(&daemon.socket(), "/v1/events").await;
     let create =
         r#"{"name":"web","no_start":true,"vcpus":1,"memory_mib":256,"work_disk_bytes":1073741824}"#;
     let cases: Vec<(&str, &str, String, Option<&str>, u16)> = vec![
@@ -238,6 +241,20 @@ async fn every_documented_route_answers_as_documented() {
         ("get", "/v1/ssh", "/v1/ssh".into(), None, 200),
         ("get", "/v1/verify", "/v1/verify".into(), None, 200),
         ("get", "/metrics", "/metrics".into(), None, 200),
+        (
+            "get",
+            "/v1/vms/{vm}/stats",
+            "/v1/vms/web/stats".into(),
+            None,
+            200,
+        ),
+        (
+            "get",
+            "/v1/vms/{vm}/stats",
+            "/v1/vms/nope/stats".into(),
+            None,
+            404,
+        ),
         (
             "patch",
             "/v1/vms/{vm}",
@@ -472,6 +489,27 @@ async fn every_documented_route_answers_as_documented() {
         assert_documented(&doc, method, route, status, &value);
         seen.insert((method.to_string(), route.to_string()));
     }
+    let (status, content_type, body) = events.await.unwrap();
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/x-ndjson")
+    );
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(lines.len() >= 4, "vms and an image came and went: {body}");
+    for event in &lines {
+        assert_fits(
+            &doc,
+            "get",
+            "/v1/events",
+            200,
+            "application/x-ndjson",
+            event,
+        );
+    }
+    seen.insert(("get".to_string(), "/v1/events".to_string()));
     let documented: BTreeSet<(String, String)> = operations(&doc)
         .into_iter()
         .map(|(method, route, _)| (method, route))

@@ -9,6 +9,7 @@ pub mod capability;
 pub mod catalog;
 pub mod clock;
 pub mod doctor;
+pub mod events;
 pub mod image;
 pub mod image_dirs;
 pub mod image_maker;

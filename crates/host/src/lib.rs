@@ -18,5 +18,6 @@ pub mod process;
 pub mod qemu;
 pub mod shares;
 pub mod ssh;
+pub mod stats;
 pub mod tools;
 pub mod vmm_select;

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod doctor;
 pub mod error;
+pub mod event;
 pub mod exec;
 pub mod image;
 pub mod paths;
@@ -13,6 +14,7 @@ pub mod progress;
 pub mod rules;
 pub mod snapshot;
 pub mod ssh;
+pub mod stats;
 pub mod system;
 pub mod units;
 pub mod verify;

@@ -78,7 +78,7 @@ fn stage_timings(stages: &[banger_core::vm::Stage]) -> Vec<proto::vm::StageTimin
         .collect()
 }
 
-fn vm_state(state: VmState) -> proto::vm::VmState {
+pub fn vm_state(state: VmState) -> proto::vm::VmState {
     match state {
         VmState::Created => proto::vm::VmState::Created,
         VmState::Starting => proto::vm::VmState::Starting,

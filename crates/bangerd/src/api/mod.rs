@@ -6,6 +6,7 @@ mod caller;
 pub use caller::Peer;
 mod convert;
 pub mod error;
+mod events;
 mod files;
 mod images;
 mod json;
@@ -15,6 +16,7 @@ mod params;
 mod ports;
 mod progress;
 mod snapshots;
+mod stats;
 mod system;
 mod terminal;
 mod trace;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub ports: Arc<banger_host::ports::PortsCapability>,
     /// What `/metrics` counts.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What `/v1/events` streams.
+    pub events: Arc<banger_core::events::Events>,
 }
 
 #[derive(OpenApi)]
@@ -85,6 +89,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(vm_io::exec))
         .routes(routes!(terminal::terminal))
         .routes(routes!(vm_io::logs))
+        .routes(routes!(stats::vm_stats))
         .routes(routes!(files::copy_in, files::copy_out))
         .routes(routes!(ports::list_ports, ports::add_port))
         .routes(routes!(ports::remove_port))
@@ -107,6 +112,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(images::catalog))
         .routes(routes!(system::health))
         .routes(routes!(metrics::metrics))
+        .routes(routes!(events::events))
         .routes(routes!(system::doctor))
         .routes(routes!(system::shutdown))
         .routes(routes!(verify::verify))

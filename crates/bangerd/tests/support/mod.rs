@@ -193,6 +193,46 @@ pub async fn try_call(
     Ok((status, value))
 }
 
+/// GETs a stream that ends when the daemon does (`/v1/events`): the head
+/// is read before this returns, so the stream sees everything after;
+/// the task gives status, content type and the whole body.
+pub async fn get_stream(
+    socket: &Path,
+    path: &str,
+) -> tokio::task::JoinHandle<(u16, String, String)> {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(format!("http://bangerd{path}"))
+        .header("host", "bangerd")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    tokio::spawn(async move {
+        let bytes = tokio::time::timeout(STREAM_DEADLINE, response.into_body().collect())
+            .await
+            .expect("the stream ends")
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (
+            status,
+            content_type,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    })
+}
+
 /// POSTs asking for a progress stream; the response once its head is in.
 async fn post_stream(
     socket: &Path,
