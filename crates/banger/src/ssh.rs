@@ -1,14 +1,90 @@
 //! SSH into VMs with the user's OpenSSH: `vm ssh`, `vm run`'s shell, and
 //! `ssh-config` for plain `ssh NAME.vm`. Host keys are checked against
-//! banger's own known_hosts (never the user's), strictly.
+//! banger's own known_hosts (never the user's), strictly. Root uses the
+//! daemon's key; every other user their own (`~/.ssh/id_ed25519`,
+//! `id_ecdsa` or `id_rsa`, else one banger makes in
+//! `~/.config/banger/id_ed25519`), which the CLI offers to the VMs it
+//! creates and lets into a VM before `vm ssh`.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result};
 use banger_proto::ssh::SshSettings;
-use banger_proto::vm::Vm;
+use banger_proto::vm::{Vm, VmSshKeysRequest};
 
-use crate::client::Client;
+use crate::client::{checked, Client};
+use crate::vm::path_segment;
+
+/// A user's own key pair.
+#[derive(Debug, Clone)]
+pub struct OwnKey {
+    pub private: PathBuf,
+    /// The `.pub` line.
+    pub public: String,
+}
+
+/// The caller's own key (made on first use when it has none); `None`
+/// for root, which uses the daemon's.
+pub fn own_key() -> Result<Option<OwnKey>> {
+    let uid = std::fs::metadata("/proc/self")
+        .context("cannot tell who runs banger (/proc/self)")?
+        .uid();
+    if uid == 0 {
+        return Ok(None);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set: banger looks for your ssh key under it")?;
+    for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+        let private = home.join(".ssh").join(name);
+        if let Ok(public) = std::fs::read_to_string(private.with_extension("pub")) {
+            if private.exists() {
+                return Ok(Some(OwnKey {
+                    private,
+                    public: public.trim().to_string(),
+                }));
+            }
+        }
+    }
+    let dir = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".config"))
+        .join("banger");
+    let private = dir.join("id_ed25519");
+    if !private.exists() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot make {} for your ssh key", dir.display()))?;
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f"])
+            .arg(&private)
+            .output()
+            .context("cannot run ssh-keygen (apt-get install openssh-client)")?;
+        if !made.status.success() {
+            anyhow::bail!(
+                "ssh-keygen could not make {}: {}",
+                private.display(),
+                String::from_utf8_lossy(&made.stderr).trim()
+            );
+        }
+    }
+    let public = std::fs::read_to_string(private.with_extension("pub"))
+        .with_context(|| format!("cannot read {}.pub", private.display()))?;
+    Ok(Some(OwnKey {
+        private,
+        public: public.trim().to_string(),
+    }))
+}
+
+/// The ssh settings for this caller: its own key in place of the daemon's.
+async fn settings(client: &Client, own: Option<&OwnKey>) -> Result<SshSettings> {
+    let mut settings: SshSettings = client.get("/v1/ssh").await?;
+    if let Some(own) = own {
+        settings.identity_file = own.private.display().to_string();
+    }
+    Ok(settings)
+}
 
 /// The ssh command for `vm`, running `command` (a login shell when empty).
 pub fn command(settings: &SshSettings, vm: &Vm, command: &[String]) -> Command {
@@ -50,7 +126,19 @@ fn shell_quote(word: &str) -> String {
 /// (and the guest) while it runs: banger itself ignores it, so what comes
 /// after (`vm run --rm`) still happens.
 pub async fn run(client: &Client, vm: &Vm, command_line: &[String]) -> Result<i32> {
-    let settings: SshSettings = client.get("/v1/ssh").await?;
+    let own = own_key()?;
+    if let Some(own) = &own {
+        let request = VmSshKeysRequest {
+            keys: vec![checked(own.public.clone())?],
+        };
+        let _: Vm = client
+            .post(
+                &format!("/v1/vms/{}/ssh-keys", path_segment(&vm.name)),
+                &request,
+            )
+            .await?;
+    }
+    let settings = settings(client, own.as_ref()).await?;
     let _interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("cannot take over ctrl-c")?;
     let status = command(&settings, vm, command_line)
@@ -61,7 +149,7 @@ pub async fn run(client: &Client, vm: &Vm, command_line: &[String]) -> Result<i3
 
 /// `banger ssh-config`: a stanza for ~/.ssh/config.
 pub async fn config(client: &Client) -> Result<()> {
-    let settings: SshSettings = client.get("/v1/ssh").await?;
+    let settings = settings(client, own_key()?.as_ref()).await?;
     println!("# banger vms: add to ~/.ssh/config, then `ssh NAME.vm`");
     println!("Host *.vm");
     println!("    User {}", settings.user);

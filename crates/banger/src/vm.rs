@@ -284,6 +284,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
     match command {
         VmCommand::Create(args) => {
             let request = VmCreateRequest {
+                ssh_keys: offered_keys()?,
                 name: args.name.map(checked).transpose()?,
                 image: args.image,
                 vcpus: args.vcpus.map(|n| checked(u64::from(n))).transpose()?,
@@ -400,6 +401,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
             command,
         } => {
             let request = VmCreateRequest {
+                ssh_keys: offered_keys()?,
                 name: create.name.map(checked).transpose()?,
                 image: create.image,
                 vcpus: create.vcpus.map(|n| checked(u64::from(n))).transpose()?,
@@ -526,6 +528,15 @@ async fn shell(client: &Client, vm: &Vm, command: Vec<String>) -> Result<i32> {
     } else {
         crate::ssh::run(client, vm, &command).await
     }
+}
+
+/// The caller's own public key, offered to the VMs it creates (none for
+/// root, whose VMs take the daemon's key).
+fn offered_keys() -> Result<Vec<banger_proto::rules::SshPublicKey>> {
+    crate::ssh::own_key()?
+        .map(|own| checked(own.public))
+        .into_iter()
+        .collect()
 }
 
 /// Creates a VM showing each stage as it happens (nothing with `quiet`).

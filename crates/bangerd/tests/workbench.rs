@@ -32,6 +32,77 @@ fn cli(root: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// An unprivileged member of the socket's group (`nobody` in `nogroup`,
+/// a user ssh can look up), with a home of its own and the CLI where it
+/// may run it; its commands run in the VMs' namespace.
+struct Member<'a> {
+    ns: &'a support::NetNs,
+    root: std::path::PathBuf,
+    home: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    gid: u32,
+}
+
+impl<'a> Member<'a> {
+    fn new(ns: &'a support::NetNs, root: &Path) -> Member<'a> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        let gid = nix::unistd::Group::from_name("nogroup")
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw();
+        std::os::unix::fs::chown(&home, Some(65534), Some(gid)).unwrap();
+        let bin = dir.path().join("banger");
+        std::fs::copy(
+            Path::new(env!("CARGO_BIN_EXE_bangerd")).with_file_name("banger"),
+            &bin,
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Member {
+            ns,
+            root: root.to_path_buf(),
+            home,
+            _dir: dir,
+            gid,
+        }
+    }
+
+    /// Runs `argv` as the member (`banger` is its copy of the CLI, on
+    /// the test's root).
+    fn run(&self, argv: &[&str]) -> (i32, String, String) {
+        let bin = self.home.with_file_name("banger");
+        let mut command = self.ns.command("setpriv");
+        command
+            .args([
+                "--reuid=65534",
+                &format!("--regid={}", self.gid),
+                "--clear-groups",
+            ])
+            .arg("env")
+            .arg(format!("HOME={}", self.home.display()))
+            .arg("NO_COLOR=1");
+        if argv[0] == "banger" {
+            command
+                .arg(&bin)
+                .arg("--root")
+                .arg(&self.root)
+                .args(&argv[1..]);
+        } else {
+            command.args(argv);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
 /// What a TCP connection to `port` on 127.0.0.1 in `ns` reads, retried
 /// until it reads something (at most `tries` times, a second apart).
 async fn fetch(ns: &support::NetNs, port: u16, tries: u32) -> String {
@@ -73,7 +144,13 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
     let Some(ns) = support::NetNs::new("workbench") else {
         return;
     };
-    let daemon = support::vm_daemon(&ns, &guest, "warm_templates = false\n", true).await;
+    let daemon = support::vm_daemon(
+        &ns,
+        &guest,
+        "warm_templates = false\nsocket_group = \"nogroup\"\n",
+        true,
+    )
+    .await;
     let (root, socket) = (daemon.root.path().to_path_buf(), daemon.socket.clone());
     let mut process = daemon.process;
     let call = |method: &'static str, path: &str, body: Option<Value>| {
@@ -321,9 +398,89 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
     let (code, _, err) = cli(&root, &["vm", "port", "rm", "box", "18082"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(fetch(&ns, 18082, 1).await, "", "removed: nothing listens");
+    // A member of the socket's group with no key of its own: `vm ssh`
+    // makes its key, lets it into the VM and logs in with it; plain ssh
+    // with the `ssh-config` stanza too; its `vm create` offers the key.
+    let member = Member::new(&ns, &root);
+    let (code, out, err) = member.run(&["banger", "vm", "ssh", "box", "--", "id", "-u"]);
+    assert_eq!((code, out.as_str()), (0, "0\n"), "{err}");
+    let public =
+        std::fs::read_to_string(member.home.join(".config/banger/id_ed25519.pub")).unwrap();
+    let (_, vm) = call("GET", "/v1/vms/box", None).await;
+    let vm_dir = root
+        .join("var/lib/banger/vms")
+        .join(vm["id"].as_str().unwrap());
+    let kept = std::fs::read_to_string(vm_dir.join("ssh_keys")).unwrap();
+    assert_eq!(
+        kept.trim(),
+        public.trim(),
+        "the member's key is kept with the vm"
+    );
+    let (code, stanza, err) = member.run(&["banger", "ssh-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stanza.contains(".config/banger/id_ed25519"), "{stanza}");
+    let config = member.home.join("ssh_config");
+    std::fs::write(&config, &stanza).unwrap();
+    let ip = vm["guest_ip"].as_str().unwrap();
+    let (code, out, err) = member.run(&[
+        "ssh",
+        "-F",
+        config.to_str().unwrap(),
+        "-o",
+        &format!("HostName={ip}"),
+        "-o",
+        "BatchMode=yes",
+        "box.vm",
+        "id -un",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "root\n"),
+        "plain ssh box.vm: {err}"
+    );
+    let (code, _, err) = member.run(&["banger", "vm", "create", "--no-start", "--name", "mine"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, mine) = call("GET", "/v1/vms/mine", None).await;
+    let mine_dir = root
+        .join("var/lib/banger/vms")
+        .join(mine["id"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(mine_dir.join("ssh_keys"))
+            .unwrap()
+            .trim(),
+        public.trim(),
+        "offered at create"
+    );
+    let (code, _, err) = member.run(&["banger", "vm", "rm", "mine"]);
+    assert_eq!(code, 0, "{err}");
+    // Root's own files stay root's.
+    let daemon_key = root.join("var/lib/banger/ssh/id_ed25519");
+    let meta = std::fs::metadata(&daemon_key).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o077),
+        (0, 0),
+        "the daemon's key"
+    );
+    let (code, _, _) = member.run(&["cat", daemon_key.to_str().unwrap()]);
+    assert_ne!(code, 0, "the member cannot read the daemon's key");
+    // A key that is not one is refused before anything is kept.
+    let (status, err) = call(
+        "POST",
+        "/v1/vms/box/ssh-keys",
+        Some(json!({"keys": ["ssh-dss AAAAB3 old"]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+
     // After a VM restart, and a daemon restart.
     let (status, err) = call("POST", "/v1/vms/box/restart", None).await;
     assert_eq!(status, 200, "{err}");
+    let (code, out, err) = member.run(&["banger", "vm", "ssh", "box", "--", "id", "-u"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "0\n"),
+        "the member's key is in the guest after a start: {err}"
+    );
     assert_eq!(fetch(&ns, 18080, 30).await, "hello from the guest\n");
     let (_, out, _) = support::sh(&socket, "box", "cat /srv/share/from-guest.txt").await;
     assert_eq!(out, "written in the guest\n", "the folder is mounted again");

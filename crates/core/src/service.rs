@@ -404,6 +404,10 @@ impl Banger {
 
         op.next("reserve_vm");
         let mut vm = self.reserve(&request, &image).await?;
+        if let Err(err) = access::add_keys(&self.vm_dir(&vm), &vm.name, &request.ssh_keys) {
+            let _ = self.store.delete_vm(&vm.id);
+            return Err(err);
+        }
         op.stage("reserve_vm");
 
         let _vm_lock = self.vm_locks.lock(&vm.id).await;
@@ -575,6 +579,7 @@ impl Banger {
     }
 }
 
+pub mod access;
 mod copy;
 mod lifecycle;
 mod ports;

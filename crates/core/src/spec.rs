@@ -61,6 +61,9 @@ pub struct CreateParams {
     pub ports: Vec<crate::ports::PortForward>,
     /// Host directories shared with the guest (`--mount`).
     pub mounts: Vec<crate::mounts::SharedFolder>,
+    /// Public keys the guest accepts for root besides the daemon's (the
+    /// creator's own).
+    pub ssh_keys: Vec<String>,
 }
 
 /// Defaults applied where a request is silent (from config).
@@ -108,6 +111,7 @@ pub struct ValidatedCreate {
     pub spec: VmSpec,
     pub no_start: bool,
     pub guest_ip: Option<std::net::Ipv4Addr>,
+    pub ssh_keys: Vec<String>,
 }
 
 impl CreateParams {
@@ -154,6 +158,7 @@ impl CreateParams {
                 mounts: self.mounts.clone(),
             },
             no_start: self.no_start,
+            ssh_keys: self.ssh_keys.clone(),
             guest_ip: match self.guest_ip.as_deref() {
                 None => None,
                 Some(text) => Some(

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use banger_core::capability::{Capability, CapabilityError, GuestConfig, VmContext};
+use banger_core::service::access::{GUEST_SSH_KEYS_FILE, VM_SSH_KEYS_FILE};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
@@ -207,10 +208,14 @@ impl Capability for SshCapability {
             authorized.join("\n") + "\n",
             0o644,
         );
+        // The keys of the users let into this VM (its creator's, and
+        // those `vm ssh` added).
+        let users = std::fs::read_to_string(ctx.vm_dir.join(VM_SSH_KEYS_FILE)).unwrap_or_default();
+        config.add_file(GUEST_SSH_KEYS_FILE, users, 0o644);
         config.add_file(
             "/etc/ssh/sshd_config.d/banger.conf",
             format!(
-                "HostKey /etc/ssh/{HOST_KEY}\nAuthorizedKeysFile .ssh/authorized_keys /etc/ssh/banger_authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n"
+                "HostKey /etc/ssh/{HOST_KEY}\nAuthorizedKeysFile .ssh/authorized_keys /etc/ssh/banger_authorized_keys {GUEST_SSH_KEYS_FILE}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n"
             ),
             0o644,
         );

@@ -27,6 +27,13 @@ pub const PACKAGE_PATTERN: &str = "^[a-z0-9][a-z0-9+.-]{1,127}$";
 /// Standard base64 with padding.
 pub const BASE64_PATTERN: &str = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
 
+/// An OpenSSH public key line: a key type sshd accepts, the key in
+/// base64, an optional comment of printable characters.
+pub const SSH_PUBLIC_KEY_PATTERN: &str = "^(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|sk-ssh-ed25519@openssh\\.com|sk-ecdsa-sha2-nistp256@openssh\\.com) [A-Za-z0-9+/]+={0,3}(?: [\\x20-\\x7e]*)?$";
+pub const SSH_PUBLIC_KEY_MAX: usize = 8192;
+/// Public keys one request may offer.
+pub const SSH_KEYS_MAX: usize = 8;
+
 /// One component of an OCI repository path (the distribution grammar).
 const OCI_COMPONENT: &str = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
 /// A registry host: has a dot or a port, or is `localhost`.
@@ -165,6 +172,11 @@ checked_string!(
     /// A Debian package name.
     Package, "debian package name", PACKAGE_PATTERN, 128,
     "package names are lowercase letters, digits and + . -, at least 2"
+);
+checked_string!(
+    /// An OpenSSH public key (`ssh-ed25519 AAAA... comment`).
+    SshPublicKey, "ssh public key", SSH_PUBLIC_KEY_PATTERN, SSH_PUBLIC_KEY_MAX,
+    "an OpenSSH public key line: TYPE BASE64 [COMMENT], of type ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256/384/521 (or their sk- forms), on one line"
 );
 checked_string!(
     /// Bytes, base64 (standard alphabet, padded).

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::rules::{DiskBytes, GuestPath, HostPath, MemoryMib, Name, Port, Vcpus};
+use crate::rules::{DiskBytes, GuestPath, HostPath, MemoryMib, Name, Port, SshPublicKey, Vcpus};
 
 /// A host directory mounted in the guest (QEMU VMs; served over virtiofs
 /// with the rights of the user who created the VM).
@@ -196,6 +196,20 @@ pub struct VmCreateRequest {
     /// restarts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// Public keys the guest accepts for root besides the daemon's (the
+    /// CLI offers its caller's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 8)]
+    pub ssh_keys: Vec<SshPublicKey>,
+}
+
+/// Body of `POST /v1/vms/{vm}/ssh-keys`: public keys to let into the VM
+/// (at once when it runs, and at every start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSshKeysRequest {
+    #[schema(min_items = 1, max_items = 8)]
+    pub keys: Vec<SshPublicKey>,
 }
 
 /// Wall time of one named stage of an operation.

@@ -143,6 +143,7 @@ pub fn create_params(req: proto::vm::VmCreateRequest) -> banger_core::spec::Crea
         remove_on_failure: req.remove_on_failure,
         from: req.from.map(String::from),
         cold: req.cold,
+        ssh_keys: req.ssh_keys.into_iter().map(String::from).collect(),
         ports: req.publish.iter().map(port_forward).collect(),
         // Whose rights they are served with is the handler's to say.
         mounts: req

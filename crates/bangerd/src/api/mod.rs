@@ -2,6 +2,7 @@
 //! document from the handler annotations, so the two cannot drift. The
 //! committed copy lives in `api/openapi.json` at the repository root.
 
+mod access;
 mod caller;
 pub use caller::Peer;
 mod convert;
@@ -90,6 +91,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(terminal::terminal))
         .routes(routes!(vm_io::logs))
         .routes(routes!(stats::vm_stats))
+        .routes(routes!(access::authorize_ssh_keys))
         .routes(routes!(files::copy_in, files::copy_out))
         .routes(routes!(ports::list_ports, ports::add_port))
         .routes(routes!(ports::remove_port))

@@ -41,6 +41,7 @@ pub async fn create_vm(
     ApiJson(request): ApiJson<VmCreateRequest>,
 ) -> Result<axum::response::Response, HttpError> {
     use axum::response::IntoResponse;
+    super::access::check_count(&request.ssh_keys)?;
     let mut params = convert::create_params(request);
     // Shared folders are the caller's: checked and served with its rights.
     for share in &mut params.mounts {
