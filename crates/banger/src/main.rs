@@ -7,6 +7,7 @@ mod copy;
 mod daemon;
 mod doctor;
 mod exec;
+mod generate;
 mod image;
 mod output;
 mod progress;
@@ -71,6 +72,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Generate(generate::GenerateCommand),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SshConfig => ssh::config(&client).await,
         Command::Version { json } => version::run(&client, json).await,
         Command::Daemon(command) => daemon::run(&client, command, cli.root.as_deref()).await,
+        Command::Generate(command) => generate::run(command),
     }
 }
 
