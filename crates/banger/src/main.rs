@@ -8,6 +8,7 @@ mod daemon;
 mod doctor;
 mod events;
 mod exec;
+mod generate;
 mod image;
 mod output;
 mod progress;
@@ -84,6 +85,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Generate(generate::GenerateCommand),
 }
 
 fn main() -> ExitCode {
@@ -120,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Version { json } => version::run(&client, json).await,
         Command::Events { json } => events::run(&client, json).await,
         Command::Daemon(command) => daemon::run(&client, command, cli.root.as_deref()).await,
+        Command::Generate(command) => generate::run(command),
     }
 }
 

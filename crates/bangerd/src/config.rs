@@ -518,4 +518,54 @@ mod tests {
             );
         }
     }
+
+    /// packaging/config.toml, the package's conffile: commented, it
+    /// means the defaults; every `#key = value` it shows is a real key,
+    /// and those it gives as defaults are the defaults.
+    #[test]
+    fn the_packaged_config_shows_real_keys_and_the_defaults() {
+        let text = include_str!("../../../packaging/config.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&Overrides {
+                config: Some(path),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let commented = load(text);
+        // `#key` and `#[section]` are settings; `# ` starts prose. The
+        // catalog's example names a file that is not there.
+        let uncommented: String = text
+            .lines()
+            .filter_map(|line| line.strip_prefix('#'))
+            .filter(|rest| {
+                !rest.is_empty() && !rest.starts_with(' ') && !rest.starts_with("catalog")
+            })
+            .map(|rest| format!("{rest}\n"))
+            .collect();
+        assert!(
+            uncommented.contains("[network]\nenabled = true"),
+            "{uncommented}"
+        );
+        let shown = load(&uncommented);
+        assert_eq!(shown.state_dir, commented.state_dir);
+        assert_eq!(shown.run_dir, commented.run_dir);
+        assert_eq!(shown.socket, commented.socket);
+        assert_eq!(shown.socket_group, commented.socket_group);
+        assert_eq!(shown.bridge.to_string(), commented.bridge.to_string());
+        assert_eq!(shown.defaults, commented.defaults);
+        assert_eq!(shown.vmm, commented.vmm);
+        assert_eq!(shown.console_log_max, commented.console_log_max);
+        assert_eq!(shown.vmm_uid_base, commented.vmm_uid_base);
+        assert_eq!(shown.warm_templates, commented.warm_templates);
+        let (a, b) = (&shown.network, &commented.network);
+        assert_eq!(
+            (a.enabled, &a.bridge, a.pool_size, a.host_dns, &a.nft_table),
+            (b.enabled, &b.bridge, b.pool_size, b.host_dns, &b.nft_table)
+        );
+        assert_eq!(commented.socket, Path::new("/run/banger/bangerd.sock"));
+    }
 }

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use banger_proto::paths::{ENV_CONFIG, ENV_ROOT, ENV_SOCKET};
 use bangerd::config::{Config, Overrides};
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -32,6 +32,9 @@ struct Args {
     /// Print the OpenAPI document of the API and exit.
     #[arg(long)]
     print_openapi: bool,
+    /// Write the man page bangerd.8 into DIR and exit (for packaging).
+    #[arg(long, hide = true, value_name = "DIR")]
+    man: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -45,6 +48,17 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     if args.print_openapi {
         print!("{}", bangerd::api::openapi_json());
+        return Ok(());
+    }
+    if let Some(dir) = args.man {
+        let page = std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                clap_mangen::Man::new(Args::command())
+                    .section("8")
+                    .generate_to(&dir)
+            })
+            .with_context(|| format!("cannot write bangerd.8 into {}", dir.display()))?;
+        println!("{}", page.display());
         return Ok(());
     }
     bangerd::logging::init(matches!(args.log_format, LogFormat::Json));
