@@ -132,7 +132,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn report(err: &anyhow::Error) -> ExitCode {
     let (hint, code) = match err.downcast_ref::<ClientError>() {
         Some(ClientError::NotRunning { .. }) => (
-            Some("start it with `banger daemon start` (as root)".to_string()),
+            Some(
+                "start it with `banger daemon start` (as root), or `systemctl start bangerd` where the package is installed"
+                    .to_string(),
+            ),
             1,
         ),
         Some(ClientError::Api(api)) => {
