@@ -472,7 +472,49 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
     .await;
     assert_eq!(status, 400, "{err}");
 
-    // After a VM restart, and a daemon restart.
+    // What it uses, as `vm stats` reads it; the list conventions.
+    let (code, out, err) = cli(&root, &["vm", "stats", "box", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    let box_stats = &stats["vms"][0];
+    assert_eq!(box_stats["name"], "box", "{stats}");
+    for counter in [
+        "cpu_ns",
+        "memory_rss_bytes",
+        "memory_pss_bytes",
+        "net_rx_bytes",
+        "net_tx_bytes",
+        "work_disk_bytes",
+        "system_disk_bytes",
+    ] {
+        assert!(
+            box_stats[counter].as_u64().unwrap_or(0) > 0,
+            "{counter}: {stats}"
+        );
+    }
+    assert!(box_stats["cpu_percent"].as_f64().is_some(), "{stats}");
+    let (code, out, err) = cli(&root, &["vm", "stats", "-o", "wide"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("NAME") && out.contains("MEMORY PSS") && out.contains("\nbox "),
+        "{out}"
+    );
+    let (code, out, _) = cli(&root, &["-q", "vm", "ls"]);
+    assert_eq!((code, out.as_str()), (0, "box\n"), "--quiet: the names");
+    let (_, wide, _) = cli(&root, &["vm", "ls", "-o", "wide"]);
+    assert!(wide.contains("VMM") && wide.contains("qemu"), "{wide}");
+
+    // After a VM restart, and a daemon restart; events as they happen.
+    let bin = Path::new(env!("CARGO_BIN_EXE_bangerd")).with_file_name("banger");
+    let mut events = std::process::Command::new(&bin)
+        .arg("--root")
+        .arg(&root)
+        .args(["events", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Subscribed well before the restart begins.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (status, err) = call("POST", "/v1/vms/box/restart", None).await;
     assert_eq!(status, 200, "{err}");
     let (code, out, err) = member.run(&["banger", "vm", "ssh", "box", "--", "id", "-u"]);
@@ -491,6 +533,22 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
     .unwrap();
     let _ = process.wait();
     assert_eq!(fetch(&ns, 18080, 1).await, "", "the daemon is down");
+    let out = events.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the events stream ended with the daemon"
+    );
+    let seen: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|e| e["name"] == "box")
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        seen,
+        ["stopping", "stopped", "starting", "running"],
+        "the restart, as it happened"
+    );
     process = support::spawn_daemon(&ns, &root);
     support::wait_for_socket(&socket).await;
     assert_eq!(fetch(&ns, 18080, 10).await, "hello from the guest\n");
