@@ -506,7 +506,7 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
 
     // After a VM restart, and a daemon restart; events as they happen.
     let bin = Path::new(env!("CARGO_BIN_EXE_bangerd")).with_file_name("banger");
-    let mut events = std::process::Command::new(&bin)
+    let events = std::process::Command::new(&bin)
         .arg("--root")
         .arg(&root)
         .args(["events", "--json"])
