@@ -189,31 +189,8 @@ mod tests {
         let events = Events::new(Arc::new(SystemClock));
         let store = EventedStore::new(Arc::new(MemoryStore::default()), events.clone());
         let mut rx = events.subscribe();
-        let mut vm = Vm {
-            id: "0123456789abcdef".into(),
-            name: "box".into(),
-            image_id: "i".into(),
-            image_name: "debian".into(),
-            state: crate::vm::VmState::Created,
-            spec: crate::spec::VmSpec {
-                vcpus: 1,
-                memory_mib: 256,
-                work_disk_bytes: 1 << 30,
-                system_disk_bytes: 1 << 30,
-                nat: false,
-                ports: vec![],
-                mounts: vec![],
-            },
-            guest_ip: Ipv4Addr::new(172, 30, 0, 2),
-            vsock_cid: 3,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            last_error: None,
-            stages: vec![],
-            create_stages: vec![],
-            vmm: "qemu".into(),
-            handle: None,
-        };
+        let mut vm = Vm::sample("box", "i");
+        vm.state = crate::vm::VmState::Created;
         store.insert_vm(&vm).unwrap();
         assert!(store.insert_vm(&vm).is_err(), "the name is taken");
         store.update_vm(&vm).unwrap();

@@ -105,6 +105,36 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// A stopped VM record of the smallest shape (unit tests).
+    #[cfg(test)]
+    pub(crate) fn sample(name: &str, image_id: &str) -> Vm {
+        Vm {
+            id: format!("vm-{name}"),
+            name: name.into(),
+            image_id: image_id.into(),
+            image_name: "dev".into(),
+            state: VmState::Stopped,
+            spec: crate::spec::VmSpec {
+                vcpus: 1,
+                memory_mib: 256,
+                work_disk_bytes: 1 << 30,
+                system_disk_bytes: 1 << 30,
+                nat: false,
+                ports: Vec::new(),
+                mounts: Vec::new(),
+            },
+            guest_ip: "172.29.0.2".parse().unwrap(),
+            vsock_cid: 3,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            last_error: None,
+            stages: vec![],
+            create_stages: vec![],
+            vmm: "qemu".into(),
+            handle: None,
+        }
+    }
+
     /// Moves to `to` if the state machine allows it.
     pub fn transition(&mut self, to: VmState, now_ms: i64) -> Result<(), StateError> {
         if !self.state.can_become(to) {

@@ -200,18 +200,13 @@ pub async fn get_stream(
     socket: &Path,
     path: &str,
 ) -> tokio::task::JoinHandle<(u16, String, String)> {
-    let stream = UnixStream::connect(socket).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let request = Request::builder()
         .method(Method::GET)
         .uri(format!("http://bangerd{path}"))
         .header("host", "bangerd")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = send(socket, request).await;
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -233,17 +228,26 @@ pub async fn get_stream(
     })
 }
 
-/// POSTs asking for a progress stream; the response once its head is in.
-async fn post_stream(
+/// Sends `request` on a connection of its own; the response once its
+/// head is in.
+async fn send(
     socket: &Path,
-    path: &str,
-    body: &str,
+    request: Request<Full<Bytes>>,
 ) -> hyper::Response<hyper::body::Incoming> {
     let stream = UnixStream::connect(socket).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(conn);
+    sender.send_request(request).await.unwrap()
+}
+
+/// POSTs asking for a progress stream; the response once its head is in.
+async fn post_stream(
+    socket: &Path,
+    path: &str,
+    body: &str,
+) -> hyper::Response<hyper::body::Incoming> {
     let request = Request::builder()
         .method(Method::POST)
         .uri(format!("http://bangerd{path}"))
@@ -252,7 +256,7 @@ async fn post_stream(
         .header("accept", "application/x-ndjson")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = send(socket, request).await;
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     response

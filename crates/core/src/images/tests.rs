@@ -481,29 +481,5 @@ fn pull_sources_tell_urls_and_paths_from_catalog_names() {
 }
 
 fn vm_using(name: &str, image_id: &str) -> crate::vm::Vm {
-    crate::vm::Vm {
-        id: format!("vm-{name}"),
-        name: name.into(),
-        image_id: image_id.into(),
-        image_name: "dev".into(),
-        state: crate::vm::VmState::Stopped,
-        spec: crate::spec::VmSpec {
-            vcpus: 1,
-            memory_mib: 256,
-            work_disk_bytes: 1 << 30,
-            system_disk_bytes: 1 << 30,
-            nat: false,
-            ports: Vec::new(),
-            mounts: Vec::new(),
-        },
-        guest_ip: "172.29.0.2".parse().unwrap(),
-        vsock_cid: 3,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        last_error: None,
-        stages: vec![],
-        create_stages: vec![],
-        vmm: "qemu".into(),
-        handle: None,
-    }
+    crate::vm::Vm::sample(name, image_id)
 }
