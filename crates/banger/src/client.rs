@@ -48,6 +48,9 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// The longest line a streamed answer may hold.
+const MAX_LINE: usize = 1 << 20;
+
 pub struct Client {
     socket: PathBuf,
 }
@@ -126,9 +129,29 @@ impl Client {
         &self,
         path: &str,
         body: &B,
+        on_line: impl FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        self.lines(Method::POST, path, Some(body), on_line).await
+    }
+
+    /// GETs and hands each line of a streamed answer to `on_line`
+    /// (`/v1/events`), until the daemon ends it or `on_line` says stop.
+    pub async fn get_lines(
+        &self,
+        path: &str,
+        on_line: impl FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        self.lines(Method::GET, path, None::<&()>, on_line).await
+    }
+
+    async fn lines<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
         mut on_line: impl FnMut(&[u8]) -> Result<bool>,
     ) -> Result<()> {
-        let response = self.send(Method::POST, path, Some(body), true).await?;
+        let response = self.send(method, path, body, true).await?;
         let status = response.status();
         if !status.is_success() {
             let bytes = response.into_body().collect().await?.to_bytes();
@@ -150,6 +173,9 @@ impl Client {
                 if !on_line(&line)? {
                     return Ok(());
                 }
+            }
+            if buffer.len() > MAX_LINE {
+                anyhow::bail!("bangerd sent {path} a line over {MAX_LINE} bytes");
             }
         }
         Ok(())

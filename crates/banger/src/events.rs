@@ -6,21 +6,11 @@ use banger_proto::event::Event;
 
 use crate::client::Client;
 
-/// A line longer than this is not an event; it is dropped.
-const MAX_LINE: usize = 64 * 1024;
-
 pub async fn run(client: &Client, json: bool) -> Result<()> {
-    let mut buffer: Vec<u8> = Vec::new();
     client
-        .get_stream("/v1/events", |bytes| {
-            buffer.extend_from_slice(bytes);
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                print_line(&line, json);
-            }
-            if buffer.len() > MAX_LINE {
-                buffer.clear();
-            }
+        .get_lines("/v1/events", |line| {
+            print_line(line, json);
+            Ok(true)
         })
         .await?;
     if !crate::output::quiet() {
