@@ -200,6 +200,17 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
     assert_eq!(a["state"], "running", "{a}");
     let (_, hostname, _) = support::sh(&socket, "a", "hostname").await;
     assert_eq!(hostname.trim(), "a");
+    // Daemons come and go quickly; the first request of each new one is
+    // answered (the guest once lost a request sent while its agent was
+    // closing the port the old daemon had left).
+    for _ in 0..5 {
+        kill(Pid::from_raw(daemon.id() as i32), Signal::SIGKILL).unwrap();
+        let _ = daemon.wait();
+        daemon = support::spawn_daemon(&ns, root.path());
+        support::wait_for_socket(&socket).await;
+        let (code, _, _) = support::sh(&socket, "a", "true").await;
+        assert_eq!(code, 0);
+    }
     // A stop whose client goes away mid-way runs to its end anyway.
     support::abandon_call(&socket, "POST", "/v1/vms/a/stop", "a").await;
     support::wait_state(&socket, "a", "stopped").await;

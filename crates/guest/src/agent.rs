@@ -75,15 +75,17 @@ where
     let copies: crate::copy::Copies = Arc::default();
     // Large reads: a serial port's reads each cross to a blocking thread,
     // and copies arrive as lines of hundreds of KiB.
-    let mut lines = BufReader::with_capacity(READ_BUFFER, reader).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.trim().is_empty() {
+    // Lines as bytes: one that is not a request (not even UTF-8, as a line
+    // a host broke off can be) is answered, and the stream goes on.
+    let mut lines = BufReader::with_capacity(READ_BUFFER, reader).split(b'\n');
+    while let Some(line) = lines.next_segment().await? {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let request: Request = match serde_json::from_str(&line) {
+        let request: Request = match serde_json::from_slice(&line) {
             Ok(request) => request,
             Err(err) => {
-                let id = serde_json::from_str::<serde_json::Value>(&line)
+                let id = serde_json::from_slice::<serde_json::Value>(&line)
                     .ok()
                     .and_then(|v| v.get("id").and_then(|id| id.as_u64()))
                     .unwrap_or(0);

@@ -13,6 +13,7 @@
 //!   (`banger_proto::agent`): hello with boot timings, exec with streamed
 //!   output, signals, shutdown, and a restored guest's new identity
 //!   (`identity`).
+//! - `port`: the agent's virtio-serial port, open for the agent's life.
 
 pub mod agent;
 pub mod channel;
@@ -23,5 +24,6 @@ pub mod identity;
 pub mod init;
 pub mod minit;
 pub mod netconfig;
+pub mod port;
 pub mod terminal;
 pub mod user;

@@ -133,8 +133,8 @@ async fn serve_vsock() -> Result<()> {
     }
 }
 
-/// The port is one stream; when the host side goes away the read ends,
-/// and the port is opened again.
+/// The port is one stream, kept open while the host comes and goes
+/// (`banger_guest::port`); it is opened again only if reading it failed.
 async fn serve_serial() -> Result<()> {
     let sys = Path::new("/sys/class/virtio-ports");
     loop {
@@ -142,14 +142,14 @@ async fn serve_serial() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&port)
-            .await
-            .with_context(|| format!("cannot open {}", port.display()))?;
-        let writer = file.try_clone().await.context("cannot clone the port")?;
-        let _ = serve(file, writer, AgentContext::guest()).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        match banger_guest::port::open(&port) {
+            Ok((reader, writer)) => {
+                if let Err(err) = serve(reader, writer, AgentContext::guest()).await {
+                    eprintln!("banger-agent: serving {} failed: {err}", port.display());
+                }
+            }
+            Err(err) => eprintln!("banger-agent: cannot open {}: {err}", port.display()),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -158,8 +158,11 @@ async fn unknown_ops_bad_lines_and_wrong_versions_get_error_replies() {
         .write_all(b"{\"id\":5,\"op\":\"frobnicate\"}\nnot json\n{\"id\":6,\"op\":\"hello\",\"version\":99}\n")
         .await
         .unwrap();
+    // A line a host broke off mid-character: not UTF-8, answered, and the
+    // stream goes on.
+    host_w.write_all(b"{\"id\":7,\"x\":\"\xc3\n").await.unwrap();
     let mut replies = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let line = tokio::time::timeout(WAIT, lines.next_line())
             .await
             .unwrap()
@@ -170,6 +173,9 @@ async fn unknown_ops_bad_lines_and_wrong_versions_get_error_replies() {
     replies.sort_by_key(|r| r["id"].as_u64());
     assert_eq!(replies[0]["id"], 0);
     assert_eq!(replies[0]["type"], "error");
+    assert_eq!(replies[1]["id"], 0, "the broken line");
+    assert_eq!(replies[1]["type"], "error");
+    replies.remove(1);
     assert_eq!(replies[1]["id"], 5);
     assert!(replies[1]["message"]
         .as_str()

@@ -219,10 +219,14 @@ impl AgentClient {
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&reply.id)
                     .cloned();
-                if let Some(route) = route {
-                    let _ = route.send(reply.body).await;
+                match route {
+                    Some(route) => {
+                        let _ = route.send(reply.body).await;
+                    }
+                    None => tracing::debug!(id = reply.id, "agent reply for no waiting request"),
                 }
             }
+            tracing::debug!("agent stream ended");
             // The stream ended: every waiter learns it.
             routes.lock().unwrap_or_else(|e| e.into_inner()).clear();
         });

@@ -79,6 +79,7 @@ impl HostAgentLink {
             return Ok(client);
         }
         let client = Arc::new(Self::connect(handle).await?);
+        tracing::debug!(agent = %handle.agent_socket.display(), "agent connected");
         self.clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -187,10 +188,13 @@ impl AgentLink for HostAgentLink {
         let mut replies = client
             .exec_as(argv, &context, stdin.as_deref())
             .map_err(failed)?;
+        let id = replies.id();
+        tracing::debug!(id, agent = %handle.agent_socket.display(), "agent exec sent");
         loop {
             let event = match replies.next_event().await {
                 Ok(event) => event,
                 Err(AgentError::Closed) => {
+                    tracing::debug!(id, "agent exec lost its stream");
                     self.forget(handle);
                     return Err(failed("the guest agent went away"));
                 }
@@ -200,6 +204,7 @@ impl AgentLink for HostAgentLink {
                 ExecEvent::Stdout(b) => ExecChunk::Stdout(b),
                 ExecEvent::Stderr(b) => ExecChunk::Stderr(b),
                 ExecEvent::Exit { code, signal } => {
+                    tracing::debug!(id, ?code, ?signal, "agent exec ended");
                     let _ = out.send(ExecChunk::Exit { code, signal }).await;
                     return Ok(());
                 }
