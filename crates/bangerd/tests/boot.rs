@@ -211,6 +211,26 @@ async fn vms_boot_keep_their_disks_survive_a_daemon_kill_and_leave_nothing() {
         let (code, _, _) = support::sh(&socket, "a", "true").await;
         assert_eq!(code, 0);
     }
+    // A command that takes its agent down with it ends with an error (the
+    // new agent, asked after a silence, does not know it) and the next
+    // one runs.
+    let lines = support::call_stream(
+        &socket,
+        "/v1/vms/a/exec",
+        r#"{"argv":["systemctl","restart","banger-agent"]}"#,
+    )
+    .await;
+    let last = lines.last().expect("an answer");
+    assert_eq!(last["type"], "error", "{lines:?}");
+    assert!(
+        last["error"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer runs this command"),
+        "{last}"
+    );
+    let (_, hostname, _) = support::sh(&socket, "a", "hostname").await;
+    assert_eq!(hostname.trim(), "a");
     // A stop whose client goes away mid-way runs to its end anyway.
     support::abandon_call(&socket, "POST", "/v1/vms/a/stop", "a").await;
     support::wait_state(&socket, "a", "stopped").await;

@@ -3,7 +3,7 @@
 //! port, or a socketpair in tests. Requests run concurrently; their
 //! replies are written one line at a time by a single writer task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -73,6 +73,8 @@ where
     let running: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
     let terminals: Terminals = Arc::default();
     let copies: crate::copy::Copies = Arc::default();
+    // The commands (exec, terminal) being served, by request id.
+    let served: Arc<Mutex<HashSet<u64>>> = Arc::default();
     // Large reads: a serial port's reads each cross to a blocking thread,
     // and copies arrive as lines of hundreds of KiB.
     // Lines as bytes: one that is not a request (not even UTF-8, as a line
@@ -130,14 +132,39 @@ where
             tokio::spawn(crate::copy::copy_out(request.id, path, data_tx.clone()));
             continue;
         }
+        // Answered here, after every earlier request was taken in.
+        if let Op::Status { target } = request.op {
+            let running = lock(&served).contains(&target);
+            let _ = tx.send(Reply {
+                id: request.id,
+                body: ReplyBody::Status { running },
+            });
+            continue;
+        }
         let (tx, running, ctx) = (tx.clone(), running.clone(), ctx.clone());
         let terminals = terminals.clone();
-        tokio::spawn(async move { handle(request, tx, running, terminals, ctx).await });
+        // Commands are served until their last reply is queued.
+        let long = matches!(request.op, Op::Exec { .. } | Op::Pty { .. });
+        if long {
+            lock(&served).insert(request.id);
+        }
+        let served = served.clone();
+        tokio::spawn(async move {
+            let id = request.id;
+            handle(request, tx, running, terminals, ctx).await;
+            if long {
+                lock(&served).remove(&id);
+            }
+        });
     }
     drop(tx);
     drop(data_tx);
     let _ = writer_task.await;
     Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Bytes the request reader asks the stream for at once.
@@ -242,8 +269,12 @@ async fn handle(
                 },
             })
         }
-        Op::Chunk { .. } | Op::Cancel { .. } | Op::CopyIn { .. } | Op::CopyOut { .. } => reply(ReplyBody::Error {
-            message: "copies are taken by the request loop".into(),
+        Op::Chunk { .. }
+        | Op::Cancel { .. }
+        | Op::CopyIn { .. }
+        | Op::CopyOut { .. }
+        | Op::Status { .. } => reply(ReplyBody::Error {
+            message: "copies and status are taken by the request loop".into(),
         }),
         Op::Shutdown { reboot } => {
             reply(ReplyBody::Ok);

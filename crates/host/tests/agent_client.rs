@@ -519,3 +519,63 @@ async fn a_copy_dropped_midway_is_abandoned_in_the_guest() {
     );
     drop(tx);
 }
+
+/// A command quieter than the probe's silence runs to its end: asked
+/// after it, the agent says it still runs.
+#[tokio::test]
+async fn a_quiet_command_is_asked_after_and_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default()).probe_after(Duration::from_millis(50));
+    let mut replies = client
+        .exec(argv(&["sh", "-c", "sleep 0.6; echo late"]), None)
+        .unwrap();
+    let mut events = Vec::new();
+    loop {
+        let event = tokio::time::timeout(WAIT, client.next_event(&mut replies))
+            .await
+            .unwrap()
+            .unwrap();
+        let end = matches!(event, ExecEvent::Exit { .. });
+        events.push(event);
+        if end {
+            break;
+        }
+    }
+    assert_eq!(
+        events,
+        [
+            ExecEvent::Stdout(b"late\n".to_vec()),
+            ExecEvent::Exit {
+                code: Some(0),
+                signal: None
+            }
+        ]
+    );
+}
+
+/// A request the agent never got (thrown away with a port that closed,
+/// or gone with an agent that restarted) ends once the agent, asked after
+/// a silence, does not know it; it does not wait for ever.
+#[tokio::test]
+async fn a_command_the_agent_never_got_ends_as_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = tokio::io::duplex(64 * 1024);
+    let (guest_r, guest_w) = tokio::io::split(guest);
+    let ctx = context(dir.path(), Arc::default());
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(guest_r);
+        let mut lost = Vec::new();
+        reader.read_until(b'\n', &mut lost).await.unwrap();
+        serve(reader, guest_w, ctx).await
+    });
+    let (host_r, host_w) = tokio::io::split(host);
+    let client = AgentClient::new(host_r, host_w).probe_after(Duration::from_millis(50));
+    let mut lost = client.exec(argv(&["true"]), None).unwrap();
+    let ended = tokio::time::timeout(WAIT, client.next_event(&mut lost)).await;
+    assert_eq!(ended.unwrap(), Err(AgentError::Lost));
+    let out = client
+        .exec_collect(argv(&["echo", "next"]), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"next\n", "the agent serves on");
+}

@@ -7,6 +7,8 @@
 //! Host -> guest: `Request`. Guest -> host: `Reply`. An `exec` is answered
 //! by any number of `stdout`/`stderr` chunks and then one `exit`; every
 //! other request by one reply; anything the agent cannot do by `error`.
+//! A host waiting long in silence asks whether its request still runs
+//! (`status`), so a request lost with a restarting agent ends.
 
 use std::collections::BTreeMap;
 
@@ -80,6 +82,12 @@ pub enum Op {
     Signal {
         target: u64,
         signal: i32,
+    },
+    /// Whether exec or terminal request `target` is still served here
+    /// (answered by `status`): a request this agent never got, or got
+    /// before it restarted, is not.
+    Status {
+        target: u64,
     },
     /// Powers the guest off (or reboots it), after replying.
     Shutdown {
@@ -182,6 +190,10 @@ pub enum ReplyBody {
         signal: Option<i32>,
     },
     Ok,
+    /// The answer to `status`.
+    Status {
+        running: bool,
+    },
     Error {
         message: String,
     },

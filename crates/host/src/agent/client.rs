@@ -5,11 +5,14 @@
 //! trusted: a reply line is read up to `MAX_REPLY_LINE` bytes (a longer
 //! one is skipped whole, never held), and each request's replies wait in a
 //! channel of `REPLY_DEPTH`: a reader that falls behind holds the stream
-//! up (the guest's writes wait) rather than growing the daemon.
+//! up (the guest's writes wait) rather than growing the daemon. A
+//! command whose replies are silent for `PROBE_AFTER` is asked after
+//! (`status`), so one the agent lost (it restarted) ends instead of
+//! waiting for ever.
 
 use banger_core::agent::ExecContext;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +33,10 @@ pub enum AgentError {
     Refused(String),
     #[error("the agent sent {0} where it should not")]
     Unexpected(String),
+    /// Asked after a silence, the agent did not know the request: it
+    /// restarted since (the command went with it), or never got it.
+    #[error("it no longer runs this command (it restarted, or never got it)")]
+    Lost,
     /// A copy's guest side failed (`banger_copy::CopyError::kind`).
     #[error("{message}")]
     CopyFailed {
@@ -67,6 +74,12 @@ pub struct ExecOutput {
     pub code: Option<i32>,
     pub signal: Option<i32>,
 }
+
+/// How long a command's replies may be silent before the agent is asked
+/// whether it still runs it.
+pub const PROBE_AFTER: Duration = Duration::from_secs(10);
+/// How long that question waits for its answer (no answer: keep waiting).
+const PROBE_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest reply line read from a guest.
 pub const MAX_REPLY_LINE: usize = 1 << 20;
@@ -114,6 +127,9 @@ pub struct AgentClient {
     pending: Pending,
     next_id: AtomicU64,
     tasks: Vec<JoinHandle<()>>,
+    probe_after: Duration,
+    /// Cleared when the agent does not understand `status` (older).
+    probes: AtomicBool,
 }
 
 impl Drop for AgentClient {
@@ -151,12 +167,16 @@ impl Replies {
 
     /// The next event of an exec.
     pub async fn next_event(&mut self) -> Result<ExecEvent, AgentError> {
-        match self.next().await? {
-            ReplyBody::Stdout { data } => Ok(ExecEvent::Stdout(decode(&data)?)),
-            ReplyBody::Stderr { data } => Ok(ExecEvent::Stderr(decode(&data)?)),
-            ReplyBody::Exit { code, signal } => Ok(ExecEvent::Exit { code, signal }),
-            other => Err(refusal(other)),
-        }
+        event_of(self.next().await?)
+    }
+}
+
+fn event_of(body: ReplyBody) -> Result<ExecEvent, AgentError> {
+    match body {
+        ReplyBody::Stdout { data } => Ok(ExecEvent::Stdout(decode(&data)?)),
+        ReplyBody::Stderr { data } => Ok(ExecEvent::Stderr(decode(&data)?)),
+        ReplyBody::Exit { code, signal } => Ok(ExecEvent::Exit { code, signal }),
+        other => Err(refusal(other)),
     }
 }
 
@@ -237,6 +257,51 @@ impl AgentClient {
             // client on the same port does not match.
             next_id: AtomicU64::new(start_id()),
             tasks: vec![write_task, read_task],
+            probe_after: PROBE_AFTER,
+            probes: AtomicBool::new(true),
+        }
+    }
+
+    /// Asks after `silence` instead of `PROBE_AFTER` (tests).
+    pub fn probe_after(mut self, silence: Duration) -> Self {
+        self.probe_after = silence;
+        self
+    }
+
+    /// Whether the agent still serves command request `target`: `None`
+    /// when it cannot tell (no answer within `PROBE_WAIT`, or an agent
+    /// older than the question).
+    async fn still_running(&self, target: u64) -> Option<bool> {
+        if !self.probes.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut replies = self.send(Op::Status { target }).ok()?;
+        match tokio::time::timeout(PROBE_WAIT, replies.next()).await {
+            Ok(Ok(ReplyBody::Status { running })) => Some(running),
+            Ok(Ok(_)) => {
+                self.probes.store(false, Ordering::Relaxed);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The next event of command request `replies`; after a silence of
+    /// `probe_after` the agent is asked whether it still runs it, and one
+    /// it does not know ends with `AgentError::Lost`.
+    pub async fn next_event(&self, replies: &mut Replies) -> Result<ExecEvent, AgentError> {
+        loop {
+            if let Ok(event) = tokio::time::timeout(self.probe_after, replies.next_event()).await {
+                return event;
+            }
+            if self.still_running(replies.id).await == Some(false) {
+                // Replies are routed in the order they came: whatever the
+                // command said before the answer is already here.
+                return match replies.rx.try_recv() {
+                    Ok(body) => event_of(body),
+                    Err(_) => Err(AgentError::Lost),
+                };
+            }
         }
     }
 

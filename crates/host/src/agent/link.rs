@@ -191,7 +191,7 @@ impl AgentLink for HostAgentLink {
         let id = replies.id();
         tracing::debug!(id, agent = %handle.agent_socket.display(), "agent exec sent");
         loop {
-            let event = match replies.next_event().await {
+            let event = match client.next_event(&mut replies).await {
                 Ok(event) => event,
                 Err(AgentError::Closed) => {
                     tracing::debug!(id, "agent exec lost its stream");
@@ -247,7 +247,7 @@ impl AgentLink for HostAgentLink {
         let mut hung_up = false;
         loop {
             tokio::select! {
-                event = replies.next_event() => {
+                event = client.next_event(&mut replies) => {
                     let chunk = match event {
                         Ok(ExecEvent::Stdout(b)) | Ok(ExecEvent::Stderr(b)) => ExecChunk::Stdout(b),
                         Ok(ExecEvent::Exit { code, signal }) => {
