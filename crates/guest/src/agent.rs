@@ -163,6 +163,8 @@ where
     Ok(())
 }
 
+/// A lock whose holder panicked is still taken: what it guards stays
+/// consistent (single inserts and removals).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -242,7 +244,7 @@ async fn handle(
             TermInput::Resize { rows, cols },
         )),
         Op::Signal { target, signal } => {
-            let pid = running.lock().unwrap_or_else(|e| e.into_inner()).get(&target).copied();
+            let pid = lock(&running).get(&target).copied();
             match (pid, nix::sys::signal::Signal::try_from(signal)) {
                 (Some(pid), Ok(sig)) => {
                     let result = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
@@ -475,10 +477,7 @@ async fn exec(
         }
     };
     if let Some(pid) = child.id() {
-        running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, pid);
+        lock(running).insert(id, pid);
     }
     if let (Some(bytes), Some(mut pipe)) = (input, child.stdin.take()) {
         tokio::spawn(async move {
@@ -488,10 +487,7 @@ async fn exec(
     let out = pump(child.stdout.take(), id, tx.clone(), true);
     let err = pump(child.stderr.take(), id, tx.clone(), false);
     let (_, _, status) = tokio::join!(out, err, child.wait());
-    running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    lock(running).remove(&id);
     send(exit_reply(status, program))
 }
 
