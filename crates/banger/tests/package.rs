@@ -79,10 +79,11 @@ fn missing_prerequisite() -> Option<String> {
         "man",
         "getent",
         "groupdel",
+        "readelf",
     ] {
         if !on_path(tool) {
             return Some(format!(
-                "{tool} not found (apt-get install dpkg systemd man-db passwd)"
+                "{tool} not found (apt-get install dpkg systemd man-db passwd binutils)"
             ));
         }
     }
@@ -340,6 +341,18 @@ fn the_debian_package_installs_works_and_purges_clean() {
         Some(PathBuf::from("/lib/systemd/system/bangerd.service")),
         "postinst did not enable bangerd.service"
     );
+    // Stripped, as Debian installs binaries: no symbol table, no debug info.
+    for binary in [
+        "/usr/bin/banger",
+        "/usr/bin/bangerd",
+        "/usr/lib/banger/banger-guest",
+    ] {
+        let sections = ok("readelf", &["-S", "-W", binary]);
+        assert!(
+            !sections.contains(".symtab") && !sections.contains(".debug_info"),
+            "{binary} is not stripped"
+        );
+    }
     let shown = ok("/usr/bin/banger", &["--version"]);
     assert_eq!(shown.trim(), format!("banger {version}"));
     ok(
