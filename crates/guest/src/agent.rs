@@ -52,6 +52,12 @@ where
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
     // Bulk output (archives going out) waits here for the host to read.
     let (data_tx, mut data_rx) = mpsc::channel::<Reply>(DATA_DEPTH);
+    // The commands and copies being served, by request id: taken in by
+    // the request loop before it reads the next line, let go by the
+    // writer once their last reply is on the stream, so an answer to
+    // `status` never comes before a request's own end.
+    let served: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let written = served.clone();
     let writer_task = tokio::spawn(async move {
         let mut writer = writer;
         loop {
@@ -68,13 +74,14 @@ where
             if writer.write_all(&line).await.is_err() || writer.flush().await.is_err() {
                 break;
             }
+            if is_last(&reply.body) {
+                lock(&written).remove(&reply.id);
+            }
         }
     });
     let running: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
     let terminals: Terminals = Arc::default();
     let copies: crate::copy::Copies = Arc::default();
-    // The commands (exec, terminal) being served, by request id.
-    let served: Arc<Mutex<HashSet<u64>>> = Arc::default();
     // Large reads: a serial port's reads each cross to a blocking thread,
     // and copies arrive as lines of hundreds of KiB.
     // Lines as bytes: one that is not a request (not even UTF-8, as a line
@@ -118,6 +125,12 @@ where
             });
             continue;
         }
+        if matches!(
+            request.op,
+            Op::Exec { .. } | Op::Pty { .. } | Op::CopyIn { .. } | Op::CopyOut { .. }
+        ) {
+            lock(&served).insert(request.id);
+        }
         if let Op::CopyIn {
             path,
             keep_owners,
@@ -143,24 +156,24 @@ where
         }
         let (tx, running, ctx) = (tx.clone(), running.clone(), ctx.clone());
         let terminals = terminals.clone();
-        // Commands are served until their last reply is queued.
-        let long = matches!(request.op, Op::Exec { .. } | Op::Pty { .. });
-        if long {
-            lock(&served).insert(request.id);
-        }
-        let served = served.clone();
-        tokio::spawn(async move {
-            let id = request.id;
-            handle(request, tx, running, terminals, ctx).await;
-            if long {
-                lock(&served).remove(&id);
-            }
-        });
+        tokio::spawn(async move { handle(request, tx, running, terminals, ctx).await });
     }
     drop(tx);
     drop(data_tx);
     let _ = writer_task.await;
     Ok(())
+}
+
+/// Whether `body` ends its request: a command's exit, a copy's outcome,
+/// or a refusal.
+fn is_last(body: &ReplyBody) -> bool {
+    matches!(
+        body,
+        ReplyBody::Exit { .. }
+            | ReplyBody::Ok
+            | ReplyBody::Error { .. }
+            | ReplyBody::CopyFailed { .. }
+    )
 }
 
 /// A lock whose holder panicked is still taken: what it guards stays

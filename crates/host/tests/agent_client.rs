@@ -392,7 +392,9 @@ fn feed(bytes: Vec<u8>, piece: usize) -> tokio::sync::mpsc::Receiver<Result<Vec<
 #[tokio::test]
 async fn a_tree_copies_in_and_out_through_the_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let client = pair(dir.path(), Arc::default());
+    // Asked after every millisecond of silence: a copy still served is
+    // never taken for lost.
+    let client = pair(dir.path(), Arc::default()).probe_after(Duration::from_millis(1));
     let src = dir.path().join("src/tree");
     std::fs::create_dir_all(src.join("sub")).unwrap();
     // Bigger than a chunk window: the window turns over many times.
@@ -416,7 +418,7 @@ async fn a_tree_copies_in_and_out_through_the_agent() {
     let mut replies = client.copy_out(format!("{target}/tree")).unwrap();
     let mut back = Vec::new();
     loop {
-        match replies.next_event().await.unwrap() {
+        match client.next_event(&mut replies).await.unwrap() {
             ExecEvent::Stdout(bytes) => back.extend(bytes),
             ExecEvent::Exit { code, .. } => {
                 assert_eq!(code, Some(0));
@@ -553,15 +555,13 @@ async fn a_quiet_command_is_asked_after_and_runs_on() {
     );
 }
 
-/// A request the agent never got (thrown away with a port that closed,
-/// or gone with an agent that restarted) ends once the agent, asked after
-/// a silence, does not know it; it does not wait for ever.
-#[tokio::test]
-async fn a_command_the_agent_never_got_ends_as_lost() {
-    let dir = tempfile::tempdir().unwrap();
+/// A client wired to a real agent handler that never gets the first
+/// request line (thrown away with a port that closed, or gone with an
+/// agent that restarted), asking after 50 ms of silence.
+fn losing_the_first_request(dir: &std::path::Path) -> AgentClient {
     let (host, guest) = tokio::io::duplex(64 * 1024);
     let (guest_r, guest_w) = tokio::io::split(guest);
-    let ctx = context(dir.path(), Arc::default());
+    let ctx = context(dir, Arc::default());
     tokio::spawn(async move {
         let mut reader = BufReader::new(guest_r);
         let mut lost = Vec::new();
@@ -569,7 +569,16 @@ async fn a_command_the_agent_never_got_ends_as_lost() {
         serve(reader, guest_w, ctx).await
     });
     let (host_r, host_w) = tokio::io::split(host);
-    let client = AgentClient::new(host_r, host_w).probe_after(Duration::from_millis(50));
+    AgentClient::new(host_r, host_w).probe_after(Duration::from_millis(50))
+}
+
+/// A command, a copy in or a copy out the agent never got ends once the
+/// agent, asked after a silence, does not know it; none waits for ever,
+/// and the agent serves on.
+#[tokio::test]
+async fn a_request_the_agent_never_got_ends_as_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = losing_the_first_request(dir.path());
     let mut lost = client.exec(argv(&["true"]), None).unwrap();
     let ended = tokio::time::timeout(WAIT, client.next_event(&mut lost)).await;
     assert_eq!(ended.unwrap(), Err(AgentError::Lost));
@@ -578,4 +587,94 @@ async fn a_command_the_agent_never_got_ends_as_lost() {
         .await
         .unwrap();
     assert_eq!(out.stdout, b"next\n", "the agent serves on");
+
+    let client = losing_the_first_request(dir.path());
+    let mut lost = client.copy_out(dir.path().display().to_string()).unwrap();
+    let ended = tokio::time::timeout(WAIT, client.next_event(&mut lost)).await;
+    assert_eq!(ended.unwrap(), Err(AgentError::Lost));
+
+    // More than a window of chunks, each refused by an agent that knows
+    // no such copy; then its end is waited for, and asked after.
+    let client = losing_the_first_request(dir.path());
+    std::fs::write(dir.path().join("f"), vec![3u8; 4_000_000]).unwrap();
+    let archive = banger_copy::pack(&dir.path().join("f"), Vec::new()).unwrap();
+    let into = dir.path().join("in");
+    std::fs::create_dir(&into).unwrap();
+    let copied = client.copy_in(
+        into.display().to_string(),
+        false,
+        None,
+        feed(archive, 200_000),
+    );
+    let ended = tokio::time::timeout(WAIT, copied).await;
+    assert_eq!(ended.unwrap(), Err(AgentError::Lost));
+    client.hello(WAIT).await.unwrap();
+}
+
+/// A copy is served from its request until its last reply is on the
+/// stream: asked in between, the agent says so; asked after, it does not.
+#[tokio::test]
+async fn a_copy_is_served_until_its_last_reply() {
+    use banger_proto::agent::{Op, ReplyBody};
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let client = &client;
+    let status = |target| async move {
+        let mut asked = client.send(Op::Status { target }).unwrap();
+        tokio::time::timeout(WAIT, client.next_watched(&mut asked))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let into = dir.path().display().to_string();
+    let mut copy = client
+        .send(Op::CopyIn {
+            path: into,
+            keep_owners: false,
+            user: None,
+        })
+        .unwrap();
+    let target = copy.id();
+    assert_eq!(status(target).await, ReplyBody::Status { running: true });
+    // An empty chunk ends the archive (an empty one: refused).
+    let _end = client
+        .send(Op::Chunk {
+            target,
+            data: String::new(),
+        })
+        .unwrap();
+    let last = tokio::time::timeout(WAIT, client.next_watched(&mut copy))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(last, ReplyBody::CopyFailed { .. } | ReplyBody::Ok),
+        "{last:?}"
+    );
+    assert_eq!(status(target).await, ReplyBody::Status { running: false });
+
+    std::fs::write(dir.path().join("f"), vec![9u8; 3_000_000]).unwrap();
+    let mut out = client
+        .send(Op::CopyOut {
+            path: dir.path().join("f").display().to_string(),
+        })
+        .unwrap();
+    let target = out.id();
+    // Asked at once: still served, or its last reply came first (then it
+    // is here already, without waiting).
+    let answer = status(target).await;
+    let wait = if answer == (ReplyBody::Status { running: true }) {
+        WAIT
+    } else {
+        Duration::ZERO
+    };
+    let mut ended = false;
+    while let Ok(Ok(reply)) = tokio::time::timeout(wait, client.next_watched(&mut out)).await {
+        if matches!(reply, ReplyBody::Exit { .. }) {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the copy out's end (status answered {answer:?})");
+    assert_eq!(status(target).await, ReplyBody::Status { running: false });
 }

@@ -6,8 +6,8 @@
 //! one is skipped whole, never held), and each request's replies wait in a
 //! channel of `REPLY_DEPTH`: a reader that falls behind holds the stream
 //! up (the guest's writes wait) rather than growing the daemon. A
-//! command whose replies are silent for `PROBE_AFTER` is asked after
-//! (`status`), so one the agent lost (it restarted) ends instead of
+//! command or copy whose replies are silent for `PROBE_AFTER` is asked
+//! after (`status`), so one the agent lost (it restarted) ends instead of
 //! waiting for ever.
 
 use banger_core::agent::ExecContext;
@@ -165,6 +165,11 @@ impl Replies {
         self.rx.recv().await.ok_or(AgentError::Closed)
     }
 
+    /// A reply already routed here, without waiting.
+    pub(crate) fn arrived(&mut self) -> Option<ReplyBody> {
+        self.rx.try_recv().ok()
+    }
+
     /// The next event of an exec.
     pub async fn next_event(&mut self) -> Result<ExecEvent, AgentError> {
         event_of(self.next().await?)
@@ -268,7 +273,7 @@ impl AgentClient {
         self
     }
 
-    /// Whether the agent still serves command request `target`: `None`
+    /// Whether the agent still serves request `target`: `None`
     /// when it cannot tell (no answer within `PROBE_WAIT`, or an agent
     /// older than the question).
     async fn still_running(&self, target: u64) -> Option<bool> {
@@ -286,23 +291,38 @@ impl AgentClient {
         }
     }
 
-    /// The next event of command request `replies`; after a silence of
-    /// `probe_after` the agent is asked whether it still runs it, and one
-    /// it does not know ends with `AgentError::Lost`.
-    pub async fn next_event(&self, replies: &mut Replies) -> Result<ExecEvent, AgentError> {
+    /// How long a request's replies may be silent before `lost` is asked.
+    pub(crate) fn silence(&self) -> Duration {
+        self.probe_after
+    }
+
+    /// Whether the agent, asked, says it no longer serves request
+    /// `target` (a command or a copy). Its answer comes after the
+    /// request's last reply, and replies are routed in the order they
+    /// came: whatever the request said before is already in its channel
+    /// (`Replies::arrived`).
+    pub(crate) async fn lost(&self, target: u64) -> bool {
+        self.still_running(target).await == Some(false)
+    }
+
+    /// The next reply of command or copy request `replies`; after a
+    /// silence of `probe_after` the agent is asked whether it still
+    /// serves it, and one it does not know ends with `AgentError::Lost`.
+    pub async fn next_watched(&self, replies: &mut Replies) -> Result<ReplyBody, AgentError> {
         loop {
-            if let Ok(event) = tokio::time::timeout(self.probe_after, replies.next_event()).await {
-                return event;
+            if let Ok(reply) = tokio::time::timeout(self.probe_after, replies.next()).await {
+                return reply;
             }
-            if self.still_running(replies.id).await == Some(false) {
-                // Replies are routed in the order they came: whatever the
-                // command said before the answer is already here.
-                return match replies.rx.try_recv() {
-                    Ok(body) => event_of(body),
-                    Err(_) => Err(AgentError::Lost),
-                };
+            if self.lost(replies.id).await {
+                return replies.arrived().ok_or(AgentError::Lost);
             }
         }
+    }
+
+    /// The next event of command request `replies`, asked after as
+    /// `next_watched`.
+    pub async fn next_event(&self, replies: &mut Replies) -> Result<ExecEvent, AgentError> {
+        event_of(self.next_watched(replies).await?)
     }
 
     /// True once the stream to the agent is gone.

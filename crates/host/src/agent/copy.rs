@@ -1,7 +1,8 @@
 //! `vm cp` over the agent: an archive sent in `Chunk`s with at most
 //! `COPY_WINDOW` unanswered (the guest answers a chunk when its unpacker
 //! takes it, so a slow guest disk holds the sender back), and an archive
-//! read back as a command's output.
+//! read back as a command's output. Waits on the guest are asked after
+//! (`AgentClient::lost`) like a command's.
 
 use std::collections::VecDeque;
 
@@ -61,9 +62,26 @@ impl AgentClient {
             for piece in bytes.chunks(COPY_CHUNK) {
                 while acks.len() >= COPY_WINDOW {
                     let mut ack = acks.pop_front().expect("a full window");
-                    let taken = tokio::select! {
-                        taken = ack.next() => taken?,
-                        end = copy.next() => return settled(end),
+                    let taken = loop {
+                        let waited = tokio::time::timeout(self.silence(), async {
+                            tokio::select! {
+                                taken = ack.next() => Ok(taken),
+                                end = copy.next() => Err(end),
+                            }
+                        })
+                        .await;
+                        match waited {
+                            Ok(Ok(taken)) => break taken?,
+                            Ok(Err(end)) => return settled(end),
+                            // Silent: asked whether the copy is still served.
+                            Err(_) if self.lost(target).await => {
+                                if let Some(end) = copy.arrived() {
+                                    return settled(Ok(end));
+                                }
+                                break ack.arrived().ok_or(AgentError::Lost)?;
+                            }
+                            Err(_) => {}
+                        }
                     };
                     if taken != ReplyBody::Ok {
                         break 'input;
@@ -81,7 +99,7 @@ impl AgentClient {
         })?;
         unfinished.armed = false;
         drop(acks);
-        settled(copy.next().await)
+        settled(self.next_watched(&mut copy).await)
     }
 
     /// Starts packing `path` in the guest: the archive comes as `Stdout`

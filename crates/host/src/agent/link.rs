@@ -314,7 +314,7 @@ impl AgentLink for HostAgentLink {
         let client = self.client(handle).await?;
         let mut replies = client.copy_out(path).map_err(failed)?;
         loop {
-            match replies.next_event().await {
+            match client.next_event(&mut replies).await {
                 Ok(ExecEvent::Stdout(bytes)) => {
                     if out.send(bytes).await.is_err() {
                         return Ok(());
