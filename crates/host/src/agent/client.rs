@@ -75,8 +75,8 @@ pub struct ExecOutput {
     pub signal: Option<i32>,
 }
 
-/// How long a command's replies may be silent before the agent is asked
-/// whether it still runs it.
+/// How long a command's or copy's replies may be silent before the agent
+/// is asked whether it still serves it.
 pub const PROBE_AFTER: Duration = Duration::from_secs(10);
 /// How long that question waits for its answer (no answer: keep waiting).
 const PROBE_WAIT: Duration = Duration::from_secs(5);
@@ -291,31 +291,36 @@ impl AgentClient {
         }
     }
 
-    /// How long a request's replies may be silent before `lost` is asked.
-    pub(crate) fn silence(&self) -> Duration {
-        self.probe_after
-    }
-
-    /// Whether the agent, asked, says it no longer serves request
-    /// `target` (a command or a copy). Its answer comes after the
-    /// request's last reply, and replies are routed in the order they
-    /// came: whatever the request said before is already in its channel
-    /// (`Replies::arrived`).
-    pub(crate) async fn lost(&self, target: u64) -> bool {
-        self.still_running(target).await == Some(false)
-    }
-
-    /// The next reply of command or copy request `replies`; after a
-    /// silence of `probe_after` the agent is asked whether it still
-    /// serves it, and one it does not know ends with `AgentError::Lost`.
-    pub async fn next_watched(&self, replies: &mut Replies) -> Result<ReplyBody, AgentError> {
+    /// Waits for `wait`; after each silence of `probe_after` the agent
+    /// is asked whether it still serves request `target` (a command or a
+    /// copy), and `None` comes back once it says it does not. Its answer
+    /// comes after the request's last reply, and replies are routed in
+    /// the order they came: whatever the request said before is already
+    /// in its channel (`Replies::arrived`).
+    pub(crate) async fn watched<T>(
+        &self,
+        target: u64,
+        wait: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        tokio::pin!(wait);
         loop {
-            if let Ok(reply) = tokio::time::timeout(self.probe_after, replies.next()).await {
-                return reply;
+            if let Ok(out) = tokio::time::timeout(self.probe_after, &mut wait).await {
+                return Some(out);
             }
-            if self.lost(replies.id).await {
-                return replies.arrived().ok_or(AgentError::Lost);
+            if self.still_running(target).await == Some(false) {
+                return None;
             }
+        }
+    }
+
+    /// The next reply of command or copy request `replies`, asked after
+    /// as `watched`; one the agent does not know ends with
+    /// `AgentError::Lost`.
+    pub async fn next_watched(&self, replies: &mut Replies) -> Result<ReplyBody, AgentError> {
+        let id = replies.id;
+        match self.watched(id, replies.next()).await {
+            Some(reply) => reply,
+            None => replies.arrived().ok_or(AgentError::Lost),
         }
     }
 

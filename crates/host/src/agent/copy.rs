@@ -2,7 +2,7 @@
 //! `COPY_WINDOW` unanswered (the guest answers a chunk when its unpacker
 //! takes it, so a slow guest disk holds the sender back), and an archive
 //! read back as a command's output. Waits on the guest are asked after
-//! (`AgentClient::lost`) like a command's.
+//! (`AgentClient::watched`) like a command's.
 
 use std::collections::VecDeque;
 
@@ -62,26 +62,20 @@ impl AgentClient {
             for piece in bytes.chunks(COPY_CHUNK) {
                 while acks.len() >= COPY_WINDOW {
                     let mut ack = acks.pop_front().expect("a full window");
-                    let taken = loop {
-                        let waited = tokio::time::timeout(self.silence(), async {
-                            tokio::select! {
-                                taken = ack.next() => Ok(taken),
-                                end = copy.next() => Err(end),
-                            }
-                        })
-                        .await;
-                        match waited {
-                            Ok(Ok(taken)) => break taken?,
-                            Ok(Err(end)) => return settled(end),
-                            // Silent: asked whether the copy is still served.
-                            Err(_) if self.lost(target).await => {
-                                if let Some(end) = copy.arrived() {
-                                    return settled(Ok(end));
-                                }
-                                break ack.arrived().ok_or(AgentError::Lost)?;
-                            }
-                            Err(_) => {}
+                    let waited = self.watched(target, async {
+                        tokio::select! {
+                            taken = ack.next() => Ok(taken),
+                            end = copy.next() => Err(end),
                         }
+                    });
+                    let taken = match waited.await {
+                        Some(Ok(taken)) => taken?,
+                        Some(Err(end)) => return settled(end),
+                        // The agent no longer serves the copy.
+                        None => match copy.arrived() {
+                            Some(end) => return settled(Ok(end)),
+                            None => ack.arrived().ok_or(AgentError::Lost)?,
+                        },
                     };
                     if taken != ReplyBody::Ok {
                         break 'input;
