@@ -308,6 +308,13 @@ async fn snapshots_forks_and_templates_make_new_machines() {
     let (status, warm) = call("POST", "/v1/vms".into(), Some(json!({"name": "warm"}))).await;
     assert_eq!(status, 201, "{warm}");
     assert!(stages(&warm).iter().any(|s| s == "vmm_restore"), "{warm}");
+    // The template was saved once the guest's boot had settled: a VM
+    // restored from it is not still finishing that boot.
+    let (_, state, _) = support::sh(&socket, "warm", "systemctl is-system-running").await;
+    assert!(
+        ["running", "degraded"].contains(&state.trim()),
+        "a restored guest still booting: {state}"
+    );
     let warmed = facts(&socket, "warm").await;
     assert_eq!(warmed.hostname, "warm");
     assert!((warmed.clock - now()).abs() <= 2);

@@ -581,6 +581,7 @@ impl Banger {
 
 pub mod access;
 mod copy;
+mod guest_command;
 mod lifecycle;
 mod ports;
 mod promote;

@@ -152,9 +152,15 @@ impl AgentLink for FakeAgent {
         argv: Vec<String>,
         _context: crate::agent::ExecContext,
         _stdin: Option<Vec<u8>>,
-        _out: mpsc::Sender<ExecChunk>,
+        out: mpsc::Sender<ExecChunk>,
     ) -> Result<(), AgentLinkError> {
         push(&self.log, format!("agent.exec {}", argv.join(" ")));
+        let _ = out
+            .send(ExecChunk::Exit {
+                code: Some(0),
+                signal: None,
+            })
+            .await;
         Ok(())
     }
     async fn identity(

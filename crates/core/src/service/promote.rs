@@ -11,10 +11,7 @@
 
 use std::path::Path;
 
-use tokio::sync::mpsc;
-
 use super::{Banger, ServiceError};
-use crate::agent::ExecContext;
 use crate::capability::{GuestConfig, SYSTEM_DISK_FILE, WORK_DISK_FILE};
 use crate::image::Image;
 use crate::image_maker::{ImageRequest, PromoteFiles};
@@ -168,22 +165,9 @@ impl Banger {
     /// Asks the guest to write its files out; a guest that cannot (no
     /// `sync` in its userland) is copied as after a power cut.
     async fn guest_sync(&self, runtime: &super::Runtime, vm: &Vm, handle: &crate::vmm::VmmHandle) {
-        let (out, mut chunks) = mpsc::channel(16);
-        let drain = tokio::spawn(async move { while chunks.recv().await.is_some() {} });
-        let context = ExecContext {
-            user: Some("0".into()),
-            ..ExecContext::default()
-        };
-        let synced = tokio::time::timeout(
-            SYNC_WAIT,
-            runtime
-                .agents
-                .exec(handle, vec!["sync".into()], context, None, out),
-        )
-        .await;
-        drain.abort();
-        if !matches!(synced, Ok(Ok(()))) {
-            tracing::warn!(vm = %vm.name, "the guest did not sync before the promote: copied as it was");
+        let synced = super::guest_command::run(runtime, handle, &["sync"], SYNC_WAIT).await;
+        if !matches!(synced, Ok(Some(0))) {
+            tracing::warn!(vm = %vm.name, outcome = ?synced, "the guest did not sync before the promote: copied as it was");
         }
     }
 

@@ -203,6 +203,10 @@ async fn a_warm_template_serves_creates_of_its_shape_only() {
         seen.contains(&"vmm.start".to_string()) && !seen.contains(&"vmm.resume".to_string()),
         "{seen:?}"
     );
+    // Saved only once the guest's boot has settled.
+    let at = |e: &str| seen.iter().position(|s| s == e);
+    let settled = at("agent.exec systemctl is-system-running --wait");
+    assert!(settled.is_some() && settled < at("vmm.pause"), "{seen:?}");
 
     log.lock().unwrap().clear();
     let warm = b.create_vm(named("warm")).await.unwrap();

@@ -4,13 +4,19 @@
 //! file is mapped copy-on-write, so the restore reads only device state
 //! and every VM from one template shares the pages none of them wrote.
 
+use std::time::Duration;
+
 use super::lifecycle::BootFrom;
 use super::{Banger, ServiceError};
 use crate::image::Image;
 use crate::operation::Operation;
 use crate::snapshot::{Snapshot, SnapshotKind, MEMORY_FILE};
 use crate::spec::{CreateParams, VmSpec};
-use crate::vm::new_id;
+use crate::vm::{new_id, Vm};
+
+/// How long a template's guest may take to finish booting before it is
+/// saved as it is.
+const SETTLE_WAIT: Duration = Duration::from_secs(60);
 
 /// In a template's staging directory: the id of the VM it boots.
 pub(super) const TEMPLATE_VM: &str = "template-vm";
@@ -98,6 +104,7 @@ impl Banger {
                 BootFrom::Cold
             };
             self.boot_from(&mut vm, &image, &mut op, &from).await?;
+            self.settle(&runtime, &vm).await;
             let memory_file = self
                 .save_machine(&runtime, &vm, &image, &staging.path, true)
                 .await
@@ -152,5 +159,26 @@ impl Banger {
         op.finish(Ok(()));
         tracing::info!(image = %image.name, "warm template made");
         Ok(snapshot)
+    }
+
+    /// Waits until the template's guest has finished booting. The agent
+    /// and sshd answer before systemd has started the rest of the system;
+    /// saved then, every VM restored from the template would run the end
+    /// of that boot (journald's start, udev, mounts, tmpfiles) after its
+    /// create, writing memory of its own and taking the CPU its identity
+    /// and sshd need. A guest without systemd has nothing to wait for.
+    async fn settle(&self, runtime: &super::Runtime, vm: &Vm) {
+        let Some(handle) = &vm.handle else {
+            return;
+        };
+        let argv = ["systemctl", "is-system-running", "--wait"];
+        let began = std::time::Instant::now();
+        let settled = super::guest_command::run(runtime, handle, &argv, SETTLE_WAIT).await;
+        tracing::info!(
+            vm = %vm.name,
+            outcome = ?settled,
+            waited_ms = began.elapsed().as_millis() as u64,
+            "the template's guest settled"
+        );
     }
 }
