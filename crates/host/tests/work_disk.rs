@@ -1,6 +1,6 @@
 //! Work disks on real ext4 images: a clone of a seed keeps the seed's
 //! files, reaches the requested size and leaves the seed alone; a fresh
-//! disk is an empty ext4 of that size.
+//! disk is an empty ext4 of that size; neither writes its journal out.
 
 use std::path::Path;
 use std::process::Command;
@@ -74,4 +74,46 @@ async fn a_fresh_disk_is_an_empty_ext4() {
     assert!(ext4::is_ext4(&disk).unwrap());
     assert_eq!(fs_bytes(&disk), 1 << 30);
     assert!(debugfs(&disk, "ls /").contains("lost+found"));
+}
+
+/// Bytes a file holds on disk.
+fn allocated(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(path).unwrap()) * 512
+}
+
+fn fsck_clean(image: &Path) -> bool {
+    Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test]
+async fn fresh_filesystems_leave_their_journal_unwritten_and_are_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    // A system disk's size: its journal is 64 MiB.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("upper/etc")).unwrap();
+    std::fs::write(tree.join("upper/etc/hostname"), "vm\n").unwrap();
+    let system = dir.path().join("system.cow");
+    ext4::make_from_dir(&tree, &system, Some(4 << 30), "banger-system")
+        .await
+        .unwrap();
+    let work = dir.path().join("root.ext4");
+    make_fresh(&work, 4 << 30).await.unwrap();
+    for disk in [&system, &work] {
+        assert!(fsck_clean(disk), "{}", disk.display());
+        let header = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(disk)
+            .output()
+            .unwrap();
+        let header = String::from_utf8_lossy(&header.stdout).into_owned();
+        assert!(header.contains("Total journal size:       64M"), "{header}");
+        let used = allocated(disk);
+        assert!(used < 16 << 20, "{}: {used} bytes on disk", disk.display());
+    }
 }

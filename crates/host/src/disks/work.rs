@@ -190,7 +190,8 @@ pub async fn make_fresh(out: &Path, size: u64) -> Result<(), WorkDiskError> {
         "mkfs.ext4",
         out,
         Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "banger-work", "-E", "root_owner=0:0"])
+            .args(["-q", "-F", "-L", "banger-work", "-E"])
+            .arg(crate::image::ext4::FRESH_FILE_EXTENDED)
             .arg(out),
     )
     .await;

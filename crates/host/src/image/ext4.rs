@@ -58,6 +58,13 @@ fn tree_usage(dir: &Path) -> io::Result<(u64, u64)> {
     Ok((bytes, entries))
 }
 
+/// `mkfs.ext4 -E` for a filesystem made in a fresh sparse file: root owns
+/// `/`, and the journal is left unwritten. The file reads as zeros until
+/// written, which is what a zeroed journal holds, so writing it out (64
+/// MiB for a 4 GiB system disk) only made every copy of the disk (a
+/// warm create's, a snapshot's, a promote's) read those zeros again.
+pub const FRESH_FILE_EXTENDED: &str = "root_owner=0:0,lazy_journal_init=1";
+
 /// A size that holds the tree with room to spare: +20% and 64 MiB,
 /// rounded up to a MiB.
 pub fn size_for(tree_bytes: u64) -> u64 {
@@ -192,7 +199,7 @@ pub async fn make_from_dir(
                 "-N",
                 &inodes,
                 "-E",
-                "root_owner=0:0",
+                FRESH_FILE_EXTENDED,
                 "-d",
             ])
             .arg(dir)
