@@ -85,8 +85,12 @@ pub async fn bench(root: &Path, config: PathBuf, a: &WarmArgs) -> Value {
         remove(&socket, &name).await;
     }
 
-    // Forks of one running VM (itself cold-booted).
+    // Forks of one running VM (itself cold-booted), once its boot has
+    // settled: a VM in use, not one still starting its services.
     create_with(&socket, r#"{"name":"source","cold":true}"#).await;
+    let body = json!({ "argv": ["systemctl", "is-system-running", "--wait"] }).to_string();
+    let (status, events) = support::call_ndjson(&socket, "/v1/vms/source/exec", &body).await;
+    assert_eq!(status, 200, "{events:?}");
     let mut forks = Vec::new();
     for run in 0..a.runs {
         let name = format!("fork{run}");
@@ -129,7 +133,7 @@ pub fn print(report: &Value, cold_p50: f64) {
     println!("## without a boot");
     println!();
     println!(
-        "Method: the same daemon and shape; `POST /v1/images/debian-bookworm/warm` once ({:.0} ms: a boot with its memory in a file, saved once the agent and sshd answer), then sequential creates of the default shape (restored from the template: the memory file mapped copy-on-write, the disks copied sparse, a new identity) to ssh ready; forks: `POST /v1/vms/source/fork` of one running cold-booted VM to the copy's ssh ready. Memory: {} VMs restored from the template against {} cold-booted ones, each set idle {} s, then the sum of `Pss:` of their QEMU processes (`/proc/PID/smaps_rollup`).",
+        "Method: the same daemon and shape; `POST /v1/images/debian-bookworm/warm` once ({:.0} ms: a boot with its memory in a file, saved once the agent and sshd answer and the guest's boot has settled), then sequential creates of the default shape (restored from the template: the memory file mapped copy-on-write, the disks copied sparse, a new identity) to ssh ready; forks: `POST /v1/vms/source/fork` of one running cold-booted VM, its boot settled (`systemctl is-system-running --wait`), to the copy's ssh ready. Memory: {} VMs restored from the template against {} cold-booted ones, each set idle {} s, then the sum of `Pss:` of their QEMU processes (`/proc/PID/smaps_rollup`).",
         f(&w["template_ms"]),
         w["memory"]["vms"],
         w["memory"]["vms"],
