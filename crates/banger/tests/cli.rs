@@ -108,6 +108,18 @@ fn a_session_from_start_to_stop() {
         text(&out)
     );
 
+    // A copy into a VM that is not running ends with the daemon's answer,
+    // though it comes while the client is still sending a large archive.
+    let big = root.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 32 << 20]).unwrap();
+    let out = banger(
+        root.path(),
+        &["vm", "cp", big.to_str().unwrap(), "web:/root"],
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("it must be running"), "{err}");
+
     // Versions: the CLI's and the daemon's, built from one commit, and
     // the host's VMMs (each named, with its version or as not installed).
     let out = banger(root.path(), &["version"]);

@@ -17,14 +17,19 @@ fn debugfs(image: &Path, request: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Block count x block size, as the filesystem itself says.
-fn fs_bytes(image: &Path) -> u64 {
+/// The filesystem's superblock and journal, as `dumpe2fs -h` prints them.
+fn header(image: &Path) -> String {
     let out = Command::new("dumpe2fs")
         .arg("-h")
         .arg(image)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Block count x block size, as the filesystem itself says.
+fn fs_bytes(image: &Path) -> u64 {
+    let text = header(image);
     let field = |name: &str| -> u64 {
         text.lines()
             .find(|l| l.starts_with(name))
@@ -57,7 +62,7 @@ async fn a_clone_has_the_seed_files_at_the_new_size() {
         "the seed is untouched"
     );
     // Sparse: far less on disk than its size.
-    let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&disk).unwrap()) * 512;
+    let used = allocated(&disk);
     assert!(used < 200 << 20, "{used} bytes used");
 
     let small = dir.path().join("small.ext4");
@@ -106,12 +111,7 @@ async fn fresh_filesystems_leave_their_journal_unwritten_and_are_clean() {
     make_fresh(&work, 4 << 30).await.unwrap();
     for disk in [&system, &work] {
         assert!(fsck_clean(disk), "{}", disk.display());
-        let header = Command::new("dumpe2fs")
-            .arg("-h")
-            .arg(disk)
-            .output()
-            .unwrap();
-        let header = String::from_utf8_lossy(&header.stdout).into_owned();
+        let header = header(disk);
         assert!(header.contains("Total journal size:       64M"), "{header}");
         let used = allocated(disk);
         assert!(used < 16 << 20, "{}: {used} bytes on disk", disk.display());

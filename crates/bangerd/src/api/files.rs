@@ -30,6 +30,10 @@ pub struct TarArchive(Vec<u8>);
 pub const TAR: &str = "application/x-tar";
 /// Pieces of an archive held between the client and the guest.
 const DEPTH: usize = 4;
+/// How much of a refused archive is still read (and dropped) before the
+/// refusal is answered, and for how long.
+const DRAIN_LIMIT: usize = 64 << 20;
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -67,14 +71,25 @@ pub async fn copy_in(
     body: Body,
 ) -> Result<StatusCode, HttpError> {
     let (tx, rx) = mpsc::channel::<Result<Vec<u8>, String>>(DEPTH);
-    let feed = tokio::spawn(async move {
+    let mut feed = tokio::spawn(async move {
         let mut frames = body.into_data_stream();
+        let mut dropped = 0usize;
         while let Some(frame) = frames.next().await {
             // A body that breaks off abandons the copy in the guest.
             let piece = frame.map(|b| b.to_vec()).map_err(|e| e.to_string());
             let broke = piece.is_err();
-            if tx.send(piece).await.is_err() || broke {
+            let len = piece.as_ref().map_or(0, Vec::len);
+            if broke {
+                let _ = tx.send(piece).await;
                 return;
+            }
+            // The copy ended early (refused): the rest is read and
+            // dropped, up to a bound, so the answer comes after it.
+            if tx.send(piece).await.is_err() {
+                dropped += len;
+                if dropped > DRAIN_LIMIT {
+                    return;
+                }
             }
         }
     });
@@ -82,6 +97,11 @@ pub async fn copy_in(
         .banger
         .copy_in(&vm, query.path.as_str(), query.keep_owners, rx)
         .await;
+    if copied.is_err() {
+        // A client still sending when the answer comes and the connection
+        // closes sees its write fail, not the answer.
+        let _ = tokio::time::timeout(DRAIN_WAIT, &mut feed).await;
+    }
     feed.abort();
     copied?;
     Ok(StatusCode::NO_CONTENT)
