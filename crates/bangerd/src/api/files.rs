@@ -75,21 +75,23 @@ pub async fn copy_in(
         let mut frames = body.into_data_stream();
         let mut dropped = 0usize;
         while let Some(frame) = frames.next().await {
-            // A body that breaks off abandons the copy in the guest.
-            let piece = frame.map(|b| b.to_vec()).map_err(|e| e.to_string());
-            let broke = piece.is_err();
-            let len = piece.as_ref().map_or(0, Vec::len);
-            if broke {
-                let _ = tx.send(piece).await;
-                return;
-            }
-            // The copy ended early (refused): the rest is read and
-            // dropped, up to a bound, so the answer comes after it.
-            if tx.send(piece).await.is_err() {
-                dropped += len;
+            let bytes = match frame {
+                Ok(bytes) => bytes,
+                // A body that breaks off abandons the copy in the guest.
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string())).await;
+                    return;
+                }
+            };
+            if tx.is_closed() {
+                // The copy ended early (refused): the rest is read and
+                // dropped, up to a bound, so the answer comes after it.
+                dropped += bytes.len();
                 if dropped > DRAIN_LIMIT {
                     return;
                 }
+            } else {
+                let _ = tx.send(Ok(bytes.to_vec())).await;
             }
         }
     });

@@ -20,7 +20,7 @@ pub(super) async fn run(
     wait: Duration,
 ) -> Result<Option<i32>, String> {
     let (out, mut chunks) = mpsc::channel(16);
-    let drain = tokio::spawn(async move {
+    let exit = async move {
         let mut code = None;
         while let Some(chunk) = chunks.recv().await {
             if let ExecChunk::Exit { code: c, .. } = chunk {
@@ -28,23 +28,21 @@ pub(super) async fn run(
             }
         }
         code
-    });
+    };
     let context = ExecContext {
         user: Some("0".into()),
         ..ExecContext::default()
     };
     let argv = argv.iter().map(|a| a.to_string()).collect();
-    let ran =
-        tokio::time::timeout(wait, runtime.agents.exec(handle, argv, context, None, out)).await;
+    let exec = runtime.agents.exec(handle, argv, context, None, out);
+    let ran = tokio::time::timeout(wait, async {
+        let (ran, code) = tokio::join!(exec, exit);
+        ran.map(|()| code)
+    })
+    .await;
     match ran {
-        Ok(Ok(())) => drain.await.map_err(|e| e.to_string()),
-        Ok(Err(err)) => {
-            drain.abort();
-            Err(err.to_string())
-        }
-        Err(_) => {
-            drain.abort();
-            Err(format!("still running after {} s", wait.as_secs()))
-        }
+        Ok(Ok(code)) => Ok(code),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("still running after {} s", wait.as_secs())),
     }
 }
