@@ -320,6 +320,17 @@ async fn snapshots_forks_and_templates_make_new_machines() {
     assert!((warmed.clock - now()).abs() <= 2);
     let (code, _, err) = support::sh(&socket, "warm", "echo ok > /root/mine.txt").await;
     assert_eq!(code, 0, "{err}");
+    // A VM restored from the template forks like any other: its QEMU
+    // came up from a memory file, its fork does not.
+    let (status, forked) = call(
+        "POST",
+        "/v1/vms/warm/fork".into(),
+        Some(json!({"count": 1, "name": "warmfork"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{forked} {}", vmm_logs(root.path()));
+    let (code, mine, err) = support::sh(&socket, "warmfork", "cat /root/mine.txt").await;
+    assert_eq!((code, mine.as_str()), (0, "ok\n"), "{err}");
 
     // Everything removed: nothing left behind, the image removable.
     let (_, vms) = call("GET", "/v1/vms".into(), None).await;

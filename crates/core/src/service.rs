@@ -425,6 +425,10 @@ impl Banger {
                 Err(ServiceError::SnapshotNotFound(_)) if template => {
                     self.boot(&mut vm, &image, op).await
                 }
+                Err(ServiceError::Boot { message, .. }) if template => {
+                    self.boot_past_template(&mut vm, &image, op, snapshot, &message)
+                        .await
+                }
                 other => other,
             },
             None => self.boot(&mut vm, &image, op).await,

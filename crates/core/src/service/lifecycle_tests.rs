@@ -24,6 +24,9 @@ fn push(log: &Log, event: impl Into<String>) {
     log.lock().unwrap().push(event.into());
 }
 
+/// What the fake VMM's restore refuses to load.
+pub(super) const STALE_STATE: &[u8] = b"saved by another vmm";
+
 /// FAKE: a VMM that records what it is asked and boots nothing.
 struct FakeVmm {
     log: Log,
@@ -101,6 +104,14 @@ impl Vmm for FakeVmm {
         state: &std::path::Path,
     ) -> Result<VmmHandle, VmmError> {
         let shared = spec.memory_file.as_ref().map(|m| m.shared);
+        // A state another VMM version saved does not load.
+        if std::fs::read(state).is_ok_and(|saved| saved == STALE_STATE) {
+            push(&self.log, "vmm.restore failed");
+            return Err(VmmError::Boot {
+                message: "the saved machine does not load".into(),
+                log: Vec::new(),
+            });
+        }
         push(
             &self.log,
             format!(

@@ -3,7 +3,9 @@
 //! change nothing, a failed save that leaves nothing, forks, and warm
 //! templates chosen only for the shape they were made in.
 
-use super::lifecycle_tests::{booting, booting_memory_apart, events, named, FakeCap, Log};
+use super::lifecycle_tests::{
+    booting, booting_memory_apart, events, named, FakeCap, Log, STALE_STATE,
+};
 use super::*;
 use crate::snapshot::SnapshotKind;
 
@@ -241,6 +243,53 @@ async fn a_warm_template_serves_creates_of_its_shape_only() {
     assert_ne!(again.id, template.id);
     assert_eq!(b.list_snapshots().unwrap().len(), 1);
     assert!(!b.snapshot_dir(&template.id).exists());
+}
+
+#[tokio::test]
+async fn a_template_that_no_longer_restores_is_dropped_and_the_create_boots() {
+    let log = Log::default();
+    let b = booting(vec![disk(&log)], &log);
+    let template = b.warm_image("base").await.unwrap();
+    // Saved by another QEMU: its machine does not load any more.
+    std::fs::write(
+        b.snapshot_dir(&template.id)
+            .join(crate::snapshot::STATE_FILE),
+        STALE_STATE,
+    )
+    .unwrap();
+    log.lock().unwrap().clear();
+    let vm = b.create_vm(named("web")).await.unwrap();
+    assert_eq!(vm.state, VmState::Running);
+    assert_eq!(vm.last_error, None);
+    let stages: Vec<&str> = vm.create_stages.iter().map(|s| s.name.as_str()).collect();
+    let at = |name: &str| stages.iter().position(|s| *s == name);
+    assert!(
+        at("template_dropped").is_some() && at("template_dropped") < at("vmm_start"),
+        "{stages:?}"
+    );
+    // The disks the restore began from the template went before the boot
+    // made its own.
+    let seen = events(&log);
+    let at = |e: &str| seen.iter().position(|s| s == e);
+    assert!(at("vmm.restore failed") < at("disk.remove"), "{seen:?}");
+    assert!(at("disk.remove") < at("vmm.start"), "{seen:?}");
+    assert!(b.list_snapshots().unwrap().is_empty());
+    assert!(!b.snapshot_dir(&template.id).exists());
+    // A create of a snapshot the user asked for fails as it did.
+    let snapshot = b.snapshot_vm("web", Some("s1".into())).await.unwrap();
+    std::fs::write(
+        b.snapshot_dir(&snapshot.id)
+            .join(crate::snapshot::STATE_FILE),
+        STALE_STATE,
+    )
+    .unwrap();
+    let params = CreateParams {
+        from: Some("s1".into()),
+        ..named("copy")
+    };
+    let err = b.create_vm(params).await.unwrap_err();
+    assert!(err.to_string().contains("does not load"), "{err}");
+    assert!(b.find_snapshot("s1").is_ok());
 }
 
 #[tokio::test]

@@ -50,6 +50,36 @@ impl Banger {
         }))
     }
 
+    /// Boots `vm`, whose restore from the image's warm template failed:
+    /// a template is a cache, and one that no longer restores (saved by
+    /// another QEMU or another banger) must not fail creates. It is
+    /// dropped (the cold boot makes a new one, as for an image without
+    /// one), the disks the restore started from it go, and the VM boots
+    /// as if there had been none. The stage `template_dropped` says so,
+    /// with the time the failed restore took.
+    pub(super) async fn boot_past_template(
+        &self,
+        vm: &mut Vm,
+        image: &Image,
+        op: &mut Operation,
+        template: &Snapshot,
+        why: &str,
+    ) -> Result<(), ServiceError> {
+        tracing::warn!(template = %template.name, vm = %vm.name, error = %why, "the warm template does not restore: dropped, the vm boots");
+        op.next("template_dropped");
+        // Gone already or replaced by a newer one: nothing to drop.
+        if let Err(err) = self.delete_snapshot(&template.id).await {
+            tracing::info!(template = %template.name, error = %err, "the template was not dropped");
+        }
+        let runtime = self.runtime()?.clone();
+        let ctx = self.context(vm, image);
+        for cap in runtime.capabilities.iter().rev() {
+            cap.remove(&ctx).await;
+        }
+        op.stage("template_dropped");
+        self.boot(vm, image, op).await
+    }
+
     /// Whether a template of the image (by id) is worth making: the
     /// image exists, this VMM saves VMs, and it has none yet.
     pub fn template_wanted(&self, image_id: &str) -> bool {

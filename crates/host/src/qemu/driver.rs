@@ -170,9 +170,7 @@ impl QemuDriver {
             .map_err(|e| format!("cannot open {}: {e}", state.display()))?;
         let mut qmp = self.connect_when_up(handle).await?;
         let text = |e: super::qmp::QmpError| e.to_string();
-        if memory_file {
-            ignore_shared(&mut qmp).await.map_err(text)?;
-        }
+        ignore_shared(&mut qmp, memory_file).await.map_err(text)?;
         qmp.send_fd(STATE_FD, file.as_fd()).await.map_err(text)?;
         drop(file);
         qmp.execute(
@@ -234,12 +232,13 @@ fn own_disks(spec: &MachineSpec, uid: u32) -> std::io::Result<()> {
     std::fs::set_permissions(&spec.vm_dir, std::fs::Permissions::from_mode(0o711))
 }
 
-/// Leaves file-backed guest memory out of a migration stream.
-async fn ignore_shared(qmp: &mut Qmp) -> Result<(), super::qmp::QmpError> {
+/// Whether file-backed guest memory is left out of a migration stream
+/// (`on`) or carried in it; the two sides of a migration must agree.
+async fn ignore_shared(qmp: &mut Qmp, on: bool) -> Result<(), super::qmp::QmpError> {
     qmp.execute(
         "migrate-set-capabilities",
         Some(serde_json::json!({
-            "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+            "capabilities": [{ "capability": "x-ignore-shared", "state": on }]
         })),
     )
     .await
@@ -354,9 +353,12 @@ impl Vmm for QemuDriver {
             .open(state)
             .map_err(|e| VmmError::Control(format!("cannot make {}: {e}", state.display())))?;
         let mut qmp = self.control(handle).await?;
-        if memory_file {
-            ignore_shared(&mut qmp).await.map_err(control)?;
-        }
+        // Set either way: a QEMU that was itself restored from a memory
+        // file keeps the capability its restore turned on, and a stream
+        // that claims it does not load into a machine without that file.
+        ignore_shared(&mut qmp, memory_file)
+            .await
+            .map_err(control)?;
         // A paused machine goes in one pass, as fast as the disk takes it.
         qmp.execute(
             "migrate-set-parameters",

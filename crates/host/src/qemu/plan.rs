@@ -104,6 +104,10 @@ pub fn kernel_cmdline(spec: &MachineSpec, cfg: &QemuConfig) -> String {
     parts.join(" ")
 }
 
+/// The id of the microvm machine's own RAM, which QEMU's migration
+/// stream names.
+const RAM_ID: &str = "microvm.ram";
+
 /// Every argument after the binary.
 pub fn qemu_args(spec: &MachineSpec, cfg: &QemuConfig) -> Result<Vec<String>, PlanError> {
     if spec.vcpus == 0 || spec.vcpus > 255 {
@@ -117,28 +121,29 @@ pub fn qemu_args(spec: &MachineSpec, cfg: &QemuConfig) -> Result<Vec<String>, Pl
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &format!("banger-{}", spec.vm_id)]);
     let machine = "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on";
-    match &spec.memory_file {
+    // A backend of our own is named as the machine's own RAM: a migration
+    // stream names the RAM it carries, and a VM restored from a memory
+    // file must save into one a plain machine (a fork's) takes.
+    let backend = match &spec.memory_file {
         // A vhost-user backend maps guest memory: it must be shareable.
-        None if !spec.shares.is_empty() => push(&[
-            "-M",
-            &format!("{machine},memory-backend=mem"),
-            "-object",
-            &format!(
-                "memory-backend-memfd,id=mem,size={}M,share=on",
-                spec.memory_mib
-            ),
-        ]),
-        None => push(&["-M", machine]),
-        Some(memory) => push(&[
-            "-M",
-            &format!("{machine},memory-backend=mem"),
-            "-object",
-            &format!(
-                "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
-                spec.memory_mib,
+        None if !spec.shares.is_empty() => Some(("memory-backend-memfd", "share=on".to_string())),
+        None => None,
+        Some(memory) => Some((
+            "memory-backend-file",
+            format!(
+                "mem-path={},share={}",
                 escape(&path(&memory.path)),
                 if memory.shared { "on" } else { "off" }
             ),
+        )),
+    };
+    match backend {
+        None => push(&["-M", machine]),
+        Some((kind, rest)) => push(&[
+            "-M",
+            &format!("{machine},memory-backend={RAM_ID}"),
+            "-object",
+            &format!("{kind},id={RAM_ID},size={}M,{rest}", spec.memory_mib),
         ]),
     }
     match &cfg.accel {
@@ -368,7 +373,7 @@ mod tests {
         });
         let args = restore_args(&s, &tcg()).unwrap().join(" ");
         assert!(
-            args.contains("-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on,memory-backend=mem -object memory-backend-file,id=mem,size=512M,mem-path=/snap/a,,b/memory,share=off"),
+            args.contains("-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on,memory-backend=microvm.ram -object memory-backend-file,id=microvm.ram,size=512M,mem-path=/snap/a,,b/memory,share=off"),
             "{args}"
         );
         assert!(args.ends_with(" -incoming defer"), "{args}");
@@ -393,7 +398,7 @@ mod tests {
         let args = qemu_args(&s, &tcg()).unwrap().join(" ");
         assert!(
             args.contains(
-                ",memory-backend=mem -object memory-backend-memfd,id=mem,size=512M,share=on"
+                ",memory-backend=microvm.ram -object memory-backend-memfd,id=microvm.ram,size=512M,share=on"
             ),
             "{args}"
         );
