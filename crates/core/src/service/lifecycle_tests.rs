@@ -27,6 +27,9 @@ fn push(log: &Log, event: impl Into<String>) {
 /// What the fake VMM's restore refuses to load.
 pub(super) const STALE_STATE: &[u8] = b"saved by another vmm";
 
+/// What the fake VMM's restore takes its time over.
+pub(super) const SLOW_STATE: &[u8] = b"slow to load";
+
 /// FAKE: a VMM that records what it is asked and boots nothing.
 struct FakeVmm {
     log: Log,
@@ -104,6 +107,16 @@ impl Vmm for FakeVmm {
         state: &std::path::Path,
     ) -> Result<VmmHandle, VmmError> {
         let shared = spec.memory_file.as_ref().map(|m| m.shared);
+        // A slow restore: it says when it began and when it ended, and
+        // whether the state it restores from was still there then.
+        if std::fs::read(state).is_ok_and(|saved| saved == SLOW_STATE) {
+            push(&self.log, "vmm.restore slow began");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            push(
+                &self.log,
+                format!("vmm.restore slow ended state={}", state.exists()),
+            );
+        }
         // A state another VMM version saved does not load.
         if std::fs::read(state).is_ok_and(|saved| saved == STALE_STATE) {
             push(&self.log, "vmm.restore failed");

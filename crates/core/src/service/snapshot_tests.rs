@@ -4,7 +4,7 @@
 //! templates chosen only for the shape they were made in.
 
 use super::lifecycle_tests::{
-    booting, booting_memory_apart, events, named, FakeCap, Log, STALE_STATE,
+    booting, booting_memory_apart, events, named, FakeCap, Log, SLOW_STATE, STALE_STATE,
 };
 use super::*;
 use crate::snapshot::SnapshotKind;
@@ -290,6 +290,47 @@ async fn a_template_that_no_longer_restores_is_dropped_and_the_create_boots() {
     let err = b.create_vm(params).await.unwrap_err();
     assert!(err.to_string().contains("does not load"), "{err}");
     assert!(b.find_snapshot("s1").is_ok());
+}
+
+#[tokio::test]
+async fn vms_start_from_one_snapshot_together_and_its_removal_waits_for_them() {
+    let log = Log::default();
+    let b = booting(vec![disk(&log)], &log);
+    b.create_vm(named("src")).await.unwrap();
+    let snapshot = b.snapshot_vm("src", Some("s1".into())).await.unwrap();
+    let state = b
+        .snapshot_dir(&snapshot.id)
+        .join(crate::snapshot::STATE_FILE);
+    std::fs::write(&state, SLOW_STATE).unwrap();
+    log.lock().unwrap().clear();
+    let from = |name: &str| CreateParams {
+        from: Some("s1".into()),
+        ..named(name)
+    };
+    let (a, c, removed) = tokio::join!(b.create_vm(from("a")), b.create_vm(from("c")), async {
+        // Both restores are under way.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        b.delete_snapshot("s1").await
+    });
+    a.unwrap();
+    c.unwrap();
+    removed.unwrap();
+    let restores: Vec<String> = events(&log)
+        .into_iter()
+        .filter(|e| e.starts_with("vmm.restore slow"))
+        .collect();
+    assert_eq!(
+        restores,
+        [
+            "vmm.restore slow began",
+            "vmm.restore slow began",
+            "vmm.restore slow ended state=true",
+            "vmm.restore slow ended state=true",
+        ],
+        "two restores at once, the snapshot kept until both ended"
+    );
+    assert!(!state.exists());
+    assert!(b.list_snapshots().unwrap().is_empty());
 }
 
 #[tokio::test]

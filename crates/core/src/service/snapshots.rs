@@ -412,7 +412,8 @@ impl Banger {
         op: &mut Operation,
         snapshot: &Snapshot,
     ) -> Result<(), ServiceError> {
-        let _hold = self.vm_locks.lock(&snapshot_key(&snapshot.id)).await;
+        // A share: VMs start from one snapshot side by side.
+        let _hold = self.vm_locks.share(&snapshot_key(&snapshot.id)).await;
         // Gone since it was looked up: refused before anything was made.
         let snapshot = self.find_snapshot(&snapshot.id)?;
         let from = BootFrom::Snapshot {
@@ -460,22 +461,22 @@ impl Banger {
         let snapshot = self
             .take_snapshot(&source.id, format!("fork-{}", new_id()), SnapshotKind::Fork)
             .await?;
-        let mut made = Vec::new();
-        let mut failure = None;
-        for name in names {
-            let params = CreateParams {
+        // The copies start side by side, each a share of the snapshot.
+        let creates = names.into_iter().map(|name| {
+            self.create_vm(CreateParams {
                 name: Some(name),
                 from: Some(snapshot.id.clone()),
                 nat: nat.unwrap_or(source.spec.nat),
                 remove_on_failure: true,
                 ..Default::default()
-            };
-            match self.create_vm(params).await {
+            })
+        });
+        let mut made = Vec::new();
+        let mut failure = None;
+        for created in futures_util::future::join_all(creates).await {
+            match created {
                 Ok(vm) => made.push(vm),
-                Err(err) => {
-                    failure = Some(err);
-                    break;
-                }
+                Err(err) => failure = failure.or(Some(err)),
             }
         }
         if let Err(err) = self.delete_snapshot(&snapshot.id).await {
@@ -504,7 +505,8 @@ fn prefix(name: &str, extra: usize) -> &str {
     name[..keep].trim_end_matches('-')
 }
 
-/// The lock key that holds a snapshot while VMs start from it.
+/// The lock key that holds a snapshot while VMs start from it (each a
+/// share) and that its removal takes alone.
 fn snapshot_key(id: &str) -> String {
     format!("snapshot:{id}")
 }
