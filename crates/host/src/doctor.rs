@@ -46,7 +46,8 @@ pub struct HostFacts {
     pub jailer: Option<PathBuf>,
     pub image_tools: BTreeMap<&'static str, Option<PathBuf>>,
     /// The static guest binary images are built with, and whether it is there.
-    pub guest_binary: Option<(PathBuf, bool)>,
+    /// The guest binary and what its check found wrong, if anything.
+    pub guest_binary: Option<(PathBuf, Result<(), String>)>,
 }
 
 impl HostFacts {
@@ -76,7 +77,8 @@ impl HostFacts {
 
     /// Adds the guest binary to check.
     pub fn with_guest_binary(mut self, path: &Path) -> Self {
-        self.guest_binary = Some((path.to_path_buf(), path.is_file()));
+        let fitness = crate::image::guest_binary::check(path).map_err(|err| err.to_string());
+        self.guest_binary = Some((path.to_path_buf(), fitness));
         self
     }
 }
@@ -141,15 +143,14 @@ pub fn report(facts: &HostFacts) -> Vec<Check> {
             ),
         });
     }
-    if let Some((path, present)) = &facts.guest_binary {
-        checks.push(if *present {
-            Check::pass("guest binary", path.display().to_string())
-        } else {
-            Check::warn(
+    if let Some((path, fitness)) = &facts.guest_binary {
+        checks.push(match fitness {
+            Ok(()) => Check::pass("guest binary", path.display().to_string()),
+            Err(err) => Check::warn(
                 "guest binary",
-                format!("{} is missing: images cannot be built", path.display()),
-                "build it with scripts/build-guest, or set guest_binary in the config",
-            )
+                format!("{err}: images cannot be made"),
+                crate::image::guest_binary::HINT,
+            ),
         });
     }
     checks.extend(firecracker(facts));
@@ -269,7 +270,7 @@ mod tests {
                 .iter()
                 .map(|(t, _)| (*t, Some(PathBuf::from(format!("/usr/bin/{t}")))))
                 .collect(),
-            guest_binary: Some(("/usr/lib/banger/banger-guest".into(), true)),
+            guest_binary: Some(("/usr/lib/banger/banger-guest".into(), Ok(()))),
         }
     }
 
@@ -356,6 +357,16 @@ mod tests {
         );
         let f = f.with_guest_binary(&dir.path().join("banger-guest"));
         assert_eq!(status_of(&report(&f), "guest binary"), CheckStatus::Warn);
+        // A dynamically linked one (this test program) warns too.
+        let f = f.with_guest_binary(&std::env::current_exe().unwrap());
+        let checks = report(&f);
+        let check = checks.iter().find(|c| c.name == "guest binary").unwrap();
+        assert_eq!(check.status, CheckStatus::Warn);
+        assert!(
+            check.detail.contains("dynamically linked"),
+            "{}",
+            check.detail
+        );
     }
 
     #[test]

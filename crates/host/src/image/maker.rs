@@ -21,7 +21,7 @@ use banger_proto::image::{
 use tokio::process::Command;
 
 use super::userland::{self, probe::RootfsFacts};
-use super::{build, bundle, digest, download, ext4, kernel};
+use super::{build, bundle, digest, download, ext4, guest_binary, kernel};
 use crate::tools::find_tool;
 
 pub struct HostImageMaker {
@@ -125,16 +125,12 @@ fn require_tools(tools: &[(&str, &str)], made: &str) -> Result<(), MakeError> {
 }
 
 fn guest_binary_present(maker: &HostImageMaker) -> Result<(), MakeError> {
-    if !maker.guest_binary.is_file() {
-        return Err(MakeError::unavailable(
-            format!(
-                "the guest binary {} is missing: images cannot be made",
-                maker.guest_binary.display()
-            ),
-            Some("build it with scripts/build-guest, or set guest_binary in the config"),
-        ));
-    }
-    Ok(())
+    guest_binary::check(&maker.guest_binary).map_err(|err| {
+        MakeError::unavailable(
+            format!("{err}: images cannot be made"),
+            Some(guest_binary::HINT),
+        )
+    })
 }
 
 /// A download error: the server's fault (unreachable, an error status, a
