@@ -656,3 +656,49 @@ async fn a_group_member_reaches_only_its_own_files() {
     assert!(staging_is_empty(&daemon));
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_dynamically_linked_guest_binary_is_refused_before_any_image_is_made() {
+    // `true` is dynamically linked: as a VM's init it would find no loader.
+    let dynamic = ["/usr/bin/true", "/bin/true"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("coreutils' true");
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc/banger");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("config.toml"),
+        format!(
+            "default_image = \"base\"\nguest_binary = \"{dynamic}\"\n[network]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let daemon = TestDaemon::start_in(root).await;
+    let (status, err) = daemon
+        .call("POST", "/v1/images/build", Some(r#"{"name":"mine"}"#))
+        .await;
+    assert_eq!(status, 501, "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("is dynamically linked"), "{message}");
+    assert!(
+        err["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("scripts/build-guest"),
+        "{err}"
+    );
+    let (_, report) = daemon.call("GET", "/v1/doctor", None).await;
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "guest binary")
+        .unwrap_or_else(|| panic!("no guest binary check: {report}"))
+        .clone();
+    assert_eq!(check["status"], "warn", "{check}");
+    let (_, list) = daemon.call("GET", "/v1/images", None).await;
+    assert_eq!(list["images"].as_array().unwrap().len(), 1, "{list}");
+    assert!(staging_is_empty(&daemon));
+    daemon.stop().await;
+}

@@ -735,7 +735,15 @@ impl ImageMaker for HostImageMaker {
         match request {
             ImageRequest::Build(recipe) => check_build(self, recipe),
             ImageRequest::Bundle(source) => check_bundle(source),
-            ImageRequest::Register(files) => check_register(files),
+            ImageRequest::Register(files) => {
+                check_register(files)?;
+                // Without an initrd of its own, the rootfs gets banger's
+                // initramfs and the agent: the guest binary is needed.
+                match files.initrd {
+                    None => guest_binary_present(self),
+                    Some(_) => Ok(()),
+                }
+            }
             ImageRequest::Oci(source) => check_oci(self, source),
             ImageRequest::Promote(_) => {
                 for tool in super::promote::TOOLS {
