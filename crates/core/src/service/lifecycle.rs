@@ -329,20 +329,24 @@ impl Banger {
             self.persist(vm, VmState::Stopping)?;
         }
         if let Some(handle) = vm.handle.clone() {
-            let mut grace = std::time::Duration::from_secs(2);
-            if graceful {
-                match runtime
+            // Forced (`--force`, a removal, a VMM already gone, a boot
+            // interrupted): killed at once, with no power-off asked.
+            let stopped = if graceful {
+                let grace = match runtime
                     .agents
                     .shutdown(&handle, std::time::Duration::from_secs(5))
                     .await
                 {
-                    Ok(()) => grace = self.settings.stop_grace,
+                    Ok(()) => self.settings.stop_grace,
                     Err(err) => {
-                        tracing::info!(vm = %vm.name, error = %err, "agent shutdown failed")
+                        tracing::info!(vm = %vm.name, error = %err, "agent shutdown failed");
+                        std::time::Duration::from_secs(2)
                     }
-                }
-            }
-            let stopped = runtime.vmm.stop(&handle, grace).await;
+                };
+                runtime.vmm.stop(&handle, grace).await
+            } else {
+                runtime.vmm.kill(&handle).await
+            };
             if let Err(err) = stopped {
                 return Err(ServiceError::Runtime {
                     name: vm.name.clone(),

@@ -669,9 +669,14 @@ async fn a_stop_asks_the_agent_first_then_gives_the_vmm_its_grace() {
     b.stop_vm("web", false).await.unwrap();
     assert_eq!(stop_events(since), ["agent.shutdown", "vmm.stop grace=2s"]);
 
-    // Forced: no agent, the short grace.
+    // Forced: no agent, no power-off, killed at once.
     b.start_vm("web").await.unwrap();
     let since = events(&log).len();
     b.stop_vm("web", true).await.unwrap();
-    assert_eq!(stop_events(since), ["vmm.stop grace=2s"]);
+    assert_eq!(stop_events(since), ["vmm.kill"]);
+    // A removal of a running VM too.
+    b.start_vm("web").await.unwrap();
+    let since = events(&log).len();
+    b.delete_vm("web", true).await.unwrap();
+    assert_eq!(stop_events(since), ["vmm.kill"]);
 }
