@@ -154,9 +154,13 @@ where
             });
             continue;
         }
+        // A terminal takes input from here on: keystrokes right behind
+        // its request wait for the command instead of being refused.
+        let opened =
+            matches!(request.op, Op::Pty { .. }).then(|| terminal::open(&terminals, request.id));
         let (tx, running, ctx) = (tx.clone(), running.clone(), ctx.clone());
         let terminals = terminals.clone();
-        tokio::spawn(async move { handle(request, tx, running, terminals, ctx).await });
+        tokio::spawn(async move { handle(request, opened, tx, running, terminals, ctx).await });
     }
     drop(tx);
     drop(data_tx);
@@ -203,6 +207,7 @@ fn copy_owner(keep: bool, user: Option<String>) -> Result<banger_copy::Owner, St
 
 async fn handle(
     request: Request,
+    opened: Option<terminal::Opened>,
     tx: mpsc::UnboundedSender<Reply>,
     running: Arc<Mutex<HashMap<u64, u32>>>,
     terminals: Terminals,
@@ -243,7 +248,8 @@ async fn handle(
         } => {
             wait_init_settled().await;
             let how = How { env, cwd, user };
-            terminal::run(id, argv, how, (rows, cols), &tx, &running, &terminals).await
+            let opened = opened.unwrap_or_else(|| terminal::open(&terminals, id));
+            terminal::run(id, argv, how, (rows, cols), &tx, &running, opened).await
         }
         Op::Input { target, data } => match B64.decode(data) {
             Ok(bytes) => reply(delivered(&terminals, target, TermInput::Data(bytes))),

@@ -3,7 +3,8 @@
 //! discipline turns Ctrl-C and Ctrl-\ typed on the host into SIGINT and
 //! SIGQUIT for the foreground process group, as on a local terminal.
 //! Input and window sizes arrive as their own requests naming the
-//! session; output goes back as `Stdout` replies, the end as `Exit`.
+//! session, taken in from the moment the session's request is (`open`);
+//! output goes back as `Stdout` replies, the end as `Exit`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,46 @@ pub fn deliver(terminals: &Terminals, target: u64, input: TermInput) -> bool {
     open.get(&target).is_some_and(|tx| tx.send(input).is_ok())
 }
 
+/// A terminal's input, taken in as soon as its request is: keystrokes
+/// sent right behind the request (typed before the command started)
+/// wait here for the command instead of being refused. Dropping it
+/// closes the terminal to further input.
+pub struct Opened {
+    input: mpsc::UnboundedReceiver<TermInput>,
+    registration: Registration,
+}
+
+/// The terminal's entry in `Terminals`, removed when dropped.
+struct Registration {
+    terminals: Terminals,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.terminals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Opens the input of the terminal request `id` will start.
+pub fn open(terminals: &Terminals, id: u64) -> Opened {
+    let (tx, input) = mpsc::unbounded_channel();
+    terminals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, tx);
+    Opened {
+        input,
+        registration: Registration {
+            terminals: terminals.clone(),
+            id,
+        },
+    }
+}
+
 /// Output once the command ended: read what is left for this long.
 const DRAIN: Duration = Duration::from_millis(200);
 
@@ -45,7 +86,7 @@ pub async fn run(
     (rows, cols): (u16, u16),
     tx: &mpsc::UnboundedSender<Reply>,
     running: &Arc<Mutex<HashMap<u64, u32>>>,
-    terminals: &Terminals,
+    opened: Opened,
 ) {
     let send = |body| {
         let _ = tx.send(Reply { id, body });
@@ -91,11 +132,10 @@ pub async fn run(
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, pid);
     }
-    let (input_tx, mut input) = mpsc::unbounded_channel();
-    terminals
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, input_tx);
+    let Opened {
+        mut input,
+        registration,
+    } = opened;
     let (mut reader, mut writer) = pty.into_split();
     let mut buf = vec![0u8; 16 * 1024];
     let mut status = None;
@@ -128,10 +168,7 @@ pub async fn run(
             () = drain => break,
         }
     }
-    terminals
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    drop(registration);
     let status = match status {
         Some(status) => status,
         None => child.wait().await,

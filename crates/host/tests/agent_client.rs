@@ -259,6 +259,48 @@ async fn a_terminal_takes_keystrokes_and_sizes_and_gives_the_exit_status() {
     ));
 }
 
+// Two workers, as in the guest: the input's request is handled while the
+// terminal's is still starting its command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystrokes_sent_right_behind_a_terminal_request_reach_its_command() {
+    use banger_proto::agent::Op;
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let mut replies = client
+        .send(Op::Pty {
+            argv: argv(&["sh", "-c", "read x; echo got:$x; exit 4"]),
+            env: Default::default(),
+            cwd: None,
+            user: None,
+            rows: 24,
+            cols: 80,
+        })
+        .unwrap();
+    // Typed before the command (or even its terminal) exists: typeahead.
+    let early = client
+        .send(Op::Input {
+            target: replies.id(),
+            data: base64::engine::general_purpose::STANDARD.encode("early\r"),
+        })
+        .unwrap();
+    let mut shown = String::new();
+    let code = loop {
+        match tokio::time::timeout(WAIT, replies.next_event())
+            .await
+            .expect("the terminal answers")
+            .unwrap()
+        {
+            ExecEvent::Stdout(bytes) => shown.push_str(&String::from_utf8_lossy(&bytes)),
+            ExecEvent::Stderr(_) => panic!("a terminal has one output"),
+            ExecEvent::Exit { code, .. } => break code,
+        }
+    };
+    assert_eq!(code, Some(4), "{shown}");
+    assert!(shown.contains("got:early"), "{shown}");
+    drop(early);
+}
+
 #[tokio::test]
 async fn exec_runs_as_the_user_asked_for() {
     let dir = tempfile::tempdir().unwrap();
