@@ -357,6 +357,13 @@ impl Banger {
                 "this daemon has no vmm to boot vms with".to_string(),
             ));
         }
+        // A name taken is said before any slow work (an image built or
+        // pulled on first use); `reserve` checks again under its lock.
+        if let Some(name) = &request.name {
+            if self.store.find_vm(name)?.is_some() {
+                return Err(ServiceError::NameTaken(name.clone()));
+            }
+        }
         if let Some(ip) = request.guest_ip {
             self.check_guest_ip(ip)?;
         }

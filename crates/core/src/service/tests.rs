@@ -94,6 +94,21 @@ async fn same_name_twice_at_once_has_exactly_one_winner() {
 }
 
 #[tokio::test]
+async fn a_taken_name_is_refused_before_the_image_is_looked_for() {
+    let b = banger();
+    b.create_vm(params(Some("web"))).await.unwrap();
+    // An image that is not here would be built or pulled first (minutes
+    // for a catalog entry): the name's conflict comes before.
+    let again = CreateParams {
+        image: Some("not-here".into()),
+        ..params(Some("web"))
+    };
+    let err = b.create_vm(again).await.unwrap_err();
+    assert_eq!(err.to_string(), "vm name already exists: web");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+}
+
+#[tokio::test]
 async fn generated_names_addresses_and_cids_are_distinct() {
     let b = banger();
     let mut tasks = vec![];
