@@ -490,9 +490,10 @@ async fn exec(
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {
-            return send(ReplyBody::Error {
-                message: format!("cannot run {program}: {err}"),
-            })
+            for body in not_started(program, &err) {
+                send(body);
+            }
+            return;
         }
     };
     if let Some(pid) = child.id() {
@@ -508,6 +509,28 @@ async fn exec(
     let (_, _, status) = tokio::join!(out, err, child.wait());
     lock(running).remove(&id);
     send(exit_reply(status, program))
+}
+
+/// The replies of a command that could not be started. One that is not
+/// there or cannot be run ends as a shell's would (`vm ssh` runs through
+/// one): the reason on its error output, exit 127 or 126; anything else
+/// is refused.
+pub fn not_started(program: &str, err: &std::io::Error) -> Vec<ReplyBody> {
+    let message = format!("cannot run {program}: {err}");
+    let code = match err.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        std::io::ErrorKind::PermissionDenied => 126,
+        _ => return vec![ReplyBody::Error { message }],
+    };
+    vec![
+        ReplyBody::Stderr {
+            data: B64.encode(format!("{message}\n")),
+        },
+        ReplyBody::Exit {
+            code: Some(code),
+            signal: None,
+        },
+    ]
 }
 
 /// The last reply of a command: how it ended.

@@ -77,13 +77,26 @@ async fn exec_streams_both_outputs_and_the_exit_code() {
     }
     assert_eq!(got, b"from stdin");
 
-    let err = client
+    // A command that is not there, or cannot be run, ends as in a shell:
+    // the reason on stderr, 127 or 126.
+    let missing = client
         .exec_collect(argv(&["/nonexistent/tool"]), WAIT)
         .await
-        .unwrap_err();
-    assert!(
-        matches!(err, AgentError::Refused(ref m) if m.starts_with("cannot run /nonexistent/tool")),
-        "{err}"
+        .unwrap();
+    assert_eq!(missing.code, Some(127));
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(said.starts_with("cannot run /nonexistent/tool: "), "{said}");
+    let plain = dir.path().join("not-executable");
+    std::fs::write(&plain, "echo no\n").unwrap();
+    let denied = client
+        .exec_collect(argv(&[plain.to_str().unwrap()]), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        denied.code,
+        Some(126),
+        "{:?}",
+        String::from_utf8_lossy(&denied.stderr)
     );
 }
 
@@ -299,6 +312,36 @@ async fn keystrokes_sent_right_behind_a_terminal_request_reach_its_command() {
     assert_eq!(code, Some(4), "{shown}");
     assert!(shown.contains("got:early"), "{shown}");
     drop(early);
+}
+
+#[tokio::test]
+async fn a_terminal_whose_command_is_not_there_ends_with_127() {
+    use banger_proto::agent::Op;
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let mut replies = client
+        .send(Op::Pty {
+            argv: argv(&["/nonexistent/shell"]),
+            env: Default::default(),
+            cwd: None,
+            user: None,
+            rows: 24,
+            cols: 80,
+        })
+        .unwrap();
+    let mut shown = String::new();
+    let code = loop {
+        match replies.next_event().await.unwrap() {
+            ExecEvent::Stdout(bytes) => shown.push_str(&String::from_utf8_lossy(&bytes)),
+            ExecEvent::Stderr(_) => panic!("a terminal has one output"),
+            ExecEvent::Exit { code, .. } => break code,
+        }
+    };
+    assert_eq!(code, Some(127), "{shown}");
+    assert!(
+        shown.starts_with("cannot run /nonexistent/shell: "),
+        "{shown}"
+    );
 }
 
 #[tokio::test]
