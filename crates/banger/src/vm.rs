@@ -103,7 +103,8 @@ pub enum VmCommand {
     /// Run a command in a running VM; exits with the command's status.
     Exec {
         vm: String,
-        /// Keep the input open (with -t: the terminal's keystrokes).
+        /// Give the command our input: read to its end, at most 1 MiB
+        /// (with -t: the terminal's keystrokes, as they are typed).
         #[arg(short = 'i', long)]
         interactive: bool,
         /// Run as this user (NAME, UID, NAME:GROUP or UID:GID) instead of
@@ -495,10 +496,7 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 (false, true) => {
                     anyhow::bail!("exec needs a command after --, or -it for a shell on a terminal")
                 }
-                (false, false) if interactive => {
-                    anyhow::bail!("-i needs -t: use -it for an interactive terminal")
-                }
-                (false, false) => crate::exec::run(client, &vm, command, user).await?,
+                (false, false) => crate::exec::run(client, &vm, command, user, interactive).await?,
             };
             std::process::exit(code);
         }

@@ -173,6 +173,54 @@ fn create_exec_logs_stop_start_rm() {
     );
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(text(&out).1, "to-err\n");
+    // A command that is not there: 127 and the reason, as in a shell.
+    let out = banger(root.path(), &["vm", "exec", "web", "--", "no-such-tool"]);
+    assert_eq!(out.status.code(), Some(127), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("cannot run no-such-tool"),
+        "{:?}",
+        text(&out)
+    );
+    // -i: our input is the command's, up to 1 MiB; more is refused (exit 2).
+    let with_input = |bytes: Vec<u8>| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_banger"))
+            .arg("--root")
+            .arg(root.path())
+            .args(["vm", "exec", "-i", "web", "--", "sha256sum"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // The CLI may refuse before it has read everything.
+        let _ = stdin.write_all(&bytes);
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let input: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let out = with_input(input.clone());
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let expected = Command::new("sha256sum")
+        .stdin(
+            std::fs::File::open({
+                let path = root.path().join("input");
+                std::fs::write(&path, &input).unwrap();
+                path
+            })
+            .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).0, text(&expected).0);
+    let out = with_input(vec![0; (1 << 20) + 1]);
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("larger than 1 MiB"),
+        "{:?}",
+        text(&out)
+    );
 
     let out = banger(root.path(), &["vm", "logs", "web"]);
     let (console, _) = text(&out);
