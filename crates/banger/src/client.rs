@@ -352,6 +352,17 @@ fn error_answer(status: hyper::StatusCode, body: &[u8], path: &str) -> anyhow::E
     }
 }
 
+/// Bad usage or input found by the CLI itself: reported as the daemon
+/// reports its own (one line, the hint, exit code 2).
+pub fn bad_input(message: impl Into<String>, hint: &str) -> anyhow::Error {
+    ClientError::Api(ApiError::new(
+        banger_proto::error::ErrorCode::InvalidInput,
+        message,
+        Some(hint.to_string()),
+    ))
+    .into()
+}
+
 /// A value the API checks by its type, checked here first so that bad
 /// input is refused as the daemon would (same words, exit code 2) without
 /// a round trip.
@@ -359,12 +370,6 @@ pub fn checked<T, V>(value: V) -> anyhow::Result<T>
 where
     T: TryFrom<V, Error = banger_proto::rules::RuleError>,
 {
-    T::try_from(value).map_err(|err| {
-        ClientError::Api(ApiError::new(
-            banger_proto::error::ErrorCode::InvalidInput,
-            err.to_string(),
-            Some("see --help for the accepted values".into()),
-        ))
-        .into()
-    })
+    T::try_from(value)
+        .map_err(|err| bad_input(err.to_string(), "see --help for the accepted values"))
 }

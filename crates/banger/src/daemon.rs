@@ -10,7 +10,7 @@ use banger_proto::system::{Health, ShutdownAccepted};
 use clap::Subcommand;
 
 use crate::client::Client;
-use crate::output;
+use crate::output::{self, say};
 
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
@@ -47,7 +47,7 @@ pub async fn run(client: &Client, command: DaemonCommand, root: Option<&Path>) -
             while client.socket().exists() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            println!("bangerd stopped (was pid {})", health.pid);
+            say!("bangerd stopped (was pid {})", health.pid);
         }
         DaemonCommand::Start => start(client, root).await?,
     }
@@ -56,7 +56,7 @@ pub async fn run(client: &Client, command: DaemonCommand, root: Option<&Path>) -
 
 async fn start(client: &Client, root: Option<&Path>) -> Result<()> {
     if let Ok(health) = client.get::<Health>("/v1/health").await {
-        println!("bangerd is already running (pid {})", health.pid);
+        say!("bangerd is already running (pid {})", health.pid);
         return Ok(());
     }
     let binary = bangerd_binary();
@@ -88,7 +88,7 @@ async fn start(client: &Client, root: Option<&Path>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(health) = client.get::<Health>("/v1/health").await {
-            println!(
+            say!(
                 "bangerd started (pid {}, log {})",
                 health.pid,
                 log_path.display()

@@ -6,7 +6,6 @@
 use std::io::Write;
 
 use anyhow::{anyhow, Result};
-use banger_proto::error::{ApiError, ErrorCode};
 use banger_proto::exec::{ExecEvent, ExecRequest};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -28,12 +27,10 @@ fn read_stdin() -> Result<Vec<u8>> {
         .map_err(|e| anyhow!("cannot read the input: {e}"))?;
     if bytes.len() as u64 > MAX_STDIN {
         // Bad input: exit 2, with what to do instead.
-        return Err(ClientError::Api(ApiError::new(
-            ErrorCode::InvalidInput,
+        return Err(crate::client::bad_input(
             "the input is larger than 1 MiB, the most exec -i sends",
-            Some("copy files with `banger vm cp`, or stream with `banger vm ssh VM -- CMD`".into()),
-        ))
-        .into());
+            "copy files with `banger vm cp`, or stream with `banger vm ssh VM -- CMD`",
+        ));
     }
     Ok(bytes)
 }

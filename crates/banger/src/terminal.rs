@@ -6,7 +6,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use banger_proto::exec::{ExecEvent, TerminalInput};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -48,7 +48,10 @@ pub async fn run(
     user: Option<String>,
 ) -> Result<i32> {
     if !std::io::stdin().is_terminal() {
-        bail!("the input is not a terminal: -it needs one (leave out -it to run without)");
+        return Err(crate::client::bad_input(
+            "the input is not a terminal: -it needs one",
+            "leave out -t to run without a terminal (-i alone gives the command this input)",
+        ));
     }
     let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
     let stream = client

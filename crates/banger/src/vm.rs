@@ -1,7 +1,6 @@
 //! `banger vm ...`.
 
 use anyhow::Result;
-use banger_proto::error::{ApiError, ErrorCode};
 use banger_proto::rules::DiskBytes;
 use banger_proto::units::parse_size;
 use banger_proto::vm::{
@@ -9,7 +8,7 @@ use banger_proto::vm::{
 };
 use clap::{Args, Subcommand};
 
-use crate::client::{checked, Client, ClientError};
+use crate::client::{checked, Client};
 use crate::output::{self, col, say, wide, Format, OutputArgs};
 
 #[derive(Debug, Subcommand)]
@@ -272,11 +271,7 @@ fn parse_mount(text: &str) -> Result<Mount, String> {
 fn disk_bytes(text: Option<String>) -> Result<Option<DiskBytes>> {
     let Some(text) = text else { return Ok(None) };
     let bytes = parse_size(&text).map_err(|err| {
-        ClientError::Api(ApiError::new(
-            ErrorCode::InvalidInput,
-            err.to_string(),
-            Some("see --help for the accepted values".into()),
-        ))
+        crate::client::bad_input(err.to_string(), "see --help for the accepted values")
     })?;
     checked(bytes).map(Some)
 }
@@ -494,7 +489,10 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 }
                 (true, false) => crate::terminal::run(client, &vm, command, user).await?,
                 (false, true) => {
-                    anyhow::bail!("exec needs a command after --, or -it for a shell on a terminal")
+                    return Err(crate::client::bad_input(
+                        "exec needs a command after --, or -it for a shell on a terminal",
+                        "like `banger vm exec web -- uname -a` or `banger vm exec -it web`",
+                    ))
                 }
                 (false, false) => crate::exec::run(client, &vm, command, user, interactive).await?,
             };
@@ -657,11 +655,10 @@ async fn ports(client: &Client, command: PortCommand) -> Result<()> {
         PortCommand::Rm { vm, port } => {
             let (number, protocol) = port.split_once('/').unwrap_or((&port, "tcp"));
             let number: u64 = number.parse().map_err(|_| {
-                ClientError::Api(ApiError::new(
-                    ErrorCode::InvalidInput,
+                crate::client::bad_input(
                     format!("bad port {port:?}: write HOST_PORT[/tcp|/udp]"),
-                    Some("see `banger vm port ls VM` for the published ports".into()),
-                ))
+                    "see `banger vm port ls VM` for the published ports",
+                )
             })?;
             let number: banger_proto::rules::Port = checked(number)?;
             let list: PortList = client

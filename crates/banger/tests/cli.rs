@@ -72,6 +72,14 @@ fn usage_errors_exit_2() {
             .code(),
         Some(2)
     );
+    // Found by the CLI before any request: the same one line, a hint, 2.
+    let out = banger(root.path(), &["vm", "exec", "web"]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("error: exec needs a command") && err.contains("\nhint: "),
+        "{err}"
+    );
 }
 
 #[test]

@@ -419,14 +419,13 @@ async fn create_auto_pulls_a_catalog_bundle_once() {
         ),
     )
     .unwrap();
-    std::fs::write(
-        etc.join("config.toml"),
-        format!(
-            "default_image = \"served\"\ncatalog = \"{}\"\n[network]\nenabled = false\n",
+    support::write_config_with(
+        root.path(),
+        &format!(
+            "default_image = \"served\"\ncatalog = \"{}\"\n",
             catalog.display()
         ),
-    )
-    .unwrap();
+    );
     let daemon = TestDaemon::start_in(root).await;
     let (_, entries) = daemon.call("GET", "/v1/catalog", None).await;
     let served = entries["entries"]
@@ -523,13 +522,7 @@ async fn a_group_member_reaches_only_its_own_files() {
     let group = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
     let (uid, gid) = (64_321u32, group.gid.as_raw());
     let root = tempfile::tempdir().unwrap();
-    let etc = root.path().join("etc/banger");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(
-        etc.join("config.toml"),
-        "socket_group = \"nogroup\"\n[network]\nenabled = false\n",
-    )
-    .unwrap();
+    support::write_config_with(root.path(), "socket_group = \"nogroup\"\n");
     mode(root.path(), 0o711);
     let daemon = TestDaemon::start_bare(root).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -665,15 +658,10 @@ async fn a_dynamically_linked_guest_binary_is_refused_before_any_image_is_made()
         .find(|p| Path::new(p).is_file())
         .expect("coreutils' true");
     let root = tempfile::tempdir().unwrap();
-    let etc = root.path().join("etc/banger");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(
-        etc.join("config.toml"),
-        format!(
-            "default_image = \"base\"\nguest_binary = \"{dynamic}\"\n[network]\nenabled = false\n"
-        ),
-    )
-    .unwrap();
+    support::write_config_with(
+        root.path(),
+        &format!("default_image = \"base\"\nguest_binary = \"{dynamic}\"\n"),
+    );
     let daemon = TestDaemon::start_in(root).await;
     let (status, err) = daemon
         .call("POST", "/v1/images/build", Some(r#"{"name":"mine"}"#))

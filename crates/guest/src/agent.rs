@@ -490,7 +490,7 @@ async fn exec(
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {
-            for body in not_started(program, &err) {
+            for body in not_started(program, &err, false) {
                 send(body);
             }
             return;
@@ -513,19 +513,26 @@ async fn exec(
 
 /// The replies of a command that could not be started. One that is not
 /// there or cannot be run ends as a shell's would (`vm ssh` runs through
-/// one): the reason on its error output, exit 127 or 126; anything else
+/// one): the reason on its error output (on a terminal, its one output,
+/// the line ended as a terminal ends it), exit 127 or 126; anything else
 /// is refused.
-pub fn not_started(program: &str, err: &std::io::Error) -> Vec<ReplyBody> {
+pub fn not_started(program: &str, err: &std::io::Error, on_terminal: bool) -> Vec<ReplyBody> {
     let message = format!("cannot run {program}: {err}");
     let code = match err.kind() {
         std::io::ErrorKind::NotFound => 127,
         std::io::ErrorKind::PermissionDenied => 126,
         _ => return vec![ReplyBody::Error { message }],
     };
-    vec![
-        ReplyBody::Stderr {
+    let said = match on_terminal {
+        true => ReplyBody::Stdout {
+            data: B64.encode(format!("{message}\r\n")),
+        },
+        false => ReplyBody::Stderr {
             data: B64.encode(format!("{message}\n")),
         },
+    };
+    vec![
+        said,
         ReplyBody::Exit {
             code: Some(code),
             signal: None,

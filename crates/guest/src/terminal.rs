@@ -125,16 +125,12 @@ pub async fn run(
     let mut child = match command.spawn(pts) {
         Ok(child) => child,
         Err(err) => {
-            // A terminal has one output: the reason goes there.
             let err = match err {
                 pty_process::Error::Io(err) => err,
                 other => std::io::Error::other(other.to_string()),
             };
-            for body in crate::agent::not_started(program, &err) {
-                send(match body {
-                    ReplyBody::Stderr { data } => ReplyBody::Stdout { data },
-                    other => other,
-                });
+            for body in crate::agent::not_started(program, &err, true) {
+                send(body);
             }
             return;
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use banger_guest::agent::{serve, AgentContext};
-use banger_host::agent::client::{AgentClient, AgentError, ExecEvent};
+use banger_host::agent::client::{AgentClient, AgentError, ExecEvent, Replies};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -272,33 +272,24 @@ async fn a_terminal_takes_keystrokes_and_sizes_and_gives_the_exit_status() {
     ));
 }
 
-// Two workers, as in the guest: the input's request is handled while the
-// terminal's is still starting its command.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keystrokes_sent_right_behind_a_terminal_request_reach_its_command() {
-    use banger_proto::agent::Op;
-    use base64::Engine;
-    let dir = tempfile::tempdir().unwrap();
-    let client = pair(dir.path(), Arc::default());
-    let mut replies = client
-        .send(Op::Pty {
-            argv: argv(&["sh", "-c", "read x; echo got:$x; exit 4"]),
+/// Starts `words` on a 24 x 80 terminal.
+fn on_terminal(client: &AgentClient, words: &[&str]) -> Replies {
+    client
+        .send(banger_proto::agent::Op::Pty {
+            argv: argv(words),
             env: Default::default(),
             cwd: None,
             user: None,
             rows: 24,
             cols: 80,
         })
-        .unwrap();
-    // Typed before the command (or even its terminal) exists: typeahead.
-    let early = client
-        .send(Op::Input {
-            target: replies.id(),
-            data: base64::engine::general_purpose::STANDARD.encode("early\r"),
-        })
-        .unwrap();
+        .unwrap()
+}
+
+/// What a terminal showed until its command ended, and its exit code.
+async fn shown_until_exit(replies: &mut Replies) -> (Option<i32>, String) {
     let mut shown = String::new();
-    let code = loop {
+    loop {
         match tokio::time::timeout(WAIT, replies.next_event())
             .await
             .expect("the terminal answers")
@@ -306,9 +297,27 @@ async fn keystrokes_sent_right_behind_a_terminal_request_reach_its_command() {
         {
             ExecEvent::Stdout(bytes) => shown.push_str(&String::from_utf8_lossy(&bytes)),
             ExecEvent::Stderr(_) => panic!("a terminal has one output"),
-            ExecEvent::Exit { code, .. } => break code,
+            ExecEvent::Exit { code, .. } => return (code, shown),
         }
-    };
+    }
+}
+
+// Two workers, as in the guest: the input's request is handled while the
+// terminal's is still starting its command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystrokes_sent_right_behind_a_terminal_request_reach_its_command() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let client = pair(dir.path(), Arc::default());
+    let mut replies = on_terminal(&client, &["sh", "-c", "read x; echo got:$x; exit 4"]);
+    // Typed before the command (or even its terminal) exists: typeahead.
+    let early = client
+        .send(banger_proto::agent::Op::Input {
+            target: replies.id(),
+            data: base64::engine::general_purpose::STANDARD.encode("early\r"),
+        })
+        .unwrap();
+    let (code, shown) = shown_until_exit(&mut replies).await;
     assert_eq!(code, Some(4), "{shown}");
     assert!(shown.contains("got:early"), "{shown}");
     drop(early);
@@ -316,32 +325,17 @@ async fn keystrokes_sent_right_behind_a_terminal_request_reach_its_command() {
 
 #[tokio::test]
 async fn a_terminal_whose_command_is_not_there_ends_with_127() {
-    use banger_proto::agent::Op;
     let dir = tempfile::tempdir().unwrap();
     let client = pair(dir.path(), Arc::default());
-    let mut replies = client
-        .send(Op::Pty {
-            argv: argv(&["/nonexistent/shell"]),
-            env: Default::default(),
-            cwd: None,
-            user: None,
-            rows: 24,
-            cols: 80,
-        })
-        .unwrap();
-    let mut shown = String::new();
-    let code = loop {
-        match replies.next_event().await.unwrap() {
-            ExecEvent::Stdout(bytes) => shown.push_str(&String::from_utf8_lossy(&bytes)),
-            ExecEvent::Stderr(_) => panic!("a terminal has one output"),
-            ExecEvent::Exit { code, .. } => break code,
-        }
-    };
+    let mut replies = on_terminal(&client, &["/nonexistent/shell"]);
+    let (code, shown) = shown_until_exit(&mut replies).await;
     assert_eq!(code, Some(127), "{shown}");
     assert!(
         shown.starts_with("cannot run /nonexistent/shell: "),
         "{shown}"
     );
+    // Ended as a terminal ends a line: the host's terminal is in raw mode.
+    assert!(shown.ends_with("\r\n"), "{shown:?}");
 }
 
 #[tokio::test]

@@ -81,11 +81,17 @@ impl TestDaemon {
 
 /// A config whose default image is the seeded `base`.
 pub fn write_config(root: &Path) {
+    write_config_with(root, "default_image = \"base\"\n");
+}
+
+/// A config of `top` (top-level keys, each line ended) with the network
+/// off.
+pub fn write_config_with(root: &Path, top: &str) {
     let dir = root.join("etc/banger");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("config.toml"),
-        "default_image = \"base\"\n[network]\nenabled = false\n",
+        format!("{top}[network]\nenabled = false\n"),
     )
     .unwrap();
 }
