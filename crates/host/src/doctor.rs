@@ -45,8 +45,8 @@ pub struct HostFacts {
     pub firecracker: Option<(PathBuf, Result<String, String>)>,
     pub jailer: Option<PathBuf>,
     pub image_tools: BTreeMap<&'static str, Option<PathBuf>>,
-    /// The static guest binary images are built with, and whether it is there.
-    /// The guest binary and what its check found wrong, if anything.
+    /// The guest binary images are made with, and what its check found
+    /// wrong, if anything.
     pub guest_binary: Option<(PathBuf, Result<(), String>)>,
 }
 

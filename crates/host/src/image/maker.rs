@@ -258,7 +258,7 @@ fn check_ext4(path: &Path, name: &str, what: &str) -> Result<(), MakeError> {
     }
 }
 
-fn check_register(files: &RegisterFiles) -> Result<(), MakeError> {
+fn check_register(maker: &HostImageMaker, files: &RegisterFiles) -> Result<(), MakeError> {
     if let KernelChoice::File(kernel) = &files.kernel {
         existing_file(kernel, &files.show(kernel), "kernel")?;
         kernel::detect(kernel).map_err(|err| {
@@ -285,6 +285,8 @@ fn check_register(files: &RegisterFiles) -> Result<(), MakeError> {
     }
     if files.initrd.is_none() {
         boot_kernel(files, &format!("rootfs {}", files.show(&files.rootfs)))?;
+        // It gets banger's initramfs and the agent.
+        guest_binary_present(maker)?;
     }
     Ok(())
 }
@@ -735,15 +737,7 @@ impl ImageMaker for HostImageMaker {
         match request {
             ImageRequest::Build(recipe) => check_build(self, recipe),
             ImageRequest::Bundle(source) => check_bundle(source),
-            ImageRequest::Register(files) => {
-                check_register(files)?;
-                // Without an initrd of its own, the rootfs gets banger's
-                // initramfs and the agent: the guest binary is needed.
-                match files.initrd {
-                    None => guest_binary_present(self),
-                    Some(_) => Ok(()),
-                }
-            }
+            ImageRequest::Register(files) => check_register(self, files),
             ImageRequest::Oci(source) => check_oci(self, source),
             ImageRequest::Promote(_) => {
                 for tool in super::promote::TOOLS {

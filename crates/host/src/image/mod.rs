@@ -1,6 +1,7 @@
 //! Making and checking image artifacts on the host: kernels (format,
-//! vmlinux extraction), ext4 images, the guest binary's fitness, the initramfs, the Debian build
-//! pipeline, a userland made bootable (`userland`, `lean`), a VM's disks
+//! vmlinux extraction), ext4 images, the guest binary's fitness, the
+//! initramfs, the Debian build pipeline, a userland made bootable
+//! (`userland`, `lean`), a VM's disks
 //! made a layered image (`promote`), digests, bundles and downloads. The image flows in
 //! `banger_core::images` call these through the `ImageMaker` trait.
 
