@@ -690,3 +690,150 @@ async fn a_dynamically_linked_guest_binary_is_refused_before_any_image_is_made()
     assert!(staging_is_empty(&daemon));
     daemon.stop().await;
 }
+
+/// mkfs.ext4 of `tree` without metadata checksums, so the test can
+/// patch a directory entry as an attacker would (one byte).
+fn crafted_ext4(tree: &Path, image: &Path, rename: Option<(&str, &str)>) {
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^metadata_csum", "-d"])
+        .arg(tree)
+        .arg(image)
+        .arg("32M")
+        .status()
+        .expect("mkfs.ext4 runs (apt-get install e2fsprogs)");
+    assert!(status.success());
+    if let Some((from, to)) = rename {
+        let mut bytes = std::fs::read(image).unwrap();
+        let at = bytes.windows(from.len()).position(|w| w == from.as_bytes());
+        let at = at.expect("the entry's name is in the image");
+        bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+        std::fs::write(image, bytes).unwrap();
+    }
+}
+
+/// A registered rootfs is read inside itself: the image of issue 34 (a
+/// link to a host path and a second entry of the same name under
+/// `/lib/modules/REL`, which `debugfs rdump` wrote through the link as
+/// root) is refused with nothing written outside staging, and a module
+/// that links to a host file gets the image's file of that path into
+/// the initramfs, never the host's. busybox-static stands in for the
+/// guest binary (a static ELF; nothing boots here).
+#[tokio::test]
+async fn a_hostile_rootfs_never_reaches_the_host() {
+    let root = tempfile::tempdir().unwrap();
+    support::write_config_with(root.path(), "guest_binary = \"/bin/busybox\"\n");
+    let daemon = TestDaemon::start_in(root).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let images_before = daemon.call("GET", "/v1/images", None).await.1["images"]
+        .as_array()
+        .unwrap()
+        .len();
+    let userland = |tree: &Path, release: &str| {
+        let modules = tree.join("lib/modules").join(release);
+        std::fs::create_dir_all(&modules).unwrap();
+        std::fs::create_dir_all(tree.join("bin")).unwrap();
+        std::fs::write(tree.join("bin/sh"), "").unwrap();
+        modules
+    };
+
+    // The link and the file of one name: the daemon must not write the
+    // file's bytes to the link's host path.
+    let victim = tmp.path().join("cron.d-job");
+    let tree = tmp.path().join("evil");
+    let modules = userland(&tree, "6.1.0-evil");
+    let (link, file) = ("payload-entry-name-1", "payload-entry-name-2");
+    std::os::unix::fs::symlink(&victim, modules.join(link)).unwrap();
+    std::fs::write(modules.join(file), "* * * * * root id > /tmp/owned\n").unwrap();
+    let evil = tmp.path().join("evil.ext4");
+    crafted_ext4(&tree, &evil, Some((file, link)));
+    let body = json!({"name": "evil", "kernel": fake_vmlinux(tmp.path()), "rootfs": evil});
+    let (status, err) = daemon
+        .call("POST", "/v1/images/register", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, 422, "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("two entries named {link}")),
+        "{message}"
+    );
+    assert!(!message.contains('\n'));
+    assert!(
+        err["error"]["hint"].as_str().unwrap().contains("e2fsck"),
+        "{err}"
+    );
+    assert!(
+        !victim.exists(),
+        "the daemon wrote through the image's link"
+    );
+    assert!(staging_is_empty(&daemon));
+
+    // A module that is a link to a host file the image also holds.
+    let secret = tmp.path().join("host-secret");
+    std::fs::write(&secret, "HOST SECRET BYTES").unwrap();
+    let tree = tmp.path().join("linking");
+    let modules = userland(&tree, "6.1.0-test");
+    let in_image = tree.join(secret.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(in_image.parent().unwrap()).unwrap();
+    std::fs::write(&in_image, "the image's own module").unwrap();
+    std::fs::create_dir_all(modules.join("kernel")).unwrap();
+    std::os::unix::fs::symlink(&secret, modules.join("kernel/virtio_blk.ko")).unwrap();
+    std::fs::write(modules.join("modules.dep"), "kernel/virtio_blk.ko:\n").unwrap();
+    let builtin: String = banger_host::image::modules::GUEST_MODULES
+        .iter()
+        .filter(|m| **m != "virtio_blk")
+        .map(|m| format!("kernel/{m}.ko\n"))
+        .collect();
+    std::fs::write(modules.join("modules.builtin"), builtin).unwrap();
+    let linking = tmp.path().join("linking.ext4");
+    crafted_ext4(&tree, &linking, None);
+    let body = json!({"name": "linking", "kernel": fake_vmlinux(tmp.path()), "rootfs": linking});
+    let (status, image) = daemon
+        .call("POST", "/v1/images/register", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, 201, "{image}");
+    let initrd = image["initrd_path"].as_str().unwrap();
+    let files = banger_host::image::initramfs::list(Path::new(initrd)).unwrap();
+    let module = files
+        .iter()
+        .find(|(name, _)| name.ends_with("virtio_blk.ko"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no module in {:?}",
+                files.iter().map(|f| &f.0).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(module.1, b"the image's own module");
+    let host_bytes = b"HOST SECRET BYTES";
+    assert!(files
+        .iter()
+        .all(|(_, data)| !data.windows(host_bytes.len()).any(|w| w == host_bytes)));
+
+    // modules.dep naming a file outside its tree is refused.
+    std::fs::write(
+        modules.join("modules.dep"),
+        "kernel/../../../../../../etc/shadow.ko:\n",
+    )
+    .unwrap();
+    let escaping = tmp.path().join("escaping.ext4");
+    crafted_ext4(&tree, &escaping, None);
+    let body = json!({"name": "escaping", "kernel": fake_vmlinux(tmp.path()), "rootfs": escaping});
+    let (status, err) = daemon
+        .call("POST", "/v1/images/register", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, 422, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("modules.dep names"),
+        "{err}"
+    );
+    assert!(staging_is_empty(&daemon));
+    let (_, list) = daemon.call("GET", "/v1/images", None).await;
+    assert_eq!(
+        list["images"].as_array().unwrap().len(),
+        images_before + 1,
+        "{list}"
+    );
+    daemon.stop().await;
+}

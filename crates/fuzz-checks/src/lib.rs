@@ -2,7 +2,7 @@
 //! function per parser that reads them: agent reply lines (from a guest),
 //! DNS queries (from guests), image bundles (from whoever made the file),
 //! OCI layers and manifests (from registries), `vm cp` archives (from a
-//! guest, or from a client). Each must return without
+//! guest, or from a client), ext4 images (from whoever made them). Each must return without
 //! panicking, hold no more than its bound, and write nothing outside the
 //! place it was given. `tests/regressions.rs` replays every input the
 //! fuzzers once crashed on (`fuzz/regressions/TARGET/`) through the same
@@ -26,6 +26,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("oci_layer", oci_layer),
     ("oci_manifest", oci_manifest),
     ("copy_archive", copy_archive),
+    ("ext4_image", ext4_image),
 ];
 
 /// The line bound the fuzzers use (small, so long lines are reached).
@@ -103,6 +104,61 @@ pub fn copy_archive(data: &[u8]) {
     };
     let _ = banger_copy::unpack(Cursor::new(data), &into, options);
     assert_only(dir.path(), &["into"]);
+}
+
+/// An ext4 image (registered, pulled or bundled) read inside itself: its
+/// trees copied out both ways links go, nothing written outside the
+/// place given, never more bytes than the image holds.
+pub fn ext4_image(data: &[u8]) {
+    use banger_host::image::ext4::{Ext4Image, Links};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let image = dir.path().join("in.ext4");
+    std::fs::write(&image, data).expect("the input written");
+    let Ok(fs) = Ext4Image::open(&image) else {
+        assert_only(dir.path(), &["in.ext4"]);
+        return;
+    };
+    let _ = fs.exists("/bin/sh");
+    let _ = fs.names(
+        "/lib/modules",
+        banger_host::image::ext4::FileType::Directory,
+    );
+    let kept = dir.path().join("kept");
+    let _ = fs.copy_tree("/", &kept, Links::Keep);
+    let resolved = dir.path().join("resolved");
+    let _ = fs.copy_tree("/lib/modules", &resolved, Links::Resolve);
+    let _ = fs.copy_file("/boot/vmlinuz", &dir.path().join("kernel"), 1 << 20);
+    for out in [&kept, &resolved] {
+        assert!(
+            tree_bytes(out) <= data.len() as u64,
+            "a copy wrote more than the image holds"
+        );
+    }
+    let mut made = vec!["in.ext4"];
+    for (name, path) in [("kept", &kept), ("resolved", &resolved)] {
+        if path.exists() {
+            made.push(name);
+        }
+    }
+    if dir.path().join("kernel").exists() {
+        made.push("kernel");
+    }
+    assert_only(dir.path(), &made);
+}
+
+/// Bytes of the regular files under `dir` (links not followed).
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Manifests, indexes and configs as a registry sends them.

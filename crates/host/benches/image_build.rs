@@ -104,9 +104,17 @@ async fn main() {
     println!();
 
     let seed = staging.join("work-seed.ext4");
-    let tree = ext4::extract_dir(&staging.join("rootfs.ext4"), "/root", &dir.path().join("t"))
-        .await
-        .unwrap();
+    let tree = dir.path().join("t");
+    std::fs::create_dir_all(&tree).unwrap();
+    let tree = tree.join("root");
+    ext4::copy_tree_out(
+        &staging.join("rootfs.ext4"),
+        "/root",
+        &tree,
+        ext4::Links::Keep,
+    )
+    .await
+    .unwrap();
     let size: u64 = 8 << 30;
     let mut clone = Vec::new();
     let mut empty = Vec::new();

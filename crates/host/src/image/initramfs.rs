@@ -47,30 +47,68 @@ fn read(path: &Path) -> Result<Vec<u8>, InitramfsError> {
     })
 }
 
+/// A module, compressed or not, is at most this large.
+const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// A module file's bytes: a regular file under `dir`, opened without
+/// following a link at its name, read up to `MAX_MODULE_BYTES`.
+fn read_module(dir: &Path, relative: &Path) -> Result<Vec<u8>, InitramfsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(relative);
+    let failed = |source| InitramfsError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(failed)?;
+    if !file.metadata().map_err(failed)?.is_file() {
+        return Err(failed(io::Error::other("not a regular file")));
+    }
+    bounded(file, &path.display().to_string())
+}
+
+/// All of `input`, refused past `MAX_MODULE_BYTES` (a module that
+/// decompresses without end is refused, not held).
+fn bounded(input: impl Read, shown: &str) -> Result<Vec<u8>, InitramfsError> {
+    let mut bytes = Vec::new();
+    input
+        .take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| InitramfsError::Read {
+            path: shown.to_string(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES {
+        return Err(InitramfsError::Read {
+            path: shown.to_string(),
+            source: io::Error::other(format!("larger than {MAX_MODULE_BYTES} bytes")),
+        });
+    }
+    Ok(bytes)
+}
+
 /// A module's bytes, uncompressed, and its name inside the initramfs.
 fn module_bytes(dir: &Path, relative: &Path) -> Result<(String, Vec<u8>), InitramfsError> {
     let shown = relative.display().to_string();
-    let raw = read(&dir.join(relative))?;
+    let raw = read_module(dir, relative)?;
     let file = relative
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     if let Some(stem) = file.strip_suffix(".zst") {
-        let bytes = zstd::stream::decode_all(&raw[..]).map_err(|source| InitramfsError::Read {
-            path: shown,
-            source,
-        })?;
-        return Ok((stem.to_string(), bytes));
-    }
-    if let Some(stem) = file.strip_suffix(".gz") {
-        let mut bytes = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut bytes)
-            .map_err(|source| InitramfsError::Read {
-                path: shown,
+        let decoder =
+            zstd::stream::Decoder::new(&raw[..]).map_err(|source| InitramfsError::Read {
+                path: shown.clone(),
                 source,
             })?;
-        return Ok((stem.to_string(), bytes));
+        return Ok((stem.to_string(), bounded(decoder, &shown)?));
+    }
+    if let Some(stem) = file.strip_suffix(".gz") {
+        let decoder = flate2::read::GzDecoder::new(&raw[..]);
+        return Ok((stem.to_string(), bounded(decoder, &shown)?));
     }
     if !file.ends_with(".ko") {
         return Err(InitramfsError::Compressed(shown));

@@ -155,6 +155,41 @@ fn failed(err: impl std::fmt::Display) -> MakeError {
     MakeError::failed(err.to_string(), None)
 }
 
+/// A userland that cannot be made bootable: what its image holds is the
+/// caller's to fix.
+fn from_userland(err: userland::UserlandError) -> MakeError {
+    match err {
+        userland::UserlandError::Ext4(err) => from_image(err),
+        userland::UserlandError::Release(_)
+        | userland::UserlandError::Modules(super::modules::ModulesError::Unsafe { .. }) => {
+            MakeError::invalid(
+                err.to_string(),
+                Some(
+                    "the image's kernel modules are not an ordinary modules tree: run depmod in it",
+                ),
+            )
+        }
+        err => failed(err),
+    }
+}
+
+/// A kernel taken out of a rootfs's `/boot` is at most this large.
+const MAX_KERNEL_BYTES: u64 = 512 << 20;
+
+/// An error reading inside an image: what the image holds is the
+/// caller's to fix (422), the rest is the work's failure.
+fn from_image(err: ext4::Ext4Error) -> MakeError {
+    match &err {
+        ext4::Ext4Error::Inside(
+            ext4::InsideError::Refused(_) | ext4::InsideError::Open { .. } | ext4::InsideError::Read { .. },
+        ) => MakeError::invalid(
+            err.to_string(),
+            Some("the image's filesystem is damaged or not an ordinary one: check it with e2fsck -fn"),
+        ),
+        _ => failed(err),
+    }
+}
+
 /// Debian package names: `[a-z0-9][a-z0-9+.-]+`.
 fn valid_package(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -622,9 +657,14 @@ impl HostImageMaker {
             (_, Some(boot)) => match &boot.file {
                 KernelFile::Host(path) => sparse_copy(path, &target(ArtifactRole::Kernel)).await?,
                 KernelFile::InRootfs(inside) => {
-                    ext4::dump_file(&files.rootfs, inside, &target(ArtifactRole::Kernel))
-                        .await
-                        .map_err(failed)?
+                    ext4::copy_file_out(
+                        &files.rootfs,
+                        inside,
+                        &target(ArtifactRole::Kernel),
+                        MAX_KERNEL_BYTES,
+                    )
+                    .await
+                    .map_err(from_image)?;
                 }
             },
             (KernelChoice::File(path), None) => {
@@ -685,16 +725,23 @@ impl HostImageMaker {
                 &scratch,
             )
             .await
-            .map_err(failed)?;
+            .map_err(from_userland)?;
             let _ = std::fs::remove_dir_all(&scratch);
             kernel_version = Some(boot.release.clone());
         }
         if files.work_seed.is_none() && !files.no_work_seed {
             progress.stage("work_seed");
             let tree = staging.join(".root-tree");
-            let root = ext4::extract_dir(&target(ArtifactRole::Rootfs), "/root", &tree)
-                .await
-                .map_err(failed)?;
+            std::fs::create_dir_all(&tree).map_err(failed)?;
+            let root = tree.join("root");
+            ext4::copy_tree_out(
+                &target(ArtifactRole::Rootfs),
+                "/root",
+                &root,
+                ext4::Links::Keep,
+            )
+            .await
+            .map_err(from_image)?;
             ext4::make_work_seed(&root, &target(ArtifactRole::WorkSeed))
                 .await
                 .map_err(failed)?;

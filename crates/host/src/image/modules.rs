@@ -18,6 +18,21 @@ pub enum ModulesError {
     Depmod { version: String, detail: String },
     #[error("kernel module {0} is neither built in nor in modules.dep")]
     Missing(String),
+    /// `modules.dep` names a file outside its tree.
+    #[error("modules.dep names {path}, which is not a path inside lib/modules/{version}")]
+    Unsafe { path: String, version: String },
+}
+
+/// Whether `name` is a single plain path component (a kernel release, a
+/// file name): not empty, no `/`, not `.` or `..`.
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+/// Whether `path` (from `modules.dep`) stays inside the modules tree:
+/// relative, every component plain.
+fn inside_tree(path: &str) -> bool {
+    !path.is_empty() && !path.starts_with('/') && path.split('/').all(plain_name)
 }
 
 /// What the guest init loads, by module name.
@@ -50,12 +65,27 @@ fn read_deps(dir: &Path) -> Result<HashMap<String, (String, Vec<String>)>, Modul
         source,
     })?;
     let mut deps = HashMap::new();
+    let version = dir
+        .file_name()
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for line in text.lines() {
         let Some((module, needs)) = line.split_once(':') else {
             continue;
         };
-        let needs = needs.split_whitespace().map(String::from).collect();
-        deps.insert(module_name(module), (module.trim().to_string(), needs));
+        let needs: Vec<String> = needs.split_whitespace().map(String::from).collect();
+        let module = module.trim();
+        // The file names come from the image: each must stay in its tree.
+        if let Some(bad) = std::iter::once(module)
+            .chain(needs.iter().map(String::as_str))
+            .find(|path| !inside_tree(path))
+        {
+            return Err(ModulesError::Unsafe {
+                path: bad.to_string(),
+                version,
+            });
+        }
+        deps.insert(module_name(module), (module.to_string(), needs));
     }
     Ok(deps)
 }
@@ -254,5 +284,26 @@ mod tests {
             resolve(dir.path(), &["nope"]),
             Err(ModulesError::Missing(name)) if name == "nope"
         ));
+    }
+
+    #[test]
+    fn modules_dep_cannot_name_a_file_outside_its_tree() {
+        for bad in [
+            "kernel/../../../../etc/shadow.ko:",
+            "/etc/shadow.ko:",
+            "kernel/virtio_blk.ko: ../../../../etc/shadow.ko",
+            "kernel//virtio_blk.ko:",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let modules = dir.path().join("6.1.0-test");
+            std::fs::create_dir(&modules).unwrap();
+            std::fs::write(modules.join("modules.dep"), format!("{bad}\n")).unwrap();
+            let err = resolve(&modules, &["virtio_blk"]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("modules.dep names ")
+                    && err.ends_with("inside lib/modules/6.1.0-test"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

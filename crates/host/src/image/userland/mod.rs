@@ -32,6 +32,8 @@ pub enum UserlandError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0:?} is not a kernel release")]
+    Release(String),
     #[error("worker failed: {0}")]
     Join(String),
 }
@@ -74,10 +76,21 @@ pub async fn make_bootable(
         sshd,
     } = *with;
     let modules_root = scratch.join("modules");
-    ext4::extract_dir(
+    if !modules::plain_name(release) {
+        return Err(UserlandError::Release(release.to_string()));
+    }
+    let lib_modules = modules_root.join("lib/modules");
+    std::fs::create_dir_all(&lib_modules).map_err(|source| UserlandError::Io {
+        path: lib_modules.display().to_string(),
+        source,
+    })?;
+    // Read inside the image: a module that is a link is the file it
+    // links to in the image, never one of the host's.
+    ext4::copy_tree_out(
         modules_from,
         &format!("/lib/modules/{release}"),
-        &modules_root.join("lib/modules"),
+        &lib_modules.join(release),
+        ext4::Links::Resolve,
     )
     .await?;
     let (root, version, init_binary, out) = (

@@ -1,11 +1,14 @@
 //! What a root filesystem holds that decides whether banger can boot it:
 //! the kernel module trees, a shell or an init, systemd, sshd. Read from
-//! an ext4 image with `debugfs` (nothing mounted, so a hostile image
-//! meets only a userspace parser), and judged by a pure function that
+//! an ext4 image inside itself (`ext4::inside`: nothing mounted, every
+//! link resolved within the image), and judged by a pure function that
 //! refuses, with a hint, what would only boot into a panic.
 
 use std::path::Path;
-use std::process::Command;
+
+use ext4_view::FileType;
+
+use crate::image::ext4::inside::{Ext4Image, InsideError as Ext4Inside};
 
 /// Facts about a root filesystem.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,54 +42,31 @@ pub struct Unbootable {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("cannot read {path} with debugfs: {detail}")]
-    Debugfs { path: String, detail: String },
+    #[error(transparent)]
+    Inside(#[from] Ext4Inside),
 }
 
-fn debugfs(image: &Path, request: &str) -> Result<(String, String), ProbeError> {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(request)
-        .arg(image)
-        .output()
-        .map_err(|e| ProbeError::Debugfs {
-            path: image.display().to_string(),
-            detail: e.to_string(),
-        })?;
-    Ok((
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
-/// Whether the ext4 image at `image` holds `path` (symbolic links in
-/// its parents followed inside the image).
+/// Whether the ext4 image at `image` holds `path` (symbolic links
+/// followed inside the image).
 pub fn has_file(image: &Path, path: &str) -> Result<bool, ProbeError> {
-    let (out, err) = debugfs(image, &format!("stat {path}"))?;
-    if out.contains("Inode:") {
-        Ok(true)
-    } else if err.contains("File not found") {
-        Ok(false)
-    } else {
-        Err(ProbeError::Debugfs {
-            path: image.display().to_string(),
-            detail: err.lines().last().unwrap_or("no answer").to_string(),
-        })
-    }
+    Ok(Ext4Image::open(image)?.exists(path)?)
 }
 
 impl RootfsFacts {
     /// Reads the facts of the ext4 image at `image`.
     pub fn probe_ext4(image: &Path) -> Result<RootfsFacts, ProbeError> {
-        let exists = |path: &str| has_file(image, path);
-        // Fails here, once, for a file debugfs cannot open.
-        let has_shell = exists("/bin/sh")?;
-        let (listing, _) = debugfs(image, "ls -p /lib/modules")?;
-        let (boot, _) = debugfs(image, "ls -p /boot")?;
+        let fs = Ext4Image::open(image)?;
+        let exists = |path: &str| fs.exists(path);
+        let mut kernels: Vec<String> = fs
+            .names("/boot", FileType::Regular)?
+            .into_iter()
+            .filter_map(|name| name.strip_prefix("vmlinuz-").map(str::to_string))
+            .collect();
+        kernels.sort();
         Ok(RootfsFacts {
-            module_versions: parse_dir_listing(&listing),
-            kernels: parse_kernels(&boot),
-            has_shell,
+            module_versions: fs.names("/lib/modules", FileType::Directory)?,
+            kernels,
+            has_shell: exists("/bin/sh")?,
             has_init: exists("/sbin/init")?,
             has_systemd: exists("/lib/systemd/systemd")?,
             has_sshd: exists("/usr/sbin/sshd")?,
@@ -171,38 +151,6 @@ impl RootfsFacts {
     }
 }
 
-/// Kernel releases from a `debugfs ls -p /boot` listing: regular files
-/// named `vmlinuz-RELEASE`, sorted.
-fn parse_kernels(listing: &str) -> Vec<String> {
-    let mut releases: Vec<String> = listing
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split('/').collect();
-            (fields.len() >= 7 && fields[2].starts_with("10"))
-                .then(|| fields[5].strip_prefix("vmlinuz-").map(str::to_string))
-                .flatten()
-        })
-        .collect();
-    releases.sort();
-    releases
-}
-
-/// Directory names from `debugfs ls -p` output (`/ino/mode/uid/gid/name/size/`).
-fn parse_dir_listing(listing: &str) -> Vec<String> {
-    let mut names: Vec<String> = listing
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split('/').collect();
-            // ["", ino, mode, uid, gid, name, size, ""]
-            (fields.len() >= 7 && fields[2].starts_with("04"))
-                .then(|| fields[5].to_string())
-                .filter(|name| name != "." && name != "..")
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,14 +164,6 @@ mod tests {
             has_systemd: true,
             has_sshd: true,
         }
-    }
-
-    #[test]
-    fn a_listing_gives_its_directories() {
-        let listing = "/882/040755/0/0/.//\n/766/040755/0/0/..//\n/883/040755/0/0/6.1.0-57-cloud-amd64//\n/884/100644/0/0/stray-file/12/\n\n";
-        assert_eq!(parse_dir_listing(listing), ["6.1.0-57-cloud-amd64"]);
-        let boot = "/13/040755/0/0/.//\n/15/100644/0/0/config-6.1.0-57-cloud-amd64/123137/\n/16/100644/0/0/vmlinuz-6.1.0-57-cloud-amd64/14190528/\n/17/120777/0/0/vmlinuz-link/9/\n";
-        assert_eq!(parse_kernels(boot), ["6.1.0-57-cloud-amd64"]);
     }
 
     #[test]

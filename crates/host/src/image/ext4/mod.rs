@@ -1,13 +1,18 @@
 //! ext4 images without mounting anything: recognise one by its superblock
-//! magic, make one from a directory tree (`mkfs.ext4 -d`), copy a
-//! directory out of one (`debugfs rdump`), and make the small work seed
-//! every VM's `/root` disk is cloned from.
+//! magic, make one from a directory tree (`mkfs.ext4 -d`), copy files and
+//! directories out of one read inside the image (`inside`), and make the
+//! small work seed every VM's `/root` disk is cloned from.
+
+pub mod inside;
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::process::Command;
+
+pub use ext4_view::FileType;
+pub use inside::{Ext4Image, InsideError, Links};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Ext4Error {
@@ -19,6 +24,8 @@ pub enum Ext4Error {
     },
     #[error("{tool} failed: {detail}")]
     Tool { tool: &'static str, detail: String },
+    #[error(transparent)]
+    Inside(#[from] InsideError),
 }
 
 /// Superblock at 1024, magic 0xEF53 at offset 56 of it.
@@ -97,22 +104,42 @@ async fn run(tool: &'static str, command: &mut Command) -> Result<String, Ext4Er
     Ok(stderr)
 }
 
-/// Copies the file `inside` (like `/boot/vmlinuz-6.1.0-9-amd64`) out of
-/// the image to `out`.
-pub async fn dump_file(image: &Path, inside: &str, out: &Path) -> Result<(), Ext4Error> {
-    let request = format!("dump {inside} {}", out.display());
-    let stderr = run(
-        "debugfs",
-        Command::new("debugfs").arg("-R").arg(&request).arg(image),
-    )
-    .await?;
-    if !out.is_file() {
-        return Err(Ext4Error::Tool {
-            tool: "debugfs",
-            detail: format!("{request} made nothing: {}", stderr.trim()),
-        });
-    }
-    Ok(())
+/// Copies the regular file `inside` (like `/boot/vmlinuz-6.1.0-9-amd64`,
+/// links followed inside the image) out of the image to the new file
+/// `out`, refusing one of more than `max` bytes.
+pub async fn copy_file_out(
+    image: &Path,
+    inside: &str,
+    out: &Path,
+    max: u64,
+) -> Result<u64, Ext4Error> {
+    let (image, inside, out) = (image.to_path_buf(), inside.to_string(), out.to_path_buf());
+    blocking(move || Ext4Image::open(&image)?.copy_file(&inside, &out, max)).await
+}
+
+/// Copies directory `inside` (like `/root`) of the image out to `out`,
+/// which must not exist (see `inside::Ext4Image::copy_tree`); an image
+/// without it gives an empty directory.
+pub async fn copy_tree_out(
+    image: &Path,
+    inside: &str,
+    out: &Path,
+    links: Links,
+) -> Result<u64, Ext4Error> {
+    let (image, inside, out) = (image.to_path_buf(), inside.to_string(), out.to_path_buf());
+    blocking(move || Ext4Image::open(&image)?.copy_tree(&inside, &out, links)).await
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, InsideError> + Send + 'static,
+) -> Result<T, Ext4Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Ext4Error::Tool {
+            tool: "ext4 reader",
+            detail: e.to_string(),
+        })?
+        .map_err(Ext4Error::Inside)
 }
 
 /// Grows the ext4 image at `image` by `extra` bytes (`e2fsck -fy`, which
@@ -207,43 +234,6 @@ pub async fn make_from_dir(
     )
     .await?;
     Ok(size)
-}
-
-/// Copies directory `inside` (like `/root`) of the image out into
-/// `out_dir/<its name>`; an image without it yields an empty directory.
-pub async fn extract_dir(image: &Path, inside: &str, out_dir: &Path) -> Result<PathBuf, Ext4Error> {
-    std::fs::create_dir_all(out_dir).map_err(|source| Ext4Error::Io {
-        action: "create",
-        path: out_dir.display().to_string(),
-        source,
-    })?;
-    let name = inside
-        .trim_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or("root");
-    let request = format!("rdump {inside} {}", out_dir.display());
-    let stderr = run(
-        "debugfs",
-        Command::new("debugfs").arg("-R").arg(&request).arg(image),
-    )
-    .await?;
-    let dumped = out_dir.join(name);
-    if !dumped.is_dir() {
-        if stderr.contains("File not found") {
-            std::fs::create_dir_all(&dumped).map_err(|source| Ext4Error::Io {
-                action: "create",
-                path: dumped.display().to_string(),
-                source,
-            })?;
-        } else {
-            return Err(Ext4Error::Tool {
-                tool: "debugfs",
-                detail: format!("{request} made nothing: {}", stderr.trim()),
-            });
-        }
-    }
-    Ok(dumped)
 }
 
 /// Makes the work seed: an ext4 of `WORK_SEED_BYTES` (more when the tree
