@@ -129,6 +129,14 @@ async fn copy_in(client: &Client, from: &Path, vm: &str, path: &str, keep: bool)
 async fn copy_out(client: &Client, vm: &str, path: &str, to: &Path, keep: bool) -> Result<()> {
     crate::client::checked::<banger_proto::rules::GuestPath, _>(path.to_string())?;
     let owner = if keep { Owner::Keep } else { Owner::Unpacker };
+    // The guest may send only what was asked for, under its own name.
+    let top = banger_copy::top_name(Path::new(path)).ok_or_else(|| {
+        refused(
+            ErrorCode::Unprocessable,
+            format!("{vm}:{path} has no name to copy it by"),
+            "name a file or directory in the vm",
+        )
+    })?;
     // Refused here first: nothing is fetched for a place that is not there.
     banger_copy::Landing::decide(to).map_err(host_error)?;
     let url = format!(
@@ -145,7 +153,14 @@ async fn copy_out(client: &Client, vm: &str, path: &str, to: &Path, keep: bool) 
             current: Vec::new(),
             at: 0,
         };
-        banger_copy::unpack(reader, &to_owned, UnpackOptions { owner })
+        banger_copy::unpack(
+            reader,
+            &to_owned,
+            UnpackOptions {
+                owner,
+                top: Some(top),
+            },
+        )
     });
     let progress = Progress::new("received");
     let mut broke = None;
@@ -176,7 +191,14 @@ async fn copy_out(client: &Client, vm: &str, path: &str, to: &Path, keep: bool) 
             to.display()
         );
     }
-    unpacked.map_err(host_error)?;
+    unpacked.map_err(|err| match err {
+        CopyError::BadArchive(why) => refused(
+            ErrorCode::Upstream,
+            format!("refused what {vm} sent for {path}: {why}"),
+            "the vm's side of the copy sent what was not asked for: nothing past the refused entry was written; treat the vm as untrusted",
+        ),
+        err => host_error(err),
+    })?;
     Ok(())
 }
 

@@ -16,5 +16,5 @@ mod unpack;
 
 pub use error::CopyError;
 pub use landing::Landing;
-pub use pack::pack;
+pub use pack::{pack, top_name};
 pub use unpack::{unpack, Owner, UnpackOptions};

@@ -30,8 +30,9 @@ pub fn pack<W: Write>(src: &Path, out: W) -> Result<W, CopyError> {
 }
 
 /// The name a source is packed under: its last component (`dir/.` and
-/// `dir/` are `dir`).
-fn top_name(src: &Path) -> Option<String> {
+/// `dir/` are `dir`). The side that unpacks a copy it asked for expects
+/// exactly this name.
+pub fn top_name(src: &Path) -> Option<String> {
     let absolute = if src.is_absolute() {
         src.to_path_buf()
     } else {

@@ -1,8 +1,10 @@
 //! Unpacks a `pack` stream at a destination (see `Landing`), trusting
-//! nothing in it: entries outside the top-level name, absolute paths, `..`,
-//! hard links and devices are refused; no entry is written through a link
-//! (every directory on the way must be a real one); an existing file or
-//! link at an entry's place is replaced, never followed.
+//! nothing in it: entries outside the top-level name (the one asked for,
+//! when the caller names it), absolute paths, `..`, hard links and
+//! devices are refused; no entry is written through a link (every
+//! directory on the way must be a real one); an existing file or link at
+//! an entry's place is replaced, never followed; set-id bits are kept
+//! only when owners are (`cp -a`).
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -11,19 +13,24 @@ use std::path::{Component, Path, PathBuf};
 use crate::{CopyError, Landing};
 
 /// Who owns what is unpacked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Owner {
     /// The numeric owners the archive records (`cp -a`).
     Keep,
     /// This user and group.
     Set(u32, u32),
     /// Whoever unpacks.
+    #[default]
     Unpacker,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UnpackOptions {
     pub owner: Owner,
+    /// The name the archive's one top-level entry must have: a copy out
+    /// asked for one path, and the other side may not pick another
+    /// (`None`: the first entry's name is the top).
+    pub top: Option<String>,
 }
 
 /// Unpacks `input` at `dest`; returns the number of entries written.
@@ -31,11 +38,19 @@ pub fn unpack<R: Read>(input: R, dest: &Path, options: UnpackOptions) -> Result<
     let landing = Landing::decide(dest)?;
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
+    // Set-id bits are the archive's to give only with `-a`.
+    let mask = if options.owner == Owner::Keep {
+        0
+    } else {
+        0o6000
+    };
+    archive.set_mask(mask);
     archive.set_preserve_mtime(true);
     archive.set_preserve_ownerships(options.owner == Owner::Keep);
     archive.set_overwrite(true);
     let bad = |message: String| CopyError::BadArchive(message);
-    let mut top: Option<String> = None;
+    let mut top: Option<String> = options.top.clone();
+    let mut first_entry = true;
     let mut written = 0u64;
     let mut locked_dirs: Vec<(PathBuf, u32)> = Vec::new();
     let entries = archive
@@ -60,16 +75,14 @@ pub fn unpack<R: Read>(input: R, dest: &Path, options: UnpackOptions) -> Result<
         };
         let kind = entry.header().entry_type();
         match &top {
-            None => {
-                if landing.onto_file && kind.is_dir() {
-                    return Err(CopyError::DirectoryOntoFile(dest.display().to_string()));
-                }
-                top = Some(first.clone());
-            }
             Some(top) if *top != first => {
                 return Err(bad(format!("{} is outside {top}", path.display())));
             }
             Some(_) => {}
+            None => top = Some(first.clone()),
+        }
+        if std::mem::take(&mut first_entry) && landing.onto_file && kind.is_dir() {
+            return Err(CopyError::DirectoryOntoFile(dest.display().to_string()));
         }
         if !(kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_fifo()) {
             return Err(bad(format!(
@@ -84,29 +97,23 @@ pub fn unpack<R: Read>(input: R, dest: &Path, options: UnpackOptions) -> Result<
             .unpack(&target)
             .map_err(|e| CopyError::Io(target.display().to_string(), e))?;
         written += 1;
-        let mode = entry.header().mode().unwrap_or(0o644);
-        if options.owner != Owner::Keep {
-            if let Owner::Set(uid, gid) = options.owner {
-                nix::unistd::fchownat(
-                    None,
-                    &target,
-                    Some(uid.into()),
-                    Some(gid.into()),
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| CopyError::Io(target.display().to_string(), e.into()))?;
-                // A chown clears set-id bits: give them back.
-                if !kind.is_symlink() && mode & 0o6000 != 0 {
-                    set_mode(&target, mode)?;
-                }
-            }
+        let mode = entry.header().mode().unwrap_or(0o644) & !mask;
+        if let Owner::Set(uid, gid) = options.owner {
+            nix::unistd::fchownat(
+                None,
+                &target,
+                Some(uid.into()),
+                Some(gid.into()),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| CopyError::Io(target.display().to_string(), e.into()))?;
         }
         if kind.is_dir() && mode & 0o700 != 0o700 {
             set_mode(&target, mode | 0o700)?;
             locked_dirs.push((target, mode));
         }
     }
-    if top.is_none() {
+    if first_entry {
         return Err(bad("it holds nothing".into()));
     }
     for (dir, mode) in locked_dirs.into_iter().rev() {

@@ -8,6 +8,7 @@ use banger_copy::{pack, unpack, CopyError, Owner, UnpackOptions};
 
 const AS_UNPACKER: UnpackOptions = UnpackOptions {
     owner: Owner::Unpacker,
+    top: None,
 };
 
 fn tree(root: &Path) {
@@ -100,12 +101,16 @@ fn owners_are_kept_or_set() {
     std::fs::write(src.path().join("f"), "x").unwrap();
     nix::unistd::chown(&src.path().join("f"), Some(1234.into()), Some(2345.into())).unwrap();
     let bytes = pack(&src.path().join("f"), Vec::new()).unwrap();
-    let keep = UnpackOptions { owner: Owner::Keep };
+    let keep = UnpackOptions {
+        owner: Owner::Keep,
+        top: None,
+    };
     unpack(&bytes[..], &dst.path().join("kept"), keep).unwrap();
     let kept = std::fs::metadata(dst.path().join("kept")).unwrap();
     assert_eq!((kept.uid(), kept.gid()), (1234, 2345));
     let set = UnpackOptions {
         owner: Owner::Set(77, 88),
+        top: None,
     };
     unpack(&bytes[..], &dst.path().join("set"), set).unwrap();
     let set = std::fs::metadata(dst.path().join("set")).unwrap();

@@ -101,6 +101,7 @@ pub fn copy_archive(data: &[u8]) {
     std::fs::create_dir(&into).expect("the destination");
     let options = banger_copy::UnpackOptions {
         owner: banger_copy::Owner::Unpacker,
+        top: None,
     };
     let _ = banger_copy::unpack(Cursor::new(data), &into, options);
     assert_only(dir.path(), &["into"]);

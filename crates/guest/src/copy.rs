@@ -72,7 +72,11 @@ pub fn start_copy_in(
             current: Vec::new(),
             at: 0,
         };
-        let done = banger_copy::unpack(reader, &PathBuf::from(&path), UnpackOptions { owner });
+        let done = banger_copy::unpack(
+            reader,
+            &PathBuf::from(&path),
+            UnpackOptions { owner, top: None },
+        );
         copies.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         let body = match done {
             Ok(_) => ReplyBody::Ok,

@@ -509,6 +509,7 @@ async fn a_tree_copies_in_and_out_through_the_agent() {
     let host_dir = dir.path().join("back");
     let owner = banger_copy::UnpackOptions {
         owner: banger_copy::Owner::Unpacker,
+        top: None,
     };
     banger_copy::unpack(&back[..], &host_dir, owner).unwrap();
     assert_eq!(std::fs::read(host_dir.join("sub/big")).unwrap(), big);
