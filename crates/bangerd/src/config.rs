@@ -67,6 +67,11 @@ struct ConfigFile {
     /// Make an image's warm template in the background after its first
     /// cold create (default true).
     warm_templates: Option<bool>,
+    /// Host addresses members of the socket group may publish ports on,
+    /// besides loopback (root may publish on any).
+    publish_addresses: Option<Vec<std::net::Ipv4Addr>>,
+    /// Whether members may publish host ports below 1024.
+    publish_privileged: Option<bool>,
     #[serde(default)]
     vm_defaults: VmDefaultsFile,
     #[serde(default)]
@@ -246,6 +251,42 @@ pub struct Config {
     /// `None`: VMMs run as root.
     pub vmm_uid_base: Option<u32>,
     pub warm_templates: bool,
+    /// What members may publish (`publish_addresses`, `publish_privileged`).
+    pub publish: PublishPolicy,
+}
+
+/// The host ports a caller other than root may publish: on loopback and
+/// the addresses listed, at 1024 and above unless `privileged`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishPolicy {
+    pub addresses: Vec<std::net::Ipv4Addr>,
+    pub privileged: bool,
+}
+
+impl PublishPolicy {
+    /// Why `forward` is not the member's to publish, if it is not.
+    pub fn refusal(&self, forward: &banger_core::ports::PortForward) -> Option<String> {
+        let ip = forward.host_ip;
+        if !ip.is_loopback() && !self.addresses.contains(&ip) {
+            return Some(format!(
+                "only root may publish on {ip}: members publish on loopback addresses{}",
+                if self.addresses.is_empty() {
+                    String::new()
+                } else {
+                    let listed: Vec<String> =
+                        self.addresses.iter().map(|a| a.to_string()).collect();
+                    format!(" and {}", listed.join(", "))
+                }
+            ));
+        }
+        if forward.host_port < 1024 && !self.privileged {
+            return Some(format!(
+                "only root may publish host port {} (below 1024)",
+                forward.host_port
+            ));
+        }
+        None
+    }
 }
 
 /// The first user id a VM's QEMU may run as: 0x70000000, above the
@@ -339,6 +380,10 @@ impl Config {
             socket_group: file.socket_group.clone().unwrap_or_else(|| "banger".into()),
             vmm_uid_base: vmm_uid_base(file.vmm_uid_base, &bridge, &shown)?,
             warm_templates: file.warm_templates.unwrap_or(true),
+            publish: PublishPolicy {
+                addresses: file.publish_addresses.clone().unwrap_or_default(),
+                privileged: file.publish_privileged.unwrap_or(false),
+            },
             bridge,
             defaults: spec_defaults(&file, &shown)?,
             config_path,
@@ -561,6 +606,7 @@ mod tests {
         assert_eq!(shown.console_log_max, commented.console_log_max);
         assert_eq!(shown.vmm_uid_base, commented.vmm_uid_base);
         assert_eq!(shown.warm_templates, commented.warm_templates);
+        assert_eq!(shown.publish, commented.publish);
         let (a, b) = (&shown.network, &commented.network);
         assert_eq!(
             (a.enabled, &a.bridge, a.pool_size, a.host_dns, &a.nft_table),

@@ -51,6 +51,7 @@ pub struct Scrape {
     pub image_bytes: Vec<(String, i64)>,
     pub snapshot_bytes: Vec<(String, i64)>,
     pub dns_queries: Option<u64>,
+    pub refused_connections: u64,
 }
 
 pub struct Metrics {
@@ -159,6 +160,13 @@ impl Metrics {
                 counter,
             );
         }
+        let refused = Counter::<u64>::default();
+        refused.inc_by(scrape.refused_connections);
+        registry.register(
+            "port_connections_refused",
+            "Connections to published ports closed at once: past a VM's or the daemon's bound",
+            refused,
+        );
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
         text

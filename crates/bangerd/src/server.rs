@@ -110,7 +110,12 @@ pub async fn start(config: Config) -> Result<Running> {
         .await
         .context("cannot prepare the daemon's ssh key")?,
     );
-    let ports = Arc::new(banger_host::ports::PortsCapability::new(network.is_some()));
+    // Relays hold two descriptors a connection: bounded by the limit.
+    let nofile = banger_host::ports::raise_nofile();
+    let ports = Arc::new(banger_host::ports::PortsCapability::new(
+        network.is_some(),
+        banger_host::ports::RelayLimits::for_nofile(nofile),
+    ));
     if let Some(runtime) = crate::runtime::build(
         &vmm,
         network.clone(),
@@ -179,6 +184,7 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown: shutdown.clone(),
         warmer,
         ports,
+        publish: config.publish.clone(),
         metrics: crate::metrics::Metrics::global(),
         events,
     };

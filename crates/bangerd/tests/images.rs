@@ -645,6 +645,53 @@ async fn a_group_member_reaches_only_its_own_files() {
     assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
     assert!(!shared.join("out.tar.zst").exists());
 
+    // Ports only root may publish: off loopback, below 1024. The member
+    // has a key of its own already (ssh-keygen needs a passwd entry).
+    let keys = home.join(".config/banger");
+    std::fs::create_dir_all(&keys).unwrap();
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(keys.join("id_ed25519"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for path in [
+        home.join(".config"),
+        keys.clone(),
+        keys.join("id_ed25519"),
+        keys.join("id_ed25519.pub"),
+    ] {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+    }
+    for (publish, why) in [
+        ("0.0.0.0:8080:80", "only root may publish on 0.0.0.0"),
+        ("80:80", "only root may publish host port 80 (below 1024)"),
+    ] {
+        let (code, _, err) = member(&[
+            "vm",
+            "create",
+            "--name",
+            "web",
+            "--image",
+            "mine",
+            "--no-start",
+            "-p",
+            publish,
+        ])
+        .await;
+        assert_eq!(code, Some(1), "{publish}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(lines[0].contains(why), "{publish}: {err}");
+        assert!(lines[1].contains("publish_addresses"), "{err}");
+    }
+    let (status, vms) = daemon.call("GET", "/v1/vms", None).await;
+    assert_eq!(
+        (status, vms["vms"].as_array().unwrap().len()),
+        (200, 0),
+        "{vms}"
+    );
+
     assert_eq!(image_count(), images);
     assert!(staging_is_empty(&daemon));
     daemon.stop().await;

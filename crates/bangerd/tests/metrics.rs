@@ -27,6 +27,7 @@ async fn metrics_count_vms_operations_and_images() {
         "banger_operation_duration_seconds_count{operation=\"vm.create\",outcome=\"failed\"} 1",
         "banger_stage_duration_seconds_count{operation=\"vm.create\",stage=\"reserve_vm\"} 2",
         "# TYPE banger_image_bytes gauge",
+        "banger_port_connections_refused_total 0",
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }

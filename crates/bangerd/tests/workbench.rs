@@ -1,8 +1,9 @@
 //! A VM used like a local machine, with one real VM under QEMU through a
 //! real bangerd and the real CLI: shared folders seen both ways (a host
 //! edit in the guest, a guest file on the host, `:ro` refusing writes,
-//! a link resolving inside the guest), kept across a restart, refused
-//! when they cannot be served; `vm cp` round trips (content, modes,
+//! a link resolving inside the guest, no device node or set-id file from
+//! guest root), kept across a restart, refused when they cannot be
+//! served or became a link; `vm cp` round trips (content, modes,
 //! links, owners) both ways; a server in the guest answers through a
 //! published port, after a VM restart and after a daemon restart; two
 //! VMs cannot publish one host port, nor take one another program holds;
@@ -136,6 +137,17 @@ WantedBy=multi-user.target
 UNIT
 systemctl enable --now greet.service 2>&1"#;
 
+/// A guest server on port 8001 that accepts every connection and holds
+/// it (perl, started detached).
+const FLOOD_SINK: &str = "setsid perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(LocalPort => 8001, Listen => 4096, ReuseAddr => 1) or die; push @k, $c while $c = $s->accept' </dev/null >/dev/null 2>&1 &";
+
+/// 2000 idle connections to 127.0.0.1:18083, held until killed.
+const FLOOD: &str = "import resource, socket, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+held = [socket.create_connection(('127.0.0.1', 18083)) for _ in range(2000)]
+print(len(held), 'open', flush=True)
+time.sleep(120)";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn files_ports_and_folders_move_between_host_and_vm() {
     let Some(guest) = support::guest_binary() else {
@@ -250,6 +262,17 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
         "written in the guest\n"
     );
     assert!(!frozen.join("x").exists());
+    // Guest root makes no device node and no set-id file in a folder
+    // that root's vm serves.
+    let (_, out, err) = support::sh(
+        &socket,
+        "box",
+        "cd /srv/share && touch suid && (chmod u+s suid 2>/dev/null && echo SETUID || echo refused) && \
+         (mknod null c 1 3 2>/dev/null && echo DEVICE || echo refused) && rm suid",
+    )
+    .await;
+    assert_eq!(out, "refused\nrefused\n", "{err}");
+    assert!(!shared.join("null").exists());
     std::fs::write(shared.join("from-host.txt"), "edited on the host\n").unwrap();
     let mut seen = String::new();
     for _ in 0..20 {
@@ -398,6 +421,40 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
     let (code, _, err) = cli(&root, &["vm", "port", "rm", "box", "18082"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(fetch(&ns, 18082, 1).await, "", "removed: nothing listens");
+    // A flood of idle connections: a guest server that holds every
+    // connection, 2000 clients that hold theirs; the relays take what the
+    // vm's bound allows, the rest are closed at once and counted, and
+    // the API answers meanwhile.
+    let (code, _, err) = support::sh(&socket, "box", FLOOD_SINK).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&root, &["vm", "port", "add", "box", "18083:8001"]);
+    assert_eq!(code, 0, "{err}");
+    let mut flood = ns
+        .command("python3")
+        .args(["-c", FLOOD])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    let mut lines = std::io::BufReader::new(flood.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut lines, &mut ready).unwrap();
+    assert_eq!(ready.trim(), "2000 open", "{ready}");
+    let listed = tokio::time::timeout(Duration::from_secs(1), call("GET", "/v1/vms", None)).await;
+    let (status, vms) = listed.expect("vm ls answers within a second under the flood");
+    assert_eq!(status, 200, "{vms}");
+    let (_, metrics) = support::call(&socket, "GET", "/metrics", None).await;
+    let refused: u64 = metrics
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("banger_port_connections_refused_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refusal count in {metrics}"));
+    assert!(refused >= 2000 - 1024, "refused {refused}");
+    let _ = flood.kill();
+    let _ = flood.wait();
+    let (code, _, err) = cli(&root, &["vm", "port", "rm", "box", "18083"]);
+    assert_eq!(code, 0, "{err}");
     // A member of the socket's group with no key of its own: `vm ssh`
     // makes its key, lets it into the VM and logs in with it; plain ssh
     // with the `ssh-config` stanza too; its `vm create` offers the key.
@@ -503,6 +560,23 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
     assert_eq!((code, out.as_str()), (0, "box\n"), "--quiet: the names");
     let (_, wide, _) = cli(&root, &["vm", "ls", "-o", "wide"]);
     assert!(wide.contains("VMM") && wide.contains("qemu"), "{wide}");
+
+    // A folder swapped for a link while the VM is stopped is not served.
+    let (status, err) = call("POST", "/v1/vms/box/stop", None).await;
+    assert_eq!(status, 200, "{err}");
+    let moved = host.path().join("moved");
+    std::fs::rename(&shared, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &shared).unwrap();
+    let (code, _, err) = cli(&root, &["vm", "start", "box"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is no longer the folder this vm was made with"),
+        "{err}"
+    );
+    std::fs::remove_file(&shared).unwrap();
+    std::fs::rename(&moved, &shared).unwrap();
+    let (status, err) = call("POST", "/v1/vms/box/start", None).await;
+    assert_eq!(status, 200, "{err}");
 
     // After a VM restart, and a daemon restart; events as they happen.
     let bin = Path::new(env!("CARGO_BIN_EXE_bangerd")).with_file_name("banger");

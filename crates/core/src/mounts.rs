@@ -16,6 +16,19 @@ pub struct SharedFolder {
     /// Whose rights the folder is served with: the creator's.
     pub uid: u32,
     pub gid: u32,
+    /// The directory the creator named, as it was when the VM was made:
+    /// every start serves exactly it, or refuses (a folder replaced by
+    /// another or by a link is not followed). `None` for VMs made before
+    /// it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<FolderIdentity>,
+}
+
+/// A directory's device and inode numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderIdentity {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// Shared folders one VM may have.
@@ -86,6 +99,7 @@ mod tests {
 
     fn share(host: &str, guest: &str, read_only: bool) -> SharedFolder {
         SharedFolder {
+            identity: None,
             host_dir: host.into(),
             guest_dir: guest.into(),
             read_only,

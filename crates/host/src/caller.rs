@@ -124,12 +124,14 @@ impl Caller {
         })
     }
 
-    /// Checks that `path` is a directory the caller can open.
-    pub fn check_dir(&self, path: &Path) -> Result<(), CallerError> {
+    /// Checks that `path` is a directory the caller can open; returns
+    /// its device and inode numbers.
+    pub fn check_dir(&self, path: &Path) -> Result<(u64, u64), CallerError> {
+        use std::os::unix::fs::MetadataExt;
         let shown = path.display().to_string();
         let dir = self.open(path)?;
         match dir.metadata() {
-            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(meta) if meta.is_dir() => Ok((meta.dev(), meta.ino())),
             Ok(_) => Err(CallerError::NotADirectory { path: shown }),
             Err(source) => Err(CallerError::Open {
                 path: shown,

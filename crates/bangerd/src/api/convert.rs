@@ -155,6 +155,7 @@ pub fn create_params(req: proto::vm::VmCreateRequest) -> banger_core::spec::Crea
                 read_only: m.read_only,
                 uid: u32::MAX,
                 gid: u32::MAX,
+                identity: None,
             })
             .collect(),
     }

@@ -43,6 +43,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, super::e
         scrape.pool_idle = Some(network.idle().len() as i64);
         scrape.dns_queries = Some(network.dns().queries());
     }
+    scrape.refused_connections = state.ports.refused_connections();
     let text = state.metrics.render(&scrape);
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, TEXT_FORMAT)], text).into_response())
 }

@@ -57,6 +57,8 @@ pub struct AppState {
     pub warmer: Option<Arc<crate::warm::Warmer>>,
     /// The published ports being forwarded.
     pub ports: Arc<banger_host::ports::PortsCapability>,
+    /// What callers other than root may publish.
+    pub publish: crate::config::PublishPolicy,
     /// What `/metrics` counts.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What `/v1/events` streams.

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use banger_proto::error::ApiError;
+use banger_proto::error::{ApiError, ErrorCode};
 use banger_proto::rules::Port;
 use banger_proto::vm::{PortForward, PortList, Protocol};
 use serde::Deserialize;
@@ -16,6 +16,27 @@ use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
 use super::vms::to_completion;
 use super::AppState;
+
+/// Refuses the forwards a caller other than root may not publish
+/// (`publish_addresses`, `publish_privileged`): 403, before anything is
+/// stored or bound.
+pub fn may_publish(
+    state: &AppState,
+    caller: &banger_host::caller::Caller,
+    forwards: &[banger_core::ports::PortForward],
+) -> Result<(), HttpError> {
+    if caller.is_root() {
+        return Ok(());
+    }
+    match forwards.iter().find_map(|f| state.publish.refusal(f)) {
+        None => Ok(()),
+        Some(why) => Err(HttpError::new(
+            ErrorCode::Forbidden,
+            why,
+            Some("publish on 127.0.0.1 at port 1024 or above, or ask root to list the address in publish_addresses (or set publish_privileged) in bangerd's config"),
+        )),
+    }
+}
 
 fn list(ports: &[banger_core::ports::PortForward]) -> PortList {
     PortList {
@@ -40,17 +61,20 @@ pub async fn list_ports(
     responses(
         (status = 201, description = "Published (forwarded at once if the VM runs); all its ports", body = PortList),
         (status = 400, description = "The body breaks the schema", body = ApiError),
+        (status = 403, description = "Only root may publish on that host address or below port 1024", body = ApiError),
         (status = 404, description = "No such VM", body = ApiError),
         (status = 409, description = "A VM publishes that host port already", body = ApiError),
         (status = 422, description = "The host cannot serve it (another program has the port, no such host address, no network)", body = ApiError),
         (status = 500, description = "The forward could not be started", body = ApiError)))]
 pub async fn add_port(
     State(state): State<AppState>,
+    super::caller::ApiCaller(caller): super::caller::ApiCaller,
     ApiPath(vm): ApiPath<String>,
     ApiJson(forward): ApiJson<PortForward>,
 ) -> Result<(StatusCode, Json<PortList>), HttpError> {
     let banger = state.banger.clone();
     let forward = convert::port_forward(&forward);
+    may_publish(&state, &caller, std::slice::from_ref(&forward))?;
     let ports = to_completion(async move { banger.add_port(&vm, forward).await }).await?;
     Ok((StatusCode::CREATED, Json(list(&ports))))
 }

@@ -29,6 +29,7 @@ pub async fn list_vms(State(state): State<AppState>) -> Result<Json<VmList>, Htt
         (status = 200, description = "Progress stream (`Accept: application/x-ndjson`), ending with the VM",
             body = banger_proto::progress::ProgressEvent, content_type = "application/x-ndjson"),
         (status = 400, description = "The body breaks the schema", body = ApiError),
+        (status = 403, description = "Only root may publish on that host address or below port 1024", body = ApiError),
         (status = 404, description = "No such image, no such snapshot to start from, or no shared folder you can open", body = ApiError),
         (status = 409, description = "The name, the address or a published host port is taken, or no address is free", body = ApiError),
         (status = 422, description = "The address is outside the bridge, the host cannot serve a setting (nat without an uplink, a port another program holds, a shared folder under firecracker or without virtiofsd), a shared folder is not a directory, or the snapshot cannot start this VM (another shape or VMM, no_start)", body = ApiError),
@@ -43,15 +44,17 @@ pub async fn create_vm(
     use axum::response::IntoResponse;
     super::access::check_count(&request.ssh_keys)?;
     let mut params = convert::create_params(request);
+    super::ports::may_publish(&state, &caller, &params.ports)?;
     // Shared folders are the caller's: checked and served with its rights.
     for share in &mut params.mounts {
         let host_dir = share.host_dir.clone();
-        tokio::task::spawn_blocking(move || caller.check_dir(&host_dir))
+        let (dev, ino) = tokio::task::spawn_blocking(move || caller.check_dir(&host_dir))
             .await
             .map_err(|e| HttpError::new(ErrorCode::Internal, e.to_string(), None))?
             .map_err(super::caller::refused)?;
         share.uid = caller.uid;
         share.gid = caller.gid;
+        share.identity = Some(banger_core::mounts::FolderIdentity { dev, ino });
     }
     if super::progress::wants_stream(&headers) {
         // Refuse bad input with its own status before the stream starts.

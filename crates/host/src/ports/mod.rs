@@ -12,8 +12,11 @@
 //! closes them on stop and removal. Binding is the clash check against
 //! other programs; banger's own VMs are checked by the core.
 
+mod limits;
 mod tcp;
 mod udp;
+
+pub use limits::{raise_nofile, RelayLimits};
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -44,6 +47,7 @@ impl Open {
 pub struct PortsCapability {
     /// Whether VMs are on banger's network (else nothing to forward to).
     network: bool,
+    limits: std::sync::Arc<RelayLimits>,
     open: Mutex<HashMap<String, Vec<Open>>>,
 }
 
@@ -106,14 +110,19 @@ fn bind(forward: &PortForward) -> Result<Socket, PortsError> {
 }
 
 /// Binds `forward` and starts relaying it to `guest_ip`.
-fn serve(forward: &PortForward, guest_ip: Ipv4Addr) -> Result<JoinHandle<()>, CapabilityError> {
+fn serve(
+    forward: &PortForward,
+    guest_ip: Ipv4Addr,
+    vm: &str,
+    limits: &std::sync::Arc<RelayLimits>,
+) -> Result<JoinHandle<()>, CapabilityError> {
     let socket = bind(forward).map_err(|err| CapabilityError {
         capability: "ports",
         message: format!("{err}; {}", err.hint()),
     })?;
     let guest = SocketAddr::V4(SocketAddrV4::new(guest_ip, forward.guest_port));
     let task = match socket {
-        Socket::Tcp(listener) => tcp::serve(listener, guest),
+        Socket::Tcp(listener) => tcp::serve(listener, guest, vm.to_string(), limits.clone()),
         Socket::Udp(socket) => udp::serve(socket, guest),
     };
     task.map_err(|e| CapabilityError {
@@ -128,9 +137,11 @@ enum Socket {
 }
 
 impl PortsCapability {
-    pub fn new(network: bool) -> Self {
+    /// `limits` bounds the TCP connections relayed at once.
+    pub fn new(network: bool, limits: RelayLimits) -> Self {
         PortsCapability {
             network,
+            limits: std::sync::Arc::new(limits),
             open: Mutex::default(),
         }
     }
@@ -168,7 +179,7 @@ impl PortsCapability {
         let mut started = Vec::new();
         let mut failed = None;
         for forward in wanted.iter().filter(|f| !serving.contains(f)) {
-            match serve(forward, ctx.vm.guest_ip) {
+            match serve(forward, ctx.vm.guest_ip, &ctx.vm.id, &self.limits) {
                 Ok(task) => {
                     tracing::info!(vm = %ctx.vm.name, %forward, "port published");
                     started.push(Open {
@@ -206,6 +217,12 @@ impl PortsCapability {
     }
 
     /// The forwards served now, by VM id (for `verify`).
+    /// TCP connections refused since start: past a VM's or the daemon's
+    /// bound.
+    pub fn refused_connections(&self) -> u64 {
+        self.limits.refused()
+    }
+
     pub fn served(&self) -> HashMap<String, Vec<PortForward>> {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.iter()
@@ -281,6 +298,7 @@ impl Capability for PortsCapability {
 
     async fn remove(&self, ctx: &VmContext) {
         self.close(&ctx.vm.id).await;
+        self.limits.forget(&ctx.vm.id);
     }
 
     fn doctor(&self) -> Vec<Check> {

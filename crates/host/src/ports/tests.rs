@@ -42,7 +42,8 @@ async fn tcp_connections_reach_the_guest_port_both_ways() {
     let Ok(Socket::Tcp(listener)) = bind(&forward(port, Protocol::Tcp)) else {
         panic!("bound");
     };
-    let relay = tcp::serve(listener, guest).unwrap();
+    let limits = std::sync::Arc::new(super::RelayLimits::with_total(64));
+    let relay = tcp::serve(listener, guest, "vm".into(), limits).unwrap();
     let payload: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

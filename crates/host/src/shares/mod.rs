@@ -3,14 +3,19 @@
 //! runtime directory) and mounted by banger-init from the kernel command
 //! line (`banger.shares=`). virtiofsd runs with the rights of the user
 //! who created the VM: as that user (without a sandbox: it reaches what
-//! the user can, no more) or, for root, as root inside virtiofsd's own
-//! namespace sandbox, rooted at the folder. Either way the guest cannot
-//! leave the folder: virtiofsd resolves every path inside it.
+//! the user can, no more) or, for root, as root without `CAP_MKNOD`
+//! inside virtiofsd's own namespace sandbox, rooted at the folder. Either
+//! way the guest cannot leave the folder (virtiofsd resolves every path
+//! inside it), and cannot make device nodes or set-id files in it
+//! (`filter`). The folder is the directory the VM was made with: held
+//! open at each start and checked against its recorded device and inode,
+//! never a link or a replacement found by path.
 //!
 //! Firecracker has no shared filesystem: such VMs are refused with a hint.
 //! A VM with shared folders is never snapshotted (the backend's state is
 //! outside the VM), which the core refuses.
 
+mod filter;
 mod virtiofsd;
 
 pub use virtiofsd::{banger_virtiofsds, kill_virtiofsds};
@@ -81,6 +86,15 @@ impl Capability for SharesCapability {
                 hint: "install it with `cargo install virtiofsd` (scripts/install-deps does), or use `banger vm cp`"
                     .into(),
             });
+        }
+        Ok(())
+    }
+
+    /// A folder that is no longer the one the VM was made with (replaced,
+    /// or now a link) is refused before anything is prepared.
+    async fn preflight(&self, ctx: &VmContext) -> Result<(), CapabilityError> {
+        for share in &ctx.vm.spec.mounts {
+            virtiofsd::open_folder(share).map_err(failed)?;
         }
         Ok(())
     }

@@ -1,8 +1,11 @@
 //! One virtiofsd per shared folder: started detached (its own process
 //! group, so it outlives a daemon restart with the VM it serves), found
 //! again by its socket path in `/proc`, and ended with the VM (it also
-//! ends by itself when QEMU disconnects).
+//! ends by itself when QEMU disconnects). It serves the folder the VM was
+//! made with, held open and started in (`--shared-dir .`), under the
+//! `filter` that refuses device nodes and set-id bits.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,10 +40,12 @@ pub async fn start(
         .append(true)
         .open(&log_path)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    // Served from the directory the VM was made with, held open: its
+    // path is not looked up again by virtiofsd.
+    let folder = open_folder(share)?;
     let mut command = tokio::process::Command::new(binary);
     command
-        .arg("--shared-dir")
-        .arg(&share.host_dir)
+        .args(["--shared-dir", "."])
         .arg("--socket-path")
         .arg(socket)
         .args(["--cache", "auto", "--log-level", "error"])
@@ -53,12 +58,18 @@ pub async fn start(
     if share.read_only {
         command.arg("--readonly");
     }
-    if !as_root {
+    if as_root {
+        // Device nodes need CAP_MKNOD: a root virtiofsd does without it
+        // (the filter refuses them too, and set-id bits, for everyone).
+        command.arg("--modcaps=-mknod");
+    } else {
         command.uid(share.uid).gid(share.gid);
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    super::filter::confine(command.as_std_mut(), Some(folder.as_raw_fd()))
+        .map_err(|e| e.to_string())?;
+    let spawned = command.spawn();
+    drop(folder);
+    let mut child = spawned.map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     let deadline = Instant::now() + LISTEN_WAIT;
     loop {
         if socket.exists() {
@@ -78,6 +89,33 @@ pub async fn start(
             return Err(format!("virtiofsd did not listen within {LISTEN_WAIT:?}"));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The shared folder, opened without following a link at its name, and
+/// checked to be the directory the VM was made with.
+pub(super) fn open_folder(share: &SharedFolder) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let shown = share.host_dir.display();
+    let replaced = || {
+        format!(
+            "{shown} is no longer the folder this vm was made with (it was replaced, or is now a link): it is not served; put the folder back, or make the vm again with the --mount you mean"
+        )
+    };
+    let folder = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(&share.host_dir)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP | nix::libc::ENOTDIR) => replaced(),
+            _ => format!("cannot open {shown}: {e}"),
+        })?;
+    let meta = folder
+        .metadata()
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    match share.identity {
+        Some(id) if (id.dev, id.ino) != (meta.dev(), meta.ino()) => Err(replaced()),
+        _ => Ok(folder),
     }
 }
 
