@@ -442,15 +442,29 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
     let listed = tokio::time::timeout(Duration::from_secs(1), call("GET", "/v1/vms", None)).await;
     let (status, vms) = listed.expect("vm ls answers within a second under the flood");
     assert_eq!(status, 200, "{vms}");
-    let (_, metrics) = support::call(&socket, "GET", "/metrics", None).await;
-    let refused: u64 = metrics
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("banger_port_connections_refused_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no refusal count in {metrics}"));
-    assert!(refused >= 2000 - 1024, "refused {refused}");
+    // The daemon takes the queued connections at its pace: some are
+    // refused (counted) and its descriptors stay within the vm's bound
+    // (two a relayed connection) and what it holds besides.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let (_, metrics) = support::call(&socket, "GET", "/metrics", None).await;
+        let refused: u64 = metrics
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("banger_port_connections_refused_total "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no refusal count in {metrics}"));
+        if refused > 0 || std::time::Instant::now() > deadline {
+            break refused;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(refused > 0, "no connection was refused");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", process.id()))
+        .unwrap()
+        .count();
+    assert!(fds <= 2 * 1024 + 512, "the daemon holds {fds} descriptors");
     let _ = flood.kill();
     let _ = flood.wait();
     let (code, _, err) = cli(&root, &["vm", "port", "rm", "box", "18083"]);

@@ -56,9 +56,12 @@ pub fn agent_reply(data: &[u8]) {
 /// DNS: a query answered by the server (no upstreams, one record).
 pub fn dns_query(data: &[u8]) {
     runtime().block_on(async {
-        let server = banger_host::net::dns::DnsServer::new(Vec::new());
+        let bridge = "172.29.0.1/24".parse().expect("a network");
+        let server = banger_host::net::dns::DnsServer::new(Vec::new(), bridge);
         server.set("web", std::net::Ipv4Addr::new(172, 29, 0, 2));
-        if let Some(answer) = server.answer(data).await {
+        // A guest without NAT: the least trusted client that is answered.
+        let guest = std::net::IpAddr::V4(std::net::Ipv4Addr::new(172, 29, 0, 9));
+        if let Some(answer) = server.answer(guest, data).await {
             assert!(answer.len() <= 4096, "an answer past a datagram");
         }
     });

@@ -220,3 +220,138 @@ fn bridge_pool_nat_and_dns_in_a_namespace() {
         });
     });
 }
+
+/// A namespace of its own, with `lo` up.
+fn side(name: &str) -> Ns {
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+    assert!(Command::new("ip")
+        .args(["netns", "add", name])
+        .status()
+        .unwrap()
+        .success());
+    ip(name, &["link", "set", "lo", "up"]);
+    Ns(name.to_string())
+}
+
+/// Whether `from` reaches `to` with one ping.
+fn pings(from: &str, to: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", from, "ping", "-c", "1", "-W", "1", to])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// A query from inside `ns` to `server`: its answer, or None after 2 s.
+fn try_ask(ns: &str, server: SocketAddr) -> Option<ResponseCode> {
+    inside(ns, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut query = Message::new();
+            query
+                .set_id(3)
+                .set_message_type(MessageType::Query)
+                .set_op_code(OpCode::Query);
+            query.add_query(Query::query(
+                Name::from_ascii("example.com.").unwrap(),
+                RecordType::A,
+            ));
+            let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+            socket
+                .send_to(&query.to_vec().unwrap(), server)
+                .await
+                .ok()?;
+            let mut buffer = vec![0u8; 1500];
+            let (n, _) =
+                tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buffer))
+                    .await
+                    .ok()?
+                    .ok()?;
+            Some(Message::from_vec(&buffer[..n]).ok()?.response_code())
+        })
+    })
+}
+
+/// A host between two networks (`a` and `b`, each a namespace of its
+/// own): forwarding banger turned on does not route between them, at
+/// the first start and after a restart; a LAN neighbour gets nothing
+/// from banger's DNS; a host that forwarded before keeps routing.
+#[test]
+fn forwarding_banger_turned_on_carries_only_the_bridge() {
+    let Some(router) = namespace() else {
+        return;
+    };
+    let name = router.0.clone();
+    let (a, b) = (side(&format!("{name}-a")), side(&format!("{name}-b")));
+    for (peer, net) in [(&a.0, "10.71.0"), (&b.0, "10.72.0")] {
+        let (here, there) = (format!("v{}", &net[3..5]), format!("p{}", &net[3..5]));
+        ip(
+            &name,
+            &["link", "add", &here, "type", "veth", "peer", "name", &there],
+        );
+        ip(&name, &["link", "set", &there, "netns", peer]);
+        ip(
+            &name,
+            &["addr", "add", &format!("{net}.1/24"), "dev", &here],
+        );
+        ip(&name, &["link", "set", &here, "up"]);
+        ip(
+            peer,
+            &["addr", "add", &format!("{net}.2/24"), "dev", &there],
+        );
+        ip(peer, &["link", "set", &there, "up"]);
+        ip(
+            peer,
+            &["route", "add", "default", "via", &format!("{net}.1")],
+        );
+    }
+    let forwarding = |on: &str| {
+        inside(&name, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", on).unwrap()
+        })
+    };
+    // The control: with forwarding on, the host routes a to b.
+    forwarding("1");
+    assert!(pings(&a.0, "10.72.0.2"), "the test's own routing works");
+    forwarding("0");
+    let start = || {
+        inside(&name, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let net = Network::start(config()).await.unwrap();
+                net.owns_forwarding()
+            })
+        })
+    };
+    assert!(start(), "banger turned forwarding on");
+    assert!(pings(&b.0, "10.72.0.1"), "b reaches the host");
+    assert!(!pings(&a.0, "10.72.0.2"), "the host routes a to b");
+    assert!(nft_table(&name).contains("banger turned forwarding on"));
+    assert_eq!(
+        try_ask(&a.0, "172.30.5.1:53".parse().unwrap()),
+        None,
+        "dns for a neighbour"
+    );
+    assert!(start(), "a restart knows banger turned it on");
+    assert!(
+        !pings(&a.0, "10.72.0.2"),
+        "the host routes a to b after a restart"
+    );
+    // A host that forwarded before banger came keeps routing.
+    let dropped = Command::new("ip")
+        .args([
+            "netns", "exec", &name, "nft", "delete", "table", "inet", "bgtest",
+        ])
+        .status()
+        .unwrap();
+    assert!(dropped.success());
+    assert!(!start(), "forwarding was the host's");
+    assert!(pings(&a.0, "10.72.0.2"), "the host's own routing is kept");
+}

@@ -5,6 +5,11 @@
 //! on a loopback address (for the host). Messages are parsed and built
 //! with hickory-proto; the loop itself is a tokio UDP socket.
 //!
+//! Only the bridge's network and the host are served (a LAN neighbour
+//! gets nothing, even if a packet gets past the firewall), and only the
+//! host and guests with NAT get other names forwarded: a guest without
+//! NAT is answered REFUSED, so recursion is no way out of an isolated VM.
+//!
 //! Guests are not trusted: banger's own names are answered inline (no
 //! task, no socket), and at most `MAX_FORWARDS` forwarded queries are in
 //! flight (each holds a socket for up to the upstream timeout); queries
@@ -32,6 +37,17 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Forwarded queries in flight at once.
 pub const MAX_FORWARDS: usize = 64;
 
+/// Who asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// The host, or a guest with NAT: every name.
+    Host,
+    /// A guest without NAT: banger's names only (other names REFUSED).
+    Isolated,
+    /// Anyone else (a LAN neighbour): no answer at all.
+    Stranger,
+}
+
 /// What to do with one query.
 enum Handling {
     /// Answered here (None: garbage, dropped).
@@ -49,21 +65,62 @@ pub enum DnsError {
     },
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DnsServer {
     records: RwLock<HashMap<String, Ipv4Addr>>,
     upstream: Vec<SocketAddr>,
+    /// Who is served at all: the bridge's network (and loopback).
+    clients: ipnet::Ipv4Net,
+    /// Guests whose other names are forwarded (those with NAT); the rest
+    /// get banger's names only.
+    recursive: RwLock<std::collections::HashSet<Ipv4Addr>>,
     /// Queries answered or forwarded (garbage not counted).
     queries: std::sync::atomic::AtomicU64,
 }
 
 impl DnsServer {
-    pub fn new(upstream: Vec<SocketAddr>) -> Arc<DnsServer> {
+    /// A server for the guests of `clients` (the bridge's network) and
+    /// the host (loopback, and the bridge's own address), forwarding
+    /// other names to `upstream` for the host and for guests with NAT.
+    pub fn new(upstream: Vec<SocketAddr>, clients: ipnet::Ipv4Net) -> Arc<DnsServer> {
         Arc::new(DnsServer {
             records: RwLock::default(),
             upstream,
+            clients,
+            recursive: RwLock::default(),
             queries: Default::default(),
         })
+    }
+
+    /// The guests whose other names are forwarded: those with NAT (a
+    /// guest without it has no way out, and recursion would be one).
+    pub fn set_recursive(&self, guests: impl IntoIterator<Item = Ipv4Addr>) {
+        *self.recursive.write().unwrap_or_else(|e| e.into_inner()) = guests.into_iter().collect();
+    }
+
+    /// Who `peer` is to this server.
+    fn client(&self, peer: std::net::IpAddr) -> Client {
+        let std::net::IpAddr::V4(ip) = peer else {
+            return if peer.is_loopback() {
+                Client::Host
+            } else {
+                Client::Stranger
+            };
+        };
+        if ip.is_loopback() || ip == self.clients.addr() {
+            Client::Host
+        } else if !self.clients.contains(&ip) {
+            Client::Stranger
+        } else if self
+            .recursive
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&ip)
+        {
+            Client::Host
+        } else {
+            Client::Isolated
+        }
     }
 
     /// Queries served since start (`/metrics`).
@@ -112,7 +169,7 @@ impl DnsServer {
                     continue;
                 };
                 let query = &buffer[..n];
-                let request = match server.handle(query) {
+                let request = match server.handle(peer.ip(), query) {
                     Handling::Local(Some(answer)) => {
                         let _ = socket.send_to(&answer, peer).await;
                         continue;
@@ -142,9 +199,10 @@ impl DnsServer {
         }))
     }
 
-    /// The reply to one query message (None for garbage, which is dropped).
-    pub async fn answer(&self, query: &[u8]) -> Option<Vec<u8>> {
-        let handling = self.handle(query);
+    /// The reply to one query message from `peer` (None for garbage and
+    /// strangers, which are dropped).
+    pub async fn answer(&self, peer: std::net::IpAddr, query: &[u8]) -> Option<Vec<u8>> {
+        let handling = self.handle(peer, query);
         if !matches!(handling, Handling::Local(None)) {
             self.queries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -155,13 +213,19 @@ impl DnsServer {
         }
     }
 
-    /// Answers banger's own names here; the rest is for the upstreams.
-    fn handle(&self, query: &[u8]) -> Handling {
+    /// Answers banger's own names here; the rest is for the upstreams,
+    /// when the client may recurse.
+    fn handle(&self, peer: std::net::IpAddr, query: &[u8]) -> Handling {
+        let client = self.client(peer);
+        if client == Client::Stranger {
+            return Handling::Local(None);
+        }
         let Ok(request) = Message::from_vec(query) else {
             return Handling::Local(None);
         };
         Handling::Local(match self.local(&request) {
             Ok(answer) => answer,
+            Err(()) if client == Client::Isolated => reply(&request, ResponseCode::Refused, vec![]),
             Err(()) => return Handling::Forward(request),
         })
     }
@@ -312,6 +376,12 @@ mod tests {
 
     use super::*;
 
+    const HOST: std::net::IpAddr = std::net::IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn bridge() -> ipnet::Ipv4Net {
+        "172.29.0.1/24".parse().unwrap()
+    }
+
     fn query(name: &str, kind: RecordType) -> Vec<u8> {
         let mut message = Message::new();
         message
@@ -324,12 +394,12 @@ mod tests {
     }
 
     async fn ask(server: &DnsServer, name: &str, kind: RecordType) -> Message {
-        Message::from_vec(&server.answer(&query(name, kind)).await.unwrap()).unwrap()
+        Message::from_vec(&server.answer(HOST, &query(name, kind)).await.unwrap()).unwrap()
     }
 
     #[tokio::test]
     async fn answers_vm_names_and_their_addresses() {
-        let server = DnsServer::new(vec![]);
+        let server = DnsServer::new(vec![], bridge());
         server.set("Web", "172.29.0.5".parse().unwrap());
         let a = ask(&server, "web.vm.", RecordType::A).await;
         assert_eq!(a.id(), 77);
@@ -357,10 +427,10 @@ mod tests {
 
     #[tokio::test]
     async fn other_names_go_upstream_or_fail_cleanly() {
-        let server = DnsServer::new(vec![]);
+        let server = DnsServer::new(vec![], bridge());
         let out = ask(&server, "example.com.", RecordType::A).await;
         assert_eq!(out.response_code(), ResponseCode::ServFail);
-        assert!(server.answer(b"not dns").await.is_none());
+        assert!(server.answer(HOST, b"not dns").await.is_none());
     }
 
     /// A stand-in upstream resolver on loopback: answers every A query
@@ -420,7 +490,7 @@ mod tests {
     #[tokio::test]
     async fn other_names_are_forwarded_to_the_upstream_and_back() {
         let upstream = stub_upstream().await;
-        let server = DnsServer::new(vec![upstream]);
+        let server = DnsServer::new(vec![upstream], bridge());
         server.set("web", "172.29.0.5".parse().unwrap());
         let out = ask(&server, "example.com.", RecordType::A).await;
         assert_eq!((out.id(), out.response_code()), (77, ResponseCode::NoError));
@@ -448,7 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_reply_with_another_id_is_not_taken() {
-        let server = DnsServer::new(vec![stub_upstream_forging(true).await]);
+        let server = DnsServer::new(vec![stub_upstream_forging(true).await], bridge());
         let out = ask(&server, "example.com.", RecordType::A).await;
         assert_eq!(out.answers().len(), 1);
         assert_eq!(
@@ -465,7 +535,7 @@ mod tests {
     async fn a_flood_of_forwards_stays_bounded_and_vm_names_still_resolve() {
         // An upstream that never answers: every forward waits its timeout.
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let server = DnsServer::new(vec![silent.local_addr().unwrap()]);
+        let server = DnsServer::new(vec![silent.local_addr().unwrap()], bridge());
         server.set("web", Ipv4Addr::new(172, 29, 0, 2));
         let addr: SocketAddr = {
             let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -510,6 +580,50 @@ mod tests {
         assert_eq!(
             answer.answers()[0].data(),
             Some(&RData::A(A(Ipv4Addr::new(172, 29, 0, 2))))
+        );
+    }
+
+    #[tokio::test]
+    async fn strangers_get_nothing_and_guests_without_nat_only_banger_names() {
+        let server = DnsServer::new(vec![], bridge());
+        server.set("web", "172.29.0.5".parse().unwrap());
+        let from = |ip: &str| -> std::net::IpAddr { ip.parse().unwrap() };
+        let outside = query("example.com.", RecordType::A);
+        let ours = query("web.vm.", RecordType::A);
+        // A LAN neighbour: no answer, not even for banger's names.
+        for stranger in ["192.168.1.20", "172.29.1.5", "::1"] {
+            let peer = from(stranger);
+            let answer = server.answer(peer, &ours).await;
+            assert_eq!(answer.is_some(), peer.is_loopback(), "{stranger}");
+        }
+        let code =
+            |bytes: Option<Vec<u8>>| Message::from_vec(&bytes.unwrap()).unwrap().response_code();
+        // A guest without NAT: its neighbours' names, no recursion.
+        let guest = from("172.29.0.9");
+        assert_eq!(
+            code(server.answer(guest, &ours).await),
+            ResponseCode::NoError
+        );
+        assert_eq!(
+            code(server.answer(guest, &outside).await),
+            ResponseCode::Refused
+        );
+        // With NAT (and the host, from the bridge's own address): forwarded
+        // (no upstreams here, so SERVFAIL).
+        server.set_recursive(["172.29.0.9".parse().unwrap()]);
+        assert_eq!(
+            code(server.answer(guest, &outside).await),
+            ResponseCode::ServFail
+        );
+        let gateway = from("172.29.0.1");
+        assert_eq!(
+            code(server.answer(gateway, &outside).await),
+            ResponseCode::ServFail
+        );
+        server.set_recursive([]);
+        assert_eq!(
+            code(server.answer(guest, &outside).await),
+            ResponseCode::Refused
         );
     }
 }

@@ -102,9 +102,15 @@ pub struct Network {
     nft_lock: tokio::sync::Mutex<()>,
     pool_lock: tokio::sync::Mutex<()>,
     uplink: Option<String>,
+    /// banger turned IPv4 forwarding on: only the bridge's traffic is
+    /// forwarded.
+    own_forwarding: bool,
     dns: Arc<DnsServer>,
     dns_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// The host's IPv4 forwarding switch.
+const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
 
 impl Drop for Network {
     fn drop(&mut self) {
@@ -134,7 +140,14 @@ impl Network {
         let bridge_index = links
             .ensure_bridge(&cfg.bridge, cfg.gateway, cfg.prefix)
             .await?;
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetError::Forwarding)?;
+        // Forwarding banger turns on (now, or at an earlier start: its
+        // table says so) carries only the bridge's traffic; a host that
+        // forwarded before keeps its own policy.
+        let forwarding_before = std::fs::read_to_string(FORWARDING)
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false);
+        let own_forwarding = !forwarding_before || nft::owns_forwarding(&cfg.table).await;
+        std::fs::write(FORWARDING, "1").map_err(NetError::Forwarding)?;
         let mut idle = Vec::new();
         for name in links.names().await? {
             if name.starts_with(&cfg.pool_prefix) {
@@ -147,7 +160,9 @@ impl Network {
             Some(uplink) => Some(uplink.clone()),
             None => links.uplink().await?,
         };
-        let dns = DnsServer::new(cfg.upstream.clone());
+        let clients = ipnet::Ipv4Net::new(cfg.gateway, cfg.prefix)
+            .map_err(|e| NetError::Forwarding(std::io::Error::other(e.to_string())))?;
+        let dns = DnsServer::new(cfg.upstream.clone(), clients);
         let mut dns_tasks = vec![dns.listen(SocketAddr::new(cfg.gateway.into(), 53)).await?];
         if let Some(host) = cfg.host_dns {
             dns_tasks.push(dns.listen(host).await?);
@@ -162,6 +177,7 @@ impl Network {
             nft_lock: tokio::sync::Mutex::new(()),
             pool_lock: tokio::sync::Mutex::new(()),
             uplink,
+            own_forwarding,
             dns,
             dns_tasks,
         });
@@ -219,6 +235,7 @@ impl Network {
                 .cloned()
                 .collect(),
             link_local_allow: self.cfg.link_local_allow.clone(),
+            own_forwarding: self.own_forwarding,
         }
     }
 
@@ -274,9 +291,15 @@ impl Network {
             }
         };
         if changed {
+            self.dns.set_recursive(self.nat());
             self.apply_nft().await?;
         }
         Ok(())
+    }
+
+    /// Whether banger turned forwarding on (and so restricts it).
+    pub fn owns_forwarding(&self) -> bool {
+        self.own_forwarding
     }
 
     /// A pool name not in use.

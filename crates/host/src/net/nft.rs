@@ -12,6 +12,12 @@
 //! - forward: no guest reaches link-local addresses (169.254.0.0/16, where
 //!   clouds serve instance metadata and credentials) unless the config
 //!   allows the address;
+//! - input from anywhere but the bridge and loopback: nothing reaches the
+//!   DNS server on the bridge address (no open resolver for the LAN);
+//! - forward, when banger turned forwarding on: nothing that is not the
+//!   bridge's (the host does not start routing between its other
+//!   interfaces because banger is there); a host that forwarded before
+//!   keeps its own policy;
 //! - postrouting: masquerade the NAT guests out of the uplink.
 //!
 //! And a `bridge` table of the same name, where frames cross the bridge:
@@ -52,7 +58,14 @@ pub struct NftPlan {
     /// Name prefixes of banger's bridge ports (`bg-`, `tap-pool-`): their
     /// unpinned frames are dropped, other bridges' are not touched.
     pub port_prefixes: Vec<String>,
+    /// banger turned forwarding on: forwarded traffic that is not the
+    /// bridge's is dropped (the host did not route before banger came).
+    pub own_forwarding: bool,
 }
+
+/// The comment on the rule that keeps forwarding to the bridge's traffic:
+/// a later start finds it and knows banger turned forwarding on.
+pub const FORWARDING_MARK: &str = "banger turned forwarding on";
 
 /// A bridge port and who may speak through it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -96,7 +109,15 @@ pub fn ruleset(plan: &NftPlan) -> String {
     out.push_str(&format!(
         "    iifname \"{bridge}\" icmp type echo-request accept\n"
     ));
-    out.push_str(&format!("    iifname \"{bridge}\" drop\n  }}\n"));
+    out.push_str(&format!("    iifname \"{bridge}\" drop\n"));
+    // The DNS server is the bridge's: the host asks it on loopback, nobody
+    // else at all.
+    for proto in ["udp", "tcp"] {
+        out.push_str(&format!(
+            "    iifname != {{ \"{bridge}\", \"lo\" }} ip daddr {gateway} {proto} dport 53 drop\n"
+        ));
+    }
+    out.push_str("  }\n");
     out.push_str(
         "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
     );
@@ -129,7 +150,11 @@ pub fn ruleset(plan: &NftPlan) -> String {
         }
     }
     out.push_str(&format!("    iifname \"{bridge}\" drop\n"));
-    out.push_str(&format!("    oifname \"{bridge}\" drop\n  }}\n"));
+    out.push_str(&format!("    oifname \"{bridge}\" drop\n"));
+    if plan.own_forwarding {
+        out.push_str(&format!("    drop comment \"{FORWARDING_MARK}\"\n"));
+    }
+    out.push_str("  }\n");
     if let Some(uplink) = &plan.uplink {
         out.push_str(
             "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
@@ -178,6 +203,23 @@ pub fn teardown(table: &str) -> String {
     format!(
         "table inet {table} {{}}\ndelete table inet {table}\ntable bridge {table} {{}}\ndelete table bridge {table}\n"
     )
+}
+
+/// Whether banger's table (from an earlier start) holds the forwarding
+/// mark: banger turned forwarding on then.
+pub async fn owns_forwarding(table: &str) -> bool {
+    let listed = Command::new(crate::tools::find_tool("nft").unwrap_or("nft".into()))
+        .args(["list", "chain", "inet", table, "forward"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    listed.is_ok_and(|out| {
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("comment \"{FORWARDING_MARK}\""))
+    })
 }
 
 /// Runs an nft script as one transaction.
@@ -287,6 +329,7 @@ mod tests {
                 ip: "172.29.0.3".parse().unwrap(),
             }],
             link_local_allow: vec![],
+            own_forwarding: true,
             port_prefixes: vec!["bg-".into(), "tap-pool-".into()],
         }
     }
@@ -306,6 +349,8 @@ mod tests {
              \x20   iifname \"banger0\" ip daddr 172.29.0.1 tcp dport 53 accept\n\
              \x20   iifname \"banger0\" icmp type echo-request accept\n\
              \x20   iifname \"banger0\" drop\n\
+             \x20   iifname != { \"banger0\", \"lo\" } ip daddr 172.29.0.1 udp dport 53 drop\n\
+             \x20   iifname != { \"banger0\", \"lo\" } ip daddr 172.29.0.1 tcp dport 53 drop\n\
              \x20 }\n\
              \x20 chain forward {\n\
              \x20   type filter hook forward priority filter; policy accept;\n\
@@ -315,6 +360,7 @@ mod tests {
              \x20   iifname \"eth0\" oifname \"banger0\" ip daddr 172.29.0.3 ct state established,related accept\n\
              \x20   iifname \"banger0\" drop\n\
              \x20   oifname \"banger0\" drop\n\
+             \x20   drop comment \"banger turned forwarding on\"\n\
              \x20 }\n\
              \x20 chain postrouting {\n\
              \x20   type nat hook postrouting priority srcnat; policy accept;\n\
