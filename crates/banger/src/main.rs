@@ -18,6 +18,7 @@ mod stats;
 mod terminal;
 mod verify;
 mod version;
+mod visible;
 mod vm;
 
 use std::path::PathBuf;

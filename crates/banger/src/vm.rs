@@ -77,6 +77,10 @@ pub enum VmCommand {
         /// Keep printing new output until the VM stops.
         #[arg(short, long)]
         follow: bool,
+        /// The bytes as the guest wrote them, escape sequences and all
+        /// (on a terminal, control characters are otherwise shown as ^X).
+        #[arg(long)]
+        raw: bool,
     },
     /// Copy files and directories between the host and a running VM:
     /// one side is VM:/path (as `docker cp`). Links stay links, modes
@@ -457,19 +461,27 @@ pub async fn run(client: &Client, command: VmCommand) -> Result<()> {
                 .await?;
             say!("{}: nat {}", vm.name, if vm.nat { "on" } else { "off" });
         }
-        VmCommand::Logs { vm, follow } => {
+        VmCommand::Logs { vm, follow, raw } => {
+            use std::io::{IsTerminal, Write};
             let query = if follow { "?follow=true" } else { "" };
             let mut stdout = std::io::stdout();
+            // The guest's bytes reach a terminal only shown, never obeyed.
+            let mut visible = (!raw && stdout.is_terminal()).then(crate::visible::Visible::default);
             client
                 .get_stream(
                     &format!("/v1/vms/{}/logs{query}", path_segment(&vm)),
                     |bytes| {
-                        use std::io::Write;
-                        let _ = stdout.write_all(bytes);
+                        let _ = match &mut visible {
+                            Some(visible) => stdout.write_all(visible.push(bytes).as_bytes()),
+                            None => stdout.write_all(bytes),
+                        };
                         let _ = stdout.flush();
                     },
                 )
                 .await?;
+            if let Some(visible) = &mut visible {
+                let _ = stdout.write_all(visible.finish().as_bytes());
+            }
         }
         VmCommand::Port(command) => ports(client, command).await?,
         VmCommand::Stats { vms, output } => crate::stats::run(client, vms, output).await?,

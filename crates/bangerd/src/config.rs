@@ -72,6 +72,9 @@ struct ConfigFile {
     publish_addresses: Option<Vec<std::net::Ipv4Addr>>,
     /// Whether members may publish host ports below 1024.
     publish_privileged: Option<bool>,
+    /// Sources (`HOST[:PORT]`) members may pull from over plain HTTP or
+    /// on this host's own addresses (root may pull from any).
+    member_sources: Option<Vec<String>>,
     #[serde(default)]
     vm_defaults: VmDefaultsFile,
     #[serde(default)]
@@ -253,6 +256,8 @@ pub struct Config {
     pub warm_templates: bool,
     /// What members may publish (`publish_addresses`, `publish_privileged`).
     pub publish: PublishPolicy,
+    /// Plain-HTTP and this host's sources members may pull from.
+    pub member_sources: Vec<String>,
 }
 
 /// The host ports a caller other than root may publish: on loopback and
@@ -384,6 +389,7 @@ impl Config {
                 addresses: file.publish_addresses.clone().unwrap_or_default(),
                 privileged: file.publish_privileged.unwrap_or(false),
             },
+            member_sources: file.member_sources.clone().unwrap_or_default(),
             bridge,
             defaults: spec_defaults(&file, &shown)?,
             config_path,
@@ -607,6 +613,7 @@ mod tests {
         assert_eq!(shown.vmm_uid_base, commented.vmm_uid_base);
         assert_eq!(shown.warm_templates, commented.warm_templates);
         assert_eq!(shown.publish, commented.publish);
+        assert_eq!(shown.member_sources, commented.member_sources);
         let (a, b) = (&shown.network, &commented.network);
         assert_eq!(
             (a.enabled, &a.bridge, a.pool_size, a.host_dns, &a.nft_table),

@@ -40,6 +40,7 @@ fn oci_pulls(config: &Config) -> Result<banger_host::image::maker::OciPulls> {
         options: banger_oci::PullOptions {
             insecure: config.insecure_registries.clone(),
             auth_files: banger_oci::auth::default_files(),
+            credentials: None,
             limits: Default::default(),
         },
     })
@@ -185,6 +186,8 @@ pub async fn start(config: Config) -> Result<Running> {
         warmer,
         ports,
         publish: config.publish.clone(),
+        member_sources: config.member_sources.clone(),
+        insecure_registries: config.insecure_registries.clone(),
         metrics: crate::metrics::Metrics::global(),
         events,
     };

@@ -612,6 +612,18 @@ async fn a_group_member_reaches_only_its_own_files() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("permission denied"), "{err}");
 
+    // Nor does an export tell it: a file it cannot see is refused as a
+    // missing one is (not "exists").
+    let mut refusals = Vec::new();
+    for out in [path(&shadow), path(&closed.join("missing"))] {
+        let (code, _, err) = member(&["image", "export", "orig", &out]).await;
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("permission denied"), "{err}");
+        refusals.push(err.replace(&out, "PATH"));
+    }
+    assert_eq!(refusals[0], refusals[1]);
+    assert_eq!(std::fs::read(&shadow).unwrap(), b"root:$y$secret\n");
+
     // No export where it may not write, none into banger's state.
     let roots = tmp.path().join("roots");
     std::fs::create_dir(&roots).unwrap();
@@ -691,6 +703,23 @@ async fn a_group_member_reaches_only_its_own_files() {
         (200, 0),
         "{vms}"
     );
+
+    // Sources only root may pull from: plain http, this host's addresses
+    // (the daemon would fetch them as root).
+    for (source, host) in [
+        ("http://127.0.0.1:9/x.tar.zst", "127.0.0.1:9"),
+        ("http://bundles.example/x.tar.zst", "bundles.example"),
+        ("https://localhost:8443/x.tar.zst", "localhost:8443"),
+        ("127.0.0.1:5000/repo:tag", "127.0.0.1:5000"),
+    ] {
+        let (code, _, err) = member(&["image", "pull", source, "--name", "fetched"]).await;
+        assert_eq!(code, Some(1), "{source}: {err}");
+        assert!(
+            err.contains(&format!("only root may pull from {host}")),
+            "{source}: {err}"
+        );
+        assert!(err.contains("member_sources"), "{err}");
+    }
 
     assert_eq!(image_count(), images);
     assert!(staging_is_empty(&daemon));

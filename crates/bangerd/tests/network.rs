@@ -51,6 +51,14 @@ async fn assert_nothing_left(socket: &std::path::Path, host: &NetNs) {
     assert!(!pins.contains("ether saddr"), "no device is pinned: {pins}");
 }
 
+/// The response code banger's DNS gives the guest for `example.com`
+/// (one raw query over bash's /dev/udp; the image has no DNS tools).
+const DNS_RCODE: &str = r#"ns=$(awk '/^nameserver/{print $2; exit}' /etc/resolv.conf)
+exec 3<>/dev/udp/$ns/53
+printf '\000\001\001\000\000\001\000\000\000\000\000\000\007example\003com\000\000\001\000\001' >&3
+flags=$(timeout 8 head -c 4 <&3 | od -An -tu1 | awk '{print $4}')
+echo $(( flags % 16 ))"#;
+
 async fn sh(socket: &Path, vm: &str, script: &str) -> (i64, String) {
     let body = json!({ "argv": ["bash", "-c", script] }).to_string();
     let lines = support::call_stream(socket, &format!("/v1/vms/{vm}/exec"), &body).await;
@@ -208,6 +216,17 @@ async fn guests_resolve_each_other_and_nat_decides_who_gets_out() {
     assert_eq!((code, out.trim()), (0, "HTTP/1.0 200 OK"), "a has nat");
     let (code, _) = sh(&socket, "b", &http_get("10.77.0.2", 8080)).await;
     assert_ne!(code, 0, "b has no nat and must not get out");
+    // Nor through recursion: banger's DNS answers b's outside names
+    // REFUSED (its neighbours' names resolved above); a's are forwarded.
+    let (code, out) = sh(&socket, "b", DNS_RCODE).await;
+    assert_eq!((code, out.trim()), (0, "5"), "b's outside name is refused");
+    let (code, out) = sh(&socket, "a", DNS_RCODE).await;
+    assert_eq!(code, 0, "{out}");
+    assert_ne!(
+        out.trim(),
+        "5",
+        "a has nat: its outside names are forwarded"
+    );
     let tables = host.run(&["nft", "list", "table", "inet", "banger"]);
     assert!(
         tables.contains(&format!("ip saddr {a_ip} masquerade")),

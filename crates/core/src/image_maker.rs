@@ -69,6 +69,18 @@ pub struct OciSource {
     pub reference: String,
     /// The kernel it boots with: its own, else this fallback's.
     pub kernel: KernelChoice,
+    /// Whose registry credentials the pull uses.
+    pub auth: RegistryAuth,
+}
+
+/// Whose registry credentials a pull uses: a caller's own, never another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegistryAuth {
+    /// The daemon's (root's pulls, the catalog's images).
+    #[default]
+    Daemon,
+    /// This user's credential files, read with its rights.
+    User { uid: u32, gid: u32 },
 }
 
 /// A VM promoted to an image over the image it runs: its system disk

@@ -60,6 +60,8 @@ pub enum PullSource {
     Oci {
         reference: String,
         kernel_from: Option<String>,
+        /// Whose registry credentials it is pulled with.
+        auth: crate::image_maker::RegistryAuth,
     },
 }
 
@@ -79,6 +81,7 @@ impl PullSource {
         let oci = || PullSource::Oci {
             reference: what.to_string(),
             kernel_from: None,
+            auth: Default::default(),
         };
         if what.starts_with("docker://") {
             oci()
@@ -320,9 +323,11 @@ impl Images {
             PullSource::Oci {
                 reference,
                 kernel_from,
+                auth,
             } => Ok(ImageRequest::Oci(crate::image_maker::OciSource {
                 reference: reference.clone(),
                 kernel: self.kernel_fallback(kernel_from.as_deref())?,
+                auth: *auth,
             })),
         }
     }

@@ -109,6 +109,13 @@ impl Caller {
         })
     }
 
+    /// Whether `path` names something the caller can see (a link counts;
+    /// a path in a directory the caller may not search does not: its
+    /// existence is not the caller's to learn).
+    pub fn sees(&self, path: &Path) -> bool {
+        self.with_rights(|| path.symlink_metadata()).is_ok()
+    }
+
     /// Opens `path` for reading with the caller's rights, without
     /// blocking on a fifo or taking a terminal.
     fn open(&self, path: &Path) -> Result<File, CallerError> {
@@ -162,7 +169,7 @@ impl Caller {
     /// an existing file or a link there), published by `NewFile::publish`.
     pub fn create_new(&self, out: &Path) -> Result<NewFile, CallerError> {
         let shown = out.display().to_string();
-        if out.symlink_metadata().is_ok() {
+        if self.sees(out) {
             return Err(CallerError::Exists { path: shown });
         }
         let mut name = out.as_os_str().to_owned();

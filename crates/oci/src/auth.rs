@@ -1,8 +1,8 @@
 //! Registry credentials from the files docker and podman write: the
 //! first of `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
 //! `~/.config/containers/auth.json`, `$DOCKER_CONFIG/config.json` and
-//! `~/.docker/config.json` (of the daemon's user) that names the
-//! registry. Only inline `auth` entries are read; credential helpers are
+//! `~/.docker/config.json` (of the daemon's user, or `user_files` of the
+//! user a pull is for) that names the registry. Only inline `auth` entries are read; credential helpers are
 //! not run. Without an entry the pull is anonymous (bearer tokens are
 //! still fetched when the registry asks for them).
 
@@ -62,6 +62,16 @@ pub fn default_files() -> Vec<PathBuf> {
         files.push(home.join(".docker/config.json"));
     }
     files
+}
+
+/// The files looked at for the user `uid` whose home is `home` (what
+/// podman and docker write for it, without its environment).
+pub fn user_files(home: &Path, uid: u32) -> Vec<PathBuf> {
+    vec![
+        PathBuf::from(format!("/run/user/{uid}/containers/auth.json")),
+        home.join(".config/containers/auth.json"),
+        home.join(".docker/config.json"),
+    ]
 }
 
 /// The keys a registry may be filed under.

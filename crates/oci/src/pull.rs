@@ -22,6 +22,9 @@ pub struct PullOptions {
     pub insecure: Vec<String>,
     /// Credentials files, in order (`auth::default_files`).
     pub auth_files: Vec<PathBuf>,
+    /// Credentials found already (a caller's, read with its rights):
+    /// used instead of `auth_files` when given.
+    pub credentials: Option<crate::auth::Credentials>,
     pub limits: Limits,
 }
 
@@ -63,7 +66,10 @@ pub async fn pull(
     progress: &dyn Progress,
 ) -> Result<Pulled, OciError> {
     progress.stage("resolve");
-    let credentials = auth::find(reference.registry(), &options.auth_files)?;
+    let credentials = match &options.credentials {
+        Some(given) => Some(given.clone()),
+        None => auth::find(reference.registry(), &options.auth_files)?,
+    };
     let registry =
         Registry::connect(reference, &options.insecure, credentials, options.limits).await?;
     let resolved = registry.resolve().await?;

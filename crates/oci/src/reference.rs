@@ -107,7 +107,7 @@ impl ImageRef {
 }
 
 /// `localhost`, 127.0.0.0/8 or ::1, with or without a port.
-fn is_local(registry: &str) -> bool {
+pub fn is_local(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {

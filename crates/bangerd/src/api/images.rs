@@ -130,7 +130,7 @@ pub async fn build_image(
         (status = 200, description = "Progress stream (`Accept: application/x-ndjson`)",
             body = ProgressEvent, content_type = "application/x-ndjson"),
         (status = 400, description = "The body breaks the schema", body = ApiError),
-        (status = 403, description = "The bundle path is inside banger's own directories", body = ApiError),
+        (status = 403, description = "The bundle path is inside banger's own directories, or a member's source is plain HTTP or on this host", body = ApiError),
         (status = 404, description = "No such bundle file (or not readable by the caller), or no such `kernel_from` image", body = ApiError),
         (status = 409, description = "The name is taken", body = ApiError),
         (status = 422, description = "The source cannot be used as asked (not a bundle, a reference too long, no linux/amd64 image, `kernel_from` for a bundle)", body = ApiError),
@@ -155,13 +155,14 @@ pub async fn pull_image(
     if let PullSource::Url { url, .. } = &mut source {
         if !url.starts_with("http://") && !url.starts_with("https://") {
             let path = url.strip_prefix("file://").unwrap_or(url);
-            let path = host_path(&state, path, "bundle")?;
+            let path = host_path(&state, caller, path, "bundle")?;
             *url = held.open(caller, path)?.display().to_string();
         }
     }
     if let PullSource::Oci {
         reference,
         kernel_from,
+        ..
     } = &mut source
     {
         // The pattern has refused what the parser would, but a length.
@@ -177,6 +178,15 @@ pub async fn pull_image(
             "kernel_from is for OCI images",
             Some("bundles and catalog images bring their own kernel: leave kernel_from out"),
         ));
+    }
+    if !caller.is_root() {
+        member_source(&state, &source)?;
+        if let PullSource::Oci { auth, .. } = &mut source {
+            *auth = banger_core::image_maker::RegistryAuth::User {
+                uid: caller.uid,
+                gid: caller.gid,
+            };
+        }
     }
     let pull = state.images.pull_request(&source).map_err(image_error)?;
     let checked_name = match (&name, &source) {
@@ -233,9 +243,10 @@ pub async fn register_image(
                 Some("kernel names a file, kernel_from an image: keep one"),
             ))
         }
-        (Some(kernel), None) => {
-            KernelChoice::File(held.open(caller, host_path(&state, kernel.as_str(), "kernel")?)?)
-        }
+        (Some(kernel), None) => KernelChoice::File(held.open(
+            caller,
+            host_path(&state, caller, kernel.as_str(), "kernel")?,
+        )?),
         (None, kernel_from) => kernel_choice(&state, kernel_from.as_deref())?,
     };
     if request.initrd.is_some() && request.kernel.is_none() {
@@ -253,7 +264,7 @@ pub async fn register_image(
         ));
     }
     let mut open = |path: Option<&HostPath>, what: &str| -> Result<Option<PathBuf>, HttpError> {
-        path.map(|p| held.open(caller, host_path(&state, p.as_str(), what)?))
+        path.map(|p| held.open(caller, host_path(&state, caller, p.as_str(), what)?))
             .transpose()
     };
     let initrd = open(request.initrd.as_ref(), "initrd")?;
@@ -306,9 +317,9 @@ pub async fn export_image(
     ApiPath(image): ApiPath<String>,
     ApiJson(request): ApiJson<ImageExportRequest>,
 ) -> Result<Response, HttpError> {
-    let file = host_path(&state, request.file.as_str(), "bundle file")?;
+    let file = host_path(&state, caller, request.file.as_str(), "bundle file")?;
     state.images.find(&image).map_err(image_error)?;
-    if file.symlink_metadata().is_ok() {
+    if caller.sees(&file) {
         return Err(image_error(ImageError::ExportTarget(
             file.display().to_string(),
         )));
@@ -391,12 +402,59 @@ pub async fn prune_images(State(state): State<AppState>) -> Result<Json<PruneRep
 /// A path a request names on the daemon's host: absolute (the CLI makes
 /// it so) and outside banger's own state and runtime directories, which
 /// the daemon (root) must not be steered into reading or writing.
-fn host_path(state: &AppState, path: &str, what: &str) -> Result<PathBuf, HttpError> {
+/// Refuses a member's pull from a source only root may use: plain HTTP
+/// or this host's own addresses (the daemon would fetch them as root),
+/// unless `member_sources` lists it.
+fn member_source(state: &AppState, source: &PullSource) -> Result<(), HttpError> {
+    let (host, plain) = match source {
+        PullSource::Url { url, .. }
+            if url.starts_with("http://") || url.starts_with("https://") =>
+        {
+            let Some(authority) = url
+                .parse::<hyper::Uri>()
+                .ok()
+                .and_then(|uri| uri.authority().map(|a| a.as_str().to_string()))
+            else {
+                return Ok(());
+            };
+            (authority, url.starts_with("http://"))
+        }
+        PullSource::Oci { reference, .. } => {
+            let Ok(parsed) = banger_oci::ImageRef::parse(reference) else {
+                return Ok(());
+            };
+            let insecure = parsed.plain_http(&state.insecure_registries);
+            (parsed.registry().to_string(), insecure)
+        }
+        _ => return Ok(()),
+    };
+    let host_only = host.rsplit_once('@').map_or(host.as_str(), |(_, h)| h);
+    let local = banger_oci::reference::is_local(host_only);
+    if (plain || local) && !state.member_sources.iter().any(|s| s == host_only) {
+        return Err(HttpError::new(
+            ErrorCode::Forbidden,
+            format!("only root may pull from {host_only} (plain http, or this host's own address)"),
+            Some("use an https source on another host, or ask root to list it in member_sources in bangerd's config"),
+        ));
+    }
+    Ok(())
+}
+
+fn host_path(
+    state: &AppState,
+    caller: banger_host::caller::Caller,
+    path: &str,
+    what: &str,
+) -> Result<PathBuf, HttpError> {
     let path = absolute(path, what)?;
-    // The file itself when it exists, else its directory: links resolved.
-    let resolved = std::fs::canonicalize(&path).or_else(|_| {
-        let parent = path.parent().unwrap_or(std::path::Path::new("/"));
-        std::fs::canonicalize(parent).map(|dir| dir.join(path.file_name().unwrap_or_default()))
+    // The file itself when it exists, else its directory: links resolved
+    // with the caller's rights (what it cannot see stays unresolved, and
+    // opening it with those rights fails as for a missing file).
+    let resolved = caller.with_rights(|| {
+        std::fs::canonicalize(&path).or_else(|_| {
+            let parent = path.parent().unwrap_or(std::path::Path::new("/"));
+            std::fs::canonicalize(parent).map(|dir| dir.join(path.file_name().unwrap_or_default()))
+        })
     });
     let resolved = resolved.unwrap_or_else(|_| path.clone());
     for own in [&state.state_dir, &state.run_dir] {

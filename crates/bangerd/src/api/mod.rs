@@ -59,6 +59,10 @@ pub struct AppState {
     pub ports: Arc<banger_host::ports::PortsCapability>,
     /// What callers other than root may publish.
     pub publish: crate::config::PublishPolicy,
+    /// Plain-HTTP and this host's sources members may pull from.
+    pub member_sources: Vec<String>,
+    /// Registries spoken to over plain HTTP (`insecure_registries`).
+    pub insecure_registries: Vec<String>,
     /// What `/metrics` counts.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What `/v1/events` streams.

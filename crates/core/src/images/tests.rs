@@ -473,7 +473,8 @@ fn pull_sources_tell_urls_and_paths_from_catalog_names() {
             PullSource::parse(what, None, &Catalog::embedded()),
             PullSource::Oci {
                 reference: what.into(),
-                kernel_from: None
+                kernel_from: None,
+                auth: Default::default(),
             },
             "{what}"
         );

@@ -158,17 +158,66 @@ impl Jail {
         self.link(host, inner, base, None)
     }
 
+    /// Makes the new, empty file `inner` in the chroot for the VM's user
+    /// to write. A name the VMM planted there (a link to a host file) is
+    /// refused, never followed.
+    pub fn make_file(&self, inner: &str) -> Result<(), JailError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.host_path(inner);
+        let failed = |source| JailError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&path)
+            .map_err(failed)?;
+        std::os::unix::fs::fchown(&file, Some(self.uid), Some(self.gid)).map_err(failed)
+    }
+
     /// Moves a file Firecracker wrote in the chroot to `host`, root's and
-    /// 0644, so no VM's user keeps a hand on it.
+    /// 0644, so no VM's user keeps a hand on it. The VMM's user may write
+    /// in the chroot: the file is opened without following a link, owner
+    /// and mode are set through that descriptor, and what arrives at
+    /// `host` must be that very file.
     pub fn take_out(&self, inner: &str, host: &Path) -> Result<(), JailError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let from = self.host_path(inner);
         let failed = |source| JailError::Io {
             path: from.display().to_string(),
             source,
         };
-        std::os::unix::fs::chown(&from, Some(0), Some(0)).map_err(failed)?;
-        std::fs::set_permissions(&from, std::fs::Permissions::from_mode(0o644)).map_err(failed)?;
-        std::fs::rename(&from, host).map_err(failed)
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&from)
+            .map_err(failed)?;
+        let meta = file.metadata().map_err(failed)?;
+        if !meta.is_file() {
+            return Err(failed(io::Error::other("not a regular file")));
+        }
+        std::os::unix::fs::fchown(&file, Some(0), Some(0)).map_err(failed)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(failed)?;
+        nix::fcntl::renameat2(
+            None,
+            &from,
+            None,
+            host,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|e| failed(e.into()))?;
+        let arrived = host.symlink_metadata().map_err(failed)?;
+        if (arrived.dev(), arrived.ino()) != (meta.dev(), meta.ino()) {
+            let _ = std::fs::remove_file(host);
+            return Err(failed(io::Error::other(
+                "the file was replaced while it was taken out",
+            )));
+        }
+        Ok(())
     }
 
     fn link(
@@ -178,7 +227,13 @@ impl Jail {
         base_dev: u64,
         owner: Option<(u32, u32)>,
     ) -> Result<(), JailError> {
-        let meta = host.metadata().map_err(|source| JailError::Io {
+        // The file is banger's; its owner and mode are set through this
+        // descriptor, never through the name in the chroot.
+        let source = std::fs::File::open(host).map_err(|source| JailError::Io {
+            path: host.display().to_string(),
+            source,
+        })?;
+        let meta = source.metadata().map_err(|source| JailError::Io {
             path: host.display().to_string(),
             source,
         })?;
@@ -193,14 +248,20 @@ impl Jail {
             path: target.display().to_string(),
             source,
         };
+        // A new name: linkat(2) never follows or replaces one there.
         std::fs::hard_link(host, &target).map_err(failed)?;
+        let linked = target.symlink_metadata().map_err(failed)?;
+        if (linked.dev(), linked.ino()) != (meta.dev(), meta.ino()) {
+            return Err(failed(io::Error::other("the link was replaced")));
+        }
         match owner {
             Some((uid, gid)) => {
-                std::os::unix::fs::chown(&target, Some(uid), Some(gid)).map_err(failed)?
+                std::os::unix::fs::fchown(&source, Some(uid), Some(gid)).map_err(failed)?
             }
             None => {
                 let mode = meta.permissions().mode() | 0o444;
-                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                source
+                    .set_permissions(std::fs::Permissions::from_mode(mode))
                     .map_err(failed)?
             }
         }
@@ -363,6 +424,27 @@ mod tests {
             assert_eq!(meta("/overlay.disk").uid(), jail.uid);
             assert_eq!(meta("/vmm.log").gid(), jail.gid);
         }
+        // Links the VMM's user could plant in the chroot are never
+        // followed by root-side work.
+        let victim = files.join("victim");
+        std::fs::write(&victim, "host file").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&victim, jail.host_path(SNAPSHOT_STATE)).unwrap();
+        assert!(jail.make_file(SNAPSHOT_STATE).is_err());
+        let out = tmp.path().join("state");
+        assert!(jail.take_out(SNAPSHOT_STATE, &out).is_err());
+        assert!(!out.exists());
+        let victim_meta = victim.metadata().unwrap();
+        assert_eq!(victim_meta.mode() & 0o777, 0o600, "its mode is unchanged");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file");
+        // A file the VMM wrote is taken out, root's and 0644.
+        jail.make_file(SNAPSHOT_MEMORY).unwrap();
+        std::fs::write(jail.host_path(SNAPSHOT_MEMORY), "memory").unwrap();
+        let memory = tmp.path().join("memory");
+        jail.take_out(SNAPSHOT_MEMORY, &memory).unwrap();
+        assert_eq!(memory.metadata().unwrap().mode() & 0o777, 0o644);
+        assert!(!jail.host_path(SNAPSHOT_MEMORY).exists());
+
         // Again from scratch, then gone; the originals stay.
         jail.prepare(&host).unwrap();
         jail.remove();

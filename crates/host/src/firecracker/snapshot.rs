@@ -77,12 +77,7 @@ impl FirecrackerDriver {
             Some(jail) => {
                 // Made for its user: the chroot's root is not writable to it.
                 for inner in [jail::SNAPSHOT_STATE, jail::SNAPSHOT_MEMORY] {
-                    let path = jail.host_path(inner);
-                    std::fs::File::create(&path)
-                        .and_then(|_| {
-                            std::os::unix::fs::chown(&path, Some(jail.uid), Some(jail.gid))
-                        })
-                        .map_err(|e| control(format!("cannot make {}: {e}", path.display())))?;
+                    jail.make_file(inner).map_err(control)?;
                 }
                 (
                     PathBuf::from(jail::SNAPSHOT_STATE),

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use banger_core::catalog::{BuildRecipe, BundleSource};
 use banger_core::image_maker::{
     ImageKernel, ImageMaker, ImageRequest, KernelChoice, MakeError, OciSource, RegisterFiles,
+    RegistryAuth,
 };
 use banger_core::progress::Progress;
 use banger_oci::{ImageRef, OciError};
@@ -170,6 +171,25 @@ fn from_userland(err: userland::UserlandError) -> MakeError {
             )
         }
         err => failed(err),
+    }
+}
+
+/// The registry credentials of `caller` (whose home is `home`) for
+/// `registry`, read with its rights: a file it cannot read is not read.
+pub fn user_credentials(
+    caller: crate::caller::Caller,
+    home: Option<&Path>,
+    registry: &str,
+) -> Result<Option<banger_oci::auth::Credentials>, banger_oci::OciError> {
+    let Some(home) = home else {
+        return Ok(None);
+    };
+    let files = banger_oci::auth::user_files(home, caller.uid);
+    let found = caller.with_rights(|| Ok(banger_oci::auth::find(registry, &files)));
+    match found {
+        Ok(found) => found,
+        // No identity to read with: no credentials rather than root's.
+        Err(_) => Ok(None),
     }
 }
 
@@ -576,7 +596,22 @@ impl HostImageMaker {
         // umask the daemon runs with.
         std::fs::set_permissions(&tree, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .map_err(failed)?;
-        let pulled = banger_oci::pull(&reference, &oci.cache, &tree, &oci.options, progress)
+        let mut options = oci.options.clone();
+        if let RegistryAuth::User { uid, gid } = source.auth {
+            // A member's pull: its own credentials or none, never root's.
+            let home = nix::unistd::User::from_uid(uid.into())
+                .ok()
+                .flatten()
+                .map(|user| user.dir);
+            options.credentials = user_credentials(
+                crate::caller::Caller { uid, gid },
+                home.as_deref(),
+                reference.registry(),
+            )
+            .map_err(oci_failed)?;
+            options.auth_files = Vec::new();
+        }
+        let pulled = banger_oci::pull(&reference, &oci.cache, &tree, &options, progress)
             .await
             .map_err(oci_failed)?;
         if pulled.downloaded > 0 {
