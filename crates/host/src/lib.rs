@@ -16,6 +16,7 @@ pub mod net;
 pub mod ports;
 pub mod process;
 pub mod qemu;
+pub mod sandbox;
 pub mod shares;
 pub mod ssh;
 pub mod stats;

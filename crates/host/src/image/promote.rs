@@ -10,8 +10,9 @@
 //! sizes.
 //! The parent's kernel, initrd, rootfs and layers join by hard link with
 //! the digests the parent's manifest already holds, so a promote costs
-//! what the VM changed. Both tools parse the guest's filesystem in user
-//! space; nothing of it is mounted on the host.
+//! what the VM changed. The tools parse the guest's filesystem in user
+//! space, as a user of their own (`ext4::tools`); nothing of it is
+//! mounted on the host.
 
 use std::path::Path;
 
@@ -28,13 +29,11 @@ fn failed(err: impl std::fmt::Display) -> MakeError {
 /// The tools promote runs.
 pub const TOOLS: [&str; 4] = ["e2fsck", "debugfs", "tune2fs", "resize2fs"];
 
-/// Runs an e2fsprogs tool with `args` then `disk`.
+/// Runs an e2fsprogs tool with `args` then `disk`: unprivileged, the
+/// disk being the guest's filesystem (`ext4::tools`).
 async fn run(name: &str, args: &[&str], disk: &Path) -> Result<std::process::Output, MakeError> {
-    tokio::process::Command::new(name)
-        .args(args)
-        .arg(disk)
-        .stdin(std::process::Stdio::null())
-        .output()
+    let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.into()).collect();
+    super::ext4::tools::run_unprivileged(name, &args, disk, &[])
         .await
         .map_err(|e| {
             MakeError::unavailable(
@@ -99,7 +98,13 @@ async fn scrub(layer: &Path, paths: &[String]) -> Result<(), MakeError> {
     }
     let script = layer.with_extension("scrub");
     std::fs::write(&script, commands).map_err(failed)?;
-    let script_arg = script.display().to_string();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(failed)?;
+    // Beside the layer: the tool runs in its directory.
+    let script_arg = script
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let out = run("debugfs", &["-w", "-f", &script_arg], layer).await;
     let _ = std::fs::remove_file(&script);
     let out = out?;

@@ -5,7 +5,7 @@
 //! binaries from guest root). The calls that could are answered `EPERM`;
 //! `openat2`, whose mode the filter cannot see, answers `ENOSYS`, so
 //! virtiofsd falls back to `openat`, whose mode it can. The filter is
-//! installed in the child before virtiofsd starts (with no_new_privs) and
+//! installed in the child before virtiofsd starts (`crate::sandbox`) and
 //! stacks under virtiofsd's own.
 
 use std::collections::BTreeMap;
@@ -103,36 +103,6 @@ pub fn programs() -> Result<Vec<BpfProgram>, FilterError> {
     ])
 }
 
-/// Makes `command` run under the filter and, when `dir` is given, start
-/// in that directory: an open descriptor, so its path is not looked up
-/// again between the check and the start.
-pub fn confine(
-    command: &mut std::process::Command,
-    dir: Option<std::os::fd::RawFd>,
-) -> Result<(), FilterError> {
-    use std::os::unix::process::CommandExt;
-    let programs = programs()?;
-    let run = move || -> std::io::Result<()> {
-        if let Some(fd) = dir {
-            nix::unistd::fchdir(fd)?;
-        }
-        for program in &programs {
-            seccompiler::apply_filter(program)
-                .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
-        }
-        Ok(())
-    };
-    // SAFETY: `run` executes in the forked child before exec and only
-    // makes async-signal-safe system calls (fchdir, prctl, seccomp) over
-    // programs built before the fork; it allocates nothing on success and
-    // takes no lock.
-    #[allow(unsafe_code)]
-    unsafe {
-        command.pre_exec(run);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,7 +112,13 @@ mod tests {
         let held = std::fs::File::open(dir).unwrap();
         let mut command = std::process::Command::new(args[0]);
         command.args(&args[1..]).stderr(std::process::Stdio::null());
-        confine(&mut command, Some(std::os::fd::AsRawFd::as_raw_fd(&held))).unwrap();
+        crate::sandbox::confine(
+            &mut command,
+            crate::sandbox::Confinement {
+                dir: Some(std::os::fd::AsRawFd::as_raw_fd(&held)),
+                programs: programs().unwrap(),
+            },
+        );
         command.status().unwrap().success()
     }
 

@@ -65,8 +65,13 @@ pub async fn start(
     } else {
         command.uid(share.uid).gid(share.gid);
     }
-    super::filter::confine(command.as_std_mut(), Some(folder.as_raw_fd()))
-        .map_err(|e| e.to_string())?;
+    crate::sandbox::confine(
+        command.as_std_mut(),
+        crate::sandbox::Confinement {
+            dir: Some(folder.as_raw_fd()),
+            programs: super::filter::programs().map_err(|e| e.to_string())?,
+        },
+    );
     let spawned = command.spawn();
     drop(folder);
     let mut child = spawned.map_err(|e| format!("cannot start {}: {e}", binary.display()))?;

@@ -4,6 +4,7 @@
 //! small work seed every VM's `/root` disk is cloned from.
 
 pub mod inside;
+pub mod tools;
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -79,6 +80,13 @@ pub fn size_for(tree_bytes: u64) -> u64 {
     want.div_ceil(MIB) * MIB
 }
 
+/// The last three lines of a tool's stderr, on one line.
+fn last_lines(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let tail: Vec<&str> = text.lines().rev().take(3).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
 async fn run(tool: &'static str, command: &mut Command) -> Result<String, Ext4Error> {
     let out = command
         .stdin(Stdio::null())
@@ -91,14 +99,9 @@ async fn run(tool: &'static str, command: &mut Command) -> Result<String, Ext4Er
         })?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
         return Err(Ext4Error::Tool {
             tool,
-            detail: format!(
-                "{} ({})",
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ),
+            detail: format!("{} ({})", out.status, last_lines(&out.stderr)),
         });
     }
     Ok(stderr)
@@ -153,12 +156,8 @@ pub async fn grow(image: &Path, extra: u64) -> Result<(), Ext4Error> {
             source,
         })?
         .len();
-    let out = Command::new("e2fsck")
-        .arg("-fy")
-        .arg(image)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
+    // The image is someone else's: checked and grown unprivileged.
+    let out = tools::run_unprivileged("e2fsck", &["-fy".into()], image, &[])
         .await
         .map_err(|e| Ext4Error::Tool {
             tool: "e2fsck",
@@ -171,14 +170,24 @@ pub async fn grow(image: &Path, extra: u64) -> Result<(), Ext4Error> {
         });
     }
     let want = (size + extra).div_ceil(MIB) * MIB;
-    run(
+    let out = tools::run_unprivileged(
         "resize2fs",
-        Command::new("resize2fs")
-            .arg(image)
-            .arg(format!("{}K", want / 1024)),
+        &[],
+        image,
+        &[format!("{}K", want / 1024).into()],
     )
     .await
-    .map(drop)
+    .map_err(|e| Ext4Error::Tool {
+        tool: "resize2fs",
+        detail: format!("cannot run it: {e}"),
+    })?;
+    if !out.status.success() {
+        return Err(Ext4Error::Tool {
+            tool: "resize2fs",
+            detail: format!("{} ({})", out.status, last_lines(&out.stderr)),
+        });
+    }
+    Ok(())
 }
 
 /// Makes `out`, an ext4 image holding the tree under `dir` (owners and

@@ -211,22 +211,42 @@ pub fn debugfs_script(ops: &[TreeOp]) -> Result<String, OpsError> {
 }
 
 /// Carries the ops out inside the ext4 image `image` (which must have
-/// room for them); file contents are staged in `scratch`.
+/// room for them); file contents are staged in `scratch`, a directory
+/// under the image's. The image is someone else's filesystem: debugfs
+/// runs unprivileged (`ext4::tools`), reading only what is staged.
 pub async fn apply_to_ext4(image: &Path, ops: &[TreeOp], scratch: &Path) -> Result<(), OpsError> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(scratch).map_err(io("create", scratch))?;
+    let base = image.parent().unwrap_or(Path::new("."));
+    let relative = scratch
+        .strip_prefix(base)
+        .map_err(|_| OpsError::BadPath {
+            path: scratch.display().to_string(),
+        })?
+        .to_path_buf();
+    // Readable by the tools' user: the directories on the way and the
+    // files staged in them.
+    let mut dir = base.to_path_buf();
+    for part in relative.components() {
+        dir.push(part);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("open", &dir))?;
+    }
     let mut script = String::new();
     for (index, op) in ops.iter().enumerate() {
         let mut one = debugfs_script(std::slice::from_ref(op))?;
         if let TreeOp::Write { contents, .. } = op {
-            let src = match contents {
-                Contents::Text(text) => {
-                    let file = scratch.join(format!("op-{index}"));
-                    std::fs::write(&file, text).map_err(io("write", &file))?;
-                    file
+            let name = format!("op-{index}");
+            let file = scratch.join(&name);
+            match contents {
+                Contents::Text(text) => std::fs::write(&file, text).map_err(io("write", &file))?,
+                Contents::HostFile(from) => {
+                    std::fs::copy(from, &file).map_err(io("copy", from))?;
                 }
-                Contents::HostFile(from) => from.clone(),
-            };
-            let shown = src.display().to_string();
+            }
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                .map_err(io("open", &file))?;
+            let shown = relative.join(&name).display().to_string();
             if shown.chars().any(|c| c.is_whitespace() || c == '"') {
                 return Err(OpsError::BadPath { path: shown });
             }
@@ -236,15 +256,17 @@ pub async fn apply_to_ext4(image: &Path, ops: &[TreeOp], scratch: &Path) -> Resu
     }
     let file = scratch.join("debugfs.cmds");
     std::fs::write(&file, &script).map_err(io("write", &file))?;
-    let out = tokio::process::Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&file)
-        .arg(image)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(io("run debugfs on", image))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+        .map_err(io("open", &file))?;
+    let cmds = relative.join("debugfs.cmds").into_os_string();
+    let out = crate::image::ext4::tools::run_unprivileged(
+        "debugfs",
+        &["-w".into(), "-f".into(), cmds],
+        image,
+        &[],
+    )
+    .await
+    .map_err(io("run debugfs on", image))?;
     if !out.status.success() {
         return Err(OpsError::Debugfs(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
