@@ -108,6 +108,19 @@ pub fn copy_archive(data: &[u8]) {
     };
     let _ = banger_copy::unpack(Cursor::new(data), &into, options);
     assert_only(dir.path(), &["into"]);
+    // As a copy out unpacks: only the name asked for lands.
+    let asked = dir.path().join("asked");
+    std::fs::create_dir(&asked).expect("the destination");
+    let options = banger_copy::UnpackOptions {
+        owner: banger_copy::Owner::Unpacker,
+        top: Some("report".into()),
+    };
+    let _ = banger_copy::unpack(Cursor::new(data), &asked, options);
+    assert_only(dir.path(), &["into", "asked"]);
+    for entry in std::fs::read_dir(&asked).expect("the destination") {
+        let name = entry.expect("an entry").file_name();
+        assert_eq!(name, "report", "a name not asked for landed");
+    }
 }
 
 /// An ext4 image (registered, pulled or bundled) read inside itself: its

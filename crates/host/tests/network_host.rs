@@ -46,10 +46,11 @@ fn nft_table(ns: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Makes a namespace (lo up, an uplink with the default route), or None under no privileges
+/// Makes namespace `bgt-TAG-PID` (lo up, an uplink with the default route), or None under no privileges
 /// (a failure under CI=true).
-fn namespace() -> Option<Ns> {
-    let name = format!("bgt-host-{}", std::process::id());
+fn namespace(tag: &str) -> Option<Ns> {
+    // Tests run side by side in one process: each its own namespace.
+    let name = format!("bgt-{tag}-{}", std::process::id());
     let _ = Command::new("ip").args(["netns", "del", &name]).status();
     if !Command::new("ip")
         .args(["netns", "add", &name])
@@ -86,6 +87,15 @@ fn inside<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
             .join()
             .unwrap()
     })
+}
+
+/// Runs `work` to its end on a runtime of this thread's own.
+fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(work)
 }
 
 fn config() -> NetConfig {
@@ -134,16 +144,12 @@ async fn wait_idle(net: &Network, want: usize) {
 
 #[test]
 fn bridge_pool_nat_and_dns_in_a_namespace() {
-    let Some(ns) = namespace() else {
+    let Some(ns) = namespace("host") else {
         return;
     };
     let name = ns.0.clone();
     inside(&name, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let net = Network::start(config()).await.unwrap();
             assert_eq!(net.uplink(), Some("up0"), "the default route's interface");
             let links = ip(&name, &["-o", "link", "show", "master", "bgt0"]);
@@ -233,24 +239,35 @@ fn side(name: &str) -> Ns {
     Ns(name.to_string())
 }
 
-/// Whether `from` reaches `to` with one ping.
-fn pings(from: &str, to: &str) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", from, "ping", "-c", "1", "-W", "1", to])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success()
+/// A TCP listener on `addr` inside `ns`, accepting until the test ends.
+fn listen_in(ns: &str, addr: SocketAddr) {
+    let ns = ns.to_string();
+    let (ready, bound) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        ready.send(()).unwrap();
+        for connection in listener.incoming() {
+            drop(connection);
+        }
+    });
+    bound
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the listener is up");
+}
+
+/// Whether a TCP connection from inside `from` reaches `to` within 1 s.
+fn reaches(from: &str, to: SocketAddr) -> bool {
+    inside(from, || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok()
+    })
 }
 
 /// A query from inside `ns` to `server`: its answer, or None after 2 s.
 fn try_ask(ns: &str, server: SocketAddr) -> Option<ResponseCode> {
     inside(ns, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let mut query = Message::new();
             query
                 .set_id(3)
@@ -282,7 +299,7 @@ fn try_ask(ns: &str, server: SocketAddr) -> Option<ResponseCode> {
 /// from banger's DNS; a host that forwarded before keeps routing.
 #[test]
 fn forwarding_banger_turned_on_carries_only_the_bridge() {
-    let Some(router) = namespace() else {
+    let Some(router) = namespace("fwd") else {
         return;
     };
     let name = router.0.clone();
@@ -315,24 +332,21 @@ fn forwarding_banger_turned_on_carries_only_the_bridge() {
         })
     };
     // The control: with forwarding on, the host routes a to b.
+    let server: SocketAddr = "10.72.0.2:9000".parse().unwrap();
+    listen_in(&b.0, server);
     forwarding("1");
-    assert!(pings(&a.0, "10.72.0.2"), "the test's own routing works");
+    assert!(reaches(&a.0, server), "the test's own routing works");
     forwarding("0");
     let start = || {
         inside(&name, || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
+            block_on(async {
                 let net = Network::start(config()).await.unwrap();
                 net.owns_forwarding()
             })
         })
     };
     assert!(start(), "banger turned forwarding on");
-    assert!(pings(&b.0, "10.72.0.1"), "b reaches the host");
-    assert!(!pings(&a.0, "10.72.0.2"), "the host routes a to b");
+    assert!(!reaches(&a.0, server), "the host routes a to b");
     assert!(nft_table(&name).contains("banger turned forwarding on"));
     assert_eq!(
         try_ask(&a.0, "172.30.5.1:53".parse().unwrap()),
@@ -341,7 +355,7 @@ fn forwarding_banger_turned_on_carries_only_the_bridge() {
     );
     assert!(start(), "a restart knows banger turned it on");
     assert!(
-        !pings(&a.0, "10.72.0.2"),
+        !reaches(&a.0, server),
         "the host routes a to b after a restart"
     );
     // A host that forwarded before banger came keeps routing.
@@ -353,5 +367,5 @@ fn forwarding_banger_turned_on_carries_only_the_bridge() {
         .unwrap();
     assert!(dropped.success());
     assert!(!start(), "forwarding was the host's");
-    assert!(pings(&a.0, "10.72.0.2"), "the host's own routing is kept");
+    assert!(reaches(&a.0, server), "the host's own routing is kept");
 }

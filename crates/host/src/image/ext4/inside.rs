@@ -91,10 +91,21 @@ fn is_missing(err: &ViewError) -> bool {
     matches!(err, ViewError::NotFound)
 }
 
-/// Where a copy stands against its bounds.
+/// Where a copy stands against its bounds, and its buffer.
 struct Budget {
     bytes: u64,
     entries: u64,
+    buffer: Vec<u8>,
+}
+
+impl Budget {
+    fn new(bytes: u64) -> Self {
+        Budget {
+            bytes,
+            entries: 0,
+            buffer: vec![0u8; 256 << 10],
+        }
+    }
 }
 
 impl Budget {
@@ -176,10 +187,7 @@ impl Ext4Image {
                 "{inside} is larger than {max} bytes"
             )));
         }
-        let mut budget = Budget {
-            bytes: max,
-            entries: 0,
-        };
+        let mut budget = Budget::new(max);
         self.write_file(inside, &meta, out, &mut budget)?;
         Ok(meta.len())
     }
@@ -201,10 +209,7 @@ impl Ext4Image {
                 return Ok(0);
             }
         };
-        let mut budget = Budget {
-            bytes: self.size,
-            entries: 0,
-        };
+        let mut budget = Budget::new(self.size);
         make_dir(out)?;
         // Directories get their modes once filled, deepest first.
         let mut dirs: Vec<(PathBuf, Metadata)> = Vec::new();
@@ -309,12 +314,13 @@ impl Ext4Image {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(out)
             .map_err(io_err("create", out))?;
-        let mut buffer = vec![0u8; 1 << 20];
         loop {
-            let n = source.read(&mut buffer).map_err(|e| InsideError::Read {
-                path: inside.to_string(),
-                detail: e.to_string(),
-            })?;
+            let n = source
+                .read(&mut budget.buffer)
+                .map_err(|e| InsideError::Read {
+                    path: inside.to_string(),
+                    detail: e.to_string(),
+                })?;
             if n == 0 {
                 break;
             }
@@ -323,7 +329,8 @@ impl Ext4Image {
                     "copying {inside} would write more than the image holds"
                 ))
             })?;
-            file.write_all(&buffer[..n]).map_err(io_err("write", out))?;
+            file.write_all(&budget.buffer[..n])
+                .map_err(io_err("write", out))?;
         }
         std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))
             .map_err(io_err("chown", out))?;

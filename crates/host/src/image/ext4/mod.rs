@@ -66,6 +66,22 @@ fn tree_usage(dir: &Path) -> io::Result<(u64, u64)> {
     Ok((bytes, entries))
 }
 
+/// `tree_usage` of `dir`, on a blocking thread.
+async fn usage(dir: &Path) -> Result<(u64, u64), Ext4Error> {
+    let owned = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || tree_usage(&owned))
+        .await
+        .map_err(|e| Ext4Error::Tool {
+            tool: "du",
+            detail: e.to_string(),
+        })?
+        .map_err(|source| Ext4Error::Io {
+            action: "walk",
+            path: dir.display().to_string(),
+            source,
+        })
+}
+
 /// `mkfs.ext4 -E` for a filesystem made in a fresh sparse file: root owns
 /// `/`, and the journal is left unwritten. The file reads as zeros until
 /// written, which is what a zeroed journal holds, so writing it out (64
@@ -198,18 +214,7 @@ pub async fn make_from_dir(
     size: Option<u64>,
     label: &str,
 ) -> Result<u64, Ext4Error> {
-    let owned = dir.to_path_buf();
-    let (tree_bytes, entries) = tokio::task::spawn_blocking(move || tree_usage(&owned))
-        .await
-        .map_err(|e| Ext4Error::Tool {
-            tool: "du",
-            detail: e.to_string(),
-        })?
-        .map_err(|source| Ext4Error::Io {
-            action: "walk",
-            path: dir.display().to_string(),
-            source,
-        })?;
+    let (tree_bytes, entries) = usage(dir).await?;
     let size = size.unwrap_or_else(|| size_for(tree_bytes));
     let file = std::fs::File::create(out).map_err(|source| Ext4Error::Io {
         action: "create",
@@ -248,18 +253,7 @@ pub async fn make_from_dir(
 /// Makes the work seed: an ext4 of `WORK_SEED_BYTES` (more when the tree
 /// needs it) holding `root_dir`'s contents, labelled `banger-work`.
 pub async fn make_work_seed(root_dir: &Path, out: &Path) -> Result<u64, Ext4Error> {
-    let owned = root_dir.to_path_buf();
-    let (tree_bytes, _) = tokio::task::spawn_blocking(move || tree_usage(&owned))
-        .await
-        .map_err(|e| Ext4Error::Tool {
-            tool: "du",
-            detail: e.to_string(),
-        })?
-        .map_err(|source| Ext4Error::Io {
-            action: "walk",
-            path: root_dir.display().to_string(),
-            source,
-        })?;
+    let (tree_bytes, _) = usage(root_dir).await?;
     let size = size_for(tree_bytes).max(WORK_SEED_BYTES);
     make_from_dir(root_dir, out, Some(size), "banger-work").await
 }
