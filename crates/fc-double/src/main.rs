@@ -13,13 +13,19 @@
 //! - with `--config-file`, requests wait while the machine boots; a boot
 //!   that fails while a request waits aborts the process ("VMM
 //!   disconnected", exit by SIGABRT) and the cause is never logged, one
-//!   that fails with none waiting logs its cause and exits 1;
+//!   that fails with none waiting ends with v1.16.1's `Error: ...` line
+//!   on stderr and exits 1;
+//! - its TAP is opened (`tap`): one another process holds ends a
+//!   config-file start with the line v1.16.1 printed for it;
 //! - snapshots: pause, resume, create of a paused machine, load on a
 //!   fresh process (see the double's module docs); a failed load logs
 //!   its cause and ends the process;
 //! - it exits on SIGTERM and leaves its socket behind.
 
+mod tap;
+
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -140,8 +146,22 @@ async fn main() {
         double.set_root(root.clone());
     }
     log.line("INFO", &format!("Listening on API socket ({api_sock:?}).",));
+    let mut taps: Vec<OwnedFd> = Vec::new();
+    // Jailed, the jailer's own device node in the chroot.
+    let tun = args.resolve(Path::new("/dev/net/tun"));
     if let Some(path) = args.config_file.as_ref().map(|p| args.resolve(p)) {
         let built = apply_config_file(&double, &path);
+        // Firecracker opens its TAP while it parses the file; one another
+        // process holds ends it with v1.16.1's own line.
+        for name in double.taps() {
+            match tap::open(&tun, &name) {
+                Ok(fd) => taps.push(fd),
+                Err(err) => {
+                    eprintln!("Error: RunWithApi(BuildFromJson(ParseFromJson(NetDevice(CreateNetworkDevice(TapOpen(IfreqExecuteError({}, {name:?}))))))))", os_error(&err));
+                    std::process::exit(1);
+                }
+            }
+        }
         // Requests wait while the machine "boots".
         let kernel = std::fs::read_to_string(&path)
             .ok()
@@ -160,10 +180,9 @@ async fn main() {
                 eprintln!("thread 'fc_api' panicked: VMM disconnected: RecvError");
                 std::process::abort();
             }
-            log.line(
-                "ERROR",
-                &format!("Building VMM configured from cmdline json failed: {cause}"),
-            );
+            // As v1.16.1 ends a config-file start that fails: main's error
+            // in its debug form, on stderr, no log level.
+            eprintln!("Error: RunWithApi(BuildFromJson(StartMicrovm({cause:?})))");
             std::process::exit(1);
         }
         double.boot_finished();
@@ -181,6 +200,18 @@ async fn main() {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                if taps.is_empty() && double.state() == banger_host::firecracker::InstanceState::Running {
+                    // Started through the API: the TAP is held from now.
+                    for name in double.taps() {
+                        match tap::open(&tun, &name) {
+                            Ok(fd) => taps.push(fd),
+                            Err(err) => {
+                                log.line("ERROR", &format!("Could not open tap {name}: {}", os_error(&err)));
+                                std::process::exit(1);
+                            }
+                        }
+                    }
+                }
                 if !console_said && double.state() == banger_host::firecracker::InstanceState::Running {
                     // The guest's first console line: serial output only.
                     println!("double guest {id}: booted (nothing really runs)");
@@ -191,7 +222,9 @@ async fn main() {
                     log.line("ERROR", &cause);
                     std::process::exit(1);
                 }
-                if double.stopped() && double.guest() == DoubleGuest::Obeys {
+                if double.stopped()
+                    && matches!(double.guest(), DoubleGuest::Obeys | DoubleGuest::SlowToLeave)
+                {
                     log.line("INFO", "Vmm is stopping.");
                     break;
                 }
@@ -200,7 +233,21 @@ async fn main() {
     }
     // Exit without removing the socket, as Firecracker does.
     log.line("INFO", "Firecracker exiting successfully. exit_code=0");
+    if double.guest() == DoubleGuest::SlowToLeave {
+        tap::leave_slowly(taps, Duration::from_millis(600));
+    }
     std::process::exit(0);
+}
+
+/// An OS error as Rust's debug form prints it inside Firecracker's errors.
+fn os_error(err: &std::io::Error) -> String {
+    let code = err.raw_os_error().unwrap_or(0);
+    let message = std::io::Error::from_raw_os_error(code).to_string();
+    let message = message.split(" (os error").next().unwrap_or_default();
+    format!(
+        "Os {{ code: {code}, kind: {:?}, message: {message:?} }}",
+        err.kind()
+    )
 }
 
 /// Replays a `--config-file` document as the API requests it stands for,

@@ -1,5 +1,6 @@
 //! Processes banger started: is a pid still the process we started (pid
-//! plus its start time, so a recycled pid does not fool us), and signals.
+//! plus its start time, so a recycled pid does not fool us, and any of
+//! its threads still running), and signals.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,8 +11,31 @@ use nix::unistd::Pid;
 /// State letter and start time (clock ticks since boot) of `pid`, from
 /// `/proc/PID/stat`; `None` when there is no such process.
 pub fn stat(pid: u32) -> Option<(char, u64)> {
-    let text =
-        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    stat_at(&Path::new("/proc").join(pid.to_string()).join("stat"))
+}
+
+/// A live thread of `pid`: its leader when it runs, else another thread
+/// still running (a leader that exits before its other threads is a
+/// zombie while they run on, holding every descriptor of the process).
+pub fn live_thread(pid: u32) -> Option<u32> {
+    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
+    let mut tids: Vec<u32> = std::fs::read_dir(&tasks)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect();
+    // The leader (tid == pid) first.
+    tids.sort_by_key(|tid| *tid != pid);
+    tids.into_iter().find(|tid| {
+        matches!(
+            stat_at(&tasks.join(tid.to_string()).join("stat")),
+            Some((state, _)) if state != 'Z' && state != 'X'
+        )
+    })
+}
+
+fn stat_at(path: &Path) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces and parentheses: the
     // fields we want follow the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
@@ -34,10 +58,12 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
     stat(pid).map(|(_, ticks)| ticks)
 }
 
-/// True while `pid` is the process that started at `start_ticks` and has
-/// not exited (a zombie counts as exited).
+/// True while `pid` is the process that started at `start_ticks` and any
+/// of its threads runs: a process is gone only when none is left (a
+/// zombie leader whose vCPU thread still sits in the kernel holds the
+/// TAP, the disks and the sockets).
 pub fn alive(pid: u32, start_ticks: u64) -> bool {
-    matches!(stat(pid), Some((state, ticks)) if ticks == start_ticks && state != 'Z' && state != 'X')
+    matches!(stat(pid), Some((_, ticks)) if ticks == start_ticks) && live_thread(pid).is_some()
 }
 
 /// Sends `signal` to the process if it is still the one we mean.
@@ -59,7 +85,7 @@ pub async fn wait_gone(pid: u32, start_ticks: u64, limit: Duration) -> bool {
     true
 }
 
-/// Every live process (not a zombie) with its command line.
+/// Every live process (one with a running thread) with its command line.
 pub fn command_lines() -> Vec<(u32, Vec<String>)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -69,10 +95,18 @@ pub fn command_lines() -> Vec<(u32, Vec<String>)> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if matches!(stat(pid), Some((state, _)) if state == 'Z' || state == 'X') {
+        // A zombie leader has no command line: a live thread's is the
+        // process's.
+        let Some(tid) = live_thread(pid) else {
             continue;
-        }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+        };
+        let Ok(raw) = std::fs::read(
+            entry
+                .path()
+                .join("task")
+                .join(tid.to_string())
+                .join("cmdline"),
+        ) else {
             continue;
         };
         let args = raw
@@ -312,5 +346,37 @@ mod tests {
         child.wait().await.unwrap();
         assert!(wait_gone(pid, ticks, Duration::from_secs(5)).await);
         assert!(stat(u32::MAX).is_none());
+    }
+
+    /// A real process whose leader exits while another thread runs on
+    /// (python's main thread calls pthread_exit): alive until the last
+    /// thread ends, and gone after.
+    #[test]
+    fn a_process_is_alive_while_any_thread_runs() {
+        let script = "import ctypes, threading, time\n\
+                      t = threading.Thread(target=time.sleep, args=(2,))\n\
+                      t.start()\n\
+                      ctypes.CDLL(None).pthread_exit(None)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+            .expect("python3 runs");
+        let pid = child.id();
+        let ticks = start_ticks(pid).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(stat(pid), Some(('Z', _))) {
+            assert!(Instant::now() < deadline, "the leader never exited");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            alive(pid, ticks),
+            "a zombie leader whose thread runs is alive"
+        );
+        while alive(pid, ticks) {
+            assert!(Instant::now() < deadline, "the thread never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(live_thread(pid).is_none());
+        child.wait().unwrap();
     }
 }

@@ -119,6 +119,11 @@ async fn snapshot_round_trip(setup: &CheckSetup, spec: &MachineSpec, steps: &mut
     let ok = saved.is_ok();
     steps.push(step("snapshot: pause, save, resume", saved, began));
     let _ = driver.kill(&handle).await;
+    steps.push(step(
+        "snapshot: killed vmm gone",
+        gone(handle.pid, handle.start_ticks, &setup.tap),
+        Instant::now(),
+    ));
     if !ok {
         return;
     }
@@ -138,6 +143,11 @@ async fn snapshot_round_trip(setup: &CheckSetup, spec: &MachineSpec, steps: &mut
                 .map(|()| "stopped".to_string())
                 .map_err(|e| e.to_string());
             steps.push(step("snapshot: stop the restored vm", stopped, began));
+            steps.push(step(
+                "snapshot: stopped vmm gone",
+                gone(restored.pid, restored.start_ticks, &setup.tap),
+                Instant::now(),
+            ));
         }
         Err(err) => steps.push(step(
             "snapshot: restore as another vm",
@@ -145,6 +155,24 @@ async fn snapshot_round_trip(setup: &CheckSetup, spec: &MachineSpec, steps: &mut
             began,
         )),
     }
+}
+
+/// Whether a process that was ended is gone: all its threads, and its
+/// hold on `tap` (the next step starts on the same TAP at once).
+fn gone(pid: u32, start_ticks: u64, tap: &str) -> Result<String, String> {
+    if process::alive(pid, start_ticks) {
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        return Err(format!("pid {pid} has {threads} threads left"));
+    }
+    let held = crate::net::holders::holders(tap);
+    if !held.is_empty() {
+        return Err(format!("tap {tap} still held by {held:?}"));
+    }
+    Ok(format!(
+        "pid {pid} and all its threads gone, tap {tap} free"
+    ))
 }
 
 fn step(name: &str, result: Result<String, String>, began: Instant) -> Step {
@@ -231,6 +259,8 @@ async fn requests_one_by_one(setup: &CheckSetup, spec: &MachineSpec, steps: &mut
         ));
         return;
     };
+    let raw_pid = child.id();
+    let raw_ticks = raw_pid.and_then(process::start_ticks).unwrap_or(0);
     let client = FirecrackerClient::new(&api);
     let answered = wait_answering(&client).await;
     steps.push(step("api socket answers", answered, began));
@@ -260,6 +290,13 @@ async fn requests_one_by_one(setup: &CheckSetup, spec: &MachineSpec, steps: &mut
         }
     };
     steps.push(step("exit after SendCtrlAltDel", result, began));
+    if let Some(pid) = raw_pid {
+        steps.push(step(
+            "exited firecracker gone",
+            gone(pid, raw_ticks, &setup.tap),
+            Instant::now(),
+        ));
+    }
     let _ = remove_stale_sockets(&api, &spec.agent.socket);
 }
 
@@ -372,6 +409,11 @@ async fn driver_lifecycle(
     if !gone {
         let _ = driver.kill(&handle).await;
     }
+    steps.push(step(
+        &format!("{label}: stopped vmm gone"),
+        self::gone(handle.pid, handle.start_ticks, &setup.tap),
+        Instant::now(),
+    ));
 }
 
 /// The steps as a table.

@@ -76,6 +76,9 @@ pub enum DoubleGuest {
     IgnoresCtrlAltDel,
     /// The kernel cannot be loaded: `InstanceStart` fails.
     FailsToBoot,
+    /// Obeys, but its process's main thread ends before a thread that
+    /// still holds the TAP (a vCPU thread slow to leave the kernel).
+    SlowToLeave,
 }
 
 /// The marker a fake kernel carries to pick its guest.
@@ -93,6 +96,7 @@ impl DoubleGuest {
         match word {
             Some("ignores-ctrl-alt-del") => DoubleGuest::IgnoresCtrlAltDel,
             Some("fails-to-boot") => DoubleGuest::FailsToBoot,
+            Some("slow-to-leave") => DoubleGuest::SlowToLeave,
             _ => DoubleGuest::Obeys,
         }
     }
@@ -252,6 +256,18 @@ impl FirecrackerDouble {
             .and_then(|b| b["kernel_image_path"].as_str())
             .map(|path| DoubleGuest::of_kernel(&vm.resolve(path)))
             .unwrap_or_default()
+    }
+
+    /// The TAP devices of the configured network interfaces.
+    pub fn taps(&self) -> Vec<String> {
+        let vm = self.shared.vm();
+        vm.config
+            .get("network-interfaces")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|nic| nic["host_dev_name"].as_str().map(str::to_string))
+            .collect()
     }
 
     /// Runs as if chrooted in `root` (by `jailer-double`): request paths

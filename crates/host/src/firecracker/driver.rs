@@ -35,6 +35,9 @@ use super::plan::{
 use crate::accel::Accel;
 use crate::process;
 
+/// How long a start waits for a TAP another process still holds.
+const TAP_WAIT: Duration = Duration::from_secs(2);
+
 /// Name of the API socket in the VM's runtime directory.
 pub const API_SOCKET: &str = "firecracker.sock";
 const LOG_TAIL_LINES: usize = 12;
@@ -174,6 +177,10 @@ impl FirecrackerDriver {
     ) -> Result<Spawned, VmmError> {
         let api = Self::api_socket(spec);
         let spawn_err = |e: std::io::Error| VmmError::Spawn(e.to_string());
+        // Firecracker cannot open a TAP another process holds (EBUSY).
+        crate::net::holders::wait_free(&cfg.tap, TAP_WAIT)
+            .await
+            .map_err(VmmError::Preflight)?;
         std::fs::create_dir_all(&spec.run_dir).map_err(spawn_err)?;
         std::fs::create_dir_all(&spec.vm_dir).map_err(spawn_err)?;
         remove_stale_sockets(&api, &spec.agent.socket).map_err(spawn_err)?;
@@ -301,7 +308,8 @@ impl FirecrackerDriver {
         let booted = async {
             match self.mode {
                 StartMode::Api => {
-                    self.wait_for_api(&client, &handle).await?;
+                    self.wait_for_api(&client, &handle, (&cfg.log_path, spawned.log_start))
+                        .await?;
                     configure_and_start(&client, &spawned.seen)
                         .await
                         .map_err(|e| e.to_string())
@@ -341,6 +349,7 @@ impl FirecrackerDriver {
         &self,
         client: &FirecrackerClient,
         handle: &VmmHandle,
+        log: (&Path, u64),
     ) -> Result<(), String> {
         let deadline = Instant::now() + self.socket_wait;
         loop {
@@ -348,7 +357,7 @@ impl FirecrackerDriver {
                 return Ok(());
             }
             if !process::alive(handle.pid, handle.start_ticks) {
-                return Err("firecracker exited before its api socket answered".into());
+                return Err(exited(&mut LogWatch::new(log.0, log.1)));
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -376,10 +385,7 @@ impl FirecrackerDriver {
                 return Ok(());
             }
             if !process::alive(handle.pid, handle.start_ticks) {
-                let cause = watch
-                    .last_error()
-                    .unwrap_or_else(|| "no cause logged".to_string());
-                return Err(format!("firecracker could not boot the vm: {cause}"));
+                return Err(exited(&mut watch));
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -473,7 +479,7 @@ struct LogWatch {
     path: PathBuf,
     offset: u64,
     started: bool,
-    last_error: Option<String>,
+    causes: super::exit_cause::CauseFinder,
     partial: String,
 }
 
@@ -484,7 +490,7 @@ impl LogWatch {
             path: path.to_path_buf(),
             offset,
             started: false,
-            last_error: None,
+            causes: Default::default(),
             partial: String::new(),
         }
     }
@@ -509,9 +515,7 @@ impl LogWatch {
             if line.contains(CONFIG_FILE_STARTED) {
                 self.started = true;
             }
-            if line.contains(":ERROR]") || line.contains("failed") || line.contains("panicked") {
-                self.last_error = Some(line.chars().take(400).collect());
-            }
+            self.causes.line(line);
         }
         // A line longer than the bound is not a line the driver needs.
         if self.partial.len() > 64 * 1024 {
@@ -525,9 +529,21 @@ impl LogWatch {
         self.started
     }
 
-    fn last_error(&mut self) -> Option<String> {
+    /// Why the process ended, from what it wrote after this spawn.
+    fn cause(&mut self) -> Option<super::exit_cause::ExitCause> {
         self.read_new();
-        self.last_error.clone()
+        self.causes.cause()
+    }
+}
+
+/// A Firecracker that exited: its cause as it wrote it after this spawn
+/// (its log and its stdout and stderr share `vmm.log`), readable.
+fn exited(watch: &mut LogWatch) -> String {
+    match watch.cause() {
+        Some(cause) => format!("firecracker exited: {cause}"),
+        None => {
+            "firecracker exited without saying why (nothing in vmm.log after this start)".into()
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod client;
 #[cfg(feature = "test-double")]
 pub mod double;
 pub mod driver;
+pub mod exit_cause;
 pub mod jail;
 pub mod plan;
 pub mod snapshot;

@@ -160,7 +160,8 @@ impl FirecrackerDriver {
         let handle = spawned.handle;
         let client = FirecrackerClient::new(&handle.control_socket);
         let restored = async {
-            self.wait_for_api(&client, &handle).await?;
+            self.wait_for_api(&client, &handle, (&cfg.log_path, spawned.log_start))
+                .await?;
             let requests = restore_requests(&spawned.seen, &inner_state, &inner_memory)
                 .map_err(|e| e.to_string())?;
             for request in requests {

@@ -9,6 +9,7 @@
 
 pub mod capability;
 pub mod dns;
+pub mod holders;
 pub mod link;
 pub mod nft;
 

@@ -28,6 +28,9 @@ use crate::process;
 
 const LOG_TAIL_LINES: usize = 12;
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a start waits for a TAP another process still holds.
+const TAP_WAIT: Duration = Duration::from_secs(2);
+
 /// The name a snapshot's file descriptor goes by inside QEMU.
 const STATE_FD: &str = "banger-state";
 /// How long a save or a restore may take (memory streams at disk speed).
@@ -104,6 +107,11 @@ impl QemuDriver {
         args: &[String],
     ) -> Result<(VmmHandle, std::path::PathBuf), VmmError> {
         let spawn_err = |e: std::io::Error| VmmError::Spawn(e.to_string());
+        if let Some(nic) = &spec.nic {
+            crate::net::holders::wait_free(&nic.tap, TAP_WAIT)
+                .await
+                .map_err(VmmError::Preflight)?;
+        }
         std::fs::create_dir_all(&spec.run_dir).map_err(spawn_err)?;
         std::fs::create_dir_all(&spec.vm_dir).map_err(spawn_err)?;
         if let Some(base) = self.cfg.uid_base {
