@@ -18,12 +18,15 @@ pub fn holders(tap: &str) -> Vec<(u32, String)> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fdinfo")) else {
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
+        // Only tun descriptors are read further (a link is cheap to read,
+        // fdinfo less so).
         let holds = fds.flatten().any(|fd| {
-            std::fs::read_to_string(fd.path())
-                .is_ok_and(|info| info.lines().any(|line| line.trim_end() == want))
+            std::fs::read_link(fd.path()).is_ok_and(|target| target == Path::new("/dev/net/tun"))
+                && std::fs::read_to_string(entry.path().join("fdinfo").join(fd.file_name()))
+                    .is_ok_and(|info| info.lines().any(|line| line.trim_end() == want))
         });
         if holds {
             let comm =
@@ -76,11 +79,11 @@ mod tests {
             eprintln!("not run: {why}");
             return;
         }
-        let script = "import fcntl, os, struct, sys, time\\n\\
-                      fd = os.open('/dev/net/tun', os.O_RDWR)\\n\\
-                      fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'bgt-held0', 0x1002))\\n\\
-                      print('held', flush=True)\\n\\
-                      time.sleep(30)\\n";
+        let script = "import fcntl, os, struct, sys, time\n\
+                      fd = os.open('/dev/net/tun', os.O_RDWR)\n\
+                      fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'bgt-held0', 0x1002))\n\
+                      print('held', flush=True)\n\
+                      time.sleep(30)\n";
         let mut holder = std::process::Command::new("ip")
             .args(["netns", "exec", &ns, "python3", "-c", script])
             .stdout(std::process::Stdio::piped())
