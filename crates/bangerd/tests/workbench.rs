@@ -429,15 +429,21 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = cli(&root, &["vm", "port", "add", "box", "18083:8001"]);
     assert_eq!(code, 0, "{err}");
-    let mut flood = ns
-        .command("python3")
+    let mut flood = ns.command("python3");
+    flood
         .args(["-c", FLOOD])
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut flood = tokio::process::Command::from(flood)
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut ready = String::new();
-    let mut lines = std::io::BufReader::new(flood.stdout.take().unwrap());
-    std::io::BufRead::read_line(&mut lines, &mut ready).unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(flood.stdout.take().unwrap()));
+    let ready = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("2000 connections open within a minute")
+        .unwrap()
+        .unwrap_or_default();
     assert_eq!(ready.trim(), "2000 open", "{ready}");
     let listed = tokio::time::timeout(Duration::from_secs(1), call("GET", "/v1/vms", None)).await;
     let (status, vms) = listed.expect("vm ls answers within a second under the flood");
@@ -465,8 +471,7 @@ async fn files_ports_and_folders_move_between_host_and_vm() {
         .unwrap()
         .count();
     assert!(fds <= 2 * 1024 + 512, "the daemon holds {fds} descriptors");
-    let _ = flood.kill();
-    let _ = flood.wait();
+    let _ = flood.kill().await;
     let (code, _, err) = cli(&root, &["vm", "port", "rm", "box", "18083"]);
     assert_eq!(code, 0, "{err}");
     // A member of the socket's group with no key of its own: `vm ssh`
