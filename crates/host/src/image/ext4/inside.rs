@@ -124,6 +124,10 @@ impl Ext4Image {
     pub fn open(image: &Path) -> Result<Self, InsideError> {
         let file = File::open(image).map_err(io_err("open", image))?;
         let size = file.metadata().map_err(io_err("read", image))?.len();
+        claims_fit(&file, size).map_err(|detail| InsideError::Open {
+            image: image.display().to_string(),
+            detail,
+        })?;
         let fs = Ext4::load(Box::new(file)).map_err(|err| InsideError::Open {
             image: image.display().to_string(),
             detail: err.to_string(),
@@ -341,6 +345,57 @@ impl Ext4Image {
         .map_err(io_err("chmod", out))?;
         Ok(())
     }
+}
+
+/// Refuses a superblock whose sizes claim more than the file holds:
+/// `ext4-view` sizes its tables by those claims before it reads them (a
+/// fuzzed image asked for 19 GB of block group descriptors), so they
+/// are bounded here first. Only these fields are read (offsets in the
+/// superblock, which starts at byte 1024): blocks count (low at 0x04,
+/// high at 0x150 with the 64-bit feature), log block size (0x18), blocks
+/// per group (0x20), incompatible features (0x60), descriptor size (0xfe).
+fn claims_fit(file: &File, size: u64) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let mut block = [0u8; 1024];
+    file.read_exact_at(&mut block, 1024)
+        .map_err(|_| "it is too small to hold a superblock".to_string())?;
+    let u32_at =
+        |at: usize| u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+    let u16_at = |at: usize| u16::from_le_bytes([block[at], block[at + 1]]);
+    const INCOMPAT_64BIT: u32 = 0x80;
+    let wide = u32_at(0x60) & INCOMPAT_64BIT != 0;
+    let blocks = u64::from(u32_at(0x04))
+        | if wide {
+            u64::from(u32_at(0x150)) << 32
+        } else {
+            0
+        };
+    let log = u32_at(0x18);
+    if log > 6 {
+        return Err(format!(
+            "its block size (1024 << {log}) is not one ext4 uses"
+        ));
+    }
+    let block_size = 1024u64 << log;
+    let per_group = u64::from(u32_at(0x20));
+    if per_group == 0 {
+        return Err("it claims no blocks per group".into());
+    }
+    let claimed = blocks.saturating_mul(block_size);
+    if claimed > size {
+        return Err(format!(
+            "its filesystem claims {claimed} bytes, more than the {size} the file holds"
+        ));
+    }
+    let desc_size = if wide {
+        u64::from(u16_at(0xfe)).max(32)
+    } else {
+        32
+    };
+    if blocks.div_ceil(per_group).saturating_mul(desc_size) > size {
+        return Err("its block group table is larger than the file".into());
+    }
+    Ok(())
 }
 
 fn exists_error(err: &InsideError) -> bool {
