@@ -18,20 +18,17 @@ pub fn stat(pid: u32) -> Option<(char, u64)> {
 /// still running (a leader that exits before its other threads is a
 /// zombie while they run on, holding every descriptor of the process).
 pub fn live_thread(pid: u32) -> Option<u32> {
+    let running = |stat: Option<(char, u64)>| matches!(stat, Some((s, _)) if s != 'Z' && s != 'X');
+    // The common case costs one read: the leader runs.
+    if running(stat(pid)) {
+        return Some(pid);
+    }
     let tasks = Path::new("/proc").join(pid.to_string()).join("task");
-    let mut tids: Vec<u32> = std::fs::read_dir(&tasks)
+    std::fs::read_dir(&tasks)
         .ok()?
         .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-        .collect();
-    // The leader (tid == pid) first.
-    tids.sort_by_key(|tid| *tid != pid);
-    tids.into_iter().find(|tid| {
-        matches!(
-            stat_at(&tasks.join(tid.to_string()).join("stat")),
-            Some((state, _)) if state != 'Z' && state != 'X'
-        )
-    })
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|tid| *tid != pid && running(stat_at(&tasks.join(tid.to_string()).join("stat"))))
 }
 
 fn stat_at(path: &Path) -> Option<(char, u64)> {
