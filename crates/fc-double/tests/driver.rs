@@ -245,6 +245,11 @@ async fn the_double_loses_the_cause_when_a_request_waits_on_a_failed_boot() {
     let dir = tempfile::tempdir().unwrap();
     let kernel_path = dir.path().join("vmlinux");
     kernel(&kernel_path, "fails-to-boot");
+    // A boot long enough that the request below surely waits on it, even
+    // on a loaded machine (the default 300 ms was not, once, in CI).
+    let mut bytes = std::fs::read(&kernel_path).unwrap();
+    bytes.extend_from_slice(b"double-boot-ms: 3000\n");
+    std::fs::write(&kernel_path, bytes).unwrap();
     let config = serde_json::json!({
         "boot-source": {"kernel_image_path": kernel_path},
         "drives": [],
