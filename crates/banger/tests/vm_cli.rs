@@ -4,26 +4,9 @@
 //! start, rm.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn guest_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("BANGER_GUEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
-        });
-    if path.is_file() {
-        return Some(path);
-    }
-    let why = format!(
-        "cannot boot vms: no guest binary at {} (run scripts/build-guest)",
-        path.display()
-    );
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-    eprintln!("not run: {why}");
-    None
-}
+use banger_testkit::{guest_binary, require};
+use std::process::{Command, Output};
 
 fn banger(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_banger"))
@@ -74,10 +57,12 @@ fn create_exec_logs_stop_start_rm() {
         .args(["netns", "add", &netns])
         .status()
         .map(|s| s.success());
-    if made.ok() != Some(true) {
-        let why = "cannot create a network namespace (needs root and iproute2)";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-        eprintln!("not run: {why}");
+    if require(
+        made.ok() == Some(true),
+        "cannot create a network namespace (needs root and iproute2)",
+    )
+    .is_none()
+    {
         return;
     }
     Command::new("ip")

@@ -8,7 +8,7 @@
 //! Needs QEMU, the Debian mirror (the image is built first) and the guest
 //! binary (BANGER_GUEST_BINARY or scripts/build-guest's output).
 
-mod support;
+use banger_testkit as support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -124,19 +124,7 @@ async fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(5);
-    let guest = std::env::var_os("BANGER_GUEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/guest/x86_64-unknown-linux-gnu/release/banger-guest")
-        });
-    if !guest.is_file() {
-        eprintln!(
-            "no guest binary at {}: run scripts/build-guest",
-            guest.display()
-        );
-        std::process::exit(1);
-    }
+    let guest = support::guest_binary().expect("the guest binary");
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("etc/banger")).unwrap();
     std::fs::write(
@@ -150,17 +138,10 @@ async fn main() {
     })
     .unwrap();
     let socket = config.socket.clone();
+    support::build_default_image(root.path(), &guest).await;
     let running = bangerd::server::start(config).await.unwrap();
-
-    eprintln!("building the default image ...");
-    let (status, image) = support::call(
-        &socket,
-        "POST",
-        "/v1/images/pull",
-        r#"{"source":"debian-bookworm"}"#,
-    )
-    .await;
-    assert_eq!(status, 201, "{image}");
+    let (status, image) = support::call(&socket, "GET", "/v1/images/debian-bookworm", None).await;
+    assert_eq!(status, 200, "{image}");
     let accel = KvmFacts::probe(&KvmPaths::default()).accel();
     let qemu = QemuConfig {
         binary: find_tool("qemu-system-x86_64").expect("qemu-system-x86_64"),
@@ -168,6 +149,7 @@ async fn main() {
         tsc_khz: tsc_khz(),
         agent: AgentTransport::Serial,
         tcg_tb_size_mib: 64,
+        tcg_threads: Default::default(),
         uid_base: Some(bangerd::config::DEFAULT_VMM_UID_BASE),
     };
 
@@ -180,7 +162,7 @@ async fn main() {
             if (run + step) % 2 == 0 {
                 let t = Instant::now();
                 let body = format!(r#"{{"name":"bench{run}"}}"#);
-                let (status, vm) = support::call(&socket, "POST", "/v1/vms", &body).await;
+                let (status, vm) = support::call(&socket, "POST", "/v1/vms", Some(&body)).await;
                 totals.push(t.elapsed().as_secs_f64() * 1000.0);
                 assert_eq!(status, 201, "{vm}");
                 for stage in vm["stages"].as_array().unwrap() {
@@ -193,7 +175,7 @@ async fn main() {
                     &socket,
                     "DELETE",
                     &format!("/v1/vms/bench{run}?force=true"),
-                    "",
+                    None,
                 )
                 .await;
                 assert_eq!(status, 200);

@@ -16,7 +16,7 @@
 
 #[path = "create/promote.rs"]
 mod promote;
-mod support;
+use banger_testkit as support;
 #[path = "create/warm.rs"]
 mod warm;
 
@@ -92,7 +92,7 @@ fn write_config(root: &Path, name: &str, guest: &Path, extra: &str) -> PathBuf {
     path
 }
 
-pub(crate) use support::{daemon, stop};
+pub(crate) use support::daemon::{serve as daemon, shut_down as stop};
 
 /// One create to SSH ready: total ms and stages.
 pub(crate) async fn create(socket: &Path, name: &str) -> (f64, BTreeMap<String, f64>) {
@@ -101,7 +101,7 @@ pub(crate) async fn create(socket: &Path, name: &str) -> (f64, BTreeMap<String, 
 
 pub(crate) async fn create_with(socket: &Path, body: &str) -> (f64, BTreeMap<String, f64>) {
     let t = Instant::now();
-    let (status, vm) = support::call(socket, "POST", "/v1/vms", body).await;
+    let (status, vm) = support::call(socket, "POST", "/v1/vms", Some(body)).await;
     let total = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(status, 201, "{vm}");
     let stages = vm["stages"]
@@ -119,8 +119,13 @@ pub(crate) async fn create_with(socket: &Path, body: &str) -> (f64, BTreeMap<Str
 }
 
 pub(crate) async fn remove(socket: &Path, name: &str) {
-    let (status, _) =
-        support::call(socket, "DELETE", &format!("/v1/vms/{name}?force=true"), "").await;
+    let (status, _) = support::call(
+        socket,
+        "DELETE",
+        &format!("/v1/vms/{name}?force=true"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
 }
 
@@ -234,6 +239,7 @@ async fn floor(image: &Value, dir: &Path, run: usize) -> f64 {
         tsc_khz: tsc_khz(),
         agent: AgentTransport::Serial,
         tcg_tb_size_mib: 64,
+        tcg_threads: Default::default(),
         uid_base: Some(bangerd::config::DEFAULT_VMM_UID_BASE),
     };
     let args = qemu_args(&spec, &qemu).unwrap();
@@ -306,7 +312,8 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
         "no_work_seed": true,
     })
     .to_string();
-    let (status, registered) = support::call(&socket, "POST", "/v1/images/register", &body).await;
+    let (status, registered) =
+        support::call(&socket, "POST", "/v1/images/register", Some(&body)).await;
     assert_eq!(status, 201, "{registered}");
     let mut noseed_totals = Vec::new();
     let mut noseed_stages: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -394,11 +401,23 @@ async fn bench(root: &Path, guest: &Path, a: &Args, image: Value) -> Value {
 
 fn main() {
     let a = args();
-    let guest = support::guest_binary();
+    let guest = support::guest_binary().expect("the guest binary");
     let root = tempfile::tempdir().unwrap();
     // The image is built here, where the Debian mirror is reachable.
-    let image = support::build_default_image(root.path(), &guest);
-    let result = support::in_netns("bench", root.path(), |_| {
+    let image = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(support::build_default_image(root.path(), &guest));
+    let file = |path: &Option<PathBuf>| path.as_ref().map(|p| p.display().to_string());
+    let image = json!({
+        "kernel_path": image.kernel_path.display().to_string(),
+        "vmlinux_path": file(&image.vmlinux_path),
+        "initrd_path": file(&image.initrd_path),
+        "rootfs_path": image.rootfs_path.display().to_string(),
+        "work_seed_path": file(&image.work_seed_path),
+    });
+    let ns = support::NetNs::new("bench").expect("a network namespace");
+    let _cleanup = support::Cleanup(root.path().to_path_buf());
+    let result = support::in_netns(&ns, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -14,7 +14,7 @@
 //! cargo bench-pull -- [--runs N]
 //! (an alias of `cargo bench -p bangerd --bench pull --`)
 
-mod support;
+use banger_testkit as support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -379,7 +379,7 @@ async fn main() {
         second_downloaded = bytes;
         for name in ["first", "second"] {
             let (status, _) =
-                support::call(&socket, "DELETE", &format!("/v1/images/{name}"), "").await;
+                support::call(&socket, "DELETE", &format!("/v1/images/{name}"), None).await;
             assert_eq!(status, 200);
         }
         floor_ms.push(floor(work.path(), &at, "first"));

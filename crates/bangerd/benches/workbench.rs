@@ -9,7 +9,7 @@
 //! cargo bench-workbench -- [--runs N] [--mib M] [--json FILE]
 //! (an alias of `cargo bench -p bangerd --bench workbench --`)
 
-mod support;
+use banger_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -113,7 +113,7 @@ async fn bench(root: &Path, guest: &Path, a: &Args) -> Value {
         ),
     )
     .unwrap();
-    let (running, socket) = support::daemon(root, config).await;
+    let (running, socket) = support::daemon::serve(root, config).await;
     let shared = root.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     let file = shared.join("blob.bin");
@@ -130,7 +130,7 @@ async fn bench(root: &Path, guest: &Path, a: &Args) -> Value {
         "publish": [{ "host_port": 18090, "guest_port": 9000 }],
         "mounts": [{ "host_dir": shared.display().to_string(), "guest_dir": "/srv/shared" }],
     });
-    let (status, vm) = support::call(&socket, "POST", "/v1/vms", &body.to_string()).await;
+    let (status, vm) = support::call(&socket, "POST", "/v1/vms", Some(&body.to_string())).await;
     assert_eq!(status, 201, "{vm}");
     let ip = vm["guest_ip"].as_str().unwrap().to_string();
     let cli = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/banger");
@@ -234,9 +234,9 @@ async fn bench(root: &Path, guest: &Path, a: &Args) -> Value {
             r.entry(key).or_default().push(ns.trim().parse().unwrap());
         }
     }
-    let (status, _) = support::call(&socket, "DELETE", "/v1/vms/wb?force=true", "").await;
+    let (status, _) = support::call(&socket, "DELETE", "/v1/vms/wb?force=true", None).await;
     assert_eq!(status, 200);
-    support::stop(running).await;
+    support::daemon::shut_down(running).await;
     let mut report = json!({ "mib": a.mib, "runs": a.runs });
     for (key, samples) in r {
         report[key] = json!({ "p50_ms": median(&samples), "samples_ms": samples });
@@ -246,11 +246,15 @@ async fn bench(root: &Path, guest: &Path, a: &Args) -> Value {
 
 fn main() {
     let a = args();
-    let guest = support::guest_binary();
+    let guest = support::guest_binary().expect("the guest binary");
     let root = tempfile::tempdir().unwrap();
     // The image is built here, where the Debian mirror is reachable.
-    support::build_default_image(root.path(), &guest);
-    let report = support::in_netns("workbench", root.path(), |_| {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(support::build_default_image(root.path(), &guest));
+    let ns = support::NetNs::new("workbench").expect("a network namespace");
+    let _cleanup = support::Cleanup(root.path().to_path_buf());
+    let report = support::in_netns(&ns, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -8,6 +8,7 @@ use banger_core::addr::{AddrError, BridgeNet};
 use banger_core::catalog::{Catalog, EMBEDDED};
 use banger_core::size::{parse_size, SizeError};
 use banger_core::spec::{SpecDefaults, MAX_VCPUS, MIN_MEMORY_MIB};
+use banger_host::qemu::plan::TcgThreads;
 use banger_host::vmm_select::{SelectError, VmmPreference};
 use banger_proto::paths::DefaultPaths;
 use serde::Deserialize;
@@ -67,6 +68,9 @@ struct ConfigFile {
     /// Make an image's warm template in the background after its first
     /// cold create (default true).
     warm_templates: Option<bool>,
+    /// Under TCG (no usable KVM): `multi`, a host thread per vCPU, or
+    /// `single`, one thread running every vCPU in turn.
+    tcg_threads: Option<TcgThreads>,
     /// Host addresses members of the socket group may publish ports on,
     /// besides loopback (root may publish on any).
     publish_addresses: Option<Vec<std::net::Ipv4Addr>>,
@@ -254,6 +258,7 @@ pub struct Config {
     /// `None`: VMMs run as root.
     pub vmm_uid_base: Option<u32>,
     pub warm_templates: bool,
+    pub tcg_threads: TcgThreads,
     /// What members may publish (`publish_addresses`, `publish_privileged`).
     pub publish: PublishPolicy,
     /// Plain-HTTP and this host's sources members may pull from.
@@ -385,6 +390,7 @@ impl Config {
             socket_group: file.socket_group.clone().unwrap_or_else(|| "banger".into()),
             vmm_uid_base: vmm_uid_base(file.vmm_uid_base, &bridge, &shown)?,
             warm_templates: file.warm_templates.unwrap_or(true),
+            tcg_threads: file.tcg_threads.unwrap_or_default(),
             publish: PublishPolicy {
                 addresses: file.publish_addresses.clone().unwrap_or_default(),
                 privileged: file.publish_privileged.unwrap_or(false),
@@ -612,6 +618,7 @@ mod tests {
         assert_eq!(shown.console_log_max, commented.console_log_max);
         assert_eq!(shown.vmm_uid_base, commented.vmm_uid_base);
         assert_eq!(shown.warm_templates, commented.warm_templates);
+        assert_eq!(shown.tcg_threads, commented.tcg_threads);
         assert_eq!(shown.publish, commented.publish);
         assert_eq!(shown.member_sources, commented.member_sources);
         let (a, b) = (&shown.network, &commented.network);

@@ -23,7 +23,7 @@ use banger_host::net::dns::upstream_from_resolv_conf;
 use banger_host::net::{NetConfig, Network};
 use banger_host::ports::PortsCapability;
 use banger_host::qemu::driver::QemuDriver;
-use banger_host::qemu::plan::{AgentTransport, QemuConfig};
+use banger_host::qemu::plan::{AgentTransport, QemuConfig, TcgThreads};
 use banger_host::shares::SharesCapability;
 use banger_host::ssh::{SshCapability, SshKeys};
 use banger_host::tools::find_tool;
@@ -79,6 +79,7 @@ pub fn build(
     vmm_uid_base: Option<u32>,
     jail_base: &std::path::Path,
     ports: Arc<PortsCapability>,
+    tcg_threads: TcgThreads,
 ) -> Option<Runtime> {
     let accel = KvmFacts::probe(&KvmPaths::default()).accel();
     let vmm: Arc<dyn Vmm> = match kind {
@@ -118,6 +119,7 @@ pub fn build(
                 // No vhost-vsock needed: the serial port works everywhere.
                 agent: AgentTransport::Serial,
                 tcg_tb_size_mib: TCG_TB_SIZE_MIB,
+                tcg_threads,
                 uid_base: vmm_uid_base,
             }))
         }

@@ -124,6 +124,7 @@ pub async fn start(config: Config) -> Result<Running> {
         config.vmm_uid_base,
         &config.jail_base(),
         ports.clone(),
+        config.tcg_threads,
     ) {
         banger = banger.with_runtime(runtime);
     }

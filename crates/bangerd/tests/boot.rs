@@ -11,7 +11,7 @@
 //! first (the catalog's default image, where the mirror is reachable); the
 //! daemon then runs in a network namespace of the test's own.
 
-mod support;
+use banger_testkit as support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -11,7 +11,7 @@
 //! `BANGER_CHAOS_SEED` (default: the time) shape a run; `scripts/chaos`
 //! runs a long one and prints its table.
 
-mod support;
+use banger_testkit as support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -10,7 +10,7 @@
 //! member of the socket's group, so paths the fuzzer names are opened
 //! with that member's rights, never root's.
 
-mod support;
+use banger_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Create through the API on a real SQLite store: names, addresses and
 //! CIDs under concurrency, and bad input that changes nothing.
 
-mod support;
+use banger_testkit as support;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! request, and the stream ends when the daemon shuts down (an open
 //! stream does not hold the shutdown).
 
-mod support;
+use banger_testkit as support;
 
 use std::time::Duration;
 

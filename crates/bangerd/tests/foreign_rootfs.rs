@@ -10,7 +10,7 @@
 //! image's. A busybox userland without an init system or sshd boots with
 //! banger's small init as PID 1, which reaps orphans.
 
-mod support;
+use banger_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! the agent, rootfs and work seed). Takes minutes; needs the static
 //! guest binary from `scripts/build-guest` and the Debian mirror.
 
-mod support;
+use banger_testkit as support;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! pull it back from a path and over a real HTTP server on 127.0.0.1
 //! (whole, truncated, with a wrong digest), progress streams, removal.
 
-mod support;
+use banger_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

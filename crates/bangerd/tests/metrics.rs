@@ -2,7 +2,7 @@
 //! process's counts are its own): VMs by state, create operations and
 //! their stages as histograms, image bytes, in the Prometheus text format.
 
-mod support;
+use banger_testkit as support;
 
 use support::TestDaemon;
 

@@ -9,7 +9,7 @@
 //! and poisons no ARP cache; after removal `verify` is clean and the pool
 //! devices are back.
 
-mod support;
+use banger_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};

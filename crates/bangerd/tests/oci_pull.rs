@@ -12,13 +12,13 @@
 //! - bad inputs, each refused with a hint, leaving no image, no staging
 //!   and only verified blobs in the layer cache.
 
-mod support;
+use banger_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
-use support::oci::{
+use support::registry::{
     busybox_base, dir, file, hardlink, opaque, sha256, symlink, tar, whiteout, Layout, Registry, Z,
 };
 

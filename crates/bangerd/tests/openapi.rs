@@ -2,7 +2,7 @@
 //! lists answers with the statuses and bodies it documents (bodies are
 //! validated against its schemas, with unknown fields rejected).
 
-mod support;
+use banger_testkit as support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! instance, and stops cleanly on SIGTERM, removing its socket and keeping
 //! its records.
 
-mod support;
+use banger_testkit as support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};

@@ -8,7 +8,7 @@
 //! bundle, pulled by a second daemon under another root, boots there
 //! with the same files.
 
-mod support;
+use banger_testkit as support;
 
 use serde_json::{json, Value};
 

@@ -9,7 +9,7 @@
 //! VMs cannot publish one host port, nor take one another program holds;
 //! bad paths are refused naming their side; `verify` stays clean.
 
-mod support;
+use banger_testkit as support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

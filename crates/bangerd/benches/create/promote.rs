@@ -23,7 +23,7 @@ pub async fn bench(root: &Path, config: std::path::PathBuf, runs: usize, mib: u6
         events.iter().any(|e| e["type"] == "exit" && e["code"] == 0),
         "{events:?}"
     );
-    let (_, image) = support::call(&socket, "GET", "/v1/images/debian-bookworm", "").await;
+    let (_, image) = support::call(&socket, "GET", "/v1/images/debian-bookworm", None).await;
     let rootfs = image["rootfs_path"].as_str().unwrap().to_string();
     let (mut floor, mut promote) = (Vec::new(), Vec::new());
     for run in 0..runs {
@@ -46,12 +46,13 @@ pub async fn bench(root: &Path, config: std::path::PathBuf, runs: usize, mib: u6
             &socket,
             "POST",
             "/v1/vms/src/promote",
-            &json!({ "name": name }).to_string(),
+            Some(&json!({ "name": name }).to_string()),
         )
         .await;
         promote.push(t.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(status, 201, "{made}");
-        let (status, _) = support::call(&socket, "DELETE", &format!("/v1/images/{name}"), "").await;
+        let (status, _) =
+            support::call(&socket, "DELETE", &format!("/v1/images/{name}"), None).await;
         assert_eq!(status, 200);
     }
     remove(&socket, "src").await;

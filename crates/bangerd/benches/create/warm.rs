@@ -68,7 +68,7 @@ pub async fn bench(root: &Path, config: PathBuf, a: &WarmArgs) -> Value {
     let (running, socket) = daemon(root, config).await;
     let t = Instant::now();
     let (status, template) =
-        support::call(&socket, "POST", "/v1/images/debian-bookworm/warm", "").await;
+        support::call(&socket, "POST", "/v1/images/debian-bookworm/warm", None).await;
     assert_eq!(status, 201, "{template}");
     let template_ms = t.elapsed().as_secs_f64() * 1000.0;
 
@@ -99,7 +99,7 @@ pub async fn bench(root: &Path, config: PathBuf, a: &WarmArgs) -> Value {
             &socket,
             "POST",
             "/v1/vms/source/fork",
-            &json!({ "name": name }).to_string(),
+            Some(&json!({ "name": name }).to_string()),
         )
         .await;
         assert_eq!(status, 201, "{made}");

@@ -46,9 +46,33 @@ pub struct QemuConfig {
     /// TCG translation cache in MiB (QEMU's default costs about 100 MiB
     /// of RSS per VM at no boot-time gain).
     pub tcg_tb_size_mib: u32,
+    /// How TCG runs the vCPUs.
+    pub tcg_threads: TcgThreads,
     /// Where each VM's own user id starts (`vm_uid`); `None` leaves QEMU
     /// running as root.
     pub uid_base: Option<u32>,
+}
+
+/// How TCG runs a VM's vCPUs (`-accel tcg,thread=`): `multi`, a host
+/// thread per vCPU (parallel, but QEMU 7.2's multi-threaded TCG can
+/// leave a guest's vCPUs spinning when it patches its own code), or
+/// `single`, one thread running each vCPU in turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcgThreads {
+    #[default]
+    Multi,
+    Single,
+}
+
+impl TcgThreads {
+    /// QEMU's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcgThreads::Multi => "multi",
+            TcgThreads::Single => "single",
+        }
+    }
 }
 
 /// The QEMU sandbox: no obsolete calls, no new processes, no resource
@@ -150,7 +174,11 @@ pub fn qemu_args(spec: &MachineSpec, cfg: &QemuConfig) -> Result<Vec<String>, Pl
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg { .. } => push(&[
             "-accel",
-            &format!("tcg,thread=multi,tb-size={}", cfg.tcg_tb_size_mib),
+            &format!(
+                "tcg,thread={},tb-size={}",
+                cfg.tcg_threads.as_str(),
+                cfg.tcg_tb_size_mib
+            ),
             "-cpu",
             "max",
         ]),
@@ -310,6 +338,7 @@ mod tests {
             tsc_khz: Some(2_600_000),
             agent: AgentTransport::Serial,
             tcg_tb_size_mib: 64,
+            tcg_threads: TcgThreads::Multi,
             uid_base: Some(1_879_048_192),
         }
     }
