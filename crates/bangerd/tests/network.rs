@@ -154,6 +154,7 @@ async fn guests_resolve_each_other_and_nat_decides_who_gets_out() {
     let mut cleanup = Cleanup(vec![server, private], root.path().to_path_buf());
 
     support::build_default_image(root.path(), &guest).await;
+    std::fs::create_dir_all(root.path().join("etc/banger")).unwrap();
     std::fs::write(
         root.path().join("etc/banger/config.toml"),
         format!(

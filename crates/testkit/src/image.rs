@@ -1,10 +1,11 @@
 //! Images for tests. The catalog's default image (`debian-bookworm`:
 //! mmdebstrap from the Debian mirror, the cloud kernel, the initramfs)
-//! is built once per run, into `target/testkit/`, by a real daemon; each
-//! test root then gets it as a pull would have left it (its files linked,
-//! its record written with this root's paths), in a second rather than a
-//! build's minute. The build itself stays tested where a test is about
-//! it (`image_build.rs`).
+//! is built once per run, into `target/testkit/`, the way a fresh host
+//! gets it: a daemon with no image takes a create, finds the image in
+//! its catalog and builds it. Each test root then gets the image as that
+//! build left it (its files linked, its record written with this root's
+//! paths), in a second rather than a build's minute; the create's answer
+//! is kept for the test of the build itself (`image_build.rs`).
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};
@@ -16,6 +17,7 @@ use banger_core::store::Store;
 use banger_store::SqliteStore;
 use bangerd::config::{Config, Overrides};
 use nix::fcntl::{Flock, FlockArg};
+use serde_json::{json, Value};
 
 use crate::http::call;
 
@@ -26,6 +28,20 @@ pub const DEFAULT_IMAGE: &str = "debian-bookworm";
 /// config, if any, is already written), building it first when this run
 /// has not yet; returns its record there.
 pub async fn build_default_image(root: &Path, guest: &Path) -> Image {
+    let cache = built(guest).await;
+    install(&cache, root)
+}
+
+/// How the build went: the status and answer of the create that made it
+/// (`status`, `vm`), and the images the daemon listed before (`before`).
+pub async fn default_image_build(guest: &Path) -> Value {
+    let cache = built(guest).await;
+    serde_json::from_slice(&std::fs::read(cache.join("build.json")).unwrap()).unwrap()
+}
+
+/// The cache root holding the built default image, built now if this
+/// run has not yet.
+async fn built(guest: &Path) -> PathBuf {
     let cache = cache_root(guest);
     let parent = cache.parent().unwrap();
     std::fs::create_dir_all(parent).unwrap();
@@ -34,17 +50,17 @@ pub async fn build_default_image(root: &Path, guest: &Path) -> Image {
     let _held = Flock::lock(lock, FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .unwrap();
-    if !cache.join("ready").exists() {
+    if !cache.join("build.json").exists() {
         for old in std::fs::read_dir(parent).unwrap().flatten() {
             if old.file_type().unwrap().is_dir() {
                 std::fs::remove_dir_all(old.path()).unwrap();
             }
         }
         std::fs::create_dir_all(&cache).unwrap();
-        build_into(&cache, guest).await;
-        std::fs::write(cache.join("ready"), "").unwrap();
+        let answer = build_into(&cache, guest).await;
+        std::fs::write(cache.join("build.json"), answer.to_string()).unwrap();
     }
-    install(&cache, root)
+    cache
 }
 
 /// `target/testkit/default-image-KEY`: KEY names the bangerd and guest
@@ -65,31 +81,45 @@ fn cache_root(guest: &Path) -> PathBuf {
         .join(format!("default-image-{:016x}", key.finish()))
 }
 
-/// Pulls the default image into the state under `cache` with a daemon in
-/// this (host) namespace, where the Debian mirror is reachable.
-async fn build_into(cache: &Path, guest: &Path) {
-    let config_path = cache.join("etc/banger/build.toml");
+/// Builds the default image into the state under `cache` as a fresh
+/// host does, with a daemon in this (host) namespace, where the Debian
+/// mirror is reachable: a create of a VM (not started) on a daemon with
+/// no image.
+async fn build_into(cache: &Path, guest: &Path) -> Value {
+    let config_path = cache.join("etc/banger/config.toml");
     std::fs::create_dir_all(config_path.parent().unwrap()).unwrap();
+    // The socket's path short whatever the checkout's (108 bytes at most).
+    let run = tempfile::tempdir().unwrap();
     std::fs::write(
         &config_path,
         format!(
             "guest_binary = \"{}\"\nsocket = \"{}\"\nwarm_templates = false\n[network]\nenabled = false\n",
             guest.display(),
-            cache.join("build.sock").display()
+            run.path().join("bangerd.sock").display()
         ),
     )
     .unwrap();
     let (running, socket) = crate::daemon::serve(cache, config_path).await;
+    let (_, before) = call(&socket, "GET", "/v1/images", None).await;
     eprintln!("building the default image once for this run ...");
-    let (status, image) = call(
+    let started = std::time::Instant::now();
+    let (status, vm) = call(
         &socket,
         "POST",
-        "/v1/images/pull",
-        Some(&format!(r#"{{"source":"{DEFAULT_IMAGE}"}}"#)),
+        "/v1/vms",
+        Some(r#"{"name":"first","no_start":true}"#),
     )
     .await;
-    assert_eq!(status, 201, "{image}");
+    eprintln!(
+        "the default image took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        status, 201,
+        "the create that builds the default image: {vm}"
+    );
     crate::daemon::shut_down(running).await;
+    json!({ "before": before, "status": status, "vm": vm })
 }
 
 /// The state directory and database of the daemon under `root`.

@@ -16,7 +16,11 @@ impl NetNs {
     /// (a failure under CI=true).
     pub fn new(tag: &str) -> Option<NetNs> {
         let name = format!("bgt-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // One left by an earlier process of this pid, if any.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         let made = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
