@@ -270,12 +270,27 @@ async fn the_double_loses_the_cause_when_a_request_waits_on_a_failed_boot() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    while !sock.exists() {
+    // Until the socket takes connections: it exists from bind(), before
+    // listen(), and a request refused in between waits on nothing (the
+    // double then fails its boot with none waiting and exits 1).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the double never listened"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let client = banger_host::firecracker::FirecrackerClient::new(&sock);
     let asked = client.describe().await;
-    assert!(asked.is_err(), "the boot failed: no answer");
+    // Asked and cut off by the abort, not refused before it was asked.
+    assert!(
+        matches!(
+            asked,
+            Err(banger_host::firecracker::FirecrackerError::Protocol { .. })
+        ),
+        "the boot failed: no answer, the exchange broken: {asked:?}"
+    );
     let status = child.wait().await.unwrap();
     assert_eq!(status.signal(), Some(6), "aborted: {status:?}");
     let logged = std::fs::read_to_string(&log).unwrap();
