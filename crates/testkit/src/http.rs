@@ -129,8 +129,9 @@ async fn send(
     sender.send_request(request).await.unwrap()
 }
 
-/// POSTs asking for a progress stream; the response once its head is in.
-async fn post_stream(
+/// POSTs asking for a progress stream, whatever the status; the
+/// response once its head is in.
+async fn post_ndjson(
     socket: &Path,
     path: &str,
     body: &str,
@@ -143,7 +144,17 @@ async fn post_stream(
         .header("accept", "application/x-ndjson")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    let response = send(socket, request).await;
+    send(socket, request).await
+}
+
+/// POSTs asking for a progress stream; the response once its head is in
+/// (a 200 with an NDJSON body).
+async fn post_stream(
+    socket: &Path,
+    path: &str,
+    body: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    let response = post_ndjson(socket, path, body).await;
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     response
@@ -194,15 +205,7 @@ pub async fn call_json(
 /// A POST asking for a progress stream whatever its status: the status
 /// and every event line that parses (benchmarks time it whole).
 pub async fn call_ndjson(socket: &Path, path: &str, body: &str) -> (u16, Vec<Value>) {
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://bangerd{path}"))
-        .header("host", "bangerd")
-        .header("content-type", "application/json")
-        .header("accept", "application/x-ndjson")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = send(socket, request).await;
+    let response = post_ndjson(socket, path, body).await;
     let status = response.status().as_u16();
     let bytes = tokio::time::timeout(STREAM_DEADLINE, response.into_body().collect())
         .await
