@@ -163,16 +163,14 @@ fn main() {
     .map(|(name, threads, vcpus)| {
         let root = tempfile::tempdir().unwrap();
         support::open_to_vm_users(root.path());
-        let etc = root.path().join("etc/banger");
-        std::fs::create_dir_all(&etc).unwrap();
-        std::fs::write(
-            etc.join("config.toml"),
-            format!(
-                "guest_binary = \"{}\"\nwarm_templates = false\ntcg_threads = \"{threads}\"\n[network]\nenabled = false\n[vm_defaults]\nmemory_mib = 512\nvcpus = {vcpus}\nwork_disk_size = \"1G\"\n",
-                guest.display()
+        support::daemon::write_vm_config(
+            root.path(),
+            &guest,
+            &format!(
+                "warm_templates = false\ntcg_threads = \"{threads}\"\n[network]\nenabled = false\n"
             ),
-        )
-        .unwrap();
+            &format!("vcpus = {vcpus}\n"),
+        );
         runtime.block_on(support::build_default_image(root.path(), &guest));
         Variant {
             name,

@@ -179,22 +179,29 @@ pub struct VmDaemon {
     pub process: std::process::Child,
 }
 
+/// The config of a root whose daemon boots VMs with `guest`: the
+/// top-level lines (and tables) `top`, then VMs of 512 MiB with a 1G work
+/// disk and the `[vm_defaults]` lines `defaults`; each line ended.
+pub fn write_vm_config(root: &Path, guest: &Path, top: &str, defaults: &str) {
+    let etc = root.join("etc/banger");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("config.toml"),
+        format!(
+            "guest_binary = \"{}\"\n{top}[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n{defaults}",
+            guest.display()
+        ),
+    )
+    .unwrap();
+}
+
 /// Starts a `VmDaemon` in `ns` whose config adds the top-level lines
 /// `extra`, with the default image built first when `build`.
 pub async fn vm_daemon(ns: &NetNs, guest: &Path, extra: &str, build: bool) -> VmDaemon {
     let root = tempfile::tempdir().unwrap();
     let cleanup = Cleanup(root.path().to_path_buf());
     open_to_vm_users(root.path());
-    let etc = root.path().join("etc/banger");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(
-        etc.join("config.toml"),
-        format!(
-            "guest_binary = \"{}\"\n{extra}[vm_defaults]\nmemory_mib = 512\nwork_disk_size = \"1G\"\n",
-            guest.display()
-        ),
-    )
-    .unwrap();
+    write_vm_config(root.path(), guest, extra, "");
     if build {
         build_default_image(root.path(), guest).await;
     }

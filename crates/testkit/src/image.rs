@@ -66,16 +66,14 @@ async fn built(guest: &Path) -> PathBuf {
 /// `target/testkit/default-image-KEY`: KEY names the bangerd and guest
 /// binaries this run built, so a rebuilt daemon or guest builds again.
 fn cache_root(guest: &Path) -> PathBuf {
+    let bangerd = crate::daemon::bangerd_binary();
     let mut key = std::collections::hash_map::DefaultHasher::new();
-    for binary in [crate::daemon::bangerd_binary(), guest.to_path_buf()] {
-        let meta = std::fs::metadata(&binary).unwrap();
+    for binary in [bangerd.as_path(), guest] {
+        let meta = std::fs::metadata(binary).unwrap();
         (binary, meta.len(), meta.mtime(), meta.mtime_nsec()).hash(&mut key);
     }
-    let target = crate::daemon::bangerd_binary()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .to_path_buf();
+    // target/PROFILE/bangerd -> target/testkit
+    let target = bangerd.parent().and_then(Path::parent).unwrap();
     target
         .join("testkit")
         .join(format!("default-image-{:016x}", key.finish()))
