@@ -101,13 +101,24 @@ async fn build_into(cache: &Path, guest: &Path) -> Value {
     let (_, before) = call(&socket, "GET", "/v1/images", None).await;
     eprintln!("building the default image once for this run ...");
     let started = std::time::Instant::now();
-    let (status, vm) = call(
-        &socket,
-        "POST",
-        "/v1/vms",
-        Some(r#"{"name":"first","no_start":true}"#),
+    // Bounded like every stream: a build that hangs fails the test (and
+    // every test waiting on the lock) instead of holding the run.
+    let (status, vm) = tokio::time::timeout(
+        crate::http::STREAM_DEADLINE,
+        call(
+            &socket,
+            "POST",
+            "/v1/vms",
+            Some(r#"{"name":"first","no_start":true}"#),
+        ),
     )
-    .await;
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the default image's build took over {:?}",
+            crate::http::STREAM_DEADLINE
+        )
+    });
     eprintln!(
         "the default image took {:.1} s",
         started.elapsed().as_secs_f64()
